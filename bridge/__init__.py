@@ -1,0 +1,1 @@
+"""layerswarm bridge: a per-host registry mirror backed by a BitTorrent swarm."""

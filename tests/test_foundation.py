@@ -1,0 +1,43 @@
+"""Value types and the image generator against a real registry."""
+import hashlib
+
+import pytest
+import requests
+
+from bridge import imagegen
+from bridge.digest import Digest, InfoHash, InvalidDigest, InvalidInfoHash
+
+
+def test_digest_parse_roundtrip():
+    hexd = hashlib.sha256(b"x").hexdigest()
+    d = Digest.parse(f"sha256:{hexd}")
+    assert str(d) == f"sha256:{hexd}" and d.hex == hexd
+    assert d == Digest.of_bytes(b"x")
+
+
+@pytest.mark.parametrize("bad", ["", "sha256:", "sha256:abc", "sha512:" + "a" * 128, "sha256:" + "A" * 64,
+                                 "sha256:" + "a" * 65, "../../etc/passwd", "sha256:" + "g" * 64, None])
+def test_digest_rejects(bad):
+    with pytest.raises(InvalidDigest):
+        Digest.parse(bad)
+
+
+def test_infohash():
+    ih = InfoHash.from_hex("ab" * 20)
+    assert ih.raw == b"\xab" * 20 and ih.hex == "ab" * 20
+    for bad in (b"x" * 19, b"x" * 21, "ab" * 20):
+        with pytest.raises(InvalidInfoHash):
+            InfoHash(bad)
+    with pytest.raises(InvalidInfoHash):
+        InfoHash.from_hex("zz" * 20)
+
+
+def test_imagegen_push_to_real_registry(origin):
+    img = imagegen.make_image((4096, 8192), seed=b"foundation")
+    digest = imagegen.push(origin.url, "library/demo", "v1", img)
+    r = requests.get(f"{origin.url}/v2/library/demo/manifests/v1",
+                     headers={"Accept": img.manifest_media_type}, timeout=10)
+    assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == str(digest)
+    for blob in img.blobs:
+        got = requests.get(f"{origin.url}/v2/library/demo/blobs/{blob.digest}", timeout=10).content
+        assert Digest.of_bytes(got) == blob.digest

@@ -1,0 +1,1 @@
+"""layerswarm tracker: an HTTP BitTorrent tracker with a layer metainfo registry."""
