@@ -1,0 +1,223 @@
+"""The layer torrent format, written down in one place.
+
+A layer's torrent is a pure function of the blob bytes (and, in secure mode,
+the cluster CA), so any host holding the verified blob builds the identical
+torrent and can seed it.  Format version 1:
+
+* BitTorrent v1 only, single file; ``info`` holds exactly ``length``,
+  ``name``, ``piece length``, ``pieces``, ``private`` (always 1: no DHT/PEX
+  leaks of internal layers) and, in secure mode, ``ssl-cert`` (the cluster CA
+  PEM, which libtorrent turns into a TLS-only swarm).
+* ``name`` is the layer digest written ``sha256:<hex>``.
+* ``piece length`` follows :func:`piece_length` (a fixed rule from the size).
+* Outside ``info`` (not part of the info-hash): ``announce`` /
+  ``announce-list`` of the configured trackers and ``layerswarm`` =
+  ``{"format": 1, "digest": "sha256:..."}``.  No creation date, creator,
+  file attributes or mtime anywhere.
+* Encoding is canonical bencode; non-canonical input is rejected, so the
+  info-hash computed from a decoded torrent is the one peers announce.
+
+The info-hash can never equal a sha256 (it is SHA-1 of the info dict): users
+address the torrent by the layer digest, the info-hash stays internal.
+
+This module has no libtorrent import: the tracker validates with it and the
+bridge hashes origin bytes with it while streaming (no second read).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import bencodepy
+
+from bridge.digest import Digest, InfoHash, InvalidDigest
+
+FORMAT_VERSION = 1
+MIN_PIECE = 256 * 1024
+MAX_PIECE = 4 * 1024 * 1024
+TARGET_PIECES = 1024
+MAX_LAYER_SIZE = 1 << 40  # 1 TiB: anything larger is a malformed torrent, not a layer
+
+
+class InvalidMetainfo(ValueError):
+    """A .torrent that is not a valid layer torrent of this format."""
+
+
+def piece_length(size: int) -> int:
+    """Smallest power of two in [256 KiB, 4 MiB] giving at most ~1024 pieces.
+
+    Small pieces give a fast first byte and piece diversity early in a
+    rollout; the cap keeps the piece list (and per-piece overhead) bounded
+    for multi-GiB layers.
+    """
+    p = MIN_PIECE
+    while p < MAX_PIECE and size > p * TARGET_PIECES:
+        p *= 2
+    return p
+
+
+def piece_count(size: int, plen: int) -> int:
+    return max(1, -(-size // plen))
+
+
+def info_name(digest: Digest) -> str:
+    return str(digest)
+
+
+@dataclass(frozen=True)
+class LayerTorrent:
+    """A validated layer torrent."""
+
+    digest: Digest
+    info_hash: InfoHash
+    size: int
+    piece_length: int
+    pieces: bytes  # concatenated 20-byte SHA-1s
+    trackers: tuple
+    ssl_cert: bytes | None
+    metainfo: bytes  # the canonical bencoded .torrent
+
+    @property
+    def num_pieces(self) -> int:
+        return len(self.pieces) // 20
+
+    def piece_hash(self, index: int) -> bytes:
+        return self.pieces[20 * index:20 * index + 20]
+
+    def piece_range(self, index: int) -> tuple:
+        start = index * self.piece_length
+        return start, min(self.size, start + self.piece_length)
+
+
+def build_info(digest: Digest, size: int, pieces: bytes, ssl_cert: bytes | None = None) -> dict:
+    info = {
+        b"length": size,
+        b"name": info_name(digest).encode(),
+        b"piece length": piece_length(size),
+        b"pieces": pieces,
+        b"private": 1,
+    }
+    if ssl_cert:
+        info[b"ssl-cert"] = ssl_cert
+    return info
+
+
+def build_metainfo(digest: Digest, size: int, pieces: bytes, trackers=(), ssl_cert: bytes | None = None) -> LayerTorrent:
+    """Assemble the canonical .torrent for a layer from its piece hashes."""
+    trackers = tuple(trackers)
+    meta = {b"info": build_info(digest, size, pieces, ssl_cert),
+            b"layerswarm": {b"digest": str(digest).encode(), b"format": FORMAT_VERSION}}
+    if trackers:
+        meta[b"announce"] = trackers[0].encode()
+        if len(trackers) > 1:
+            meta[b"announce-list"] = [[t.encode()] for t in trackers]
+    return parse_metainfo(bencodepy.encode(meta), digest)
+
+
+class PieceHasher:
+    """Hash a blob once, as it streams by: sha256 of the whole and SHA-1 per piece."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.plen = piece_length(size)
+        self._sha256 = hashlib.sha256()
+        self._piece = hashlib.sha1()
+        self._in_piece = 0
+        self._pieces = bytearray()
+        self.seen = 0
+
+    def update(self, data) -> None:
+        mv = memoryview(data)
+        self._sha256.update(mv)
+        self.seen += len(mv)
+        while mv:
+            take = min(len(mv), self.plen - self._in_piece)
+            self._piece.update(mv[:take])
+            self._in_piece += take
+            mv = mv[take:]
+            if self._in_piece == self.plen:
+                self._pieces += self._piece.digest()
+                self._piece = hashlib.sha1()
+                self._in_piece = 0
+
+    def digest(self) -> Digest:
+        return Digest(self._sha256.hexdigest())
+
+    def pieces(self) -> bytes:
+        """Concatenated piece hashes; call after the last byte."""
+        if self.seen != self.size:
+            raise ValueError(f"hashed {self.seen} bytes, expected {self.size}")
+        tail = self._piece.digest() if self._in_piece or self.size == 0 else b""
+        return bytes(self._pieces) + tail
+
+
+def torrent_for_file(path, trackers=(), ssl_cert: bytes | None = None, expect: Digest | None = None) -> LayerTorrent:
+    """Read a blob file once and build its layer torrent; checks ``expect`` if given."""
+    import os
+    size = os.path.getsize(path)
+    h = PieceHasher(size)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    digest = h.digest()
+    if expect is not None and digest != expect:
+        raise InvalidMetainfo(f"file {path} hashes to {digest}, not {expect}")
+    return build_metainfo(digest, size, h.pieces(), trackers, ssl_cert)
+
+
+def parse_metainfo(data: bytes, expect: Digest | None = None) -> LayerTorrent:
+    """Validate a .torrent as a layer torrent of this format (raises InvalidMetainfo)."""
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise InvalidMetainfo("empty torrent")
+    try:
+        meta = bencodepy.decode(bytes(data))
+    except Exception:
+        raise InvalidMetainfo("not valid bencode") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get(b"info"), dict):
+        raise InvalidMetainfo("no info dictionary")
+    if bencodepy.encode(meta) != bytes(data):
+        raise InvalidMetainfo("not canonical bencode (keys unsorted or extra data)")
+    info = meta[b"info"]
+    if b"files" in info or b"file tree" in info or b"meta version" in info:
+        raise InvalidMetainfo("not a single-file BitTorrent v1 torrent")
+    allowed = {b"length", b"name", b"piece length", b"pieces", b"private", b"ssl-cert"}
+    extra = set(info) - allowed
+    if extra:
+        raise InvalidMetainfo(f"unexpected keys in info: {sorted(k.decode('latin-1') for k in extra)}")
+    name = info.get(b"name")
+    try:
+        digest = Digest.parse(name.decode("ascii")) if isinstance(name, bytes) else None
+    except (InvalidDigest, UnicodeDecodeError):
+        digest = None
+    if digest is None:
+        raise InvalidMetainfo("info name is not a sha256:<hex> layer digest")
+    if expect is not None and digest != expect:
+        raise InvalidMetainfo(f"info name {digest} does not match {expect}")
+    size = info.get(b"length")
+    if not isinstance(size, int) or not (0 < size <= MAX_LAYER_SIZE):
+        raise InvalidMetainfo("length missing or out of range")
+    plen = info.get(b"piece length")
+    if plen != piece_length(size):
+        raise InvalidMetainfo(f"piece length {plen} breaks the format-{FORMAT_VERSION} rule "
+                              f"({piece_length(size)} for {size} bytes)")
+    pieces = info.get(b"pieces")
+    if not isinstance(pieces, bytes) or len(pieces) != 20 * piece_count(size, plen):
+        raise InvalidMetainfo("pieces field has the wrong length")
+    if info.get(b"private") != 1:
+        raise InvalidMetainfo("layer torrents are private (private=1)")
+    ssl_cert = info.get(b"ssl-cert")
+    if ssl_cert is not None and not isinstance(ssl_cert, bytes):
+        raise InvalidMetainfo("ssl-cert must be a string")
+    trackers = []
+    for tier in meta.get(b"announce-list", []) or []:
+        for url in tier if isinstance(tier, list) else []:
+            if isinstance(url, bytes):
+                trackers.append(url.decode("utf-8", "replace"))
+    if not trackers and isinstance(meta.get(b"announce"), bytes):
+        trackers.append(meta[b"announce"].decode("utf-8", "replace"))
+    return LayerTorrent(digest=digest, info_hash=InfoHash.of_info(bencodepy.encode(info)), size=size,
+                        piece_length=plen, pieces=pieces, trackers=tuple(trackers), ssl_cert=ssl_cert,
+                        metainfo=bytes(data))

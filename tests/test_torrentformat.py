@@ -1,0 +1,90 @@
+"""The layer torrent format: deterministic, validated, agrees with libtorrent and mktorrent."""
+import os
+import subprocess
+
+import bencodepy
+import pytest
+
+from bridge import torrentformat as tf
+from bridge.digest import Digest
+
+
+def _blob(tmp_path, size, seed=b"s"):
+    import hashlib
+    data = hashlib.shake_256(seed).digest(size)
+    d = Digest.of_bytes(data)
+    p = tmp_path / str(d)
+    p.write_bytes(data)
+    return p, d, data
+
+
+def test_piece_length_rule():
+    assert tf.piece_length(1) == 256 * 1024
+    assert tf.piece_length(256 << 20) == 256 * 1024
+    assert tf.piece_length((256 << 20) + 1) == 512 * 1024
+    assert tf.piece_length(1 << 30) == 1 << 20
+    assert tf.piece_length(1 << 40) == 4 << 20
+
+
+def test_two_builds_identical_and_streaming_hasher_agrees(tmp_path):
+    p, d, data = _blob(tmp_path, 700_000)
+    a = tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"])
+    b = tf.torrent_for_file(p, ["http://127.0.0.1:2/announce", "http://127.0.0.1:3/announce"])
+    assert a.info_hash == b.info_hash and a.digest == d
+    h = tf.PieceHasher(len(data))
+    for i in range(0, len(data), 999):
+        h.update(data[i:i + 999])
+    assert h.digest() == d and h.pieces() == a.pieces
+    assert a.info_hash.hex != d.hex[:40]
+
+
+def test_matches_libtorrent_create_torrent(tmp_path):
+    lt = pytest.importorskip("libtorrent")
+    p, d, _ = _blob(tmp_path, 1_300_000)
+    fs = lt.file_storage()
+    lt.add_files(fs, str(p), flags=0)
+    ct = lt.create_torrent(fs, tf.piece_length(p.stat().st_size),
+                           flags=lt.create_torrent.v1_only | lt.create_torrent.no_attributes)
+    ct.set_priv(True)
+    ct.set_creator("")
+    lt.set_piece_hashes(ct, str(tmp_path))
+    ours = tf.torrent_for_file(p)
+    theirs = lt.torrent_info(lt.bencode(ct.generate()))
+    assert str(theirs.info_hash()) == ours.info_hash.hex
+
+
+def test_matches_mktorrent(tmp_path):
+    p, d, _ = _blob(tmp_path, 600_000)
+    out = tmp_path / "m.torrent"
+    log2 = tf.piece_length(600_000).bit_length() - 1
+    subprocess.run(["mktorrent", "-p", "-d", "-l", str(log2), "-a", "http://127.0.0.1:9/announce",
+                    "-o", str(out), str(p)], check=True, capture_output=True)
+    meta = bencodepy.decode(out.read_bytes())
+    assert tf.InfoHash.of_info(bencodepy.encode(meta[b"info"])) == tf.torrent_for_file(p).info_hash
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda m: m[b"info"].__setitem__(b"name", b"foo"), "layer digest"),
+    (lambda m: m[b"info"].__setitem__(b"piece length", 16384), "piece length"),
+    (lambda m: m[b"info"].__setitem__(b"pieces", b"x" * 19), "pieces"),
+    (lambda m: m[b"info"].__setitem__(b"private", 0), "private"),
+    (lambda m: m[b"info"].__setitem__(b"length", -1), "length"),
+    (lambda m: m[b"info"].__setitem__(b"files", []), "single-file"),
+    (lambda m: m[b"info"].__setitem__(b"mtime", 5), "unexpected keys"),
+])
+def test_rejects_bad_torrents(tmp_path, mutate, msg):
+    p, d, _ = _blob(tmp_path, 300_000)
+    meta = bencodepy.decode(tf.torrent_for_file(p).metainfo)
+    mutate(meta)
+    with pytest.raises(tf.InvalidMetainfo, match=msg):
+        tf.parse_metainfo(bencodepy.encode(meta))
+
+
+def test_rejects_garbage_and_wrong_digest(tmp_path):
+    p, d, _ = _blob(tmp_path, 300_000)
+    good = tf.torrent_for_file(p).metainfo
+    for bad in (b"", b"garbage", b"d4:infoi1ee", good + b"x"):
+        with pytest.raises(tf.InvalidMetainfo):
+            tf.parse_metainfo(bad)
+    with pytest.raises(tf.InvalidMetainfo, match="does not match"):
+        tf.parse_metainfo(good, Digest.of_bytes(b"other"))
