@@ -1,0 +1,78 @@
+"""Real registry clients and our processes for the integration tests.
+
+The daemon-starting code lives in ``bridge.localstack`` (the demo uses it
+too); this module adds what only tests need: skips when the environment
+cannot run a daemon, assertions on the origin's access log and on the
+bridge's counters.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+
+import pytest
+
+from bridge import imagegen, localstack
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dockerd/containerd need root")
+
+
+def require_bridge() -> None:
+    if importlib.util.find_spec("bridge.serve") is None:
+        pytest.skip("layerswarm bridge not built yet (bridge/serve.py missing)")
+
+
+def unique(name: str) -> str:
+    """A repository-safe unique name: fresh blobs per test, no cache effects across tests."""
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+def push_image(registry_url: str, repo: str, tag: str = "v1", layer_sizes=(256 << 10, 512 << 10), oci=False):
+    img = imagegen.make_image(layer_sizes, seed=secrets.token_bytes(8), oci=oci)
+    imagegen.push(registry_url, repo, tag, img)
+    return img
+
+
+def origin_blob_gets(origin, repo: str | None = None) -> dict:
+    """digest -> number of successful (200/206) blob GETs the origin served."""
+    out: dict = {}
+    for path, status, _ in localstack.blob_gets(origin.log, repo):
+        if status in (200, 206):
+            d = path.split("?", 1)[0].rsplit("/", 1)[1]
+            out[d] = out.get(d, 0) + 1
+    return out
+
+
+def stats(bridge) -> dict:
+    """The bridge's JSON counters (GET /_layerswarm/stats, format in bridge/metrics.py)."""
+    return bridge.stats()
+
+
+def blob_responses(st: dict) -> int:
+    """Successful blob GETs (200 + 206) the bridge answered."""
+    return sum(n for k, n in st.get("requests", {}).items()
+               if k.startswith("blob GET 2"))
+
+
+def blob_bytes_served(st: dict) -> int:
+    return int(st.get("bytes_served", {}).get("blob", 0))
+
+
+def blob_bytes_from(st: dict, source: str) -> int:
+    return int(st.get("blob_bytes", {}).get(source, 0))
+
+
+def assert_bridge_served(bridge, image, before: dict | None = None) -> dict:
+    """The bridge's counters show it answered every blob of ``image`` with all its bytes."""
+    now = stats(bridge)
+    before = before or {}
+    n = blob_responses(now) - blob_responses(before)
+    nbytes = blob_bytes_served(now) - blob_bytes_served(before)
+    want = sum(len(b.data) for b in image.blobs)
+    assert n >= len(image.blobs), f"bridge answered {n} blob GETs, expected >= {len(image.blobs)}: {now}"
+    assert nbytes >= want, f"bridge served {nbytes} blob bytes, expected >= {want}: {now}"
+    return now
