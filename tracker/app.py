@@ -1,0 +1,60 @@
+"""The tracker's Flask app factory: all wiring in one place."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from tracker import protocol
+from tracker.config import Config
+from tracker.context import Tracker
+from tracker.errors import ClientError, StoreUnavailable
+from tracker.metrics import Metrics
+from tracker.storage import open_store
+
+log = logging.getLogger("tracker")
+_BITTORRENT_PATHS = ("/announce", "/scrape")
+
+
+def create_app(config=None) -> Flask:
+    """``config``: a Config, or a mapping of Config field names (tests)."""
+    cfg = config if isinstance(config, Config) else Config.from_mapping(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max(cfg.max_metainfo, cfg.max_manifest) + 1
+    app.json.sort_keys = False
+    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.store), metrics=Metrics())
+
+    from tracker.views import bittorrent, inspect, leases, metainfo
+    for mod in (bittorrent, metainfo, leases, inspect):
+        app.register_blueprint(mod.bp)
+    _register_errors(app)
+    return app
+
+
+def _bittorrent_request() -> bool:
+    return request.path.startswith(_BITTORRENT_PATHS)
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ClientError)
+    def client_error(exc):
+        return jsonify(error=exc.message, **exc.extra), exc.status
+
+    @app.errorhandler(StoreUnavailable)
+    def store_down(exc):
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return jsonify(error="tracker storage unavailable, retry later"), 503
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if _bittorrent_request():
+            return Response(protocol.encode_failure(exc.description or exc.name), mimetype="text/plain")
+        return jsonify(error=exc.description or exc.name), exc.code
+
+    @app.errorhandler(Exception)
+    def internal_error(exc):
+        log.exception("internal error on %s %s", request.method, request.path)
+        if _bittorrent_request():
+            return Response(protocol.encode_failure("internal tracker error"), mimetype="text/plain")
+        return jsonify(error="internal error"), 500

@@ -1,0 +1,46 @@
+"""Production serving: gunicorn embedded, gthread workers.
+
+The app is built in each worker (no preload), so every worker opens its own
+Redis pool after the fork.  The memory store lives in one process, so it
+runs with exactly one worker; Redis lets several workers share state.
+"""
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from tracker.config import Config
+
+
+class TrackerServer(BaseApplication):
+    def __init__(self, cfg: Config):
+        self.cfg_tracker = cfg
+        super().__init__()
+
+    def load_config(self):
+        c = self.cfg_tracker
+        host = f"[{c.host}]" if ":" in c.host else c.host
+        for key, value in {
+            "bind": [f"{host}:{c.port}"],
+            "workers": c.workers,
+            "threads": c.threads,
+            "worker_class": "gthread",
+            "keepalive": 5,
+            "backlog": 2048,
+            "timeout": 60,
+            "graceful_timeout": 10,
+            "max_requests": 0,           # never recycle: the memory store lives in the worker
+            "limit_request_line": 8190,  # long queries reach us and get a bencoded failure
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "layerswarm-tracker",
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from tracker.app import create_app
+        return create_app(self.cfg_tracker)
+
+
+def serve(cfg: Config) -> None:
+    TrackerServer(cfg).run()

@@ -1,0 +1,133 @@
+"""The one storage contract every backend (memory, Redis) implements.
+
+Peers, metainfo, reports, manifests and fetch leases.  Backends keep the
+per-announce cost bounded by ``numwant``, not by swarm size: counts are kept
+incrementally and peers are sampled, never copied wholesale.  The lease tree
+rule lives here once (:func:`lease_step`) so both backends agree on it.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from bridge.digest import Digest, InfoHash
+from tracker.protocol import AnnounceRequest, SwarmCounts
+
+
+@dataclass(frozen=True)
+class MetainfoRecord:
+    digest: Digest
+    info_hash: InfoHash
+    size: int
+    format: int
+    data: bytes
+    published_at: float
+
+
+@dataclass(frozen=True)
+class SwarmInfo:
+    info_hash: bytes
+    seeders: int
+    leechers: int
+    completed: int
+    last_announce: float
+
+
+# put_metainfo outcomes
+CREATED, EXISTS, CONFLICT, REJECTED = "created", "exists", "conflict", "quarantined"
+
+
+def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int, now: float):
+    """Apply one lease request to ``state``; returns (new state, answer).
+
+    One holder fetches from the origin; every other requester is handed a
+    source to stream from: the holder or an earlier relay that still has
+    fewer than ``fanout`` children, earliest first (a breadth-first tree, so
+    no host sends the layer more than ``fanout`` times).  Asking again gives
+    the same answer.
+    """
+    if state is None or state["expires"] <= now:
+        state = {"holder": {"host": host, "url": url}, "expires": now + ttl, "relays": []}
+        return state, {"role": "holder", "ttl": ttl}
+    holder = state["holder"]
+    if holder["host"] == host:
+        return state, {"role": "holder", "ttl": max(0.0, state["expires"] - now)}
+    nodes = {holder["host"]: holder}
+    for r in state["relays"]:
+        if r["host"] == host:
+            src = nodes.get(r["source"], holder)
+            return state, {"role": "relay", "source": {"host": src["host"], "url": src["url"]}}
+        nodes[r["host"]] = r
+    children: dict = {}
+    for r in state["relays"]:
+        children[r["source"]] = children.get(r["source"], 0) + 1
+    source = next(n for n in [holder, *state["relays"]] if children.get(n["host"], 0) < fanout)
+    state["relays"].append({"host": host, "url": url, "source": source["host"]})
+    return state, {"role": "relay", "source": {"host": source["host"], "url": source["url"]}}
+
+
+class Store(abc.ABC):
+    # -- peers --------------------------------------------------------------
+    @abc.abstractmethod
+    def announce(self, req: AnnounceRequest, ttl: float, now: float) -> tuple:
+        """Record the peer (or drop it on ``stopped``); return (peers, SwarmCounts).
+
+        ``peers`` is at most ``req.numwant`` (peer_id, compact addr) pairs,
+        never the announcing peer, and no seeders when it is a seeder.
+        Peers not seen for ``ttl`` seconds are gone.
+        """
+
+    @abc.abstractmethod
+    def scrape(self, info_hashes: list | None, now: float) -> dict:
+        """{info_hash: SwarmCounts} for the given hashes (all known when None)."""
+
+    @abc.abstractmethod
+    def swarms(self, now: float) -> list:
+        """SwarmInfo of every swarm with peers or a completion on record."""
+
+    # -- metainfo -----------------------------------------------------------
+    @abc.abstractmethod
+    def put_metainfo(self, rec: MetainfoRecord) -> tuple:
+        """First valid write wins: (CREATED|EXISTS|CONFLICT|REJECTED, current info_hash or None)."""
+
+    @abc.abstractmethod
+    def get_metainfo(self, digest: Digest) -> MetainfoRecord | None: ...
+
+    @abc.abstractmethod
+    def list_metainfo(self) -> list:
+        """[(digest, info_hash, size)] of every published torrent."""
+
+    @abc.abstractmethod
+    def report(self, digest: Digest, info_hash: InfoHash, host: str, trusted: bool, threshold: int) -> bool:
+        """Record a bad-torrent report; quarantine when trusted or ``threshold`` distinct hosts.
+
+        Returns True when the published torrent with ``info_hash`` is (now)
+        quarantined: no longer served, never accepted again, and the digest
+        free for a new publish.
+        """
+
+    # -- manifests ----------------------------------------------------------
+    @abc.abstractmethod
+    def put_manifest(self, digest: Digest, content_type: str, data: bytes) -> bool:
+        """Store (content already verified); True if new."""
+
+    @abc.abstractmethod
+    def get_manifest(self, digest: Digest) -> tuple | None:
+        """(content_type, data) or None."""
+
+    # -- leases -------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_lease(self, digest: Digest, host: str, url: str, ttl: float, fanout: int, now: float) -> dict: ...
+
+    @abc.abstractmethod
+    def renew_lease(self, digest: Digest, host: str, ttl: float, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    def release_lease(self, digest: Digest, host: str, now: float) -> bool:
+        """The holder drops the whole lease (relays re-ask); a relay leaves the tree."""
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass

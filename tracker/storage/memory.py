@@ -1,0 +1,242 @@
+"""In-process store: the default, for one tracker process (one gunicorn worker).
+
+One lock guards everything; every operation is O(numwant) or O(1) amortized,
+so holding it is cheap.  Each swarm keeps its peers in an OrderedDict ordered
+by last announce (expired peers are popped off the front) and two index-able
+pools, seeders and leechers, that random samples are drawn from without
+copying the swarm.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+
+from tracker.protocol import SwarmCounts
+from tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord, Store, SwarmInfo,
+                                  lease_step)
+
+PURGE_BATCH = 64        # expired peers dropped per announce on a swarm
+SWEEP_EVERY = 30.0      # seconds between sweeps of swarms nobody announces to
+
+
+class _Pool:
+    """A set with O(1) add/remove and O(k) random sampling."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self):
+        self.items: list = []
+        self.pos: dict = {}
+
+    def add(self, key) -> None:
+        if key not in self.pos:
+            self.pos[key] = len(self.items)
+            self.items.append(key)
+
+    def remove(self, key) -> None:
+        i = self.pos.pop(key, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self.pos[last] = i
+
+    def __len__(self):
+        return len(self.items)
+
+
+class _Swarm:
+    __slots__ = ("peers", "seeders", "leechers", "completed", "last_announce")
+
+    def __init__(self):
+        self.peers: OrderedDict = OrderedDict()  # peer_id -> (addr, seeder, expires)
+        self.seeders = _Pool()
+        self.leechers = _Pool()
+        self.completed = 0
+        self.last_announce = 0.0
+
+    def drop(self, pid) -> None:
+        _, seeder, _ = self.peers.pop(pid)
+        (self.seeders if seeder else self.leechers).remove(pid)
+
+    def purge(self, now: float, limit: int | None = PURGE_BATCH) -> None:
+        peers = self.peers
+        while peers and (limit is None or limit > 0):
+            pid, (_, _, expires) = next(iter(peers.items()))
+            if expires > now:
+                break
+            self.drop(pid)
+            if limit is not None:
+                limit -= 1
+
+    def counts(self) -> SwarmCounts:
+        return SwarmCounts(len(self.seeders), len(self.leechers), self.completed)
+
+
+class MemoryStore(Store):
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._swarms: dict = {}
+        self._metainfo: dict = {}      # Digest -> MetainfoRecord
+        self._quarantined: dict = {}   # Digest -> set of info-hash raw bytes
+        self._reports: dict = {}       # (Digest, info-hash raw) -> set of hosts
+        self._manifests: dict = {}     # Digest -> (content type, bytes)
+        self._leases: dict = {}        # Digest -> lease state (see lease_step)
+        self._next_sweep = 0.0
+
+    # -- peers --------------------------------------------------------------
+    def announce(self, req, ttl, now):
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            sw = self._swarms.get(req.info_hash)
+            if sw is None:
+                if req.event == "stopped":
+                    return [], SwarmCounts()
+                sw = self._swarms[req.info_hash] = _Swarm()
+            sw.purge(now)
+            sw.last_announce = now
+            pid = req.peer_id
+            old = sw.peers.get(pid)
+            if old is not None:
+                sw.drop(pid)
+            if req.event == "stopped":
+                counts = sw.counts()
+                if not sw.peers and not sw.completed:
+                    del self._swarms[req.info_hash]
+                return [], counts
+            if req.event == "completed" and not (old and old[1]):
+                sw.completed += 1
+            seeder = req.left == 0
+            sw.peers[pid] = (req.addr, seeder, now + ttl)
+            (sw.seeders if seeder else sw.leechers).add(pid)
+            return self._sample(sw, req, seeder), sw.counts()
+
+    @staticmethod
+    def _sample(sw: _Swarm, req, seeder: bool) -> list:
+        want = req.numwant
+        if want <= 0:
+            return []
+        pools = (sw.leechers.items,) if seeder else (sw.seeders.items, sw.leechers.items)
+        total = sum(len(p) for p in pools)
+        picks = random.sample(range(total), min(total, want + 1))  # +1: room to skip ourselves
+        out = []
+        first = len(pools[0])
+        for i in picks:
+            pid = pools[0][i] if i < first else pools[1][i - first]
+            if pid == req.peer_id:
+                continue
+            addr = sw.peers[pid][0]
+            if addr == req.addr:
+                continue  # same host:port under another peer id: still ourselves
+            out.append((pid, addr))
+            if len(out) == want:
+                break
+        return out
+
+    def _sweep(self, now):
+        self._next_sweep = now + SWEEP_EVERY
+        for ih in list(self._swarms):
+            sw = self._swarms[ih]
+            sw.purge(now, None)
+            if not sw.peers and not sw.completed:
+                del self._swarms[ih]
+        for d in [d for d, st in self._leases.items() if st["expires"] <= now]:
+            del self._leases[d]
+
+    def scrape(self, info_hashes, now):
+        with self._lock:
+            if info_hashes is None:
+                self._sweep(now)
+                return {ih: sw.counts() for ih, sw in self._swarms.items()}
+            out = {}
+            for ih in info_hashes:
+                sw = self._swarms.get(ih)
+                if sw is not None:
+                    sw.purge(now, None)
+                out[ih] = sw.counts() if sw else SwarmCounts()
+            return out
+
+    def swarms(self, now):
+        with self._lock:
+            self._sweep(now)
+            return [SwarmInfo(ih, len(sw.seeders), len(sw.leechers), sw.completed, sw.last_announce)
+                    for ih, sw in self._swarms.items()]
+
+    # -- metainfo -----------------------------------------------------------
+    def put_metainfo(self, rec: MetainfoRecord):
+        with self._lock:
+            if rec.info_hash.raw in self._quarantined.get(rec.digest, ()):
+                return REJECTED, None
+            cur = self._metainfo.get(rec.digest)
+            if cur is None:
+                self._metainfo[rec.digest] = rec
+                return CREATED, rec.info_hash
+            return (EXISTS if cur.info_hash == rec.info_hash else CONFLICT), cur.info_hash
+
+    def get_metainfo(self, digest):
+        with self._lock:
+            return self._metainfo.get(digest)
+
+    def list_metainfo(self):
+        with self._lock:
+            return [(r.digest, r.info_hash, r.size) for r in self._metainfo.values()]
+
+    def report(self, digest, info_hash, host, trusted, threshold):
+        with self._lock:
+            if info_hash.raw in self._quarantined.get(digest, ()):
+                return True
+            hosts = self._reports.setdefault((digest, info_hash.raw), set())
+            if len(hosts) < 10_000:  # bounded: a flood of fake host ids cannot grow memory forever
+                hosts.add(host)
+            cur = self._metainfo.get(digest)
+            if cur is None or cur.info_hash != info_hash:
+                return False  # not the published torrent: remembered, nothing to quarantine
+            if trusted or len(hosts) >= threshold:
+                del self._metainfo[digest]
+                self._quarantined.setdefault(digest, set()).add(info_hash.raw)
+                return True
+            return False
+
+    # -- manifests ----------------------------------------------------------
+    def put_manifest(self, digest, content_type, data):
+        with self._lock:
+            if digest in self._manifests:
+                return False
+            self._manifests[digest] = (content_type, bytes(data))
+            return True
+
+    def get_manifest(self, digest):
+        with self._lock:
+            return self._manifests.get(digest)
+
+    # -- leases -------------------------------------------------------------
+    def acquire_lease(self, digest, host, url, ttl, fanout, now):
+        with self._lock:
+            state, answer = lease_step(self._leases.get(digest), host, url, ttl, fanout, now)
+            self._leases[digest] = state
+            return answer
+
+    def renew_lease(self, digest, host, ttl, now):
+        with self._lock:
+            st = self._leases.get(digest)
+            if st is None or st["expires"] <= now or st["holder"]["host"] != host:
+                return False
+            st["expires"] = now + ttl
+            return True
+
+    def release_lease(self, digest, host, now):
+        with self._lock:
+            st = self._leases.get(digest)
+            if st is None or st["expires"] <= now:
+                self._leases.pop(digest, None)
+                return False
+            if st["holder"]["host"] == host:
+                del self._leases[digest]
+                return True
+            before = len(st["relays"])
+            st["relays"] = [r for r in st["relays"] if r["host"] != host]
+            return len(st["relays"]) != before

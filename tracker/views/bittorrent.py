@@ -1,0 +1,68 @@
+"""BitTorrent endpoints: announce (BEP 3/23/7), scrape (BEP 48), health.
+
+Client mistakes are answered as a bencoded ``failure reason`` with HTTP 200
+(clients only read the body), never as a 500.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, request
+
+from tracker import protocol
+from tracker.context import tracker
+from tracker.errors import ClientError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+bp = Blueprint("bittorrent", __name__)
+BENCODE = "text/plain"
+
+
+def announce_bytes(t, query_string: bytes, remote_addr: str, now: float | None = None) -> bytes:
+    """The whole announce: parse, store, encode.  Shared by the Flask view and the fast path."""
+    cfg = t.config
+    try:
+        req = protocol.parse_announce(query_string, remote_addr, cfg)
+        peers, counts = t.store.announce(req, cfg.effective_peer_ttl, now or time.time())
+    except ClientError as exc:
+        t.metrics.failures.labels("announce").inc()
+        return protocol.encode_failure(exc.message)
+    except StoreUnavailable as exc:
+        log.error("announce: %s", exc)
+        t.metrics.failures.labels("announce").inc()
+        return protocol.encode_failure("tracker storage unavailable, retry later")
+    t.metrics.announce[req.event].inc()
+    return protocol.encode_announce(req, peers, counts, cfg.interval, cfg.effective_min_interval)
+
+
+@bp.get("/announce")
+@bp.get("/announce/<passkey>")  # passkeys stay under /announce: libtorrent's loopback SSRF rule
+def announce(passkey=None):
+    return Response(announce_bytes(tracker(), request.query_string, request.remote_addr), mimetype=BENCODE)
+
+
+@bp.get("/scrape")
+@bp.get("/scrape/<passkey>")
+def scrape(passkey=None):
+    t = tracker()
+    try:
+        hashes = protocol.parse_scrape(request.query_string, t.config)
+        body = protocol.encode_scrape(t.store.scrape(hashes, time.time()))
+        t.metrics.scrapes.inc()
+    except ClientError as exc:
+        t.metrics.failures.labels("scrape").inc()
+        body = protocol.encode_failure(exc.message)
+    except StoreUnavailable as exc:
+        log.error("scrape: %s", exc)
+        body = protocol.encode_failure("tracker storage unavailable, retry later")
+    return Response(body, mimetype=BENCODE)
+
+
+@bp.get("/healthz")
+def healthz():
+    try:
+        tracker().store.ping()
+    except StoreUnavailable:
+        return Response("store unavailable\n", status=503, mimetype="text/plain")
+    return Response("ok\n", mimetype="text/plain")

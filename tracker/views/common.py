@@ -1,0 +1,41 @@
+"""Helpers shared by the JSON views."""
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from bridge.digest import Digest, InvalidDigest
+from tracker.errors import ClientError, TooLarge
+
+_HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")
+
+
+def parse_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except InvalidDigest as exc:
+        raise ClientError(str(exc)) from None
+
+
+def read_body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"body larger than {limit} bytes")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"body larger than {limit} bytes")
+    return data
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise ClientError("body must be a JSON object")
+    return body
+
+
+def host_id(value) -> str:
+    if not isinstance(value, str) or not _HOST_ID.match(value):
+        raise ClientError("host must be 1-255 characters of [A-Za-z0-9._:@/-]")
+    return value

@@ -1,0 +1,57 @@
+"""Fetch leases for cold layers: one holder fetches from the origin, the others
+stream from it or from an earlier relay (a tree with bounded fan-out)."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify, request
+
+from tracker.context import tracker
+from tracker.errors import ClientError, Conflict
+from tracker.views.common import host_id, json_body, parse_digest
+
+bp = Blueprint("leases", __name__)
+
+
+def _ttl(body: dict, cfg) -> float:
+    ttl = body.get("ttl", cfg.lease_ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ClientError("ttl must be a positive number of seconds")
+    return float(min(ttl, cfg.lease_ttl_max))
+
+
+@bp.post("/leases/<digest>")
+def acquire(digest):
+    t = tracker()
+    d = parse_digest(digest)
+    body = json_body()
+    host = host_id(body.get("host"))
+    url = body.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+        raise ClientError("url must be the bridge's http(s) base URL")
+    ttl = _ttl(body, t.config)
+    if t.store.get_metainfo(d) is not None:
+        t.metrics.leases.labels("published").inc()
+        return jsonify(role="published"), 200
+    answer = t.store.acquire_lease(d, host, url, ttl, t.config.relay_fanout, time.time())
+    t.metrics.leases.labels(answer["role"]).inc()
+    return jsonify(answer), (201 if answer["role"] == "holder" else 200)
+
+
+@bp.put("/leases/<digest>")
+def renew(digest):
+    t = tracker()
+    d = parse_digest(digest)
+    body = json_body()
+    host = host_id(body.get("host"))
+    ttl = _ttl(body, t.config)
+    if not t.store.renew_lease(d, host, ttl, time.time()):
+        raise Conflict("not the lease holder (expired or taken)")
+    return jsonify(role="holder", ttl=ttl)
+
+
+@bp.delete("/leases/<digest>")
+def release(digest):
+    d = parse_digest(digest)
+    host = host_id(request.args.get("host"))
+    return jsonify(released=tracker().store.release_lease(d, host, time.time()))

@@ -1,0 +1,110 @@
+"""Layer torrents and manifests by digest, and bad-torrent reports.
+
+A torrent cannot be checked against a sha256 without the blob, so it is
+trusted on publish (token-gated, first valid write wins) and withdrawn when
+bridges that verified the real blob report that its pieces do not match.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from flask import Blueprint, Response, jsonify, request
+
+from bridge.digest import InfoHash, InvalidInfoHash
+from bridge.torrentformat import FORMAT_VERSION, InvalidMetainfo, parse_metainfo
+from tracker.context import tracker
+from tracker.errors import ClientError, Conflict, NotFound
+from tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
+from tracker.views.common import host_id, json_body, parse_digest, read_body
+
+log = logging.getLogger(__name__)
+bp = Blueprint("metainfo", __name__)
+TORRENT = "application/x-bittorrent"
+
+
+@bp.put("/metainfo/<digest>")
+def put_metainfo(digest):
+    t = tracker()
+    t.require_publisher()
+    d = parse_digest(digest)
+    data = read_body(t.config.max_metainfo)
+    try:
+        lt = parse_metainfo(data, expect=d)
+    except InvalidMetainfo as exc:
+        t.metrics.metainfo_puts.labels("invalid").inc()
+        raise ClientError(f"invalid layer torrent: {exc}") from None
+    rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=FORMAT_VERSION,
+                         data=lt.metainfo, published_at=time.time())
+    status, current = t.store.put_metainfo(rec)
+    t.metrics.metainfo_puts.labels(status).inc()
+    if status == CREATED:
+        log.info("published %s info_hash=%s size=%d", d, lt.info_hash, lt.size)
+        return jsonify(digest=str(d), info_hash=lt.info_hash.hex, size=lt.size), 201
+    if status == EXISTS:
+        return jsonify(digest=str(d), info_hash=lt.info_hash.hex, size=lt.size), 200
+    if status == CONFLICT:
+        raise Conflict("a different torrent is already published for this digest", info_hash=current.hex)
+    raise Conflict("this torrent was quarantined for this digest after bad-piece reports")
+
+
+@bp.route("/metainfo/<digest>", methods=["GET", "HEAD"])
+def get_metainfo(digest):
+    d = parse_digest(digest)
+    rec = tracker().store.get_metainfo(d)
+    if rec is None:
+        raise NotFound("no torrent published for this digest")
+    return Response(rec.data, mimetype=TORRENT,
+                    headers={"X-Layerswarm-Info-Hash": rec.info_hash.hex, "ETag": f'"{rec.info_hash.hex}"',
+                             "Cache-Control": "no-cache"})  # can be quarantined: revalidate
+
+
+@bp.post("/metainfo/<digest>/reports")
+def report(digest):
+    t = tracker()
+    d = parse_digest(digest)
+    trusted = t.is_trusted()
+    body = json_body()
+    try:
+        ih = InfoHash.from_hex(body.get("info_hash"))
+    except InvalidInfoHash as exc:
+        raise ClientError(str(exc)) from None
+    host = host_id(body.get("host"))
+    reason = str(body.get("reason", ""))[:500]
+    t.metrics.reports.inc()
+    log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
+    published = t.store.get_metainfo(d)
+    quarantined = t.store.report(d, ih, host, trusted, t.config.quarantine_reports)
+    if quarantined and published is not None and published.info_hash == ih:
+        t.metrics.quarantines.inc()
+        log.warning("QUARANTINED torrent %s for %s (trusted=%s, last report from %s): %s",
+                    ih, d, trusted, host, reason)
+    return jsonify(quarantined=quarantined)
+
+
+@bp.put("/manifests/<digest>")
+def put_manifest(digest):
+    t = tracker()
+    t.require_publisher()
+    d = parse_digest(digest)
+    ctype = request.headers.get("Content-Type", "application/octet-stream")
+    if len(ctype) > 255 or any(c in ctype for c in "\r\n"):
+        raise ClientError("invalid Content-Type")
+    data = read_body(t.config.max_manifest)
+    if hashlib.sha256(data).hexdigest() != d.hex:
+        raise ClientError("body does not hash to the digest")
+    created = t.store.put_manifest(d, ctype, data)
+    return jsonify(digest=str(d), size=len(data)), (201 if created else 200)
+
+
+@bp.route("/manifests/<digest>", methods=["GET", "HEAD"])
+def get_manifest(digest):
+    d = parse_digest(digest)
+    found = tracker().store.get_manifest(d)
+    if found is None:
+        raise NotFound("manifest unknown")
+    ctype, data = found
+    return Response(data, content_type=ctype,
+                    headers={"Docker-Content-Digest": str(d), "ETag": f'"{d}"',
+                             "Cache-Control": "public, max-age=31536000, immutable"})
