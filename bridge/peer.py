@@ -1,0 +1,252 @@
+"""The host's peer: one libtorrent session, the layer store and the tracker client, wired once.
+
+Create one :class:`Peer` per process.  The registry mirror calls
+``path_if_present``/``stream``/``ingest_writer``; ``layerswarm seed`` and the
+admin endpoints call ``add_blob``/``seed``.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from bridge import torrentformat as tf
+from bridge.digest import Digest
+from bridge.errors import SwarmError, UserError
+from bridge.store import LayerStore
+from bridge.stream import Download, FileStream, LayerStream, StreamConfig
+from bridge.trackerclient import (PublishConflict, PublishRejected, TrackerClient,
+                                  TrackerUnavailable)
+
+log = logging.getLogger(__name__)
+
+
+class TorrentConflict(UserError):
+    """The tracker publishes a torrent for the digest whose pieces do not match our verified bytes."""
+
+
+@dataclass
+class PeerConfig:
+    store_dir: str
+    tracker_url: str
+    token: str | None = None
+    host_id: str = field(default_factory=socket.gethostname)
+    listen: str = "0.0.0.0:6881"
+    cap_bytes: int | None = None
+    utp: bool = False
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    tracker_timeout: float = 10.0
+    admin_token: str | None = None   # required as Bearer on /_layerswarm/* when set
+
+
+@dataclass
+class SeedInfo:
+    digest: Digest
+    size: int
+    info_hash: str
+    source: str   # "published" (tracker's, checked), "own" (we published), "record" (restart, no rehash)
+
+    def as_dict(self) -> dict:
+        return {"digest": str(self.digest), "size": self.size, "info_hash": self.info_hash, "source": self.source}
+
+
+class Peer:
+    def __init__(self, config: PeerConfig):
+        from bridge.torrent.session import TorrentSession, SessionConfig  # the libtorrent import
+        self.config = config
+        self.store = LayerStore(config.store_dir, config.cap_bytes)
+        self.tracker = TrackerClient(config.tracker_url, config.token, config.host_id, config.tracker_timeout)
+        self.session = TorrentSession(SessionConfig(listen=config.listen, utp=config.utp))
+        self.store.on_evict = self._stop_seeding
+        self._lock = threading.Lock()
+        self._downloads: dict = {}
+        self._seeding: dict = {}     # Digest -> SeedInfo
+        self._blueprint = None
+        self._closed = False
+
+    # -- seeding -----------------------------------------------------------
+    def seed_stored(self) -> list:
+        """Seed every stored layer again (startup): from the saved, checked torrent with seed_mode.
+
+        Only bytes the store verified before (index record matches size and
+        mtime) get here, so no recheck is needed.
+        """
+        out = []
+        for d in self.store.digests():
+            if d in self._seeding:
+                continue
+            meta = self.store.saved_torrent(d)
+            try:
+                if meta is not None:
+                    out.append(self._add_seed(tf.parse_metainfo(meta, d), "record"))
+                else:
+                    out.append(self.seed(d))
+            except Exception as exc:  # one bad layer must not stop the others
+                log.warning("not seeding %s: %s", d, exc)
+        return out
+
+    def seed(self, digest: Digest, own: tf.LayerTorrent | None = None) -> SeedInfo:
+        """Publish-or-adopt the torrent for a stored layer and seed it."""
+        if digest in self._seeding:
+            return self._seeding[digest]
+        path = self.store.path_if_present(digest)
+        if path is None:
+            raise FileNotFoundError(str(digest))
+        if own is None:
+            own = tf.torrent_for_file(path, expect=digest)
+        chosen, source = self.resolve_torrent(own)
+        self.store.save_torrent(digest, chosen.metainfo)
+        return self._add_seed(chosen, source)
+
+    def resolve_torrent(self, own: tf.LayerTorrent) -> tuple:
+        """The torrent to seed for verified bytes whose own build is ``own``.
+
+        The tracker's published torrent wins if its pieces match our bytes; we
+        publish ours only when none is published.  A published torrent that
+        disagrees is reported and raises TorrentConflict.
+        """
+        published = self.tracker.get_metainfo(own.digest)
+        if published is None:
+            try:
+                self.tracker.put_metainfo(own)
+                return own, "own"
+            except PublishConflict:
+                published = self.tracker.get_metainfo(own.digest)  # lost a publish race
+                if published is None:
+                    raise TorrentConflict(f"tracker refused the torrent for {own.digest} and serves none")
+            except PublishRejected as exc:
+                raise UserError(str(exc)) from None
+        if _same_pieces(published, own):
+            return published, "published"
+        self.tracker.report(own.digest, published.info_hash,
+                            "piece hashes do not match the verified blob")
+        raise TorrentConflict(f"tracker publishes torrent {published.info_hash} for {own.digest} whose pieces "
+                              "do not match the blob (reported)")
+
+    def _add_seed(self, torrent: tf.LayerTorrent, source: str) -> SeedInfo:
+        d = torrent.digest
+        self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
+                         trackers=[self.tracker.announce_url])
+        info = SeedInfo(d, torrent.size, torrent.info_hash.hex, source)
+        with self._lock:
+            self._seeding[d] = info
+        return info
+
+    def _stop_seeding(self, digest: Digest) -> None:
+        with self._lock:
+            self._seeding.pop(digest, None)
+        self.session.remove(str(digest))
+        self.session.wait_removed(str(digest))
+
+    def seeding(self) -> list:
+        with self._lock:
+            return list(self._seeding.values())
+
+    def add_blob(self, chunks, size: int, digest: Digest | None = None) -> SeedInfo:
+        """Store bytes (an iterable of chunks), verify, publish, seed.  Nothing is kept on failure."""
+        if digest is not None and digest in self.store:
+            for _ in chunks:  # drain the source; the stored copy is already verified
+                pass
+            return self.seed(digest)
+        w = self.store.writer(digest, size)
+        with w:
+            for c in chunks:
+                w.write(c)
+            own = w.finish()
+            if own.digest in self.store:
+                w.abort()
+                return self.seed(own.digest)
+            chosen, source = self.resolve_torrent(own)  # before commit: a conflict leaves nothing behind
+            w.commit(chosen.metainfo)
+        return self._add_seed(chosen, source)
+
+    def ingest_writer(self, digest: Digest, size: int):
+        """A store writer for an origin fetch (the mirror's cold path): write, then ``publish_writer``."""
+        return self.store.writer(digest, size)
+
+    def publish_writer(self, writer) -> SeedInfo:
+        own = writer.finish()
+        chosen, source = self.resolve_torrent(own)
+        writer.commit(chosen.metainfo)
+        return self._add_seed(chosen, source)
+
+    # -- downloading -------------------------------------------------------
+    def stream(self, digest: Digest, offset: int = 0, metainfo: tf.LayerTorrent | None = None):
+        """An in-order byte stream of a layer from ``offset``: from the store, or from the swarm.
+
+        Raises SwarmError when there is no torrent or the tracker is down (fall back to the origin).
+        """
+        if digest in self.store:
+            return FileStream(self.store, digest, offset)
+        return LayerStream(self.download(digest, metainfo), offset)
+
+    def download(self, digest: Digest, metainfo: tf.LayerTorrent | None = None) -> Download:
+        """The shared download of ``digest`` (started if needed)."""
+        with self._lock:
+            dl = self._downloads.get(digest)
+            if dl is not None and not dl.complete.is_set():
+                return dl
+        if metainfo is None:
+            try:
+                metainfo = self.tracker.get_metainfo(digest)
+            except TrackerUnavailable as exc:
+                raise SwarmError(str(exc)) from None
+            if metainfo is None:
+                raise SwarmError(f"no torrent published for {digest}")
+        with self._lock:
+            dl = self._downloads.get(digest)
+            if dl is not None and not dl.complete.is_set():
+                return dl
+            dl = Download(self.session, self.store, metainfo, trackers=[self.tracker.announce_url],
+                          config=self.config.stream, on_mismatch=self._report_mismatch, on_done=self._download_done)
+            self._downloads[digest] = dl
+        try:
+            dl.start()
+        except Exception:
+            with self._lock:
+                self._downloads.pop(digest, None)
+            raise
+        return dl
+
+    def _download_done(self, dl: Download) -> None:
+        with self._lock:
+            if self._downloads.get(dl.digest) is dl:
+                del self._downloads[dl.digest]
+            if dl.verified:
+                self._seeding[dl.digest] = SeedInfo(dl.digest, dl.lt.size, dl.lt.info_hash.hex, "downloaded")
+
+    def _report_mismatch(self, dl: Download) -> None:
+        self.tracker.report(dl.digest, dl.lt.info_hash, "downloaded blob does not hash to the digest")
+
+    # -- admin -------------------------------------------------------------
+    @property
+    def blueprint(self):
+        if self._blueprint is None:
+            from bridge.peerapi import make_blueprint
+            self._blueprint = make_blueprint(self)
+        return self._blueprint
+
+    def status(self) -> dict:
+        with self._lock:
+            downloads = {str(d): {"readers": dl.readers, "size": dl.lt.size} for d, dl in self._downloads.items()}
+        return {"listen_port": self.session.listen_port, "store_bytes": self.store.used_bytes(),
+                "store_cap": self.store.cap, "seeding": [s.as_dict() for s in self.seeding()],
+                "downloads": downloads}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            dls = list(self._downloads.values())
+        for dl in dls:
+            with dl._cond:
+                dl.error = dl.error or SwarmError("peer shutting down")
+                dl._cond.notify_all()
+        self.store.flush()
+        self.session.close()
+
+
+def _same_pieces(a: tf.LayerTorrent, b: tf.LayerTorrent) -> bool:
+    return a.size == b.size and a.piece_length == b.piece_length and a.pieces == b.pieces

@@ -1,0 +1,450 @@
+"""The host's content-addressed layer store.
+
+Layout under the store root::
+
+    layers/sha256:<hex>            verified blobs (the torrent name is the file
+                                   name, so libtorrent's save_path is layers/)
+    torrents/sha256:<hex>.torrent  the checked torrent each layer is seeded with
+    downloads/sha256:<hex>         swarm downloads in progress (libtorrent save_path)
+    incoming/sha256:<hex>.<n>      origin fetches / ingests being written and hashed
+    index.json                     digest -> size, mtime_ns, last_used of verified blobs
+
+A blob enters ``layers/`` only after its whole sha256 matched, by an atomic
+rename of a file no torrent has open (incoming) or by libtorrent's own
+``move_storage`` (downloads).  On restart only files whose size and mtime
+match the index skip re-verification; anything else is rehashed or dropped.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge import torrentformat as tf
+from bridge.digest import Digest
+from bridge.errors import DigestMismatch, StoreFull
+
+log = logging.getLogger(__name__)
+
+INDEX_FLUSH_INTERVAL = 5.0
+PARTIAL_MAX_AGE = 24 * 3600  # abandoned partial downloads older than this are dropped at startup
+
+
+@dataclass
+class Entry:
+    size: int
+    mtime_ns: int
+    last_used: float
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class LayerStore:
+    def __init__(self, root, cap_bytes: int | None = None):
+        self.root = Path(root)
+        self.cap = cap_bytes
+        self.layers_dir = self.root / "layers"
+        self.torrents_dir = self.root / "torrents"
+        self.downloads_dir = self.root / "downloads"
+        self.incoming_dir = self.root / "incoming"
+        for d in (self.layers_dir, self.torrents_dir, self.downloads_dir, self.incoming_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._entries: dict = {}          # Digest -> Entry
+        self._pins: dict = {}             # Digest -> refcount (never evicted while pinned)
+        self._reserved = 0                # bytes promised to writers/downloads in flight
+        self._writers: dict = {}          # Digest -> LayerWriter in progress
+        self._seq = itertools.count()
+        self._dirty_at = 0.0
+        self.on_evict = None              # callable(Digest): stop seeding before the file goes
+        self.rehashed: list = []          # digests re-verified at load (not in the index)
+        self._load()
+
+    # -- paths -------------------------------------------------------------
+    def layer_path(self, digest: Digest) -> Path:
+        return self.layers_dir / str(digest)
+
+    def torrent_path(self, digest: Digest) -> Path:
+        return self.torrents_dir / f"{digest}.torrent"
+
+    def download_path(self, digest: Digest) -> Path:
+        return self.downloads_dir / str(digest)
+
+    # -- index -------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            raw = json.loads((self.root / "index.json").read_text())
+        except (OSError, ValueError):
+            raw = {}
+        for name in os.listdir(self.incoming_dir):  # never trusted: a crash mid-write
+            _unlink(self.incoming_dir / name)
+        now = time.time()
+        for name in os.listdir(self.downloads_dir):
+            p = self.downloads_dir / name
+            try:
+                if now - p.stat().st_mtime > PARTIAL_MAX_AGE:
+                    _unlink(p)
+            except OSError:
+                pass
+        for name in os.listdir(self.layers_dir):
+            p = self.layers_dir / name
+            try:
+                d = Digest.parse(name)
+                st = p.stat()
+            except (ValueError, OSError):
+                _unlink(p)
+                continue
+            rec = raw.get(name)
+            if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+                self._entries[d] = Entry(st.st_size, st.st_mtime_ns, float(rec.get("last_used", now)))
+                continue
+            # Bytes we never recorded as verified (or that changed since): check them now.
+            if _sha256_file(p) == d.hex:
+                self._entries[d] = Entry(st.st_size, st.st_mtime_ns, now)
+                self.rehashed.append(d)
+            else:
+                log.warning("dropping %s: bytes do not match its digest", name)
+                _unlink(p)
+                _unlink(self.torrent_path(d))
+        self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._dirty_at < INDEX_FLUSH_INTERVAL:
+            return
+        self._dirty_at = now
+        with self._lock:
+            data = {str(d): {"size": e.size, "mtime_ns": e.mtime_ns, "last_used": e.last_used}
+                    for d, e in self._entries.items()}
+        tmp = self.root / f"index.json.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            os.replace(tmp, self.root / "index.json")
+        except OSError as exc:
+            _unlink(tmp)
+            log.warning("could not write store index: %s", exc)
+
+    def flush(self) -> None:
+        self._flush(force=True)
+
+    # -- queries -----------------------------------------------------------
+    def path_if_present(self, digest: Digest) -> Path | None:
+        with self._lock:
+            return self.layer_path(digest) if digest in self._entries else None
+
+    def __contains__(self, digest: Digest) -> bool:
+        with self._lock:
+            return digest in self._entries
+
+    def size_of(self, digest: Digest) -> int | None:
+        with self._lock:
+            e = self._entries.get(digest)
+            return e.size if e else None
+
+    def digests(self) -> list:
+        with self._lock:
+            return sorted(self._entries, key=lambda d: self._entries[d].last_used)
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._entries.values())
+
+    def open(self, digest: Digest):
+        """Open a verified blob for reading (sendfile-able); touches it for LRU."""
+        with self._lock:
+            if digest not in self._entries:
+                raise FileNotFoundError(str(digest))
+            self.touch(digest)
+            return open(self.layer_path(digest), "rb")
+
+    def touch(self, digest: Digest) -> None:
+        with self._lock:
+            e = self._entries.get(digest)
+            if e:
+                e.last_used = time.time()
+        self._flush()
+
+    def saved_torrent(self, digest: Digest) -> bytes | None:
+        try:
+            return self.torrent_path(digest).read_bytes()
+        except OSError:
+            return None
+
+    def save_torrent(self, digest: Digest, metainfo: bytes) -> None:
+        p = self.torrent_path(digest)
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(metainfo)
+        os.replace(tmp, p)
+
+    # -- space -------------------------------------------------------------
+    @contextmanager
+    def pinned(self, digest: Digest):
+        self.pin(digest)
+        try:
+            yield
+        finally:
+            self.unpin(digest)
+
+    def pin(self, digest: Digest) -> None:
+        with self._lock:
+            self._pins[digest] = self._pins.get(digest, 0) + 1
+
+    def unpin(self, digest: Digest) -> None:
+        with self._lock:
+            n = self._pins.get(digest, 0) - 1
+            if n > 0:
+                self._pins[digest] = n
+            else:
+                self._pins.pop(digest, None)
+
+    def reserve(self, nbytes: int) -> None:
+        """Promise ``nbytes`` to a writer/download, evicting least-recently-used layers."""
+        with self._lock:
+            if self.cap is not None:
+                if nbytes > self.cap:
+                    raise StoreFull(f"a {nbytes}-byte layer does not fit a {self.cap}-byte store")
+                victims = []
+                need = self.used_bytes() + self._reserved + nbytes - self.cap
+                for d in self.digests():
+                    if need <= 0:
+                        break
+                    if self._pins.get(d):
+                        continue
+                    victims.append(d)
+                    need -= self._entries[d].size
+                if need > 0:
+                    raise StoreFull(f"store cap {self.cap} bytes reached (all remaining layers in use)")
+                for d in victims:
+                    self.evict(d)
+            self._reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved = max(0, self._reserved - nbytes)
+
+    def evict(self, digest: Digest) -> None:
+        """Stop seeding, then delete the blob (never delete under a live torrent)."""
+        with self._lock:
+            if digest not in self._entries:
+                return
+            if self.on_evict is not None:
+                self.on_evict(digest)
+            self._entries.pop(digest, None)
+            _unlink(self.layer_path(digest))
+            _unlink(self.torrent_path(digest))
+            log.info("evicted %s", digest)
+        self._flush(force=True)
+
+    # -- adding ------------------------------------------------------------
+    def adopt(self, digest: Digest, size: int, reserved: int = 0) -> Path:
+        """Record a blob already in ``layers/`` (moved there by libtorrent) as verified."""
+        p = self.layer_path(digest)
+        st = p.stat()
+        if st.st_size != size:
+            raise DigestMismatch(f"{digest}: {st.st_size} bytes on disk, expected {size}")
+        with self._lock:
+            self._entries[digest] = Entry(size, st.st_mtime_ns, time.time())
+            self._reserved = max(0, self._reserved - reserved)
+        self._flush(force=True)
+        return p
+
+    def writer(self, digest: Digest | None, size: int) -> "LayerWriter":
+        """A writer for bytes from the origin (or an ingest): hash while writing, then commit."""
+        self.reserve(size)
+        w = LayerWriter(self, digest, size, self.incoming_dir / f"{digest or 'unknown'}.{os.getpid()}.{next(self._seq)}")
+        if digest is not None:
+            with self._lock:
+                self._writers.setdefault(digest, w)
+        return w
+
+    def follow(self, digest: Digest, offset: int = 0, timeout: float = 30.0, chunk: int = 1 << 20):
+        """Bytes of a blob from ``offset``: from the store, or following an in-progress writer."""
+        with self._lock:
+            w = self._writers.get(digest)
+            present = digest in self._entries
+        if w is None:
+            if not present:
+                raise FileNotFoundError(str(digest))
+            return _file_chunks(self.layer_path(digest), offset, chunk)
+        return w.follow(offset, timeout, chunk)
+
+    def _writer_done(self, w: "LayerWriter") -> None:
+        with self._lock:
+            if w.digest is not None and self._writers.get(w.digest) is w:
+                del self._writers[w.digest]
+
+
+class LayerWriter:
+    """Write a blob into ``incoming/`` while hashing it (sha256 + piece SHA-1s).
+
+    ``finish()`` checks the digest and returns the layer torrent (no second
+    read); ``commit()`` renames the file into ``layers/``.  Followers may read
+    any offset up to the bytes written so far.
+    """
+
+    def __init__(self, store: LayerStore, digest: Digest | None, size: int, path: Path):
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.path = path
+        self.hasher = tf.PieceHasher(size)
+        self.written = 0
+        self._f = open(path, "wb")
+        self._cond = threading.Condition()
+        self._state = "writing"  # writing | finished | committed | aborted
+        self.torrent: tf.LayerTorrent | None = None
+
+    def write(self, data) -> None:
+        if self._state != "writing":
+            raise ValueError(f"writer is {self._state}")
+        if self.written + len(data) > self.size:
+            self.abort()
+            raise DigestMismatch(f"more than the expected {self.size} bytes for {self.digest}")
+        try:
+            self._f.write(data)
+            self._f.flush()  # followers read the file: the bytes must be in the page cache
+        except OSError as exc:
+            self.abort()
+            if _is_disk_full(exc):
+                raise StoreFull(f"disk full writing {self.digest}: {exc.strerror}") from None
+            raise
+        self.hasher.update(data)
+        with self._cond:
+            self.written += len(data)
+            self._cond.notify_all()
+
+    def finish(self, trackers=()) -> tf.LayerTorrent:
+        """Verify the whole blob; returns its torrent.  Raises DigestMismatch (and aborts)."""
+        if self._state == "finished":
+            return self.torrent
+        if self.written != self.size:
+            self.abort()
+            raise DigestMismatch(f"got {self.written} bytes for {self.digest or 'blob'}, expected {self.size}")
+        actual = self.hasher.digest()
+        if self.digest is not None and actual != self.digest:
+            self.abort()
+            raise DigestMismatch(f"bytes hash to {actual}, not {self.digest}")
+        try:
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as exc:
+            self.abort()
+            if _is_disk_full(exc):
+                raise StoreFull(f"disk full writing {actual}") from None
+            raise
+        self.digest = actual
+        self.torrent = tf.build_metainfo(actual, self.size, self.hasher.pieces(), trackers)
+        self._state = "finished"
+        return self.torrent
+
+    def commit(self, metainfo: bytes | None = None) -> Path:
+        """Move the verified blob into the store (atomic rename) and record it."""
+        if self._state != "finished":
+            self.finish()
+        st = self.store
+        dest = st.layer_path(self.digest)
+        with st._lock:
+            if metainfo is not None:
+                st.save_torrent(self.digest, metainfo)
+            if self.digest in st._entries:   # someone else stored it meanwhile
+                _unlink(self.path)
+                st.release(self.size)
+            else:
+                os.replace(self.path, dest)
+                s = dest.stat()
+                st._entries[self.digest] = Entry(self.size, s.st_mtime_ns, time.time())
+                st._reserved = max(0, st._reserved - self.size)
+        st._flush(force=True)
+        with self._cond:
+            self._state = "committed"
+            self._cond.notify_all()
+        st._writer_done(self)
+        return dest
+
+    def abort(self) -> None:
+        if self._state in ("committed", "aborted"):
+            return
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        _unlink(self.path)
+        self.store.release(self.size)
+        with self._cond:
+            self._state = "aborted"
+            self._cond.notify_all()
+        self.store._writer_done(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None or self._state == "writing":
+            self.abort()
+
+    def follow(self, offset: int = 0, timeout: float = 30.0, chunk: int = 1 << 20):
+        """Yield bytes from ``offset`` as they are written; raises on abort or no progress."""
+        f = open(self.path, "rb")  # an open fd survives the rename on commit
+
+        def gen():
+            pos = offset
+            try:
+                while pos < self.size:
+                    with self._cond:
+                        deadline = time.monotonic() + timeout
+                        while self.written <= pos and self._state in ("writing",):
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                raise TimeoutError(f"no bytes for {self.digest} in {timeout}s")
+                            self._cond.wait(left)
+                        if self._state == "aborted":
+                            raise DigestMismatch(f"origin fetch of {self.digest} failed")
+                        avail = self.written
+                    f.seek(pos)
+                    data = f.read(min(chunk, avail - pos))
+                    if not data:
+                        raise OSError(f"short read following {self.digest}")
+                    pos += len(data)
+                    yield data
+            finally:
+                f.close()
+        return gen()
+
+
+def _file_chunks(path: Path, offset: int, chunk: int):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            data = f.read(chunk)
+            if not data:
+                return
+            yield data
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", p, exc)

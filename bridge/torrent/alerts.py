@@ -1,0 +1,130 @@
+"""libtorrent alerts turned into plain events, and the dispatcher that routes them.
+
+Alerts die at the next ``pop_alerts()``, so the alert thread copies what
+handlers need into an :class:`Event` first.  Handlers are keyed by the
+torrent name, which for a layer torrent is its digest (``sha256:<hex>``);
+tests drive the dispatcher with hand-made events, no session needed.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# Event kinds
+PIECE_FINISHED = "piece_finished"      # data: piece
+PIECE_READ = "piece_read"              # data: piece, buffer (bytes) or error
+HASH_FAILED = "hash_failed"            # data: piece
+FINISHED = "finished"                  # every wanted piece downloaded and checked
+STATE = "state"                        # data: state (str), prev (str)
+FILE_ERROR = "file_error"              # data: errno, message, disk_full (bool)
+TORRENT_ERROR = "torrent_error"        # data: message
+MOVED = "moved"                        # data: path
+MOVE_FAILED = "move_failed"            # data: message
+REMOVED = "removed"
+DROPPED = "dropped"                    # alert queue overflowed: re-request anything pending
+TRACKER_ERROR = "tracker_error"        # data: message
+
+
+@dataclass
+class Event:
+    kind: str
+    name: str = ""                     # torrent name == layer digest; "" for session-wide events
+    data: dict = field(default_factory=dict)
+
+
+def _errno_of(ec) -> int:
+    try:
+        return int(ec.value())
+    except Exception:
+        return 0
+
+
+def _message(ec) -> str:
+    try:
+        return ec.message()
+    except Exception:
+        return str(ec)
+
+
+def to_event(a) -> Event | None:
+    """Copy one libtorrent alert into an Event (None for alerts we ignore)."""
+    what = a.what()
+    name = getattr(a, "torrent_name", "") or ""
+    if what == "piece_finished":
+        return Event(PIECE_FINISHED, name, {"piece": int(a.piece_index)})
+    if what == "read_piece":
+        ec = a.error
+        if _errno_of(ec):
+            return Event(PIECE_READ, name, {"piece": int(a.piece), "buffer": None, "error": _message(ec)})
+        return Event(PIECE_READ, name, {"piece": int(a.piece), "buffer": bytes(a.buffer)[:a.size]})
+    if what == "hash_failed":
+        return Event(HASH_FAILED, name, {"piece": int(a.piece_index)})
+    if what == "torrent_finished":
+        return Event(FINISHED, name)
+    if what == "state_changed":
+        return Event(STATE, name, {"state": str(a.state), "prev": str(a.prev_state)})
+    if what == "file_error":
+        code = _errno_of(a.error)
+        return Event(FILE_ERROR, name, {"errno": code, "message": _message(a.error),
+                                        "disk_full": code in (errno.ENOSPC, errno.EDQUOT)})
+    if what == "torrent_error":
+        code = _errno_of(a.error)
+        return Event(TORRENT_ERROR, name, {"message": _message(a.error), "errno": code,
+                                           "disk_full": code in (errno.ENOSPC, errno.EDQUOT)})
+    if what == "storage_moved":
+        return Event(MOVED, name, {"path": a.storage_path})
+    if what == "storage_moved_failed":
+        return Event(MOVE_FAILED, name, {"message": _message(a.error)})
+    if what == "torrent_removed":
+        return Event(REMOVED, name)
+    if what == "alerts_dropped":
+        return Event(DROPPED)
+    if what == "tracker_error":
+        return Event(TRACKER_ERROR, name, {"message": a.message()})
+    return None
+
+
+class Dispatcher:
+    """Routes events to handlers registered per layer (and to session-wide ones).
+
+    A handler is any callable taking an Event.  Handlers run on the alert
+    thread: they must be quick and never block on the session.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_name: dict = {}
+        self._global: list = []
+
+    def subscribe(self, name: str, handler) -> None:
+        with self._lock:
+            self._by_name.setdefault(name, []).append(handler)
+
+    def unsubscribe(self, name: str, handler) -> None:
+        with self._lock:
+            hs = self._by_name.get(name, [])
+            if handler in hs:
+                hs.remove(handler)
+            if not hs:
+                self._by_name.pop(name, None)
+
+    def subscribe_all(self, handler) -> None:
+        with self._lock:
+            self._global.append(handler)
+
+    def dispatch(self, ev: Event) -> None:
+        with self._lock:
+            if ev.kind == DROPPED:
+                targets = [h for hs in self._by_name.values() for h in hs]
+            else:
+                targets = list(self._by_name.get(ev.name, ()))
+            targets += self._global
+        for h in targets:
+            try:
+                h(ev)
+            except Exception:  # one broken handler must not kill the alert thread
+                log.exception("alert handler failed for %s", ev.kind)

@@ -1,0 +1,215 @@
+"""The host's one libtorrent session, its alert thread, and safe torrent handles.
+
+This package is the only place that imports libtorrent.  One
+:class:`TorrentSession` exists per process (the bridge, or ``layerswarm seed``
+in the foreground); everything else talks to it through :class:`Torrent`
+wrappers and the alert :class:`~bridge.torrent.alerts.Dispatcher`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import libtorrent as lt
+
+from bridge.torrent.alerts import Dispatcher, to_event
+from bridge.torrent.settings import SessionConfig, settings_pack
+
+log = logging.getLogger(__name__)
+
+_ALERT_MASK = (lt.alert.category_t.error_notification
+               | lt.alert.category_t.storage_notification
+               | lt.alert.category_t.status_notification
+               | lt.alert.category_t.piece_progress_notification
+               | lt.alert.category_t.tracker_notification)
+
+
+class TorrentGone(Exception):
+    """The torrent was removed (its handle may still look valid for a moment)."""
+
+
+class Torrent:
+    """A libtorrent handle whose every call tolerates the torrent vanishing."""
+
+    def __init__(self, handle, name: str, num_pieces: int, piece_length: int, size: int):
+        self._h = handle
+        self.name = name
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.size = size
+
+    def _call(self, fn, *args):
+        try:
+            if not self._h.is_valid():
+                raise TorrentGone(self.name)
+            return getattr(self._h, fn)(*args)
+        except RuntimeError as exc:  # "invalid torrent handle used"
+            raise TorrentGone(self.name) from exc
+
+    def read_piece(self, piece: int) -> None:
+        self._call("read_piece", piece)
+
+    def have_piece(self, piece: int) -> bool:
+        return bool(self._call("have_piece", piece))
+
+    def set_piece_deadline(self, piece: int, ms: int) -> None:
+        self._call("set_piece_deadline", piece, int(ms))
+
+    def reset_piece_deadline(self, piece: int) -> None:
+        self._call("reset_piece_deadline", piece)
+
+    def clear_piece_deadlines(self) -> None:
+        self._call("clear_piece_deadlines")
+
+    def move_storage(self, path: str) -> None:
+        self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
+
+    def force_reannounce(self) -> None:
+        self._call("force_reannounce", 0, -1)
+
+    def save_path(self) -> str:
+        return self._call("save_path")
+
+    def status(self) -> dict:
+        st = self._call("status")
+        return {
+            "state": str(st.state),
+            "progress": st.progress,
+            "done": st.total_wanted_done,
+            "wanted": st.total_wanted,
+            "num_peers": st.num_peers,
+            "num_seeds": st.num_seeds,
+            "download_rate": st.download_rate,
+            "upload_rate": st.upload_rate,
+            "total_upload": st.all_time_upload,
+            "is_seeding": st.is_seeding,
+            "error": _message(st.errc) if st.errc.value() else "",
+        }
+
+
+def _message(ec) -> str:
+    try:
+        return ec.message()
+    except Exception:
+        return str(ec)
+
+
+class TorrentSession:
+    """Owns ``lt.session`` and the alert thread; all torrents go through here."""
+
+    def __init__(self, cfg: SessionConfig | None = None):
+        self.cfg = cfg or SessionConfig()
+        pack = settings_pack(self.cfg)
+        pack["alert_mask"] = int(_ALERT_MASK)
+        self._ses = lt.session(pack)
+        self.dispatcher = Dispatcher()
+        self._torrents: dict = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._alert_loop, name="lt-alerts", daemon=True)
+        self._thread.start()
+
+    # -- alerts -----------------------------------------------------------
+    def _alert_loop(self) -> None:
+        while not self._stop.is_set():
+            # wait_for_alert releases the GIL; a short timeout keeps shutdown prompt.
+            if self._ses.wait_for_alert(250) is None:
+                continue
+            events = []
+            for a in self._ses.pop_alerts():
+                try:
+                    ev = to_event(a)
+                except Exception:
+                    log.exception("could not read alert %s", a.what())
+                    continue
+                if ev is not None:
+                    events.append(ev)
+            for ev in events:
+                self.dispatcher.dispatch(ev)
+
+    # -- torrents ---------------------------------------------------------
+    @property
+    def listen_port(self) -> int:
+        return self._ses.listen_port()
+
+    def add(self, metainfo: bytes, save_path, *, seed_mode: bool = False, trackers=(),
+            sequential: bool = False) -> Torrent:
+        """Add a layer torrent (bencoded .torrent bytes) and return its wrapper.
+
+        ``seed_mode`` skips the piece check: only for bytes verified against
+        the digest.  Without it an existing file is rechecked (a partial
+        download resumes safely).  ``trackers`` replaces the torrent's own
+        announce list (the host announces to its configured trackers).
+        """
+        ti = lt.torrent_info(lt.bdecode(metainfo))
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = str(save_path)
+        atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
+        flags = atp.flags
+        flags &= ~lt.torrent_flags.auto_managed   # every layer seeds: no queue
+        flags &= ~lt.torrent_flags.paused
+        flags |= lt.torrent_flags.duplicate_is_error
+        if seed_mode:
+            flags |= lt.torrent_flags.seed_mode
+        if sequential:
+            flags |= lt.torrent_flags.sequential_download
+        atp.flags = flags
+        if trackers:
+            atp.trackers = list(trackers)
+        name = ti.name()
+        with self._lock:
+            if self._stop.is_set():
+                raise TorrentGone(name)
+            h = self._ses.add_torrent(atp)
+            t = Torrent(h, name, ti.num_pieces(), ti.piece_length(), ti.total_size())
+            self._torrents[name] = t
+        return t
+
+    def get(self, name: str) -> Torrent | None:
+        with self._lock:
+            return self._torrents.get(name)
+
+    def names(self) -> list:
+        with self._lock:
+            return list(self._torrents)
+
+    def remove(self, name: str, delete_files: bool = False) -> None:
+        with self._lock:
+            t = self._torrents.pop(name, None)
+        if t is None:
+            return
+        try:
+            self._ses.remove_torrent(t._h, lt.session.delete_files if delete_files else 0)
+        except RuntimeError:
+            pass
+
+    def wait_removed(self, name: str, timeout: float = 10.0) -> None:
+        """Block until libtorrent has let go of the torrent's files."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(h.is_valid() and h.name() == name for h in self._safe_handles()):
+                return
+            time.sleep(0.02)
+
+    def _safe_handles(self):
+        try:
+            return self._ses.get_torrents()
+        except RuntimeError:
+            return []
+
+    def close(self) -> None:
+        """Stop within seconds: stop_tracker_timeout bounds the teardown."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(5)
+        with self._lock:
+            self._torrents.clear()
+        try:
+            self._ses.pause()
+        except RuntimeError:
+            pass
+        ses, self._ses = self._ses, None
+        del ses  # the destructor sends event=stopped, bounded by stop_tracker_timeout

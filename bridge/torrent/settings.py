@@ -1,0 +1,65 @@
+"""Session settings for a private layer swarm, as a plain dict (no libtorrent import).
+
+Kept apart from the session so the benchmark's raw libtorrent sessions and
+our peers run with exactly the same knobs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SessionConfig:
+    listen: str = "0.0.0.0:6881"          # listen_interfaces; tests use 127.0.0.1:<free port>
+    # Transport: TCP only by default.  Measured on loopback (scripts/bench_peer.py
+    # --utp and DESIGN §5) uTP was several times slower for the same swarm.
+    utp: bool = False
+    alert_queue_size: int = 100_000       # read_piece_alerts carry piece data: never drop them
+    stop_tracker_timeout: int = 1         # teardown waits this long for event=stopped
+    unchoke_slots: int = 32               # a fresh layer's seeder serves a whole rollout wave at once
+    connections_limit: int = 400
+    announce_interval: int = 0            # >0 overrides the tracker's interval floor (tests)
+    user_agent: str = "layerswarm/0.1"
+
+
+def settings_pack(cfg: SessionConfig) -> dict:
+    s = {
+        "listen_interfaces": cfg.listen,
+        "user_agent": cfg.user_agent,
+        # Private swarm: nothing is discovered or announced outside the tracker.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "webtorrent_stun_server": "",
+        # Many peers share one address behind NAT (and on loopback in tests).
+        "allow_multiple_connections_per_ip": True,
+        # Every stored layer is seeded: no auto-managed queue caps (we also clear
+        # auto_managed per torrent; these limits are belt and braces).
+        "active_seeds": -1,
+        "active_downloads": -1,
+        "active_limit": -1,
+        "dont_count_slow_torrents": False,
+        "alert_queue_size": cfg.alert_queue_size,
+        "stop_tracker_timeout": cfg.stop_tracker_timeout,
+        "enable_outgoing_utp": cfg.utp,
+        "enable_incoming_utp": cfg.utp,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
+        "unchoke_slots_limit": cfg.unchoke_slots,
+        "connections_limit": cfg.connections_limit,
+        # Announce to every tracker replica in the list, not just the first that answers.
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        # A layer that is wanted right now should start transferring at once.
+        "connection_speed": 200,
+        "torrent_connect_boost": 50,
+        "peer_connect_timeout": 5,
+        # Our own stall detection decides when to give up; keep libtorrent's short.
+        "request_timeout": 10,
+        "piece_timeout": 5,
+        "close_redundant_connections": True,
+    }
+    if cfg.announce_interval:
+        s["min_announce_interval"] = cfg.announce_interval
+    return s

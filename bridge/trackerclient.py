@@ -1,0 +1,121 @@
+"""HTTP client for the tracker's metainfo registry, reports and scrape (tracker/API.md)."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote_from_bytes
+
+import bencodepy
+import requests
+
+from bridge import torrentformat as tf
+from bridge.digest import Digest, InfoHash
+
+log = logging.getLogger(__name__)
+
+
+class TrackerUnavailable(Exception):
+    """The tracker could not be reached or answered with a server error."""
+
+
+class PublishConflict(Exception):
+    """The tracker holds a different torrent for the digest (HTTP 409)."""
+
+    def __init__(self, digest: Digest, info_hash: str | None):
+        super().__init__(f"tracker already has a different torrent for {digest}"
+                         + (f" (info-hash {info_hash})" if info_hash else ""))
+        self.digest = digest
+        self.info_hash = info_hash
+
+
+class PublishRejected(Exception):
+    """The tracker refused the torrent (400 invalid, 401/403 token)."""
+
+
+class TrackerClient:
+    def __init__(self, url: str, token: str | None = None, host_id: str = "", timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.host_id = host_id
+        self.timeout = timeout
+        self._http = requests.Session()
+
+    @property
+    def announce_url(self) -> str:
+        return self.url + "/announce"
+
+    def _req(self, method: str, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", self.timeout)
+        try:
+            r = self._http.request(method, self.url + path, **kw)
+        except requests.RequestException as exc:
+            raise TrackerUnavailable(f"tracker {self.url} unreachable: {exc.__class__.__name__}") from None
+        if r.status_code >= 500:
+            raise TrackerUnavailable(f"tracker {self.url} answered {r.status_code} on {method} {path}")
+        return r
+
+    def _auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def healthy(self) -> bool:
+        try:
+            return self._req("GET", "/healthz", timeout=min(self.timeout, 5)).status_code == 200
+        except TrackerUnavailable:
+            return False
+
+    def get_metainfo(self, digest: Digest) -> tf.LayerTorrent | None:
+        """The published torrent for ``digest`` (validated), or None when there is none."""
+        r = self._req("GET", f"/metainfo/{digest}")
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise TrackerUnavailable(f"tracker answered {r.status_code} for metainfo of {digest}")
+        try:
+            return tf.parse_metainfo(r.content, digest)
+        except tf.InvalidMetainfo as exc:
+            raise TrackerUnavailable(f"tracker served an invalid torrent for {digest}: {exc}") from None
+
+    def put_metainfo(self, torrent: tf.LayerTorrent) -> bool:
+        """Publish; True if stored now, False if the identical torrent was there already."""
+        r = self._req("PUT", f"/metainfo/{torrent.digest}", data=torrent.metainfo,
+                      headers={"Content-Type": "application/x-bittorrent", **self._auth()})
+        if r.status_code in (200, 201):
+            return r.status_code == 201
+        if r.status_code == 409:
+            try:
+                ih = r.json().get("info_hash")
+            except ValueError:
+                ih = None
+            raise PublishConflict(torrent.digest, ih)
+        raise PublishRejected(f"tracker refused the torrent for {torrent.digest}: "
+                              f"{r.status_code} {_error_text(r)}")
+
+    def report(self, digest: Digest, info_hash: InfoHash | str, reason: str) -> bool:
+        """Report a published torrent whose pieces disagree with verified bytes; True if quarantined."""
+        body = {"info_hash": str(info_hash), "host": self.host_id, "reason": reason}
+        try:
+            r = self._req("POST", f"/metainfo/{digest}/reports", json=body, headers=self._auth())
+            return bool(r.ok and r.json().get("quarantined"))
+        except (TrackerUnavailable, ValueError) as exc:
+            log.warning("could not report torrent of %s: %s", digest, exc)
+            return False
+
+    def scrape(self, info_hashes) -> dict:
+        """info-hash hex -> {"complete", "incomplete", "downloaded"} (BEP 48)."""
+        ihs = [InfoHash.from_hex(str(h)) for h in info_hashes]
+        qs = "&".join("info_hash=" + quote_from_bytes(h.raw, safe="") for h in ihs)
+        r = self._req("GET", "/scrape" + (f"?{qs}" if qs else ""))
+        try:
+            files = bencodepy.decode(r.content).get(b"files", {})
+        except Exception:
+            raise TrackerUnavailable("tracker scrape answer is not bencode") from None
+        out = {}
+        for raw, st in files.items():
+            out[raw.hex()] = {k.decode(): v for k, v in st.items() if isinstance(v, int)}
+        return out
+
+
+def _error_text(r: requests.Response) -> str:
+    try:
+        return str(r.json().get("error", ""))[:200]
+    except ValueError:
+        return r.text[:200]

@@ -1,0 +1,43 @@
+"""Fixtures for peer tests: blobs, a fake tracker, in-process peers on loopback."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from bridge.digest import Digest
+from bridge.peer import Peer, PeerConfig
+from bridge.stream import StreamConfig
+from tests.peer.faketracker import FakeTracker
+
+
+def blob_bytes(size: int, seed: bytes = b"blob") -> bytes:
+    return hashlib.shake_256(seed).digest(size)
+
+
+@pytest.fixture
+def fake_tracker():
+    t = FakeTracker()
+    t.start()
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def make_peer(tmp_path):
+    peers = []
+
+    def make(name: str, tracker_url: str, **kw) -> Peer:
+        stream = kw.pop("stream", None) or StreamConfig(stall_timeout=20)
+        p = Peer(PeerConfig(store_dir=str(tmp_path / name), tracker_url=tracker_url, host_id=name,
+                            listen="127.0.0.1:0", stream=stream, **kw))
+        peers.append(p)
+        return p
+    yield make
+    for p in peers:
+        p.close()
+
+
+def add(peer: Peer, data: bytes):
+    return peer.add_blob([data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)], len(data),
+                         Digest.of_bytes(data))
