@@ -1,0 +1,107 @@
+"""The bridge's Flask app factory: all wiring in one place.
+
+``create_app(config, peer=None, blob_source=None)`` builds, once per app:
+upstream clients (one per configured upstream), the router, the manifest
+service with its disk cache, the metrics, and the blob source.  They live in
+``app.extensions["layerswarm"]`` (a :class:`BridgeState`), never in ``g``.
+
+Swarm wiring (later): pass ``blob_source`` (e.g. a swarm source wrapping
+``state.origin_blobs``) — or a ``peer`` object with ``blob_source(state)``
+returning one — and, if ``peer.blueprint`` exists, its routes are mounted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from bridge import errors
+from bridge.blobs import BlobSource, OriginBlobSource
+from bridge.config import BridgeConfig
+from bridge.manifests import ManifestService, ManifestStore
+from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
+from bridge.registry import API_VERSION, Router, bp as registry_bp
+from bridge.upstream import UpstreamClient
+
+log = logging.getLogger("layerswarm.app")
+
+
+@dataclass
+class BridgeState:
+    config: BridgeConfig
+    metrics: Metrics
+    upstreams: dict          # name -> UpstreamClient
+    router: Router
+    manifests: ManifestService
+    origin_blobs: OriginBlobSource
+    blobs: BlobSource        # what the registry view asks (origin only, until the swarm source wraps it)
+    peer: object = None
+
+
+def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:
+    app = Flask("layerswarm.bridge")
+    metrics = Metrics()
+    clients = {name: UpstreamClient(cfg, config.connect_timeout, config.read_timeout,
+                                    pool_size=config.threads, on_request=metrics.upstream_request)
+               for name, cfg in config.upstreams.items()}
+    origin = OriginBlobSource()
+    state = BridgeState(
+        config=config, metrics=metrics, upstreams=clients, router=Router(config, clients),
+        manifests=ManifestService(ManifestStore(config.store_dir), config.tag_ttl,
+                                  config.max_manifest_bytes, metrics),
+        origin_blobs=origin, blobs=origin, peer=peer)
+    if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
+        blob_source = peer.blob_source(state)
+    if blob_source is not None:
+        state.blobs = blob_source
+    app.extensions["layerswarm"] = state
+
+    app.register_blueprint(registry_bp)
+    if peer is not None and getattr(peer, "blueprint", None) is not None:
+        app.register_blueprint(peer.blueprint)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        g.route = "metrics"
+        return Response(metrics.prometheus(), 200, {"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.get("/_layerswarm/stats")
+    def stats():
+        g.route = "stats"
+        return jsonify(metrics.snapshot())
+
+    @app.get("/healthz")
+    def healthz():
+        g.route = "healthz"
+        return Response(b"ok\n", 200, {"Content-Type": "text/plain"})
+
+    @app.errorhandler(errors.RegistryError)
+    def registry_error(exc: errors.RegistryError):
+        resp = jsonify(exc.body())
+        resp.status_code = exc.status
+        for k, v in exc.headers.items():
+            resp.headers[k] = v
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.code, "UNKNOWN")
+        if exc.code == 405:
+            return registry_error(errors.unsupported())
+        return registry_error(errors.RegistryError(code, exc.name.lower(), exc.code or 500,
+                                                   {"path": request.path[:300]}))
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path[:300])
+        return registry_error(errors.RegistryError("UNKNOWN", "internal error", 500))
+
+    @app.after_request
+    def finish(resp: Response):
+        resp.headers[API_VERSION[0]] = API_VERSION[1]
+        metrics.request(getattr(g, "route", "other"), request.method, resp.status_code)
+        return resp
+
+    return app

@@ -1,0 +1,236 @@
+"""Bridge configuration: CLI flags, an optional TOML file, env vars for secrets.
+
+Upstream routing (which registry a request goes to) is decided here once:
+
+* the *default* upstream answers plain names (dockerd ``registry-mirrors``
+  sends ``library/<name>``) and the Docker Hub hosts (``?ns=docker.io``);
+  it is Docker Hub unless ``--upstream URL`` / ``default_upstream`` says else;
+* named aliases (``--alias NAME=URL`` or ``[upstreams.NAME]``) answer
+  ``/v2/NAME/<repo>/...`` and ``?ns=<their host[:port]>``;
+* allowed hosts (``--allow-host HOST``, ``allow_hosts``) answer
+  ``/v2/HOST/<repo>/...`` and ``?ns=HOST`` over https.  Nothing else is
+  reachable, so the bridge is not an open proxy.
+
+TOML example::
+
+    listen = "127.0.0.1:5000"
+    store_dir = "/var/lib/layerswarm"
+    default_upstream = "hub"           # an alias name or a URL
+    allow_hosts = ["ghcr.io", "quay.io"]
+    connect_timeout = 5
+    read_timeout = 30
+    tag_ttl = 5
+    threads = 64
+
+    [upstreams.hub]
+    url = "https://registry-1.docker.io"
+    username = "me"
+    password_env = "HUB_TOKEN"         # secret from the environment
+
+    [upstreams.corp]
+    url = "https://registry.corp:5443"
+    ca_bundle = "/etc/ssl/corp-ca.pem"
+    hosts = ["registry.corp"]          # extra host names routed here
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from bridge.errors import UserError
+from bridge.names import COMPONENT_RE
+
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
+DEFAULT_NAME = "default"
+
+
+@dataclass
+class UpstreamConfig:
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = None
+    ca_bundle: str | None = None
+    insecure: bool = False
+    hosts: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise UserError(f"upstream {self.name!r}: not an http(s) base URL: {self.url!r}")
+        if parts.username or parts.password:
+            raise UserError(f"upstream {self.name!r}: put credentials in the config file or env, not the URL")
+
+    @property
+    def netloc(self) -> str:
+        return urlsplit(self.url).netloc.lower()
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return urlsplit(self.url).hostname in DOCKER_HUB_HOSTS
+
+    @property
+    def verify(self):
+        """The ``verify`` argument for requests."""
+        if self.insecure:
+            return False
+        return self.ca_bundle or True
+
+
+@dataclass
+class BridgeConfig:
+    store_dir: str
+    listen: str = "127.0.0.1:5000"
+    upstreams: dict = field(default_factory=dict)  # name -> UpstreamConfig
+    default_upstream: str = DEFAULT_NAME
+    allow_hosts: list = field(default_factory=list)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    tag_ttl: float = 5.0
+    threads: int = 64
+    graceful_timeout: float = 5.0
+    max_manifest_bytes: int = 4 << 20
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if DEFAULT_NAME not in self.upstreams and self.default_upstream == DEFAULT_NAME:
+            self.upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, DOCKER_HUB_URL)
+        if self.default_upstream not in self.upstreams:
+            raise UserError(f"default upstream {self.default_upstream!r} is not configured")
+        for name in self.upstreams:
+            if name != DEFAULT_NAME and not COMPONENT_RE.match(name):
+                raise UserError(f"upstream alias {name!r} must be one lowercase name component "
+                                "(letters, digits, '.', '_', '-')")
+        for host in self.allow_hosts:
+            if host not in self.hosts():
+                self.upstreams.setdefault(host, UpstreamConfig(host, "https://" + host))
+
+    @property
+    def default(self) -> UpstreamConfig:
+        return self.upstreams[self.default_upstream]
+
+    def hosts(self) -> dict:
+        """Registry host (``host`` or ``host:port``, lower case) -> upstream name."""
+        out = {}
+        for name, up in self.upstreams.items():
+            out.setdefault(up.netloc, name)
+            for h in up.hosts:
+                out[h.lower()] = name
+        d = self.default
+        for h in DOCKER_HUB_HOSTS:
+            if d.is_docker_hub or h not in out:
+                out[h] = self.default_upstream
+        return out
+
+    def prefixes(self) -> dict:
+        """First path component -> upstream name (aliases, and hosts without a port)."""
+        out = {h: n for h, n in self.hosts().items() if ":" not in h and "." in h and COMPONENT_RE.match(h)}
+        out.update({n: n for n in self.upstreams if n != DEFAULT_NAME})
+        return out
+
+
+def _secret(table: dict, key: str) -> str | None:
+    if table.get(key) is not None:
+        return str(table[key])
+    env = table.get(key + "_env")
+    if env:
+        if env not in os.environ:
+            raise UserError(f"environment variable {env} (for {key}) is not set")
+        return os.environ[env]
+    return None
+
+
+def _upstream_from_table(name: str, t: dict) -> UpstreamConfig:
+    if "url" not in t:
+        raise UserError(f"[upstreams.{name}] needs url")
+    return UpstreamConfig(name, t["url"], username=_secret(t, "username"), password=_secret(t, "password"),
+                          ca_bundle=t.get("ca_bundle"), insecure=bool(t.get("insecure", False)),
+                          hosts=list(t.get("hosts", [])))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config (upstream credentials, CA bundles, ...)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:5000)")
+    parser.add_argument("--store-dir", metavar="DIR", help="local store (manifest cache, layers)")
+    parser.add_argument("--upstream", metavar="URL",
+                        help=f"default upstream registry for plain names and docker.io (default {DOCKER_HUB_URL})")
+    parser.add_argument("--upstream-user", metavar="USER",
+                        help="username for the default upstream (password from $LAYERSWARM_UPSTREAM_PASSWORD)")
+    parser.add_argument("--upstream-ca", metavar="PEM", help="CA bundle for the default upstream")
+    parser.add_argument("--upstream-insecure", action="store_true", help="do not verify the default upstream's TLS")
+    parser.add_argument("--alias", action="append", default=[], metavar="NAME=URL",
+                        help="named upstream, reached as /v2/NAME/<repo>/... or ?ns=<its host> (repeatable)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="registry host reachable as /v2/HOST/<repo>/... or ?ns=HOST over https (repeatable)")
+    parser.add_argument("--connect-timeout", type=float, metavar="S", help="upstream connect timeout (default 5)")
+    parser.add_argument("--read-timeout", type=float, metavar="S", help="upstream read timeout (default 30)")
+    parser.add_argument("--tag-ttl", type=float, metavar="S", help="seconds a tag->digest answer is cached (default 5)")
+    parser.add_argument("--threads", type=int, metavar="N", help="server threads (default 64)")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def from_args(args) -> BridgeConfig:
+    """Merge the TOML file (if any) with CLI flags (flags win) and env secrets."""
+    data = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"cannot read config {args.config}: {exc}") from None
+    upstreams = {name: _upstream_from_table(name, t) for name, t in data.get("upstreams", {}).items()}
+    default_name = data.get("default_upstream", DEFAULT_NAME)
+    if default_name not in upstreams and default_name != DEFAULT_NAME:
+        # a URL
+        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, default_name)
+        default_name = DEFAULT_NAME
+    if args.upstream:
+        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, args.upstream)
+        default_name = DEFAULT_NAME
+    if default_name == DEFAULT_NAME and DEFAULT_NAME not in upstreams:
+        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, DOCKER_HUB_URL)
+    d = upstreams[default_name]
+    if args.upstream_user:
+        d.username = args.upstream_user
+    if os.environ.get("LAYERSWARM_UPSTREAM_USERNAME") and not d.username:
+        d.username = os.environ["LAYERSWARM_UPSTREAM_USERNAME"]
+    if os.environ.get("LAYERSWARM_UPSTREAM_PASSWORD") and not d.password:
+        d.password = os.environ["LAYERSWARM_UPSTREAM_PASSWORD"]
+    if args.upstream_ca:
+        d.ca_bundle = args.upstream_ca
+    if args.upstream_insecure:
+        d.insecure = True
+    for spec in args.alias:
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url:
+            raise UserError(f"--alias wants NAME=URL, got {spec!r}")
+        prev = upstreams.get(name)
+        up = UpstreamConfig(name, url)
+        if prev is not None:  # keep credentials / CA from the file
+            up.username, up.password, up.ca_bundle, up.insecure, up.hosts = (
+                prev.username, prev.password, prev.ca_bundle, prev.insecure, prev.hosts)
+        upstreams[name] = up
+
+    def pick(flag, key, default):
+        v = getattr(args, flag, None)
+        return v if v is not None else data.get(key, default)
+
+    store_dir = pick("store_dir", "store_dir", None)
+    if not store_dir:
+        raise UserError("--store-dir is required (or store_dir in the config file)")
+    return BridgeConfig(
+        store_dir=store_dir,
+        listen=pick("listen", "listen", "127.0.0.1:5000"),
+        upstreams=upstreams,
+        default_upstream=default_name,
+        allow_hosts=[h.lower() for h in list(data.get("allow_hosts", [])) + list(args.allow_host)],
+        connect_timeout=float(pick("connect_timeout", "connect_timeout", 5.0)),
+        read_timeout=float(pick("read_timeout", "read_timeout", 30.0)),
+        tag_ttl=float(pick("tag_ttl", "tag_ttl", 5.0)),
+        threads=int(pick("threads", "threads", 64)),
+        access_log=bool(args.access_log or data.get("access_log", False)),
+    )

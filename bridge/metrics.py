@@ -1,0 +1,80 @@
+"""Bridge counters: Prometheus (``GET /metrics``) and JSON (``GET /_layerswarm/stats``).
+
+One :class:`Metrics` per app, with its own ``CollectorRegistry`` (several
+apps in one process, as in tests, do not collide).  Every counter is kept
+twice: in Prometheus and in a plain dict for the JSON view, which tests and
+the demo read::
+
+    {"requests": {"blob GET 200": 3, ...},            # route method status
+     "bytes_served": {"blob": N, "manifest": N},
+     "blob_bytes": {"origin": N, "store": N, "peer": N, "relay": N},
+     "manifests": {"hit": N, "miss": N, "tag_hit": N},
+     "upstream_requests": {"default HEAD manifest 200": N, ...}}
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
+
+BLOB_SOURCES = ("origin", "store", "peer", "relay")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter("layerswarm_bridge_requests", "Registry API requests answered",
+                                 ["route", "method", "status"], registry=r)
+        self._served = Counter("layerswarm_bridge_served_bytes", "Body bytes sent to clients",
+                               ["kind"], registry=r)
+        self._blob = Counter("layerswarm_bridge_blob_bytes", "Blob bytes sent to clients, by where they came from",
+                             ["source"], registry=r)
+        self._manifests = Counter("layerswarm_bridge_manifest_cache", "Manifest cache lookups",
+                                  ["result"], registry=r)
+        self._upstream = Counter("layerswarm_bridge_upstream_requests", "Requests sent to upstream registries",
+                                 ["upstream", "method", "kind", "status"], registry=r)
+        self._lock = threading.Lock()
+        self._json = {k: defaultdict(int) for k in
+                      ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests")}
+        for s in BLOB_SOURCES:
+            self._blob.labels(s)
+            self._json["blob_bytes"][s] = 0
+        for k in ("hit", "miss", "tag_hit"):
+            self._manifests.labels(k)
+            self._json["manifests"][k] = 0
+
+    def _add(self, section: str, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._json[section][key] += n
+
+    def request(self, route: str, method: str, status: int) -> None:
+        self._requests.labels(route, method, str(status)).inc()
+        self._add("requests", f"{route} {method} {status}")
+
+    def served(self, kind: str, n: int) -> None:
+        if n:
+            self._served.labels(kind).inc(n)
+            self._add("bytes_served", kind, n)
+
+    def blob_bytes(self, source: str, n: int) -> None:
+        if n:
+            self._blob.labels(source).inc(n)
+            self._add("blob_bytes", source, n)
+
+    def manifest(self, result: str) -> None:
+        self._manifests.labels(result).inc()
+        self._add("manifests", result)
+
+    def upstream_request(self, upstream: str, method: str, kind: str, status: int) -> None:
+        self._upstream.labels(upstream, method, kind, str(status)).inc()
+        self._add("upstream_requests", f"{upstream} {method} {kind} {status}")
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {k: dict(v) for k, v in self._json.items()}
+
+    def prometheus(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,172 @@
+"""Registry HTTP API v2, read-only: ``/v2/``, manifests and blobs (GET/HEAD).
+
+The path is parsed from the raw request URI with the spec grammar
+(bridge/names.py) before anything else happens; the upstream is picked by
+:class:`Router`; manifests come from :class:`bridge.manifests.ManifestService`
+and blobs from the app's :class:`bridge.blobs.BlobSource`.  HEAD is handled
+explicitly everywhere (Flask would otherwise run the GET view).
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.wsgi import wrap_file
+
+from bridge import errors
+from bridge.blobs import BlobRequest, BlobResponse
+from bridge.config import BridgeConfig
+from bridge.names import ApiPath, ByteRange, parse_api_path, raw_path
+
+log = logging.getLogger("layerswarm.registry")
+
+bp = Blueprint("registry", __name__)
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+READ_METHODS = ("GET", "HEAD")
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+_NS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
+class Router:
+    """Picks the upstream for a request (DESIGN §4; rules in bridge/config.py).
+
+    ``?ns=<host>`` (containerd) decides alone when present; otherwise the
+    first path component selects an alias or an allowed host; otherwise the
+    default upstream.  Plain one-component names on Docker Hub get
+    ``library/``.
+    """
+
+    def __init__(self, config: BridgeConfig, clients: dict):
+        self.clients = clients
+        self.default = clients[config.default_upstream]
+        self.hosts = {h: clients[n] for h, n in config.hosts().items()}
+        self.prefixes = {p: clients[n] for p, n in config.prefixes().items()}
+
+    def resolve(self, name: str, ns: str | None):
+        if ns is not None:
+            ns = ns.lower()
+            up = self.hosts.get(ns) if _NS.match(ns) else None
+            if up is None:
+                raise errors.RegistryError("DENIED", "upstream registry not allowed on this mirror", 403,
+                                           {"ns": ns[:255]})
+            repo = name
+        else:
+            first, _, rest = name.partition("/")
+            up = self.prefixes.get(first) if rest else None
+            if up is not None:
+                repo = rest
+            else:
+                up, repo = self.default, name
+        if up.cfg.is_docker_hub and "/" not in repo:
+            repo = "library/" + repo
+        return up, repo
+
+
+def _state():
+    return current_app.extensions["layerswarm"]
+
+
+def _accept_values() -> list:
+    """Every Accept value: dockerd sends several headers, containerd one comma-joined."""
+    seen = []
+    for header in request.headers.getlist("Accept"):
+        for part in header.split(","):
+            v = part.strip()
+            if v and v not in seen:
+                seen.append(v)
+    return seen
+
+
+@bp.route("/v2", methods=READ_METHODS, strict_slashes=False)
+@bp.route("/v2/", methods=READ_METHODS)
+def base():
+    g.route = "base"
+    if request.method == "HEAD":
+        return Response(None, 200, {"Content-Type": "application/json", "Content-Length": "3"})
+    return jsonify({})
+
+
+@bp.route("/v2/<path:rest>", methods=READ_METHODS + WRITE_METHODS)
+def api(rest):
+    g.route = "other"
+    if request.method in WRITE_METHODS:
+        g.route = "write"
+        raise errors.unsupported()
+    parsed = parse_api_path(raw_path(request.environ))
+    if parsed is None:
+        raise errors.RegistryError("NOT_FOUND", "not found on this read-only mirror", 404,
+                                   {"path": request.path[:300]})
+    g.route = "manifest" if parsed.kind == "manifests" else "blob"
+    st = _state()
+    up, repo = st.router.resolve(parsed.name, request.args.get("ns"))
+    head = request.method == "HEAD"
+    if parsed.kind == "manifests":
+        return _manifest(st, up, repo, parsed, head)
+    return _blob(st, up, repo, parsed, head)
+
+
+def _manifest(st, up, repo, parsed: ApiPath, head: bool) -> Response:
+    m = st.manifests.get(up, repo, parsed.reference, _accept_values(), head)
+    headers = {"Content-Type": m.media_type, "Docker-Content-Digest": str(m.digest),
+               "Content-Length": str(m.size), "ETag": f'"{m.digest}"'}
+    if not head:
+        st.metrics.served("manifest", m.size)
+    return Response(None if head else m.body, 200, headers)
+
+
+def _blob(st, up, repo, parsed: ApiPath, head: bool) -> Response:
+    digest = parsed.reference.digest
+    rng = ByteRange.parse(request.headers.get("Range"))
+    res: BlobResponse = st.blobs.open(BlobRequest(up, repo, digest, rng, head))
+    headers = {"Content-Type": res.content_type, "Docker-Content-Digest": str(digest),
+               "Content-Length": str(max(res.length, 0)), "Accept-Ranges": "bytes",
+               "ETag": f'"{digest}"', "Cache-Control": "max-age=31536000"}
+    status = 200
+    if rng is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {res.start}-{res.end}/{res.size}"
+    if head:
+        res.close()
+        return Response(None, status, headers)
+    metrics = st.metrics
+    if res.file is not None:
+        f = res.file
+        f.seek(res.start)
+        if res.end == res.size - 1:
+            # Whole tail of the file: gunicorn sendfile()s from the current offset
+            # for Content-Length bytes.
+            body = wrap_file(request.environ, f, 1 << 20)
+            metrics.served("blob", res.length)
+            metrics.blob_bytes(res.source, res.length)
+        else:
+            body = _counted(_read_span(f, res.length), res, metrics)
+    else:
+        body = _counted(res.body, res, metrics)
+    return Response(body, status, headers, direct_passthrough=True)
+
+
+def _read_span(f, length: int):
+    try:
+        while length > 0:
+            chunk = f.read(min(length, 1 << 20))
+            if not chunk:
+                raise OSError("blob file shorter than expected")
+            length -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
+def _counted(it, res: BlobResponse, metrics):
+    try:
+        for chunk in it:
+            metrics.served("blob", len(chunk))
+            metrics.blob_bytes(res.source, len(chunk))
+            yield chunk
+    finally:
+        res.close()
+        close = getattr(it, "close", None)
+        if close:
+            close()

@@ -1,0 +1,71 @@
+"""``layerswarm bridge``: the per-host registry mirror under an embedded gunicorn.
+
+One worker process (it will own the host's single libtorrent session),
+``gthread`` with many threads so long blob streams never starve a manifest
+request, no worker recycling, no preload (the app — and later the session —
+is built in the worker by ``load()``), sendfile on.  SIGTERM: the arbiter
+stops the worker, which gets ``graceful_timeout`` seconds to finish.
+"""
+from __future__ import annotations
+
+import logging
+
+from bridge import config as bconfig
+from bridge.errors import UserError
+
+log = logging.getLogger("layerswarm.serve")
+
+
+def add_arguments(parser) -> None:
+    bconfig.add_arguments(parser)
+
+
+def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
+    return {
+        "bind": [cfg.listen],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": cfg.threads,
+        "max_requests": 0,
+        "preload_app": False,
+        "sendfile": True,
+        # Heartbeat of the worker's main loop, not a per-request limit: long
+        # blob streams run in threads and never block it.
+        "timeout": 60,
+        "graceful_timeout": max(1, int(cfg.graceful_timeout)),
+        "keepalive": 5,
+        "worker_connections": max(1000, cfg.threads * 4),
+        "accesslog": "-" if cfg.access_log else None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "layerswarm-bridge",
+        "control_socket_disable": True,  # gunicorn >= 25: no control socket in the cwd
+    }
+
+
+def build_app(cfg: bconfig.BridgeConfig):
+    """The WSGI app for ``cfg`` (the peer wiring will be added here)."""
+    from bridge.app import create_app
+    return create_app(cfg)
+
+
+def run(args) -> int:
+    cfg = bconfig.from_args(args)
+    host, _, port = cfg.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--listen wants HOST:PORT, got {cfg.listen!r}")
+    from gunicorn.app.base import BaseApplication
+
+    class BridgeServer(BaseApplication):
+        def load_config(self):
+            for k, v in gunicorn_options(cfg).items():
+                if k in self.cfg.settings and v is not None:
+                    self.cfg.set(k, v)
+
+        def load(self):
+            return build_app(cfg)
+
+    log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.listen, cfg.default.url,
+             sorted(n for n in cfg.upstreams if n != bconfig.DEFAULT_NAME), cfg.store_dir)
+    BridgeServer().run()
+    return 0
