@@ -94,7 +94,7 @@ class Peer:
         if path is None:
             raise FileNotFoundError(str(digest))
         if own is None:
-            own = tf.torrent_for_file(path, expect=digest)
+            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
         return self._add_seed(chosen, source)
@@ -153,7 +153,7 @@ class Peer:
         with w:
             for c in chunks:
                 w.write(c)
-            own = w.finish()
+            own = w.finish([self.tracker.announce_url])
             if own.digest in self.store:
                 w.abort()
                 return self.seed(own.digest)
@@ -166,7 +166,7 @@ class Peer:
         return self.store.writer(digest, size)
 
     def publish_writer(self, writer) -> SeedInfo:
-        own = writer.finish()
+        own = writer.finish([self.tracker.announce_url])
         chosen, source = self.resolve_torrent(own)
         writer.commit(chosen.metainfo)
         return self._add_seed(chosen, source)

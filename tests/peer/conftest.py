@@ -41,3 +41,24 @@ def make_peer(tmp_path):
 def add(peer: Peer, data: bytes):
     return peer.add_blob([data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)], len(data),
                          Digest.of_bytes(data))
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    """The real ``layerswarm tracker`` process on loopback; yields its base URL."""
+    from tests import procs
+    port = procs.free_port()
+    p = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
+                   tmp_path / "tracker.log", name="tracker")
+    url = f"http://127.0.0.1:{port}"
+    p.wait_http(url + "/healthz")
+    p.url = url
+    yield p
+    p.stop()
+
+
+def run_seed(*args, timeout=120):
+    """``layerswarm seed`` to completion (with --exit); returns the CompletedProcess."""
+    import subprocess
+    from tests import procs
+    return subprocess.run(procs.layerswarm_argv("seed", *args), capture_output=True, text=True, timeout=timeout)
