@@ -34,6 +34,7 @@ class TrackerServer(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "layerswarm-tracker",
+            "control_socket_disable": True,  # one shared ~/.gunicorn/gunicorn.ctl clashes between instances
         }.items():
             self.cfg.set(key, value)
 
