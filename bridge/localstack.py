@@ -230,6 +230,19 @@ def start_tracker(workdir: Path, port: int | None = None, extra=()) -> Daemon:
     return p
 
 
+def bridge_options() -> set:
+    """Option strings ``layerswarm bridge`` accepts (empty when it is not built)."""
+    import argparse
+    import importlib
+    try:
+        mod = importlib.import_module("bridge.serve")
+    except ModuleNotFoundError:
+        return set()
+    p = argparse.ArgumentParser(add_help=False)
+    mod.add_arguments(p)
+    return {o for a in p._actions for o in a.option_strings}
+
+
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
                  tracker: str | None = None, port: int | None = None, extra=()) -> Daemon:
     """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.stats()``."""
@@ -243,6 +256,8 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
     for name, url in (aliases or {}).items():
         argv += ["--alias", f"{name}={url}"]
     if tracker:
+        if "--tracker" not in bridge_options():
+            raise DaemonError("this layerswarm bridge has no --tracker option yet")
         argv += ["--tracker", tracker]
     argv += list(extra)
     p = Daemon(layerswarm_argv(*argv), workdir / "bridge.log", name="layerswarm bridge")

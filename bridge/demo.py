@@ -1,0 +1,263 @@
+"""``layerswarm demo``: the embedded local stack, end to end, on loopback.
+
+Starts, in a work directory that is removed on exit (or Ctrl-C):
+
+1. a tracker (when this build has one),
+2. unless ``--upstream`` is given, a local ``docker-registry`` origin holding
+   a generated demo image (a few incompressible layers),
+3. a bridge whose default upstream is that origin,
+4. a real ``dockerd`` with ``registry-mirrors`` pointing at the bridge,
+
+then pulls the image through the bridge and prints, one line per step, what
+happened, and a summary taken from the bridge's counters and the origin's
+access log.  ``--keep-running`` leaves the stack up until Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bridge import imagegen, localstack
+from bridge.errors import UserError
+
+DEMO_IMAGE = "layerswarm-demo:latest"
+MANIFEST_ACCEPT = ", ".join([imagegen.MT_DOCKER_MANIFEST, imagegen.MT_DOCKER_LIST,
+                             imagegen.MT_OCI_MANIFEST, imagegen.MT_OCI_INDEX])
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", metavar="DIR",
+                        help="keep state, logs and sockets here (default: a temp dir removed on exit)")
+    parser.add_argument("--upstream", metavar="URL",
+                        help="use this registry as the origin instead of a local demo registry")
+    parser.add_argument("--image", metavar="NAME:TAG", default=None,
+                        help=f"image to pull (default {DEMO_IMAGE}; with --upstream, e.g. library/alpine:3.19)")
+    parser.add_argument("--layers", type=int, default=3, metavar="N", help="layers in the demo image (default 3)")
+    parser.add_argument("--layer-mib", type=float, default=4, metavar="MIB",
+                        help="size of each demo layer in MiB (default 4)")
+    parser.add_argument("--bridge-port", type=int, default=0, metavar="PORT",
+                        help="bridge port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="leave the stack up after the pull (until Ctrl-C) and print how to use it")
+
+
+class _Stack:
+    """Everything the demo started, stopped in reverse order."""
+
+    def __init__(self):
+        self.procs = []
+
+    def add(self, proc):
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception:  # best effort: keep stopping the others
+                pass
+        self.procs.clear()
+
+
+def _say(step: str, msg: str) -> None:
+    print(f"[{step}] {msg}", flush=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    if os.geteuid() != 0:
+        raise UserError("the demo starts a Docker daemon: run it as root (scripts/demo.sh)")
+    if args.layers < 1 or args.layers > 64:
+        raise UserError("--layers must be between 1 and 64")
+    if not 0 < args.layer_mib <= 1024:
+        raise UserError("--layer-mib must be > 0 and <= 1024")
+    if importlib_missing("bridge.serve"):
+        raise UserError("this build has no `layerswarm bridge` yet (bridge/serve.py): nothing to demo")
+    try:
+        localstack.require_binaries("dockerd", "docker", "containerd", "runc",
+                                    *([] if args.upstream else ["docker-registry"]))
+    except localstack.DaemonError as exc:
+        raise UserError(str(exc)) from None
+
+    own_workdir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="layerswarm-demo-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    stack = _Stack()
+    try:
+        return _run(args, workdir, stack)
+    except localstack.DaemonError as exc:
+        raise UserError(f"demo failed: {exc}") from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the stack", flush=True)
+        return 130
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, old_term)
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs and state kept in {workdir}", flush=True)
+
+
+def importlib_missing(mod: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(mod) is None
+
+
+def _run(args, workdir: Path, stack: _Stack) -> int:
+    _say("workdir", str(workdir))
+
+    # 1. tracker
+    tracker = None
+    if localstack.tracker_available():
+        tracker = stack.add(localstack.start_tracker(workdir / "tracker"))
+        _say("tracker", f"layerswarm tracker on {tracker.url} (log {tracker.log})")
+    else:
+        _say("tracker", "skipped: this build has no `layerswarm tracker` yet")
+
+    # 2. origin
+    origin = None
+    image_ref = args.image or DEMO_IMAGE
+    repo, tag = _split_ref(image_ref)
+    expected = None
+    if args.upstream:
+        upstream = args.upstream
+        _say("origin", f"external registry {upstream} (its own logs are not visible here)")
+    else:
+        origin = stack.add(localstack.start_registry(workdir / "origin"))
+        upstream = origin.url
+        _say("origin", f"docker-registry on {origin.url} (log {origin.log})")
+        size = int(args.layer_mib * (1 << 20))
+        t0 = time.monotonic()
+        expected = imagegen.make_image([size] * args.layers, seed=b"layerswarm-demo")
+        imagegen.push(origin.url, repo, tag, expected)
+        _say("image", f"generated {repo}:{tag}: {args.layers} layers of {_mib(size)}, "
+                      f"pushed to the origin in {time.monotonic() - t0:.1f}s")
+
+    # 3. bridge
+    port = args.bridge_port or None
+    tracker_url = tracker.url if tracker and "--tracker" in localstack.bridge_options() else None
+    bridge = stack.add(localstack.start_bridge(workdir / "bridge", upstream=upstream, tracker=tracker_url,
+                                               port=port))
+    _say("bridge", f"layerswarm bridge on {bridge.url}, default upstream {upstream}"
+                   + (f", tracker {tracker_url}" if tracker_url else "") + f" (log {bridge.log})")
+
+    # 4. dockerd
+    docker = stack.add(localstack.start_dockerd(workdir / "dockerd", mirrors=[bridge.url]))
+    _say("dockerd", f"dockerd on {docker.host} with registry-mirrors [{bridge.url}] (log {docker.log})")
+
+    # 5. pull
+    pull_ref = _docker_ref(repo, tag)
+    t0 = time.monotonic()
+    docker.pull(pull_ref, timeout=900)
+    took = time.monotonic() - t0
+    info = docker.image_inspect(pull_ref)
+    _say("pull", f"docker pull {pull_ref}: done in {took:.1f}s, image id {info['Id'][:19]}")
+    if expected is not None and info["Id"] != str(expected.config.digest):
+        raise UserError(f"pulled image id {info['Id']} is not the pushed config {expected.config.digest}")
+
+    # 6. peer to peer
+    # TODO(peer): start a second bridge (its own store, same tracker, upstream
+    # the same origin) and a second dockerd pointing at it, pull again, and
+    # show that its blob bytes came from peers (blob_bytes.peer) while the
+    # origin's blob GET count did not grow.  Print it here as step "[peer]".
+
+    # 7. summary
+    _summary(pull_ref, repo, tag, bridge, origin, took)
+
+    if args.keep_running:
+        _keep_running(bridge, docker, tracker, origin, pull_ref)
+    return 0
+
+
+def _split_ref(ref: str) -> tuple:
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        name, tag = ref, "latest"
+    if "/" not in name:
+        name = f"library/{name}"
+    return name, tag
+
+
+def _docker_ref(repo: str, tag: str) -> str:
+    # registry-mirrors applies to Docker Hub names: library/x is pulled as x
+    return f"{repo[len('library/'):] if repo.startswith('library/') else repo}:{tag}"
+
+
+def _layers_via_bridge(bridge, repo: str, tag: str) -> list:
+    """(digest, size) of the linux/amd64 layers, read back through the bridge."""
+    s = requests.Session()
+    r = s.get(f"{bridge.url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=30)
+    r.raise_for_status()
+    m = r.json()
+    if "manifests" in m:
+        pick = next((d for d in m["manifests"] if d.get("platform", {}).get("architecture") == "amd64"
+                     and d.get("platform", {}).get("os") == "linux"), m["manifests"][0])
+        r = s.get(f"{bridge.url}/v2/{repo}/manifests/{pick['digest']}", headers={"Accept": MANIFEST_ACCEPT},
+                  timeout=30)
+        r.raise_for_status()
+        m = r.json()
+    return [(d["digest"], int(d["size"])) for d in m.get("layers", [])]
+
+
+def _summary(pull_ref, repo, tag, bridge, origin, took) -> None:
+    print("--- summary ---", flush=True)
+    print(f"image pulled : {pull_ref} in {took:.1f}s", flush=True)
+    try:
+        for i, (digest, size) in enumerate(_layers_via_bridge(bridge, repo, tag)):
+            print(f"layer {i}      : {digest[:19]}  {size:>12,} bytes ({_mib(size)})", flush=True)
+    except (requests.RequestException, ValueError, KeyError) as exc:
+        print(f"layers       : (manifest not readable back: {exc})", flush=True)
+    try:
+        st = bridge.stats()
+    except (requests.RequestException, ValueError) as exc:
+        raise UserError(f"bridge stats unavailable: {exc}") from None
+    reqs = st.get("requests", {})
+    served = sum(n for k, n in reqs.items() if k.startswith("blob GET 2"))
+    src = st.get("blob_bytes", {})
+    print(f"bridge       : {served} blob responses, {st.get('bytes_served', {}).get('blob', 0):,} blob bytes served",
+          flush=True)
+    print(f"  bytes from : origin {src.get('origin', 0):,} | store {src.get('store', 0):,} | "
+          f"peers {src.get('peer', 0) + src.get('relay', 0):,}", flush=True)
+    if origin is not None:
+        gets = [g for g in localstack.blob_gets(origin.log) if g[1] in (200, 206)]
+        print(f"origin       : {len(gets)} blob GETs, {sum(g[2] for g in gets):,} bytes sent", flush=True)
+    else:
+        print("origin       : external (blob GETs not visible here)", flush=True)
+    if served == 0:
+        raise UserError("the bridge served no blobs: dockerd did not use the mirror (see the dockerd log)")
+
+
+def _keep_running(bridge, docker, tracker, origin, pull_ref) -> None:
+    print("--- the stack stays up; Ctrl-C stops it ---", flush=True)
+    print(f"  docker -H {docker.host} pull {pull_ref}", flush=True)
+    print(f"  docker -H {docker.host} images", flush=True)
+    print(f"  curl -s {bridge.url}/_layerswarm/stats", flush=True)
+    print(f"  your own dockerd: add to /etc/docker/daemon.json  "
+          f"{json.dumps({'registry-mirrors': [bridge.url]})}", flush=True)
+    if tracker is not None:
+        print(f"  tracker swarms: curl -s {tracker.url}/swarms", flush=True)
+    if origin is not None:
+        print(f"  origin registry: {origin.url}  (e.g. curl -s {origin.url}/v2/_catalog)", flush=True)
+    procs = [p for p in (bridge, docker, tracker, origin) if p is not None]
+    while True:
+        for p in procs:
+            if not p.alive():
+                raise UserError(f"{p.name} exited; log {p.log}:\n{p.log_text(2000)}")
+        time.sleep(1)
