@@ -1,0 +1,164 @@
+"""One storage contract, one suite, every backend (memory and a real redis-server)."""
+from __future__ import annotations
+
+import os
+
+from bridge.digest import Digest, InfoHash
+from tracker.protocol import AnnounceRequest, pack_addr
+from tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord
+
+NOW = 1_000_000.0
+TTL = 120.0
+
+
+def req(ih: bytes, n: int, left: int = 10, event: str = "", numwant: int = 50) -> AnnounceRequest:
+    return AnnounceRequest(info_hash=ih, peer_id=b"-T0001-%013d" % n, addr=pack_addr("127.0.0.1", 10000 + n),
+                           left=left, uploaded=0, downloaded=0, event=event, numwant=numwant, compact=True,
+                           no_peer_id=False)
+
+
+def ih() -> bytes:
+    return os.urandom(20)
+
+
+def test_announce_hands_others_never_self(store):
+    h = ih()
+    peers, counts = store.announce(req(h, 1, event="started"), TTL, NOW)
+    assert peers == [] and (counts.complete, counts.incomplete) == (0, 1)
+    peers, counts = store.announce(req(h, 2, event="started"), TTL, NOW)
+    assert peers == [(b"-T0001-%013d" % 1, pack_addr("127.0.0.1", 10001))]
+    assert (counts.complete, counts.incomplete) == (0, 2)
+    # re-announce does not duplicate
+    peers, counts = store.announce(req(h, 2), TTL, NOW + 1)
+    assert len(peers) == 1 and counts.incomplete == 2
+
+
+def test_seeders_get_only_leechers(store):
+    h = ih()
+    for n in range(5):
+        store.announce(req(h, n, left=0), TTL, NOW)
+    store.announce(req(h, 100, left=5), TTL, NOW)
+    peers, counts = store.announce(req(h, 6, left=0), TTL, NOW)
+    assert [p for p, _ in peers] == [b"-T0001-%013d" % 100]
+    assert (counts.complete, counts.incomplete) == (6, 1)
+    peers, _ = store.announce(req(h, 101, left=5), TTL, NOW)
+    assert len(peers) == 7  # a leecher gets seeders and the other leecher
+
+
+def test_numwant_bounds_reply_in_large_swarm(store):
+    h = ih()
+    for n in range(300):
+        store.announce(req(h, n), TTL, NOW)
+    peers, counts = store.announce(req(h, 999, numwant=30), TTL, NOW)
+    assert len(peers) == 30 and len(set(peers)) == 30 and counts.incomplete == 301
+    assert all(p != b"-T0001-%013d" % 999 for p, _ in peers)
+    peers, _ = store.announce(req(h, 999, numwant=0), TTL, NOW)
+    assert peers == []
+
+
+def test_stopped_and_completed(store):
+    h = ih()
+    store.announce(req(h, 1, event="started"), TTL, NOW)
+    store.announce(req(h, 2, event="started"), TTL, NOW)
+    _, c = store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)
+    assert (c.complete, c.incomplete, c.downloaded) == (1, 1, 1)
+    _, c = store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)  # repeated: counted once
+    assert c.downloaded == 1
+    peers, c = store.announce(req(h, 2, event="stopped"), TTL, NOW)
+    assert peers == [] and (c.complete, c.incomplete) == (1, 0)
+    assert store.scrape([h], NOW)[h].downloaded == 1
+
+
+def test_peers_expire_after_ttl(store):
+    h = ih()
+    store.announce(req(h, 1), TTL, NOW)
+    store.announce(req(h, 2), TTL, NOW + 100)
+    peers, c = store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
+    assert [p for p, _ in peers] == [b"-T0001-%013d" % 2] and c.incomplete == 2
+    assert store.scrape([h], NOW + TTL + 200)[h].incomplete == 0
+
+
+def test_scrape_and_swarms(store):
+    a, b, unknown = ih(), ih(), ih()
+    store.announce(req(a, 1, left=0), TTL, NOW)
+    store.announce(req(b, 1), TTL, NOW)
+    store.announce(req(b, 2), TTL, NOW)
+    got = store.scrape([a, b, unknown], NOW)
+    assert (got[a].complete, got[b].incomplete, got[unknown].incomplete) == (1, 2, 0)
+    everything = store.scrape(None, NOW)
+    assert a in everything and b in everything
+    sw = {s.info_hash: s for s in store.swarms(NOW)}
+    assert sw[b].leechers == 2 and sw[a].seeders == 1 and sw[a].last_announce == NOW
+
+
+def rec(d: Digest, ih_hex: str) -> MetainfoRecord:
+    return MetainfoRecord(digest=d, info_hash=InfoHash.from_hex(ih_hex), size=10, format=1,
+                          data=b"torrent-" + ih_hex.encode(), published_at=NOW)
+
+
+def test_metainfo_first_write_wins_and_quarantine(store):
+    d = Digest.of_bytes(os.urandom(8))
+    good, bad = "aa" * 20, "bb" * 20
+    assert store.put_metainfo(rec(d, bad)) == (CREATED, InfoHash.from_hex(bad))
+    assert store.put_metainfo(rec(d, bad))[0] == EXISTS
+    assert store.put_metainfo(rec(d, good)) == (CONFLICT, InfoHash.from_hex(bad))
+    assert store.get_metainfo(d).data == b"torrent-" + bad.encode()
+    assert (d, InfoHash.from_hex(bad), 10) in store.list_metainfo()
+    # reports about another torrent change nothing; two distinct hosts quarantine (threshold 2)
+    assert store.report(d, InfoHash.from_hex(good), "h1", False, 2) is False
+    assert store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False
+    assert store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False  # same host again
+    assert store.get_metainfo(d) is not None
+    assert store.report(d, InfoHash.from_hex(bad), "h2", False, 2) is True
+    assert store.get_metainfo(d) is None and all(m[0] != d for m in store.list_metainfo())
+    assert store.put_metainfo(rec(d, bad))[0] == REJECTED  # never again
+    assert store.put_metainfo(rec(d, good))[0] == CREATED
+
+
+def test_trusted_report_quarantines_at_once(store):
+    d = Digest.of_bytes(os.urandom(8))
+    store.put_metainfo(rec(d, "cc" * 20))
+    assert store.report(d, InfoHash.from_hex("cc" * 20), "ops", True, 100) is True
+    assert store.get_metainfo(d) is None
+
+
+def test_manifests_immutable(store):
+    d = Digest.of_bytes(b"{}")
+    assert store.get_manifest(d) is None
+    assert store.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", b"{}") is True
+    assert store.put_manifest(d, "text/plain", b"{}") is False
+    assert store.get_manifest(d) == ("application/vnd.oci.image.manifest.v1+json", b"{}")
+
+
+def test_lease_holder_relay_tree(store):
+    d = Digest.of_bytes(os.urandom(8))
+    import time
+    now = time.time()  # Redis lease keys expire by wall clock
+    url = "http://{}:5000".format
+    assert store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
+    src = {}
+    for h in "bcdefg":
+        ans = store.acquire_lease(d, h, url(h), 30, 2, now)
+        assert ans["role"] == "relay"
+        src[h] = ans["source"]["host"]
+        assert ans["source"]["url"] == url(src[h])
+    # breadth-first, at most 2 children each: a<-b,c ; b<-d,e ; c<-f,g
+    assert src == {"b": "a", "c": "a", "d": "b", "e": "b", "f": "c", "g": "c"}
+    assert store.acquire_lease(d, "e", url("e"), 30, 2, now)["source"]["host"] == "b"  # stable answer
+    assert store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
+
+
+def test_lease_renew_release_expire(store):
+    d = Digest.of_bytes(os.urandom(8))
+    import time
+    now = time.time()
+    store.acquire_lease(d, "a", "http://a", 30, 3, now)
+    assert store.renew_lease(d, "a", 30, now + 10) is True
+    assert store.renew_lease(d, "b", 30, now + 10) is False
+    store.acquire_lease(d, "b", "http://b", 30, 3, now)
+    assert store.release_lease(d, "b", now) is True  # a relay leaves
+    assert store.release_lease(d, "a", now) is True  # holder gone: next asker holds it
+    assert store.acquire_lease(d, "b", "http://b", 30, 3, now)["role"] == "holder"
+    # expired lease (holder crashed): a new requester becomes the holder
+    assert store.acquire_lease(d, "c", "http://c", 30, 3, now + 31)["role"] == "holder"
+    assert store.renew_lease(d, "b", 30, now + 32) is False
