@@ -97,7 +97,9 @@ def run(args) -> int:
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="layerswarm-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C, kill and a closed terminal all stop the stack (SIGINT explicitly:
+    # a shell's background job starts with it ignored).
+    old_handlers = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     stack = _Stack()
     try:
         return _run(args, workdir, stack)
@@ -108,7 +110,8 @@ def run(args) -> int:
         return 130
     finally:
         stack.stop()
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -307,7 +307,11 @@ class DockerDaemon(Daemon):
                 "-H", self.host, "--pidfile", self.rundir / "docker.pid",
                 "--config-file", self.config_file]
         super().__init__(argv, self.workdir / "dockerd.log", name="dockerd", env=LOOPBACK_ONLY_ENV)
-        self.wait_until(lambda: self._ping(), what=f"answering on {self.sock}")
+        try:
+            self.wait_until(lambda: self._ping(), what=f"answering on {self.sock}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _write_config(self, mirrors, insecure):
         cfg = {"registry-mirrors": list(mirrors), "insecure-registries": list(insecure),
@@ -389,7 +393,11 @@ class Containerd(Daemon):
             '  address = ""\n')
         super().__init__(["containerd", "--config", cfg, "--log-level", "info"],
                          self.workdir / "containerd.log", name="containerd")
-        self.wait_until(lambda: self._ping(), what=f"answering on {self.sock}")
+        try:
+            self.wait_until(lambda: self._ping(), what=f"answering on {self.sock}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ping(self) -> bool:
         if not self.sock.exists():

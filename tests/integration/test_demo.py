@@ -68,3 +68,47 @@ def test_demo_failure_is_one_clear_line(tmp_path):
     assert cp.returncode != 0
     assert "layerswarm demo: error:" in cp.stderr
     assert "Traceback" not in cp.stderr + cp.stdout
+
+
+def test_demo_keep_running_then_interrupt(tmp_path):
+    import json
+    import re
+    import signal
+    import time
+    import urllib.request
+    daemons.require_root()
+    daemons.require_bridge()
+    work = tmp_path / "demo"
+    p = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--workdir", str(work), "--keep-running",
+                          "--layers", "1", "--layer-mib", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, stdin=subprocess.DEVNULL)
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "stays up" in line:
+                break
+        out = "".join(lines)
+        assert "stays up" in out, out
+        # the stack is really up: the bridge answers and counted the pull
+        while True:
+            line = p.stdout.readline()
+            lines.append(line)
+            if "_layerswarm/stats" in line:
+                break
+        url = re.search(r"(http://127\.0\.0\.1:\d+/_layerswarm/stats)", line).group(1)
+        st = json.load(urllib.request.urlopen(url, timeout=10))
+        assert daemons.blob_responses(st) >= 2
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, "".join(lines) + rest
+    assert "stopping the stack" in rest
+    assert _procs_mentioning(str(work)) == []
