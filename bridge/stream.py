@@ -99,8 +99,20 @@ class Download:
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
         self.session.remove(self.name, delete_files=delete)
         self.store.release(self._reserved)
+        if delete:
+            # Off the alert thread: wait for libtorrent to let go, then make sure no partial stays.
+            threading.Thread(target=self._drop_partial, daemon=True).start()
         if self._on_done:
             self._on_done(self)
+
+    def _drop_partial(self) -> None:
+        self.session.wait_removed(self.name)
+        try:
+            self.store.download_path(self.digest).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove partial %s: %s", self.name, exc)
 
     # -- alert thread ------------------------------------------------------
     def _on_event(self, e) -> None:

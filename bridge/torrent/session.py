@@ -105,6 +105,7 @@ class TorrentSession:
         self._ses = lt.session(pack)
         self.dispatcher = Dispatcher()
         self._torrents: dict = {}
+        self._removing: dict = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._alert_loop, name="lt-alerts", daemon=True)
@@ -178,26 +179,31 @@ class TorrentSession:
     def remove(self, name: str, delete_files: bool = False) -> None:
         with self._lock:
             t = self._torrents.pop(name, None)
-        if t is None:
-            return
+            if t is None:
+                return
+            self._removing[name] = t._h
         try:
             self._ses.remove_torrent(t._h, lt.session.delete_files if delete_files else 0)
         except RuntimeError:
             pass
 
-    def wait_removed(self, name: str, timeout: float = 10.0) -> None:
-        """Block until libtorrent has let go of the torrent's files."""
+    def wait_removed(self, name: str, timeout: float = 10.0) -> bool:
+        """Block until libtorrent has let go of the torrent (its handle turns invalid)."""
+        with self._lock:
+            h = self._removing.get(name)
+        if h is None:
+            return True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not any(h.is_valid() and h.name() == name for h in self._safe_handles()):
-                return
-            time.sleep(0.02)
-
-    def _safe_handles(self):
         try:
-            return self._ses.get_torrents()
-        except RuntimeError:
-            return []
+            while time.monotonic() < deadline:
+                if not h.is_valid():
+                    return True
+                time.sleep(0.02)
+            return False
+        finally:
+            with self._lock:
+                if self._removing.get(name) is h:
+                    del self._removing[name]
 
     def close(self) -> None:
         """Stop within seconds: stop_tracker_timeout bounds the teardown."""

@@ -1,6 +1,7 @@
 """Peers in one process on loopback against a fake tracker: publish, seed, stream, verify."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -45,3 +46,82 @@ def test_stall_without_peers_raises_swarm_error(fake_tracker, make_peer, tmp_pat
     with pytest.raises(SwarmError, match="stalled"):
         b"".join(s)
     assert time.monotonic() - t0 < 10 and s.yielded == 0
+
+
+def test_restart_seeds_without_recheck(fake_tracker, make_peer, tmp_path):
+    from bridge.torrent import alerts as ev
+    data = blob_bytes(2_000_000, b"restart")
+    d = Digest.of_bytes(data)
+    first = make_peer("host", fake_tracker.url)
+    add(first, data)
+    first.close()
+    again = make_peer("host", fake_tracker.url)
+    states = []
+    again.session.dispatcher.subscribe(str(d), lambda e: e.kind == ev.STATE and states.append(e.data["state"]))
+    infos = again.seed_stored()
+    assert [(i.digest, i.source) for i in infos] == [(d, "record")]
+    assert again.store.rehashed == []
+    time.sleep(1.0)
+    assert not any("checking" in s for s in states), states
+    assert again.session.get(str(d)).status()["is_seeding"]
+    leech = make_peer("leech", fake_tracker.url)
+    assert b"".join(leech.stream(d)) == data
+
+
+def test_eviction_stops_seeding(fake_tracker, make_peer):
+    p = make_peer("small", fake_tracker.url, cap_bytes=5_000_000)
+    a = blob_bytes(2_000_000, b"ea")
+    add(p, a)
+    add(p, blob_bytes(2_000_000, b"eb"))
+    add(p, blob_bytes(2_000_000, b"ec"))
+    da = Digest.of_bytes(a)
+    assert da not in p.store and p.session.get(str(da)) is None
+    assert da not in {s.digest for s in p.seeding()} and len(p.seeding()) == 2
+
+
+def test_poisoned_torrent_raises_digest_mismatch_and_reports(fake_tracker, make_peer, tmp_path):
+    from bridge import torrentformat as tf
+    real = blob_bytes(1_000_000, b"real")
+    evil = blob_bytes(1_000_000, b"evil")
+    d = Digest.of_bytes(real)
+    h = tf.PieceHasher(len(evil))
+    h.update(evil)
+    poisoned = tf.build_metainfo(d, len(evil), h.pieces(), [fake_tracker.url + "/announce"])
+    fake_tracker.metainfo[str(d)] = poisoned.metainfo
+    bad = make_peer("bad", fake_tracker.url)
+    (bad.store.layers_dir / str(d)).write_bytes(evil)  # the evil seeder serves pieces that match the torrent
+    bad.session.add(poisoned.metainfo, bad.store.layers_dir, seed_mode=True, trackers=[fake_tracker.url + "/announce"])
+    leech = make_peer("victim", fake_tracker.url)
+    s = leech.stream(d)
+    with pytest.raises(DigestMismatch):
+        for _ in s:
+            pass
+    assert s.yielded < len(evil)  # the last piece is withheld: no clean end
+    deadline = time.monotonic() + 5
+    while list(leech.store.downloads_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d not in leech.store and not list(leech.store.downloads_dir.iterdir())
+    while not fake_tracker.reports and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fake_tracker.reports and fake_tracker.reports[0][1]["info_hash"] == poisoned.info_hash.hex
+
+
+def test_seed_via_bridge_admin_endpoint(fake_tracker, make_peer, tmp_path):
+    import flask
+    from werkzeug.serving import make_server
+    from tests.peer.conftest import run_seed
+    p = make_peer("bridge", fake_tracker.url)
+    app = flask.Flask("t")
+    app.register_blueprint(p.blueprint)
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        data = blob_bytes(700_000, b"viabridge")
+        f = tmp_path / "blob"
+        f.write_bytes(data)
+        r = run_seed(f, "--tracker", fake_tracker.url, "--bridge", f"http://127.0.0.1:{srv.server_port}")
+        assert r.returncode == 0, r.stderr
+        d = Digest.of_bytes(data)
+        assert str(d) in r.stdout and d in p.store and d in {s.digest for s in p.seeding()}
+    finally:
+        srv.shutdown()

@@ -1,0 +1,81 @@
+"""The layer store: writer + followers, LRU eviction under a cap, restart records."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from bridge.digest import Digest
+from bridge.errors import DigestMismatch, StoreFull
+from bridge.store import LayerStore
+from tests.peer.conftest import blob_bytes
+
+
+def _put(store, data):
+    w = store.writer(Digest.of_bytes(data), len(data))
+    for i in range(0, len(data), 100_000):
+        w.write(data[i:i + 100_000])
+    w.commit()
+    return Digest.of_bytes(data)
+
+
+def test_writer_commit_and_follow_from_offset(tmp_path):
+    st = LayerStore(tmp_path)
+    data = blob_bytes(1_000_000)
+    d = Digest.of_bytes(data)
+    w = st.writer(d, len(data))
+    w.write(data[:300_000])
+    got = []
+    t = threading.Thread(target=lambda: got.append(b"".join(st.follow(d, 100_000, timeout=10))))
+    t.start()
+    w.write(data[300_000:])
+    torrent = w.finish()
+    assert torrent.digest == d and torrent.size == len(data)
+    w.commit(torrent.metainfo)
+    t.join(10)
+    assert got == [data[100_000:]]
+    assert st.path_if_present(d).read_bytes() == data and st.saved_torrent(d) == torrent.metainfo
+    with st.open(d) as f:
+        assert f.read(10) == data[:10]
+    assert b"".join(st.follow(d, 5)) == data[5:]
+
+
+def test_writer_mismatch_leaves_nothing(tmp_path):
+    st = LayerStore(tmp_path)
+    w = st.writer(Digest.of_bytes(b"x" * 10), 10)
+    w.write(b"y" * 10)
+    with pytest.raises(DigestMismatch):
+        w.finish()
+    assert not os.listdir(st.incoming_dir) and not os.listdir(st.layers_dir) and st._reserved == 0
+
+
+def test_lru_eviction_under_cap(tmp_path):
+    evicted = []
+    st = LayerStore(tmp_path, cap_bytes=1_000_000)
+    st.on_evict = evicted.append
+    a = _put(st, blob_bytes(400_000, b"a"))
+    b = _put(st, blob_bytes(400_000, b"b"))
+    st.touch(a)  # b is now least recently used
+    c = _put(st, blob_bytes(400_000, b"c"))
+    assert evicted == [b] and b not in st and a in st and c in st
+    assert not st.layer_path(b).exists()
+    st.pin(a)
+    st.pin(c)
+    with pytest.raises(StoreFull):
+        st.writer(Digest.of_bytes(b"z"), 400_000)
+    with pytest.raises(StoreFull):
+        st.writer(Digest.of_bytes(b"z"), 2_000_000)
+
+
+def test_restart_trusts_only_recorded_bytes(tmp_path):
+    st = LayerStore(tmp_path)
+    a = _put(st, blob_bytes(200_000, b"a"))
+    b = _put(st, blob_bytes(200_000, b"b"))
+    st.flush()
+    # b changes behind our back (same size, new mtime): rehashed at load and dropped.
+    with open(st.layer_path(b), "r+b") as f:
+        f.write(b"corrupt")
+    (tmp_path / "incoming" / "junk").write_bytes(b"partial")
+    st2 = LayerStore(tmp_path)
+    assert a in st2 and b not in st2 and st2.rehashed == [] and not os.listdir(st2.incoming_dir)
