@@ -1,0 +1,102 @@
+"""The real CLI process (gunicorn) and the BlobSource / peer seams."""
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import time
+
+import requests
+from flask import Blueprint
+
+from bridge import imagegen
+from bridge.app import create_app
+from bridge.blobs import BlobResponse, ChainBlobSource, span
+from bridge.config import BridgeConfig, UpstreamConfig
+from tests import procs
+from tests.bridge.conftest import Bridge
+
+
+def test_cli_bridge_pulls_blob_and_stops_on_sigterm(origin, tmp_path):
+    img = imagegen.make_image((6 << 20,), seed=b"cli")
+    imagegen.push(origin.url, "library/cli", "v1", img)
+    b = Bridge(tmp_path, "--upstream", origin.url, "--threads", "8")
+    try:
+        r = requests.get(f"{b.url}/v2/library/cli/manifests/v1", headers={"Accept": img.manifest_media_type},
+                         timeout=20)
+        assert r.status_code == 200 and r.headers["Server"].startswith("gunicorn")
+        layer = img.layers[0]
+        r = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", timeout=30)
+        assert hashlib.sha256(r.content).hexdigest() == layer.digest.hex
+        # SIGTERM with a stream in flight: clean exit within seconds
+        s = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", stream=True, timeout=30)
+        next(s.raw.stream(65536))
+        t0 = time.monotonic()
+        b.proc.signal(signal.SIGTERM)
+        rc = b.proc.popen.wait(15)
+        assert time.monotonic() - t0 < 10
+        assert rc == 0, b.proc.log_text()
+        s.close()
+    finally:
+        b.stop()
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    p = subprocess.run(procs.layerswarm_argv("bridge", "--store-dir", tmp_path, "--listen", "nope"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "HOST:PORT" in p.stderr
+    p = subprocess.run(procs.layerswarm_argv("bridge", "--store-dir", tmp_path, "--alias", "x"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "NAME=URL" in p.stderr
+
+
+class FileSource:
+    """A stand-in for the store: serves blobs it has as files, LookupError otherwise."""
+
+    def __init__(self, blobs: dict):
+        self.blobs = blobs  # digest -> path
+
+    def open(self, req):
+        path = self.blobs.get(req.digest)
+        if path is None:
+            raise LookupError(req.digest)
+        size = path.stat().st_size
+        start, end = span(req.range, size)
+        return BlobResponse(size, start, end, file=None if req.head else open(path, "rb"), source="store")
+
+
+class FakePeer:
+    def __init__(self, source):
+        self.blueprint = Blueprint("peer", __name__)
+        self.blueprint.add_url_rule("/_layerswarm/peer", "peer", lambda: {"peer": True})
+        self.source = source
+
+    def blob_source(self, state):
+        return ChainBlobSource(self.source, state.origin_blobs)
+
+
+def test_blob_source_seam_and_peer_blueprint(origin, tmp_path, thread_server):
+    img = imagegen.make_image((700_000, 800_000), seed=b"seam")
+    imagegen.push(origin.url, "library/seam", "v1", img)
+    local = img.layers[0]
+    f = tmp_path / "blob"
+    f.write_bytes(local.data)
+    cfg = BridgeConfig(store_dir=str(tmp_path / "store"), upstreams={"default": UpstreamConfig("default", origin.url)})
+    app = create_app(cfg, peer=FakePeer(FileSource({local.digest: f})))
+    srv = thread_server(app)
+    assert requests.get(srv.url + "/_layerswarm/peer", timeout=10).json() == {"peer": True}
+    u = f"{srv.url}/v2/library/seam/blobs/"
+    r = requests.get(u + str(local.digest), timeout=10)
+    assert r.status_code == 200 and r.content == local.data
+    r = requests.get(u + str(local.digest), headers={"Range": "bytes=100-199"}, timeout=10)
+    assert r.status_code == 206 and r.content == local.data[100:200]
+    r = requests.get(u + str(local.digest), headers={"Range": "bytes=1000-"}, timeout=10)
+    assert r.status_code == 206 and r.content == local.data[1000:]
+    r = requests.head(u + str(local.digest), timeout=10)
+    assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(local.data)
+    other = img.layers[1]  # not in the "store": falls back to the origin
+    r = requests.get(u + str(other.digest), timeout=10)
+    assert r.status_code == 200 and r.content == other.data
+    st = requests.get(srv.url + "/_layerswarm/stats", timeout=10).json()
+    assert st["blob_bytes"]["store"] == len(local.data) + 100 + len(local.data) - 1000
+    assert st["blob_bytes"]["origin"] == len(other.data)
