@@ -67,6 +67,12 @@ def test_stopped_and_completed(store):
     peers, c = store.announce(req(h, 2, event="stopped"), TTL, NOW)
     assert peers == [] and (c.complete, c.incomplete) == (1, 0)
     assert store.scrape([h], NOW)[h].downloaded == 1
+    # a known leecher stopping with nothing left completed too (aria2c --seed-time=0 does this)
+    store.announce(req(h, 3, event="started"), TTL, NOW)
+    _, c = store.announce(req(h, 3, left=0, event="stopped"), TTL, NOW)
+    assert c.downloaded == 2 and c.complete == 1
+    _, c = store.announce(req(h, 4, left=0, event="started"), TTL, NOW)  # a seeder from the start did not
+    assert c.downloaded == 2
 
 
 def test_peers_expire_after_ttl(store):

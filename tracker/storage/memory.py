@@ -103,13 +103,15 @@ class MemoryStore(Store):
             old = sw.peers.get(pid)
             if old is not None:
                 sw.drop(pid)
+            # a completion: the event, or a known leecher now reporting nothing left
+            # (aria2c with --seed-time=0 goes straight to "stopped")
+            if (req.event == "completed" and not (old and old[1])) or (old and not old[1] and req.left == 0):
+                sw.completed += 1
             if req.event == "stopped":
                 counts = sw.counts()
                 if not sw.peers and not sw.completed:
                     del self._swarms[req.info_hash]
                 return [], counts
-            if req.event == "completed" and not (old and old[1]):
-                sw.completed += 1
             seeder = req.left == 0
             sw.peers[pid] = (req.addr, seeder, now + ttl)
             (sw.seeders if seeder else sw.leechers).add(pid)

@@ -33,12 +33,15 @@ if #old > 0 then
   redis.call('HDEL', s, unpack(old)); redis.call('HDEL', l, unpack(old)); redis.call('ZREM', x, unpack(old))
 end
 local was_seeder = redis.call('HDEL', s, pid) == 1
-redis.call('HDEL', l, pid)
+local was_leecher = redis.call('HDEL', l, pid) == 1
+-- a completion: the event, or a known leecher now reporting nothing left
+if (event == 'completed' and not was_seeder) or (was_leecher and seeder) then
+  redis.call('HINCRBY', c, 'completed', 1)
+end
 local out = {}
 if event == 'stopped' then
   redis.call('ZREM', x, pid)
 else
-  if event == 'completed' and not was_seeder then redis.call('HINCRBY', c, 'completed', 1) end
   redis.call('HSET', seeder and s or l, pid, addr)
   redis.call('ZADD', x, now + ttl, pid)
   redis.call('HSET', c, 'last', ARGV[3])
