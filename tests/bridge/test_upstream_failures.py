@@ -70,6 +70,8 @@ GOOD = b"g" * 300_000
 BAD = b"b" * 300_000
 GOOD_D = "sha256:" + hashlib.sha256(GOOD).hexdigest()
 SHORT_D = "sha256:" + hashlib.sha256(b"s" * 300_000).hexdigest()
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}'
+MANIFEST_D = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
 def fake_upstream():
@@ -84,6 +86,10 @@ def fake_upstream():
         if p.startswith("limited/"):
             return Response('{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}', 429,
                             {"Retry-After": "17", "Content-Type": "application/json"})
+        if p.startswith("lying/manifests/"):  # claims MANIFEST_D, serves other bytes
+            body = MANIFEST.replace(b"2", b"3")
+            return Response(body, 200, {"Docker-Content-Digest": MANIFEST_D, "Content-Length": str(len(body)),
+                                        "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
         if p.startswith("broken/"):
             return Response("oops", 500)
         if p == f"lying/blobs/{GOOD_D}":  # right size, wrong bytes
@@ -126,3 +132,13 @@ def test_wrong_or_short_origin_bytes_cut_the_connection(start_bridge, thread_ser
                 got += chunk
         assert len(got) < n  # never a complete (wrong) blob
     assert b.proc.alive()
+
+
+def test_manifest_not_matching_its_digest_is_refused(start_bridge, thread_server):
+    up = thread_server(fake_upstream())
+    b = start_bridge("--upstream", up.url)
+    for ref in (MANIFEST_D, "v1"):
+        r = requests.get(b.url + f"/v2/lying/manifests/{ref}", timeout=20)
+        assert r.status_code == 502, r.text
+        assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert not list((b.store / "manifests" / "sha256").glob("[0-9a-f]*"))
