@@ -113,7 +113,7 @@ def cleanup(prefix: str | None = None, force: bool = False) -> list:
     removed = []
     for ns in list_namespaces((prefix + "-") if prefix else PREFIX_ROOT + "-"):
         m = _NS_RE.match(ns)
-        if m and not force and not prefix and _alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+        if m and not force and not prefix and _alive(int(m.group(1))):
             continue  # a live run owns it
         delete_namespace(ns)
         removed.append(ns)

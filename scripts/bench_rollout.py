@@ -1,0 +1,1069 @@
+#!/usr/bin/env python3
+"""Rollout benchmark on a simulated fleet: swarm vs direct vs pull-through cache vs the lower bound.
+
+Run as root from the repository (needs ``ip netns``, ``tc``, ``docker-registry``; ``wrk`` for the
+serving tests)::
+
+    .venv/bin/python scripts/bench_rollout.py --n 2,4,8 --json out.json --png out.png --markdown out.md
+    .venv/bin/python scripts/bench_rollout.py --cleanup     # remove leftovers of interrupted runs
+
+Topology (see ``scripts/fleet.py``): every host is a network namespace on one
+Linux bridge (itself in a namespace), its veth capped both ways with HTB;
+the origin ``docker-registry`` and the tracker share the *origin* host, whose
+upload is capped lower. Scenarios, for each N of the sweep:
+
+* ``direct``  N clients pull straight from the origin;
+* ``cache``   N clients pull through a ``docker-registry`` in proxy mode on its own capped host;
+* ``cold``    N clients pull through their own ``layerswarm bridge`` (with ``--tracker`` when the
+              bridge has that flag), nothing cached anywhere;
+* ``warm``    layers preheated with ``layerswarm seed`` on a seeder host (same cap), then as cold.
+
+Each client runs inside its host's namespace, waits at a barrier (a start
+time written to a file once every client is ready), fetches the manifest then
+every blob (``--client-concurrency`` at a time, like dockerd's 3), and
+verifies each blob's sha256. Origin blob bytes come from the HTB class that
+counts the registry's source port on the origin's egress, minus per-packet
+headers (``fleet.HEADER_BYTES``). Figures are compared with the
+Kumar–Ross lower bound ``T >= max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``.
+
+Sizes are MB = 10^6 bytes (``--host-mbps 40`` is 40 MB/s = 320 Mbit/s) and
+layer sizes are MiB. Everything is bounded in time (``--timeout`` per
+scenario, ``--deadline`` for the whole run) and all namespaces, tc rules and
+processes are removed on exit, error, SIGINT/SIGTERM/SIGHUP.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+for _p in (str(HERE), str(REPO_ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+MB = 1_000_000
+MIB = 1 << 20
+REG_PORT = 5000
+TRACKER_PORT = 6969
+BRIDGE_PORT = 5000
+IMAGE_REPO = "bench/app"
+IMAGE_TAG = "v1"
+ACCEPT = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+SCENARIOS = ("direct", "cache", "cold", "warm")
+
+
+# ======================================================================================
+# children run inside a namespace (stdlib only, imported fast)
+# ======================================================================================
+
+def _split(url: str):
+    u = urllib.parse.urlsplit(url)
+    return u.hostname, u.port or 80, u.path
+
+
+def http_get(url: str, headers=None, timeout: float = 30, sink=None, max_redirects: int = 3):
+    """GET ``url``; body chunks go to ``sink(chunk)`` (else collected). Returns (status, headers, body, ttfb)."""
+    for _ in range(max_redirects + 1):
+        host, port, path = _split(url)
+        q = urllib.parse.urlsplit(url).query
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        t_req = time.monotonic()
+        try:
+            conn.request("GET", (path or "/") + ("?" + q if q else ""), headers=headers or {})
+            resp = conn.getresponse()
+            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+                url = urllib.parse.urljoin(url, resp.getheader("Location"))
+                resp.read()
+                continue
+            ttfb = None
+            body = bytearray()
+            while True:
+                chunk = resp.read1(1 << 20)
+                if not chunk:
+                    break
+                if ttfb is None:
+                    ttfb = time.monotonic() - t_req
+                if sink is not None:
+                    sink(chunk)
+                else:
+                    body += chunk
+            if ttfb is None:
+                ttfb = time.monotonic() - t_req
+            return resp.status, dict(resp.getheaders()), bytes(body), ttfb
+        finally:
+            conn.close()
+    raise RuntimeError(f"too many redirects for {url}")
+
+
+def client_main(a) -> int:
+    """One host's pull: manifest then every blob, sha256 verified, times relative to the barrier."""
+    out = Path(a.out)
+    Path(str(out) + ".ready").write_text("ready")
+    give_up = time.time() + a.timeout + 120
+    while not os.path.exists(a.go):
+        if time.time() > give_up:
+            return 2
+        time.sleep(0.002)
+    t0 = float(Path(a.go).read_text())
+    while time.time() < t0:
+        time.sleep(min(0.002, max(0.0, t0 - time.time())))
+    m0 = time.monotonic() - (time.time() - t0)  # monotonic instant of t0
+    res = {"host": a.host, "base": a.base, "blobs": [], "errors": [], "done_s": None}
+
+    def rel() -> float:
+        return time.monotonic() - m0
+
+    try:
+        st, hdrs, body, ttfb = http_get(f"{a.base}/v2/{a.repo}/manifests/{a.tag}", {"Accept": ACCEPT},
+                                        timeout=a.timeout)
+        if st != 200:
+            raise RuntimeError(f"manifest: HTTP {st}: {body[:200]!r}")
+        res["manifest_s"] = rel()
+        man = json.loads(body)
+        if "manifests" in man:
+            raise RuntimeError("an index, not an image manifest")
+        descs = [man["config"], *man["layers"]]
+
+        def fetch(desc):
+            rec = {"digest": desc["digest"], "size": desc["size"], "start_s": rel()}
+            h = hashlib.sha256()
+            n = [0]
+
+            def sink(chunk):
+                h.update(chunk)
+                n[0] += len(chunk)
+            try:
+                st, _, _, ttfb = http_get(f"{a.base}/v2/{a.repo}/blobs/{desc['digest']}", {}, timeout=a.timeout,
+                                          sink=sink)
+                rec.update(status=st, ttfb_s=ttfb, bytes=n[0], done_s=rel())
+                rec["verified"] = st == 200 and n[0] == desc["size"] and \
+                    "sha256:" + h.hexdigest() == desc["digest"]
+                if not rec["verified"]:
+                    rec["error"] = f"HTTP {st}, {n[0]}/{desc['size']} bytes, sha256 {'ok' if 'sha256:' + h.hexdigest() == desc['digest'] else 'MISMATCH'}"
+            except Exception as exc:  # noqa: BLE001 - recorded, reported by the harness
+                rec.update(verified=False, error=f"{exc.__class__.__name__}: {exc}", done_s=rel())
+            return rec
+
+        with ThreadPoolExecutor(max(1, a.concurrency)) as pool:
+            res["blobs"] = list(pool.map(fetch, descs))
+        bad = [b for b in res["blobs"] if not b["verified"]]
+        res["errors"] += [f"{b['digest'][:19]}: {b.get('error')}" for b in bad]
+        if not bad:
+            res["done_s"] = max(b["done_s"] for b in res["blobs"])
+    except Exception as exc:  # noqa: BLE001
+        res["errors"].append(f"{exc.__class__.__name__}: {exc}")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res))
+    tmp.rename(out)
+    return 0 if res["done_s"] is not None else 1
+
+
+def push_main(a) -> int:
+    """Make the image from a seed, push it, optionally write a docker-save tarball; print descriptors."""
+    from bridge import imagegen
+    sizes = [int(a.layer_mib * MIB)] * a.layers
+    img = imagegen.make_image(tuple(sizes), seed=a.seed.encode())
+    imagegen.push(a.registry, a.repo, a.tag, img)
+    if a.tar:
+        imagegen.write_docker_save(a.tar, f"{a.repo}:{a.tag}", img)
+    info = {"manifest_digest": str(img.manifest_digest),
+            "blobs": [{"digest": str(b.digest), "size": len(b.data), "media_type": b.media_type}
+                      for b in img.blobs]}
+    info["F"] = sum(b["size"] for b in info["blobs"])
+    Path(a.out).write_text(json.dumps(info))
+    return 0
+
+
+def get_main(a) -> int:
+    """GET a URL (retrying until ``--wait`` seconds pass) and print the body; exit 0 on 2xx."""
+    deadline = time.monotonic() + a.wait
+    last = None
+    while True:
+        try:
+            st, _, body, _ = http_get(a.url, timeout=5)
+            if 200 <= st < 300 or st in a.ok:
+                sys.stdout.write(body.decode(errors="replace"))
+                return 0
+            last = f"HTTP {st}"
+        except Exception as exc:  # noqa: BLE001
+            last = repr(exc)
+        if time.monotonic() >= deadline:
+            print(last, file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+
+
+def burst_main(a) -> int:
+    """``--clients`` threads GET one URL at the same instant; report errors and latency percentiles."""
+    barrier = threading.Barrier(a.clients)
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        h = hashlib.sha256()
+        barrier.wait()
+        t = time.monotonic()
+        try:
+            st, _, _, ttfb = http_get(a.url, timeout=a.timeout, sink=h.update)
+            ok = st == 200 and ("sha256:" + h.hexdigest() == a.digest if a.digest else True)
+            r = {"ok": ok, "status": st, "s": time.monotonic() - t, "ttfb_s": ttfb}
+        except Exception as exc:  # noqa: BLE001
+            r = {"ok": False, "error": repr(exc), "s": time.monotonic() - t}
+        with lock:
+            results.append(r)
+    threads = [threading.Thread(target=one) for _ in range(a.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = [r["s"] for r in results]
+    print(json.dumps({"clients": a.clients, "errors": sum(not r["ok"] for r in results),
+                      "p50_s": pct(lat, 50), "p99_s": pct(lat, 99), "max_s": max(lat),
+                      "ttfb_p99_s": pct([r["ttfb_s"] for r in results if "ttfb_s" in r], 99),
+                      "error_samples": [r.get("error") or r.get("status") for r in results if not r["ok"]][:5]}))
+    return 0
+
+
+# ======================================================================================
+# figures
+# ======================================================================================
+
+def pct(values, p: float):
+    """Percentile with linear interpolation (None for no values)."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    k = (len(v) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def kumar_ross(F: float, n: int, u_s: float, d_min: float, u_host: float) -> float:
+    """Minimum time to get F bytes to n hosts from one source of upload u_s (bytes, bytes/s)."""
+    return max(F / u_s, F / d_min, n * F / (u_s + n * u_host))
+
+
+def _r(x, nd=3):
+    return None if x is None else round(x, nd)
+
+
+# ======================================================================================
+# the harness
+# ======================================================================================
+
+class Interrupted(BaseException):
+    pass
+
+
+class Bench:
+    def __init__(self, args):
+        import fleet as fleetmod
+        from tests import procs
+        self.fm = fleetmod
+        self.procs = procs
+        self.a = args
+        self.py = sys.executable
+        self.script = str(Path(__file__).resolve())
+        self.work = Path(tempfile.mkdtemp(prefix="lsb-bench-", dir=args.workdir))
+        self.fleet = fleetmod.Fleet()
+        self.running: list = []
+        self.host_Bps = args.host_mbps * MB
+        self.origin_Bps = args.origin_mbps * MB
+        self.cli = self._probe_cli()
+        self.out = {"config": {}, "components": self.cli["summary"], "skipped": {}, "results": [],
+                    "errors": []}
+        self.image = None
+        self.tracker = None
+        self.goodput = 1448 / 1514  # TCP payload per byte on the wire at MTU 1500 (timestamps on)
+
+    # -- layerswarm CLI discovery -------------------------------------------------------
+    def _probe_cli(self) -> dict:
+        def helptext(*sub):
+            r = subprocess.run([self.py, "-m", "bridge.cli", *sub, "--help"], capture_output=True, text=True,
+                               cwd=REPO_ROOT, timeout=60)
+            return r.stdout if r.returncode == 0 else None
+        subs = {name: helptext(name) for name in ("bridge", "tracker", "seed")}
+        flags = {k: set(_flags(v)) if v else set() for k, v in subs.items()}
+        summary = {k: ("present" if v is not None else "missing") for k, v in subs.items()}
+        summary["bridge_tracker_flag"] = "--tracker" in flags["bridge"]
+        return {"help": subs, "flags": flags, "summary": summary}
+
+    def has(self, sub: str) -> bool:
+        return self.cli["help"].get(sub) is not None
+
+    # -- processes ------------------------------------------------------------------------
+    def start(self, host, argv, name: str):
+        log = self.work / "logs" / f"{name}.log"
+        p = self.procs.Proc(host.argv(*argv), log, name=name, cwd=str(REPO_ROOT))
+        self.running.append(p)
+        return p
+
+    def stop(self, p) -> None:
+        p.stop(timeout=10)
+        if p in self.running:
+            self.running.remove(p)
+
+    def ns_get(self, host, url: str, wait: float = 0, ok=()) -> str:
+        argv = host.argv(self.py, self.script, "_get", url, "--wait", str(wait), *sum((["--ok", str(s)] for s in ok), []))
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=wait + 60)
+        if r.returncode != 0:
+            raise RuntimeError(f"GET {url} in {host.name}: {r.stderr.strip()}")
+        return r.stdout
+
+    def wait_http(self, p, host, url: str, ok=(401,)) -> None:
+        deadline = time.monotonic() + self.a.start_timeout
+        while time.monotonic() < deadline:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_text()}")
+            try:
+                self.ns_get(host, url, wait=min(5, max(0.5, deadline - time.monotonic())), ok=ok)
+                return
+            except RuntimeError:
+                continue
+        raise RuntimeError(f"{p.name} not serving {url} after {self.a.start_timeout}s:\n{p.log_text()}")
+
+    def start_registry(self, host, name: str, addr: str, proxy: str | None = None):
+        root = self.work / name
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        cfg = root / "config.yml"
+        cfg.write_text(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {addr}\n"
+            + (f"proxy:\n  remoteurl: {proxy}\n" if proxy else ""))
+        p = self.start(host, ["docker-registry", "serve", cfg], name)
+        self.wait_http(p, host, f"http://{addr.replace('0.0.0.0', '127.0.0.1')}/v2/")
+        return p
+
+    def start_tracker(self):
+        o = self.origin
+        argv = [self.py, "-m", "bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT]
+        p = self.start(o, argv + self.a.tracker_arg, "tracker")
+        self.wait_http(p, o, f"http://{o.ip}:{TRACKER_PORT}/healthz", ok=(404,))
+        return p
+
+    def bridge_argv(self, host, store: Path, upstream: str, tracker: bool) -> list:
+        flags = self.cli["flags"]["bridge"]
+        argv = [self.py, "-m", "bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
+                "--store-dir", store, "--upstream", upstream]
+        if tracker and "--tracker" in flags and self.tracker is not None:
+            argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
+        # optional flags other engineers may add; pass them only when the bridge has them
+        for flag, value in (("--host-id", host.name), ("--advertise-url", f"http://{host.ip}:{BRIDGE_PORT}"),
+                            ("--public-url", f"http://{host.ip}:{BRIDGE_PORT}")):
+            if flag in flags:
+                argv += [flag, value]
+        return argv + self.a.bridge_arg
+
+    # -- set-up ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        a = self.a
+        f = self.fleet.create()
+        self.origin = f.add_host("origin", 2, self.origin_Bps, self.host_Bps, counted_port=REG_PORT)
+        self.cache_host = f.add_host("cache", 3, self.host_Bps, self.host_Bps, counted_port=REG_PORT)
+        self.seeder = f.add_host("seeder", 4, self.host_Bps, self.host_Bps)
+        self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=BRIDGE_PORT)
+                      for i in range(1, max(a.n) + 1)]
+        self.registry = self.start_registry(self.origin, "origin-registry", f"0.0.0.0:{REG_PORT}")
+        self.origin_url = f"http://{self.origin.ip}:{REG_PORT}"
+        info = self.work / "image.json"
+        tar = self.work / "image.tar" if "warm" in a.scenarios else None
+        argv = [self.py, self.script, "_push", "--registry", f"http://127.0.0.1:{REG_PORT}", "--repo", IMAGE_REPO,
+                "--tag", IMAGE_TAG, "--layers", a.layers, "--layer-mib", a.layer_mib, "--seed", a.seed,
+                "--out", info] + (["--tar", tar] if tar else [])
+        t = time.monotonic()
+        subprocess.run(self.origin.argv(*argv), check=True, timeout=900, cwd=REPO_ROOT)
+        self.image = json.loads(info.read_text())
+        self.image["tar"] = str(tar) if tar else None
+        log(f"image pushed: F = {self.image['F'] / MB:.1f} MB in {len(self.image['blobs'])} blobs "
+            f"({time.monotonic() - t:.1f}s)")
+
+    # -- one rollout ----------------------------------------------------------------------
+    def rollout(self, scenario: str, n: int, bases: list, watch: dict, timeout: float) -> dict:
+        """N clients (hosts h1..hN) pull the image from ``bases[i]`` at the same instant."""
+        run = self.work / f"{scenario}-n{n}"
+        run.mkdir(parents=True, exist_ok=True)
+        go = run / "go"
+        clients = []
+        for host, base in zip(self.hosts[:n], bases):
+            out = run / f"{host.name}.json"
+            argv = [self.py, self.script, "_client", "--host", host.name, "--base", base, "--repo", IMAGE_REPO,
+                    "--tag", IMAGE_TAG, "--go", go, "--out", out, "--timeout", timeout,
+                    "--concurrency", self.a.client_concurrency]
+            clients.append((host, out, self.start(host, argv, f"client-{scenario}-n{n}-{host.name}")))
+        deadline = time.monotonic() + self.a.start_timeout
+        while not all(Path(str(o) + ".ready").exists() for _, o, _ in clients):
+            if time.monotonic() > deadline or any(not p.alive() for _, _, p in clients):
+                for _, _, p in clients:
+                    self.stop(p)
+                raise RuntimeError(f"{scenario} N={n}: clients did not get ready: "
+                                   + " | ".join(p.log_text(500) for _, _, p in clients if not p.alive()))
+            time.sleep(0.02)
+        before = self.fleet.snapshot()
+        sampler = RssSampler(watch)
+        sampler.start()
+        t0 = time.time() + 0.3
+        tmp_go = run / "go.tmp"
+        tmp_go.write_text(repr(t0))
+        tmp_go.rename(go)  # atomic: a client never reads a half-written start time
+        end = time.monotonic() + 0.3 + timeout
+        try:
+            while time.monotonic() < end and any(p.alive() for _, _, p in clients):
+                time.sleep(0.05)
+            timed_out = [h.name for h, _, p in clients if p.alive()]
+        finally:
+            for _, _, p in clients:
+                self.stop(p)
+            sampler.stop()
+        wall = time.time() - t0
+        time.sleep(0.2)  # let the last packets reach the counters
+        traffic = self.fleet.delta(before, self.fleet.snapshot())
+        per_host = []
+        for host, out, _ in clients:
+            r = json.loads(out.read_text()) if out.exists() else {"host": host.name, "done_s": None,
+                                                                 "errors": ["no result (timed out)"], "blobs": []}
+            per_host.append(r)
+        done = [r["done_s"] for r in per_host]
+        ok = all(d is not None for d in done)
+        F = self.image["F"]
+        origin_payload = traffic["origin"]["port_payload"]
+        res = {
+            "scenario": scenario, "n": n,
+            "all_s": _r(max(done)) if ok else None,
+            "p50_s": _r(pct(done, 50)), "p99_s": _r(pct(done, 99)),
+            "ttfb_p99_s": _r(pct([b.get("ttfb_s") for r in per_host for b in r["blobs"]], 99)),
+            "ttfb_max_s": _r(max([b.get("ttfb_s") or 0 for r in per_host for b in r["blobs"]], default=None)),
+            "origin_payload_bytes": origin_payload,
+            "origin_bytes_ratio": _r(origin_payload / F, 4),
+            "origin_wire_bytes": traffic["origin"]["port_bytes"],
+            "cache_host_sent_ratio": _r(traffic["cache"]["port_payload"] / F, 4),
+            "hosts_up_bytes_ratio": _r(sum(traffic[h.name]["up_bytes"] for h in self.hosts[:n]) / F, 4),
+            "seeder_up_bytes_ratio": _r(traffic["seeder"]["up_bytes"] / F, 4),
+            "verified": ok and all(b.get("verified") for r in per_host for b in r["blobs"]),
+            "blobs_verified": sum(bool(b.get("verified")) for r in per_host for b in r["blobs"]),
+            "blobs_expected": n * len(self.image["blobs"]),
+            "timed_out_hosts": timed_out,
+            "errors": [f"{r['host']}: {e}" for r in per_host for e in r.get("errors", [])][:20],
+            "per_host_s": {r["host"]: _r(r["done_s"]) for r in per_host},
+            "wall_s": _r(wall),
+        }
+        res.update(sampler.result())
+        return res
+
+    # -- scenarios ------------------------------------------------------------------------
+    def scenario_timeout(self, n: int) -> float:
+        if self.a.timeout:
+            return self.a.timeout
+        direct = n * self.image["F"] / (self.origin_Bps * self.goodput)
+        return max(60.0, 3 * direct + 30)
+
+    def run_direct(self, n: int) -> dict:
+        return self.rollout("direct", n, [self.origin_url] * n, {}, self.scenario_timeout(n))
+
+    def run_cache(self, n: int) -> dict:
+        c = self.cache_host
+        p = self.start_registry(c, f"cache-n{n}", f"0.0.0.0:{REG_PORT}", proxy=self.origin_url)
+        try:
+            return self.rollout("cache", n, [f"http://{c.ip}:{REG_PORT}"] * n, {"cache": p.pid},
+                                self.scenario_timeout(n))
+        finally:
+            self.stop(p)
+
+    def start_bridges(self, n: int, tag: str) -> list:
+        bridges = []
+        for h in self.hosts[:n]:
+            store = self.work / f"{tag}-n{n}" / f"{h.name}-store"
+            store.mkdir(parents=True, exist_ok=True)
+            bridges.append((h, self.start(h, self.bridge_argv(h, store, self.origin_url, tracker=True),
+                                          f"bridge-{tag}-n{n}-{h.name}")))
+        for h, p in bridges:
+            self.wait_http(p, h, f"http://{h.ip}:{BRIDGE_PORT}/v2/")
+        return bridges
+
+    def bridge_stats(self, bridges) -> dict:
+        stats = {}
+        for h, p in bridges:
+            try:
+                stats[h.name] = json.loads(self.ns_get(h, f"http://{h.ip}:{BRIDGE_PORT}/_layerswarm/stats", wait=2))
+            except Exception as exc:  # noqa: BLE001 - optional endpoint
+                stats[h.name] = {"unavailable": str(exc)[:200]}
+        return stats
+
+    def fresh_tracker(self) -> None:
+        if self.tracker is not None:
+            self.stop(self.tracker)
+            self.tracker = None
+        if self.has("tracker"):
+            self.tracker = self.start_tracker()
+
+    def run_cold(self, n: int) -> dict:
+        self.fresh_tracker()
+        bridges = self.start_bridges(n, "cold")
+        try:
+            res = self.rollout("cold", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
+                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n))
+            res["bridge_stats"] = self.bridge_stats(bridges)
+            res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
+            return res
+        finally:
+            for _, p in bridges:
+                self.stop(p)
+
+    def run_warm(self, n: int) -> dict:
+        self.fresh_tracker()
+        seeder = self.start_seeder(n)
+        bridges = []
+        try:
+            bridges = self.start_bridges(n, "warm")
+            res = self.rollout("warm", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
+                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n))
+            res["bridge_stats"] = self.bridge_stats(bridges)
+            return res
+        finally:
+            for _, p in bridges:
+                self.stop(p)
+            self.stop(seeder)
+
+    def start_seeder(self, n: int):
+        """``layerswarm seed`` on the seeder host; returns once every layer's swarm has a seeder."""
+        s = self.seeder
+        flags = self.cli["flags"]["seed"]
+        store = self.work / f"warm-n{n}" / "seeder-store"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [self.py, "-m", "bridge.cli", "seed"]
+        if "--tracker" in flags:
+            argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
+        if "--store-dir" in flags:
+            argv += ["--store-dir", store]
+        for flag, value in (("--listen", f"{s.ip}:6881"), ("--host-id", s.name),
+                            ("--serve", None), ("--forever", None), ("--keep-seeding", None)):
+            if flag in flags:
+                argv += [flag] if value is None else [flag, value]
+        argv += self.a.seed_arg + [self.image["tar"]]
+        p = self.start(s, argv, f"seed-n{n}")
+        digests = {b["digest"] for b in self.image["blobs"][1:]}
+        deadline = time.monotonic() + self.a.start_timeout + 120
+        url = f"http://{self.origin.ip}:{TRACKER_PORT}/swarms"
+        while time.monotonic() < deadline:
+            if not p.alive():
+                raise RuntimeError(f"layerswarm seed exited ({p.popen.returncode}):\n{p.log_text()}")
+            try:
+                swarms = json.loads(self.ns_get(self.origin, url, wait=2))
+                seeded = {w.get("digest") for w in swarms if (w.get("seeders") or 0) >= 1}
+                if digests <= seeded:
+                    return p
+            except (RuntimeError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"seeder did not announce every layer in time:\n{p.log_text()}")
+
+    # -- loopback tests -------------------------------------------------------------------
+    def serving_tests(self) -> dict:
+        """One bridge vs the registry serving the same cached blob on loopback; 64 clients on one bridge."""
+        a = self.a
+        out = {}
+        lab = self.fleet.add_lab("lab")
+        reg = self.start_registry(lab, "lab-registry", f"127.0.0.1:{REG_PORT}")
+        info = self.work / "lab-image.json"
+        subprocess.run(lab.argv(self.py, self.script, "_push", "--registry", f"http://127.0.0.1:{REG_PORT}",
+                                "--repo", "bench/serve", "--tag", "v1", "--layers", 1, "--layer-mib", a.serve_mib,
+                                "--seed", a.seed + "-serve", "--out", info), check=True, timeout=300, cwd=REPO_ROOT)
+        blob = json.loads(info.read_text())["blobs"][1]
+        store = self.work / "lab-bridge-store"
+        store.mkdir()
+        bport = BRIDGE_PORT + 1
+        argv = [self.py, "-m", "bridge.cli", "bridge", "--listen", f"127.0.0.1:{bport}", "--store-dir", store,
+                "--upstream", f"http://127.0.0.1:{REG_PORT}"] + a.bridge_arg
+        br = self.start(lab, argv, "lab-bridge")
+        try:
+            self.wait_http(br, lab, f"http://127.0.0.1:{bport}/v2/")
+            path = f"/v2/bench/serve/blobs/{blob['digest']}"
+            self.ns_get(lab, f"http://127.0.0.1:{bport}{path}", wait=60)  # warm the bridge's store
+            time.sleep(0.5)
+            if shutil.which("wrk") and not a.skip_serving:
+                rounds = {"registry": [], "bridge": []}
+                for _ in range(a.serve_rounds):
+                    for who, port in (("registry", REG_PORT), ("bridge", bport)):
+                        rounds[who].append(self.wrk(lab, f"http://127.0.0.1:{port}{path}", a.serve_conns,
+                                                    a.serve_seconds))
+                reg_bps = max(r.get("bytes_per_s", 0) for r in rounds["registry"])
+                br_bps = max(r.get("bytes_per_s", 0) for r in rounds["bridge"])
+                out["serving"] = {"blob_bytes": blob["size"], "connections": a.serve_conns,
+                                  "registry_MBps": _r(reg_bps / MB, 1), "bridge_MBps": _r(br_bps / MB, 1),
+                                  "bridge_over_registry": _r(br_bps / reg_bps, 3) if reg_bps else None,
+                                  "rounds": rounds}
+            if not a.skip_concurrency:
+                # 64 clients at once on a cold blob (one origin fetch shared by all), then on a cached one
+                info2 = self.work / "lab-image2.json"
+                subprocess.run(lab.argv(self.py, self.script, "_push", "--registry", f"http://127.0.0.1:{REG_PORT}",
+                                        "--repo", "bench/burst", "--tag", "v1", "--layers", 1, "--layer-mib",
+                                        a.burst_mib, "--seed", a.seed + "-burst", "--out", info2),
+                               check=True, timeout=300, cwd=REPO_ROOT)
+                b2 = json.loads(info2.read_text())["blobs"][1]
+                url = f"http://127.0.0.1:{bport}/v2/bench/burst/blobs/{b2['digest']}"
+                res = {}
+                for phase in ("cold", "cached"):
+                    r = subprocess.run(lab.argv(self.py, self.script, "_burst", url, "--clients", a.clients,
+                                                "--digest", b2["digest"], "--timeout", 120),
+                                       capture_output=True, text=True, timeout=300)
+                    res[phase] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
+                if shutil.which("wrk"):
+                    res["wrk_cached"] = self.wrk(lab, url, a.clients, a.serve_seconds)
+                res["blob_bytes"] = b2["size"]
+                res["bridge_rss_anon_kib"] = rss_anon_tree(br.pid)
+                out["concurrency"] = res
+            try:  # was the "cached" blob really served from the bridge's store?
+                out["lab_bridge_stats"] = json.loads(
+                    self.ns_get(lab, f"http://127.0.0.1:{bport}/_layerswarm/stats", wait=2))
+            except (RuntimeError, ValueError) as exc:
+                out["lab_bridge_stats"] = {"unavailable": str(exc)[:200]}
+        finally:
+            self.stop(br)
+            self.stop(reg)
+        return out
+
+    def wrk(self, host, url: str, conns: int, seconds: float) -> dict:
+        threads = max(1, min(2, conns))
+        r = subprocess.run(host.argv("wrk", "-t", threads, "-c", conns, "-d", f"{max(1, int(round(seconds)))}s", "--latency",
+                                     "--timeout", "30s", url), capture_output=True, text=True,
+                           timeout=seconds + 60)
+        return parse_wrk(r.stdout + r.stderr, url)
+
+    # -- the run --------------------------------------------------------------------------
+    def available(self, scenario: str):
+        if scenario in ("cold", "warm") and not self.has("bridge"):
+            return "`layerswarm bridge` not built yet"
+        if scenario == "warm" and not self.has("seed"):
+            return "`layerswarm seed` not built yet"
+        if scenario == "warm" and not self.has("tracker"):
+            return "`layerswarm tracker` not built yet"
+        return None
+
+    def run(self) -> dict:
+        a = self.a
+        self.out["config"] = {"n": a.n, "layers": a.layers, "layer_mib": a.layer_mib, "host_MBps": a.host_mbps,
+                              "origin_MBps": a.origin_mbps, "scenarios": a.scenarios, "seed": a.seed,
+                              "client_concurrency": a.client_concurrency, "cpus": os.cpu_count(),
+                              "header_bytes_per_packet": self.fm.HEADER_BYTES, "prefix": self.fleet.prefix}
+        for s in a.scenarios:
+            why = self.available(s)
+            if why:
+                self.out["skipped"][s] = why
+        log(f"components: {self.cli['summary']}; skipped: {self.out['skipped'] or 'none'}")
+        self.setup()
+        F = self.image["F"]
+        self.out["F_bytes"] = F
+        self.out["image"] = {k: self.image[k] for k in ("manifest_digest", "blobs")}
+        for n in a.n:
+            row = {"n": n,
+                   "bound_s": _r(kumar_ross(F, n, self.origin_Bps, self.host_Bps, self.host_Bps)),
+                   "bound_warm_s": _r(kumar_ross(F, n, self.host_Bps, self.host_Bps, self.host_Bps)),
+                   "direct_expected_s": _r(n * F / self.origin_Bps)}
+            g = self.goodput
+            row["bound_goodput_s"] = _r(kumar_ross(F, n, self.origin_Bps * g, self.host_Bps * g, self.host_Bps * g))
+            row["bound_warm_goodput_s"] = _r(kumar_ross(F, n, self.host_Bps * g, self.host_Bps * g,
+                                                        self.host_Bps * g))
+            row["scenarios"] = {}
+            for s in a.scenarios:
+                if s in self.out["skipped"]:
+                    row[f"{s}_s"] = None
+                    continue
+                log(f"N={n} {s} ...")
+                try:
+                    res = getattr(self, f"run_{s}")(n)
+                except Interrupted:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one failed scenario does not end the run
+                    res = {"scenario": s, "n": n, "all_s": None, "verified": False,
+                           "errors": [f"{exc.__class__.__name__}: {str(exc)[-1500:]}"]}
+                row["scenarios"][s] = res
+                row[f"{s}_s"] = res.get("all_s")
+                log(f"N={n} {s}: all {res.get('all_s')} s, p99 ttfb {res.get('ttfb_p99_s')} s, origin "
+                    f"{res.get('origin_bytes_ratio')} F, verified {res.get('verified')}"
+                    + (f", errors {res['errors'][:3]}" if res.get("errors") else ""))
+            for s in SCENARIOS:
+                row.setdefault(f"{s}_s", None)
+                sc = row["scenarios"].get(s, {})
+                row[f"origin_bytes_ratio_{s}"] = sc.get("origin_bytes_ratio")
+                bound = row["bound_warm_s"] if s == "warm" else row["bound_s"]
+                row[f"{s}_over_bound"] = _r(row[f"{s}_s"] / bound) if row[f"{s}_s"] else None
+                for k in ("p50_s", "p99_s", "ttfb_p99_s", "rss_anon_peak_kib"):
+                    row[f"{s}_{k}"] = sc.get(k)
+            self.out["results"].append(row)
+        if a.serving:
+            if self.has("bridge"):
+                log("serving tests on loopback ...")
+                try:
+                    self.out.update(self.serving_tests())
+                except Interrupted:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    self.out["errors"].append(f"serving tests: {exc.__class__.__name__}: {str(exc)[-1500:]}")
+            else:
+                self.out["skipped"]["serving"] = "`layerswarm bridge` not built yet"
+        ran = [sc for row in self.out["results"] for sc in row["scenarios"].values()]
+        self.out["verified"] = bool(ran) and all(sc.get("verified") for sc in ran)
+        return self.out
+
+    def close(self) -> None:
+        for p in list(self.running):
+            try:
+                p.kill()
+            except Exception:  # noqa: BLE001
+                pass
+        self.running.clear()
+        self.fleet.destroy()
+        if not self.a.keep_work:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _flags(helptext: str) -> list:
+    import re
+    return re.findall(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)", helptext)
+
+
+def parse_wrk(text: str, url: str) -> dict:
+    import re
+    res = {"url": url}
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", text)
+    if m:
+        secs = float(m.group(2)) * units.get(m.group(3), 1)
+        res["requests"] = int(m.group(1))
+        res["seconds"] = secs
+        mult = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+        res["bytes"] = float(m.group(4)) * mult.get(m.group(5), 1)
+        res["bytes_per_s"] = res["bytes"] / secs if secs else 0
+    m = re.search(r"99%\s+([\d.]+)(\w+)", text)
+    if m:
+        res["p99_s"] = float(m.group(1)) * units.get(m.group(2), 1)
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    res["socket_errors"] = sum(map(int, m.groups())) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    res["errors"] = res["socket_errors"] + res["non_2xx"]
+    if "requests" not in res:
+        res["raw"] = text[-1000:]
+        res["errors"] += 1
+    return res
+
+
+# ======================================================================================
+# memory
+# ======================================================================================
+
+def _children() -> dict:
+    kids: dict = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def rss_anon_tree(pid: int, kids: dict | None = None) -> int:
+    """RssAnon (KiB) of ``pid`` and all its descendants."""
+    kids = kids if kids is not None else _children()
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+        stack.extend(kids.get(p, []))
+    return total
+
+
+class RssSampler:
+    """Peak anonymous RSS of some process trees, sampled every ``period`` seconds."""
+
+    def __init__(self, pids: dict, period: float = 0.25):
+        self.pids = pids
+        self.period = period
+        self.peak = {k: 0 for k in pids}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self):
+        if self.pids:
+            self._t.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            kids = _children()
+            for k, pid in self.pids.items():
+                self.peak[k] = max(self.peak[k], rss_anon_tree(pid, kids))
+            self._stop.wait(self.period)
+
+    def stop(self):
+        self._stop.set()
+        if self._t.is_alive():
+            self._t.join(5)
+
+    def result(self) -> dict:
+        if not self.pids:
+            return {}
+        return {"rss_anon_peak_kib": max(self.peak.values()), "rss_anon_peak_kib_per_process": dict(self.peak)}
+
+
+# ======================================================================================
+# outputs
+# ======================================================================================
+
+def _fmt(x, unit="s"):
+    return "—" if x is None else (f"{x:.1f} {unit}" if unit else f"{x:.2f}")
+
+
+def markdown(out: dict) -> str:
+    c = out["config"]
+    F = out.get("F_bytes") or 0
+    lines = [
+        f"Image {F / MB:.0f} MB ({c['layers']} layers × {c['layer_mib']} MiB), host links {c['host_MBps']} MB/s "
+        f"up and down, origin upload {c['origin_MBps']} MB/s, {c['cpus']} CPUs, one run "
+        "(times until every host has verified the whole image).",
+        "",
+        "| N | bound | direct | pull-through cache | swarm cold | swarm warm (bound) | cold ÷ bound | warm ÷ bound "
+        "| origin bytes ÷ F: direct / cache / cold / warm | p99 TTFB cold / warm |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out["results"]:
+        ratios = " / ".join(_fmt(r.get(f"origin_bytes_ratio_{s}"), "") for s in SCENARIOS)
+        lines.append(
+            f"| {r['n']} | {_fmt(r['bound_s'])} | {_fmt(r['direct_s'])} | {_fmt(r['cache_s'])} | {_fmt(r['cold_s'])} "
+            f"| {_fmt(r['warm_s'])} ({_fmt(r['bound_warm_s'])}) | {_fmt(r['cold_over_bound'], '')} "
+            f"| {_fmt(r['warm_over_bound'], '')} | {ratios} "
+            f"| {_fmt(r.get('cold_ttfb_p99_s'))} / {_fmt(r.get('warm_ttfb_p99_s'))} |")
+    if out.get("skipped"):
+        lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in out["skipped"].items()) + "."]
+    sv = out.get("serving")
+    if sv:
+        lines += ["", f"Cached blob served on loopback ({sv['blob_bytes'] / MB:.0f} MB, {sv['connections']} "
+                      f"connections): bridge {sv['bridge_MBps']} MB/s vs registry {sv['registry_MBps']} MB/s "
+                      f"= {sv['bridge_over_registry']}×."]
+    cc = out.get("concurrency")
+    if cc and "cold" in cc:
+        lines += ["", f"{cc['cold'].get('clients')} clients at once on one bridge: cold blob "
+                      f"{cc['cold'].get('errors')} errors, p99 {_fmt(cc['cold'].get('p99_s'))}; cached "
+                      f"{cc['cached'].get('errors')} errors, p99 {_fmt(cc['cached'].get('p99_s'))}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = out["results"]
+    ns = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    styles = {"direct": ("direct from origin", "o-", "tab:red"), "cache": ("pull-through cache", "s-", "tab:orange"),
+              "cold": ("swarm cold", "^-", "tab:blue"), "warm": ("swarm warm", "v-", "tab:green")}
+    for s, (label, st, color) in styles.items():
+        pts = [(r["n"], r[f"{s}_s"]) for r in rows if r.get(f"{s}_s") is not None]
+        if pts:
+            ax.plot(*zip(*pts), st, label=label, color=color)
+    ax.plot(ns, [r["bound_s"] for r in rows], "k--", label="lower bound (origin seeds)")
+    ax.plot(ns, [r["bound_warm_s"] for r in rows], "k:", label="lower bound (one seeder host)")
+    c = out["config"]
+    ax.set_title(f"Rollout of {out.get('F_bytes', 0) / MB:.0f} MB: hosts {c['host_MBps']} MB/s, "
+                 f"origin {c['origin_MBps']} MB/s")
+    ax.set_xlabel("hosts N")
+    ax.set_ylabel("time until all N hosts have the image (s)")
+    ax.set_xticks(ns)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ======================================================================================
+# command line
+# ======================================================================================
+
+def _csv_ints(s):
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _csv_scenarios(s):
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in out if x not in SCENARIOS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {bad}; choose from {','.join(SCENARIOS)}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=_csv_ints, default=[2, 4, 8], help="fleet sizes to sweep (default 2,4,8)")
+    p.add_argument("--scenarios", type=_csv_scenarios, default=list(SCENARIOS),
+                   help="comma list of direct,cache,cold,warm (default all)")
+    p.add_argument("--layers", type=int, default=3, help="image layers (default 3)")
+    p.add_argument("--layer-mib", type=float, default=48, help="MiB per layer (default 48: F ~ 151 MB)")
+    p.add_argument("--host-mbps", type=float, default=40, help="per-host link, MB/s each way (default 40)")
+    p.add_argument("--origin-mbps", type=float, default=20, help="origin upload, MB/s (default 20)")
+    p.add_argument("--client-concurrency", type=int, default=3, help="blobs fetched at once per host (dockerd: 3)")
+    p.add_argument("--timeout", type=float, default=0,
+                   help="seconds per scenario (default: 3x the direct expectation + 30, at least 60)")
+    p.add_argument("--deadline", type=float, default=3600, help="seconds for the whole run (default 3600)")
+    p.add_argument("--start-timeout", type=float, default=90, help="seconds for a daemon to start (default 90)")
+    p.add_argument("--seed", default="layerswarm-bench", help="image generator seed")
+    p.add_argument("--json", help="write results JSON here")
+    p.add_argument("--png", help="write the plot here")
+    p.add_argument("--markdown", help="write the markdown table here (it is printed anyway)")
+    p.add_argument("--serving", dest="serving", action="store_true", default=True,
+                   help="run the loopback serving and 64-client tests (default)")
+    p.add_argument("--no-serving", dest="serving", action="store_false", help="skip them")
+    p.add_argument("--skip-serving", action="store_true", help="skip only the bridge-vs-registry throughput test")
+    p.add_argument("--skip-concurrency", action="store_true", help="skip only the 64-client test")
+    p.add_argument("--serve-mib", type=float, default=32, help="blob size for the throughput test")
+    p.add_argument("--serve-conns", type=int, default=4, help="wrk connections for the throughput test")
+    p.add_argument("--serve-seconds", type=float, default=5, help="wrk duration")
+    p.add_argument("--serve-rounds", type=int, default=2, help="alternating rounds (best of)")
+    p.add_argument("--clients", type=int, default=64, help="concurrent clients on one bridge (default 64)")
+    p.add_argument("--burst-mib", type=float, default=4, help="blob size for the concurrent-clients test")
+    p.add_argument("--bridge-arg", action="append", default=[], help="extra argument for every bridge (repeat)")
+    p.add_argument("--tracker-arg", action="append", default=[], help="extra argument for the tracker (repeat)")
+    p.add_argument("--seed-arg", action="append", default=[], help="extra argument for layerswarm seed (repeat)")
+    p.add_argument("--workdir", default=None, help="parent of the run's scratch directory (default $TMPDIR)")
+    p.add_argument("--keep-work", action="store_true", help="keep the scratch directory (logs) afterwards")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only remove namespaces (with their links, tc rules, processes) of runs that are gone")
+    return p
+
+
+def child_parser(mode: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"bench_rollout.py {mode}")
+    if mode == "_client":
+        for f in ("--host", "--base", "--repo", "--tag", "--go", "--out"):
+            p.add_argument(f, required=True)
+        p.add_argument("--timeout", type=float, default=600)
+        p.add_argument("--concurrency", type=int, default=3)
+    elif mode == "_push":
+        for f in ("--registry", "--repo", "--tag", "--seed", "--out"):
+            p.add_argument(f, required=True)
+        p.add_argument("--layers", type=int, default=3)
+        p.add_argument("--layer-mib", type=float, default=48)
+        p.add_argument("--tar")
+    elif mode == "_get":
+        p.add_argument("url")
+        p.add_argument("--wait", type=float, default=0)
+        p.add_argument("--ok", type=int, action="append", default=[])
+    elif mode == "_burst":
+        p.add_argument("url")
+        p.add_argument("--clients", type=int, default=64)
+        p.add_argument("--digest")
+        p.add_argument("--timeout", type=float, default=120)
+    return p
+
+
+CHILDREN = {"_client": client_main, "_push": push_main, "_get": get_main, "_burst": burst_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CHILDREN:
+        return CHILDREN[argv[0]](child_parser(argv[0]).parse_args(argv[1:]))
+    a = build_parser().parse_args(argv)
+    import fleet as fleetmod
+    if a.cleanup:
+        print(json.dumps({"removed": fleetmod.cleanup()}))
+        return 0
+    if os.geteuid() != 0:
+        print("bench_rollout: needs root (ip netns, tc)", file=sys.stderr)
+        return 2
+    for tool in ("ip", "tc", "docker-registry"):
+        if not shutil.which(tool):
+            print(f"bench_rollout: {tool} not found", file=sys.stderr)
+            return 2
+    leftovers = fleetmod.cleanup()
+    if leftovers:
+        log(f"removed leftovers of earlier runs: {leftovers}")
+
+    def on_signal(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    def on_alarm(_signum, _frame):
+        raise Interrupted(f"deadline of {a.deadline:.0f}s reached")
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, a.deadline)
+
+    bench = None
+    out = None
+    rc = 0
+    try:
+        bench = Bench(a)
+        out = bench.run()
+    except Interrupted as exc:
+        log(f"interrupted: {exc}")
+        rc = 130
+        out = bench.out if bench else None
+        if out is not None:
+            out["errors"].append(f"interrupted: {exc}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)  # let the clean-up finish
+        if bench is not None:
+            bench.close()
+            log(f"cleaned up {bench.fleet.prefix}-*; left: {bench.fleet.namespaces() or 'nothing'}")
+    if out is None:
+        return rc or 1
+    out.setdefault("verified", False)
+    md = markdown(out)
+    print(md)
+    for r in out["results"]:
+        print(f"N={r['n']}: bound {r['bound_s']} s; cold/bound {r['cold_over_bound']}; "
+              f"warm/bound {r['warm_over_bound']}; direct/bound {r['direct_over_bound']}; "
+              f"cache/bound {r['cache_over_bound']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    if a.markdown:
+        Path(a.markdown).write_text(md)
+    if a.png and out["results"]:
+        plot(out, a.png)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

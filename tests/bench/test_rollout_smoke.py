@@ -1,0 +1,126 @@
+"""The rollout benchmark end to end on a tiny fleet (N=3, 3 x 2 MiB, high caps): no timing assertions.
+
+Checks that the harness runs every scenario whose components exist, that every
+blob every host pulled was verified, that the JSON has the documented fields
+with sane values, that a plot is written, and that no namespace, tc rule or
+process is left behind.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench_rollout.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fleet  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns, tc)"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("ip", "tc", "docker-registry")),
+                       reason="needs iproute2 and docker-registry"),
+]
+
+N = 3
+ROW_FIELDS = ("n", "bound_s", "bound_warm_s", "direct_s", "cache_s", "cold_s", "warm_s",
+              "origin_bytes_ratio_cold", "origin_bytes_ratio_warm", "origin_bytes_ratio_direct",
+              "origin_bytes_ratio_cache", "cold_over_bound", "warm_over_bound", "scenarios")
+SCENARIO_FIELDS = ("all_s", "p50_s", "p99_s", "ttfb_p99_s", "origin_bytes_ratio", "verified", "blobs_verified",
+                   "blobs_expected", "per_host_s")
+
+
+def built(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def expected_scenarios() -> dict:
+    """scenario -> True if its components exist (then it must run), False if it must be skipped."""
+    bridge = built("bridge.serve")
+    return {"direct": True, "cache": True, "cold": bridge,
+            "warm": bridge and built("bridge.seedcmd") and built("tracker.cli")}
+
+
+def _leftover_processes(marker: str) -> list:
+    left = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd:
+                left.append(f"{d}: {cmd[:200]}")
+    return left
+
+
+def test_rollout_smoke(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json, out_png, out_md = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.md"
+    argv = [sys.executable, str(SCRIPT), "--n", str(N), "--layers", "3", "--layer-mib", "2",
+            "--host-mbps", "200", "--origin-mbps", "100", "--timeout", "180", "--deadline", "840",
+            "--start-timeout", "120", "--serve-mib", "4", "--serve-seconds", "1", "--serve-rounds", "1",
+            "--clients", "64", "--burst-mib", "1", "--workdir", str(work),
+            "--json", str(out_json), "--png", str(out_png), "--markdown", str(out_md)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    d = json.loads(out_json.read_text())
+
+    # clean-up: no namespace of this run, no process started from its scratch dir, scratch dir gone
+    prefix = d["config"]["prefix"]
+    assert fleet.list_namespaces(prefix + "-") == []
+    assert _leftover_processes(str(work)) == []
+    assert list(work.iterdir()) == []
+
+    F = d["F_bytes"]
+    assert 3 * 2 * 2 ** 20 <= F < 3 * 2 * 2 ** 20 * 1.02
+    assert len(d["results"]) == 1
+    row = d["results"][0]
+    for k in ROW_FIELDS:
+        assert k in row, k
+    assert row["n"] == N
+    assert row["bound_s"] == pytest.approx(max(F / 100e6, F / 200e6, N * F / (100e6 + N * 200e6)), rel=1e-2)
+    assert 0 < row["bound_warm_s"] <= row["bound_s"] * 2
+
+    for scenario, should_run in expected_scenarios().items():
+        if not should_run:
+            assert scenario in d["skipped"] and row[f"{scenario}_s"] is None, scenario
+            continue
+        assert scenario not in d["skipped"], (scenario, d["skipped"])
+        sc = row["scenarios"][scenario]
+        for k in SCENARIO_FIELDS:
+            assert k in sc, (scenario, k)
+        assert sc["verified"] is True, (scenario, sc.get("errors"))
+        assert sc["blobs_verified"] == sc["blobs_expected"] == N * 4
+        assert sc["errors"] == []
+        assert 0 < row[f"{scenario}_s"] < 180
+        assert 0 < sc["p50_s"] <= sc["p99_s"] <= sc["all_s"] + 1e-3
+        assert sc["ttfb_p99_s"] is not None and sc["ttfb_p99_s"] >= 0
+        assert set(sc["per_host_s"]) == {f"h{i}" for i in range(1, N + 1)}
+        assert sc["origin_bytes_ratio"] is not None and sc["origin_bytes_ratio"] >= 0
+        if scenario in ("cold", "warm"):
+            assert sc["rss_anon_peak_kib"] > 1000  # a Python process with libraries: at least a few MB
+    # direct: every host fetched F from the origin; counters minus header overhead must say so
+    assert row["origin_bytes_ratio_direct"] == pytest.approx(N, rel=0.03)
+    # a pull-through cache fetches each blob at least once
+    assert row["origin_bytes_ratio_cache"] >= 0.97
+    assert d["verified"] is True
+
+    if expected_scenarios()["cold"]:
+        if shutil.which("wrk"):
+            assert d["serving"]["registry_MBps"] > 0 and d["serving"]["bridge_MBps"] > 0
+        assert d["concurrency"]["cold"]["clients"] == 64
+        assert "errors" in d["concurrency"]["cold"] and "p99_s" in d["concurrency"]["cached"]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = out_md.read_text()
+    assert "| N |" in md and f"| {N} |" in md
+    assert "cold/bound" in p.stdout
