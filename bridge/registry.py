@@ -160,11 +160,17 @@ def _read_span(f, length: int):
 
 
 def _counted(it, res: BlobResponse, metrics):
+    sent = 0
     try:
         for chunk in it:
             metrics.served("blob", len(chunk))
             metrics.blob_bytes(res.source, len(chunk))
+            sent += len(chunk)
             yield chunk
+    except Exception as exc:
+        # Headers are out: the only honest answer is to cut the connection.
+        log.warning("blob stream cut after %d of %d bytes (%s): %s", sent, res.length, res.source, exc)
+        raise
     finally:
         res.close()
         close = getattr(it, "close", None)
