@@ -143,3 +143,36 @@ def test_blob_range_resume_against_bridge_process(origin, start_bridge):
     r = requests.get(url, headers={"Range": "bytes=10-19"}, timeout=60)
     assert r.status_code == 206 and r.content == layer.data[10:20]
     assert r.headers["Content-Range"] == f"bytes 10-19/{total}"
+
+
+def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, start_bridge):
+    from tests.integration.cutproxy import CutProxy
+    bridge = start_bridge(upstream=origin.url)
+    name = daemons.unique("cut")
+    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(4 << 20,))
+    layer = img.layers[0]
+    proxy = CutProxy(bridge.port, str(layer.digest), cut_after=1 << 20)
+    try:
+        docker.set_mirrors([proxy.url])
+        docker.pull(f"{name}:v1")
+    finally:
+        proxy.close()
+    assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
+    assert proxy.cuts == 1
+    ranges = proxy.ranges_for(str(layer.digest))
+    assert ranges and ranges[0].startswith("bytes=") and ranges[0].endswith("-"), proxy.requests
+    assert 0 < int(ranges[0][len("bytes="):-1]) <= 1 << 20
+    st = daemons.stats(bridge)
+    assert st["requests"].get("blob GET 206", 0) >= 1, st
+
+
+def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origin, start_bridge):
+    bridge = start_bridge(upstream=origin.url)
+    docker.set_mirrors([bridge.url])
+    name = daemons.unique("missing")
+    with pytest.raises(localstack.DaemonError):
+        docker.docker("pull", f"{name}:v1", timeout=120)
+    st = daemons.stats(bridge)
+    # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy
+    assert any(k.startswith("manifest ") and k.endswith(" 404") for k in st["requests"]), st
+    assert [p for m, p, s, _ in localstack.access_log(origin.log) if name in p], "the bridge asked the origin"
