@@ -10,7 +10,10 @@ do), a fresh random peer_id and port, ~half the announces to one hot swarm
 swarms, mostly ``event=started`` with a mix of seeders and leechers — the
 burst a freshly (re)started tracker sees when a fleet re-announces.
 
-Prints announces/s and p99 latency per target and the ratio to hello-world;
+Prints announces/s and p99 latency per target, the hot swarm's size after
+the run (scrape) and the ratio to hello-world.  wrk counts a "read error"
+on every opentracker connection (opentracker closes it itself after
+replying; curl sees complete, valid replies), and still counts the reply.
 ``--json`` writes the same figures.  Only loopback is used.
 """
 from __future__ import annotations
@@ -81,6 +84,19 @@ def run_wrk(url: str, lua: Path, duration: float, conns: int, threads: int, tmp:
     raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
 
 
+def hot_swarm_size(port: int, info_hash: bytes):
+    import urllib.request
+    from urllib.parse import quote_from_bytes
+    import bencodepy
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/scrape?info_hash={quote_from_bytes(info_hash, safe='')}",
+                                    timeout=10) as resp:
+            f = bencodepy.decode(resp.read())[b"files"][info_hash]
+        return f[b"complete"] + f[b"incomplete"]
+    except Exception:
+        return None
+
+
 def wait_port(proc: Proc, port: int):
     import socket
 
@@ -139,9 +155,12 @@ def main(argv=None) -> int:
             time.sleep(0.5)
             label = f"redis x{args.redis_workers} workers" if target == "redis" else target
             r = run_wrk(f"http://127.0.0.1:{port}", lua, args.duration, args.connections, args.wrk_threads, tmp)
+            if target != "hello":  # how big the hot swarm got: per-announce cost must not grow with it
+                r["hot_swarm_peers"] = hot_swarm_size(port, hashes[0])
             results[label] = r
             print(f"{label:>22}: {r['rps']:8.0f} announces/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors_status'] + r['errors_read']}", flush=True)
+                  f"p99 {r['p99_us'] / 1000:6.1f} ms  non-2xx {r['errors_status']}  read errors {r['errors_read']}  "
+                  f"hot swarm {r.get('hot_swarm_peers', '-')} peers", flush=True)
         finally:
             for pr in reversed(procs):
                 pr.stop()

@@ -168,3 +168,17 @@ def test_lease_renew_release_expire(store):
     # expired lease (holder crashed): a new requester becomes the holder
     assert store.acquire_lease(d, "c", "http://c", 30, 3, now + 31)["role"] == "holder"
     assert store.renew_lease(d, "b", 30, now + 32) is False
+
+
+def test_concurrent_lease_and_publish_have_one_winner(store):
+    """Races resolved in the store (Lua / WATCH on Redis, the lock in memory)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    d = Digest.of_bytes(os.urandom(8))
+    now = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        roles = list(pool.map(lambda i: store.acquire_lease(d, f"h{i}", f"http://h{i}", 30, 2, now)["role"],
+                              range(24)))
+        assert roles.count("holder") == 1
+        results = list(pool.map(lambda i: store.put_metainfo(rec(d, "%040x" % (i + 1)))[0], range(16)))
+        assert results.count(CREATED) == 1 and results.count(CONFLICT) == 15
