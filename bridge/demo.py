@@ -10,7 +10,10 @@ Starts, in a work directory that is removed on exit (or Ctrl-C):
 
 then pulls the image through the bridge and prints, one line per step, what
 happened, and a summary taken from the bridge's counters and the origin's
-access log.  ``--keep-running`` leaves the stack up until Ctrl-C.
+access log.  When the bridge can join a swarm (``--tracker``), a second
+bridge — a second host with an empty store — serves a second pull and the
+demo shows the bytes it got from peers.  ``--keep-running`` leaves the stack
+up until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def add_arguments(parser) -> None:
                         help="size of each demo layer in MiB (default 4)")
     parser.add_argument("--bridge-port", type=int, default=0, metavar="PORT",
                         help="bridge port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the peer-to-peer step (a second bridge fetching from the first)")
     parser.add_argument("--keep-running", action="store_true",
                         help="leave the stack up after the pull (until Ctrl-C) and print how to use it")
 
@@ -175,18 +180,45 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
     if expected is not None and info["Id"] != str(expected.config.digest):
         raise UserError(f"pulled image id {info['Id']} is not the pushed config {expected.config.digest}")
 
-    # 6. peer to peer
-    # TODO(peer): start a second bridge (its own store, same tracker, upstream
-    # the same origin) and a second dockerd pointing at it, pull again, and
-    # show that its blob bytes came from peers (blob_bytes.peer) while the
-    # origin's blob GET count did not grow.  Print it here as step "[peer]".
-
-    # 7. summary
+    # 6. summary of the first pull
     _summary(pull_ref, repo, tag, bridge, origin, took)
+
+    # 7. peer to peer: a second host's bridge fetches the layers from the first
+    if not args.no_peer:
+        _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin)
 
     if args.keep_running:
         _keep_running(bridge, docker, tracker, origin, pull_ref)
     return 0
+
+
+def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> None:
+    """Pull again through a second bridge (a second host) that shares only the tracker.
+
+    Runs once ``layerswarm bridge`` can join a swarm (``--tracker``); until
+    then it says so and the demo ends after the single-host pull.
+    """
+    if tracker is None or "--tracker" not in localstack.bridge_options():
+        _say("peer", "skipped: this build's bridge does not join a swarm yet (no --tracker option)")
+        return
+    gets_before = len(localstack.blob_gets(origin.log)) if origin is not None else None
+    bridge2 = stack.add(localstack.start_bridge(workdir / "bridge2", upstream=upstream, tracker=tracker.url))
+    _say("peer", f"second bridge (another host) on {bridge2.url}, same tracker, empty store")
+    docker.remove_all_images()
+    docker.set_mirrors([bridge2.url])
+    t0 = time.monotonic()
+    docker.pull(pull_ref, timeout=900)
+    took = time.monotonic() - t0
+    src = bridge2.stats().get("blob_bytes", {})
+    from_peers = src.get("peer", 0) + src.get("relay", 0)
+    line = (f"docker pull {pull_ref} via the second bridge: {took:.1f}s, {from_peers:,} bytes from peers, "
+            f"{src.get('origin', 0):,} from the origin")
+    if gets_before is not None:
+        line += f", origin blob GETs +{len(localstack.blob_gets(origin.log)) - gets_before}"
+    _say("peer", line)
+    if from_peers == 0:
+        raise UserError("the second bridge got no bytes from peers (see its log "
+                        f"{bridge2.log} and the tracker's {tracker.log})")
 
 
 def _split_ref(ref: str) -> tuple:

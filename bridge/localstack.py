@@ -259,6 +259,8 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         if "--tracker" not in bridge_options():
             raise DaemonError("this layerswarm bridge has no --tracker option yet")
         argv += ["--tracker", tracker]
+        if "--peer-listen" in bridge_options():  # BitTorrent on loopback, a port of its own
+            argv += ["--peer-listen", f"127.0.0.1:{free_port()}"]
     argv += list(extra)
     p = Daemon(layerswarm_argv(*argv), workdir / "bridge.log", name="layerswarm bridge")
     p.url = f"http://127.0.0.1:{port}"
