@@ -51,3 +51,11 @@ def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
     localstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
+
+
+def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
+    daemons.require_root()
+    with pytest.raises(localstack.DaemonError) as exc:
+        localstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
+    msg = str(exc.value)
+    assert "dockerd exited" in msg and "no-such-directive" in msg, msg
