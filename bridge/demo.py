@@ -106,18 +106,22 @@ def run(args) -> int:
     # a shell's background job starts with it ignored).
     old_handlers = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     stack = _Stack()
+    failed = True
     try:
-        return _run(args, workdir, stack)
+        rc = _run(args, workdir, stack)
+        failed = False
+        return rc
     except localstack.DaemonError as exc:
         raise UserError(f"demo failed: {exc}") from None
     except KeyboardInterrupt:
+        failed = False
         print("\ninterrupted: stopping the stack", flush=True)
         return 130
     finally:
         stack.stop()
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-        if own_workdir:
+        if own_workdir and not failed:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs and state kept in {workdir}", flush=True)
@@ -173,7 +177,7 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
     # 5. pull
     pull_ref = _docker_ref(repo, tag)
     t0 = time.monotonic()
-    docker.pull(pull_ref, timeout=900)
+    _pull(docker, pull_ref, bridge)
     took = time.monotonic() - t0
     info = docker.image_inspect(pull_ref)
     _say("pull", f"docker pull {pull_ref}: done in {took:.1f}s, image id {info['Id'][:19]}")
@@ -207,7 +211,7 @@ def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> N
     docker.remove_all_images()
     docker.set_mirrors([bridge2.url])
     t0 = time.monotonic()
-    docker.pull(pull_ref, timeout=900)
+    _pull(docker, pull_ref, bridge2)
     took = time.monotonic() - t0
     src = bridge2.stats().get("blob_bytes", {})
     from_peers = src.get("peer", 0) + src.get("relay", 0)
@@ -219,6 +223,23 @@ def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> N
     if from_peers == 0:
         raise UserError("the second bridge got no bytes from peers (see its log "
                         f"{bridge2.log} and the tracker's {tracker.log})")
+
+
+def _pull(docker, ref: str, bridge) -> None:
+    """docker pull through ``bridge``; on failure say what the bridge answered, not only dockerd's
+    last error (which is about its fallback to Docker Hub, blocked here)."""
+    try:
+        docker.pull(ref, timeout=900)
+    except localstack.DaemonError as exc:
+        try:
+            reqs = bridge.stats().get("requests", {})
+            bad = ", ".join(f"{k} x{n}" for k, n in sorted(reqs.items()) if not k.split()[-1].startswith("2"))
+        except (requests.RequestException, ValueError):
+            bad = "(bridge stats unavailable)"
+        last = [ln for ln in str(exc).splitlines() if ln.startswith("Error")][-1:] or [str(exc).splitlines()[0]]
+        raise UserError(f"docker pull {ref} through the bridge failed.\n"
+                        f"  bridge answered: {bad or 'nothing but 2xx'} (log {bridge.log})\n"
+                        f"  dockerd said: {last[0]}") from None
 
 
 def _split_ref(ref: str) -> tuple:
