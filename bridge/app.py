@@ -40,6 +40,15 @@ class BridgeState:
     peer: object = None
 
 
+def swarm_config(config: BridgeConfig):
+    from bridge.swarmsource import SwarmConfig
+    return SwarmConfig(advertise_url=config.advertise_url or "", tiny_bytes=config.tiny_blob_bytes,
+                       lease_ttl=config.lease_ttl, relay_timeout=config.relay_timeout,
+                       follow_timeout=max(config.relay_timeout, config.stall_timeout) * 2,
+                       first_byte_timeout=config.read_timeout + config.connect_timeout + 5,
+                       origin_slots=config.origin_slots, connect_timeout=config.connect_timeout)
+
+
 def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:
     app = Flask("layerswarm.bridge")
     metrics = Metrics()
@@ -52,15 +61,17 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
         manifests=ManifestService(ManifestStore(config.store_dir), config.tag_ttl,
                                   config.max_manifest_bytes, metrics),
         origin_blobs=origin, blobs=origin, peer=peer)
-    if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
-        blob_source = peer.blob_source(state)
+    if blob_source is None and peer is not None:
+        from bridge.swarmsource import SwarmBlobSource
+        blob_source = SwarmBlobSource(peer, origin, swarm_config(config), metrics)
     if blob_source is not None:
         state.blobs = blob_source
     app.extensions["layerswarm"] = state
 
     app.register_blueprint(registry_bp)
-    if peer is not None and getattr(peer, "blueprint", None) is not None:
-        app.register_blueprint(peer.blueprint)
+    for owner in (peer, blob_source):
+        if owner is not None and getattr(owner, "blueprint", None) is not None:
+            app.register_blueprint(owner.blueprint)
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -99,6 +99,19 @@ class BridgeConfig:
     graceful_timeout: float = 5.0
     max_manifest_bytes: int = 4 << 20
     access_log: bool = False
+    # The swarm (all off without a tracker: a plain pass-through mirror).
+    tracker_url: str | None = None
+    publish_token: str | None = None
+    peer_listen: str = "0.0.0.0:6881"
+    advertise_url: str | None = None   # how other bridges reach this one (relay); default http://<listen>
+    host_id: str | None = None         # unique per host; default <hostname>-<port>
+    cache_max_bytes: int | None = None
+    tiny_blob_bytes: int = 1 << 20
+    stall_timeout: float = 30.0
+    relay_timeout: float = 20.0
+    lease_ttl: float = 30.0
+    origin_slots: int = 4
+    utp: bool = False
 
     def __post_init__(self) -> None:
         if DEFAULT_NAME not in self.upstreams and self.default_upstream == DEFAULT_NAME:
@@ -175,6 +188,39 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tag-ttl", type=float, metavar="S", help="seconds a tag->digest answer is cached (default 5)")
     parser.add_argument("--threads", type=int, metavar="N", help="server threads (default 64)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    sw = parser.add_argument_group("swarm (peer-to-peer layers; without --tracker the bridge is a plain mirror)")
+    sw.add_argument("--tracker", metavar="URL", help="layerswarm tracker base URL, e.g. http://tracker:6969")
+    sw.add_argument("--token", metavar="T", help="publish token for the tracker (or $LAYERSWARM_PUBLISH_TOKEN)")
+    sw.add_argument("--peer-listen", metavar="HOST:PORT", help="BitTorrent listen address (default 0.0.0.0:6881)")
+    sw.add_argument("--advertise-url", metavar="URL",
+                    help="this bridge's URL as other bridges reach it for relaying (default http://<listen>)")
+    sw.add_argument("--host-id", metavar="ID", help="unique name of this host (default <hostname>-<port>)")
+    sw.add_argument("--cache-max", metavar="SIZE", help="layer store cap, e.g. 20G (LRU eviction; default none)")
+    sw.add_argument("--tiny-blob-bytes", type=int, metavar="N", help="blobs below this get no torrent (default 1 MiB)")
+    sw.add_argument("--stall-timeout", type=float, metavar="S", help="swarm without progress this long -> origin (30)")
+    sw.add_argument("--relay-timeout", type=float, metavar="S", help="relay source silent this long -> origin (20)")
+    sw.add_argument("--lease-ttl", type=float, metavar="S", help="cold-fetch lease TTL asked of the tracker (30)")
+    sw.add_argument("--origin-slots", type=int, metavar="N",
+                    help="concurrent origin fetches when the tracker is down (default 4)")
+    sw.add_argument("--utp", action="store_true", help="also use uTP (default TCP only: faster on LANs)")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text) -> int | None:
+    """``20G``, ``512M``, ``1048576`` -> bytes."""
+    if text is None or text == "":
+        return None
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
+    try:
+        n = float(t[:-1] if unit else t)
+    except ValueError:
+        raise UserError(f"not a size: {text!r} (examples: 20G, 512M, 1048576)") from None
+    if n <= 0:
+        raise UserError(f"size must be positive: {text!r}")
+    return int(n * _UNITS[unit])
 
 
 def from_args(args) -> BridgeConfig:
@@ -237,4 +283,16 @@ def from_args(args) -> BridgeConfig:
         tag_ttl=float(pick("tag_ttl", "tag_ttl", 5.0)),
         threads=int(pick("threads", "threads", 64)),
         access_log=bool(args.access_log or data.get("access_log", False)),
+        tracker_url=pick("tracker", "tracker", None),
+        publish_token=pick("token", "token", None) or os.environ.get("LAYERSWARM_PUBLISH_TOKEN"),
+        peer_listen=pick("peer_listen", "peer_listen", "0.0.0.0:6881"),
+        advertise_url=pick("advertise_url", "advertise_url", None),
+        host_id=pick("host_id", "host_id", None),
+        cache_max_bytes=parse_size(pick("cache_max", "cache_max", None)),
+        tiny_blob_bytes=int(pick("tiny_blob_bytes", "tiny_blob_bytes", 1 << 20)),
+        stall_timeout=float(pick("stall_timeout", "stall_timeout", 30.0)),
+        relay_timeout=float(pick("relay_timeout", "relay_timeout", 20.0)),
+        lease_ttl=float(pick("lease_ttl", "lease_ttl", 30.0)),
+        origin_slots=int(pick("origin_slots", "origin_slots", 4)),
+        utp=bool(args.utp or data.get("utp", False)),
     )

@@ -9,6 +9,7 @@ the demo read::
      "bytes_served": {"blob": N, "manifest": N},
      "blob_bytes": {"origin": N, "store": N, "peer": N, "relay": N},
      "manifests": {"hit": N, "miss": N, "tag_hit": N},
+     "fetched": {"origin": N, "relay": N, "peer": N},  # blob bytes this host took in, by source
      "upstream_requests": {"default HEAD manifest 200": N, ...}}
 """
 from __future__ import annotations
@@ -36,9 +37,14 @@ class Metrics:
                                   ["result"], registry=r)
         self._upstream = Counter("layerswarm_bridge_upstream_requests", "Requests sent to upstream registries",
                                  ["upstream", "method", "kind", "status"], registry=r)
+        self._fetched = Counter("layerswarm_bridge_fetched_bytes", "Blob bytes taken in, by where they came from",
+                                ["source"], registry=r)
         self._lock = threading.Lock()
         self._json = {k: defaultdict(int) for k in
-                      ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests")}
+                      ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched")}
+        for s in ("origin", "relay", "peer"):
+            self._fetched.labels(s)
+            self._json["fetched"][s] = 0
         for s in BLOB_SOURCES:
             self._blob.labels(s)
             self._json["blob_bytes"][s] = 0
@@ -63,6 +69,11 @@ class Metrics:
         if n:
             self._blob.labels(source).inc(n)
             self._add("blob_bytes", source, n)
+
+    def fetched(self, source: str, n: int) -> None:
+        if n:
+            self._fetched.labels(source).inc(n)
+            self._add("fetched", source, n)
 
     def manifest(self, result: str) -> None:
         self._manifests.labels(result).inc()

@@ -40,13 +40,45 @@ def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
         "loglevel": "info",
         "proc_name": "layerswarm-bridge",
         "control_socket_disable": True,  # gunicorn >= 25: no control socket in the cwd
+        "worker_exit": _worker_exit,
     }
 
 
+_peer = None  # the worker's Peer (owns the libtorrent session), closed at worker exit
+
+
+def build_peer(cfg: bconfig.BridgeConfig):
+    """The host's one Peer: libtorrent session + layer store + tracker client."""
+    import socket
+    import threading
+    from bridge.peer import Peer, PeerConfig
+    from bridge.stream import StreamConfig
+    host, _, port = cfg.listen.rpartition(":")
+    if not cfg.host_id:
+        cfg.host_id = f"{socket.gethostname()}-{port}"
+    if not cfg.advertise_url:
+        cfg.advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::', '') else host}:{port}"
+    peer = Peer(PeerConfig(store_dir=cfg.store_dir, tracker_url=cfg.tracker_url, token=cfg.publish_token,
+                           host_id=cfg.host_id, listen=cfg.peer_listen, cap_bytes=cfg.cache_max_bytes,
+                           utp=cfg.utp, stream=StreamConfig(stall_timeout=cfg.stall_timeout),
+                           tracker_timeout=cfg.connect_timeout + 5))
+    # Re-seed what the store holds without blocking startup (the tracker may be down).
+    threading.Thread(target=peer.seed_stored, name="reseed", daemon=True).start()
+    return peer
+
+
 def build_app(cfg: bconfig.BridgeConfig):
-    """The WSGI app for ``cfg`` (the peer wiring will be added here)."""
+    """The WSGI app for ``cfg``: a swarm-backed mirror with --tracker, else pass-through."""
+    global _peer
     from bridge.app import create_app
-    return create_app(cfg)
+    if cfg.tracker_url:
+        _peer = build_peer(cfg)
+    return create_app(cfg, peer=_peer)
+
+
+def _worker_exit(server, worker) -> None:
+    if _peer is not None:
+        _peer.close()
 
 
 def run(args) -> int:
