@@ -61,7 +61,9 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
         manifests=ManifestService(ManifestStore(config.store_dir), config.tag_ttl,
                                   config.max_manifest_bytes, metrics),
         origin_blobs=origin, blobs=origin, peer=peer)
-    if blob_source is None and peer is not None:
+    if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
+        blob_source = peer.blob_source(state)
+    elif blob_source is None and peer is not None:
         from bridge.swarmsource import SwarmBlobSource
         blob_source = SwarmBlobSource(peer, origin, swarm_config(config), metrics)
     if blob_source is not None:
