@@ -59,7 +59,8 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     state = BridgeState(
         config=config, metrics=metrics, upstreams=clients, router=Router(config, clients),
         manifests=ManifestService(ManifestStore(config.store_dir), config.tag_ttl,
-                                  config.max_manifest_bytes, metrics),
+                                  config.max_manifest_bytes, metrics,
+                                  shared=getattr(peer, "tracker", None)),
         origin_blobs=origin, blobs=origin, peer=peer)
     if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
         blob_source = peer.blob_source(state)

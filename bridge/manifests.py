@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -23,6 +24,8 @@ from bridge import errors
 from bridge.digest import Digest, InvalidDigest
 from bridge.names import Reference
 from bridge.upstream import UpstreamClient
+
+log = logging.getLogger("layerswarm.manifests")
 
 GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
 MAX_TAG_ENTRIES = 10000
@@ -98,7 +101,12 @@ def _content_type(resp, body: bytes | None) -> str:
 
 
 class ManifestService:
-    def __init__(self, store: ManifestStore, tag_ttl: float, max_bytes: int, metrics=None):
+    """``shared`` (optional, e.g. the tracker client) has ``get_manifest(digest) -> (type, body) | None``
+    and ``put_manifest(digest, type, body)``: manifests by digest are immutable, so a fleet can share
+    them and the upstream sees one GET per manifest.  Failures there never fail a request."""
+
+    def __init__(self, store: ManifestStore, tag_ttl: float, max_bytes: int, metrics=None, shared=None):
+        self.shared = shared
         self.store = store
         self.tag_ttl = tag_ttl
         self.max_bytes = max_bytes
@@ -119,6 +127,9 @@ class ManifestService:
                 return _strip(m, head)
             self._count("miss")
             if head:
+                m = self._from_shared(ref.digest)
+                if m is not None:
+                    return _strip(m, True)
                 return self._head(up, repo, str(ref.digest), headers, ref.digest)
             return self._fetch(up, repo, ref.digest, headers)
 
@@ -177,7 +188,37 @@ class ManifestService:
             return _strip(self._fetch(up, repo, digest, headers), True)
         raise errors.upstream_unavailable(f"upstream {up.name}: HEAD {digest} answered digest {got}", 502)
 
+    def _from_shared(self, digest: Digest) -> Manifest | None:
+        try:
+            got = self.shared.get_manifest(digest) if self.shared is not None else None
+        except Exception as exc:  # noqa: BLE001 - the upstream is the fallback
+            log.info("shared manifest %s unavailable: %s", digest, exc)
+            return None
+        if got is None or Digest.of_bytes(got[1]) != digest:
+            return None
+        mt = got[0] if got[0] not in GENERIC_TYPES else _media_type_of(got[1])
+        self.store.put(digest, mt, got[1])
+        self._count("shared")
+        return Manifest(digest, mt, len(got[1]), got[1])
+
+    def _share(self, m: Manifest) -> None:
+        if self.shared is None:
+            return
+        try:
+            self.shared.put_manifest(m.digest, m.media_type, m.body)
+        except Exception as exc:  # noqa: BLE001 - sharing is an optimisation
+            log.info("could not share manifest %s: %s", m.digest, exc)
+
     def _fetch(self, up, repo, digest: Digest | None, headers, tag: str | None = None) -> Manifest:
+        if digest is not None:
+            m = self._from_shared(digest)
+            if m is not None:
+                return m
+        m = self._fetch_upstream(up, repo, digest, headers, tag)
+        self._share(m)
+        return m
+
+    def _fetch_upstream(self, up, repo, digest: Digest | None, headers, tag: str | None = None) -> Manifest:
         ref_text = str(digest) if digest is not None else tag
         r = up.request("GET", repo, f"manifests/{ref_text}", headers, stream=True, kind="manifest")
         up.raise_for_status(r, errors.manifest_unknown(ref_text))

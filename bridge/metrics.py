@@ -48,7 +48,7 @@ class Metrics:
         for s in BLOB_SOURCES:
             self._blob.labels(s)
             self._json["blob_bytes"][s] = 0
-        for k in ("hit", "miss", "tag_hit"):
+        for k in ("hit", "miss", "tag_hit", "shared"):
             self._manifests.labels(k)
             self._json["manifests"][k] = 0
 

@@ -99,6 +99,20 @@ class TrackerClient:
             log.warning("could not report torrent of %s: %s", digest, exc)
             return False
 
+    def get_manifest(self, digest: Digest) -> tuple | None:
+        """(media type, body) of a manifest shared at the tracker, verified against ``digest``."""
+        r = self._req("GET", f"/manifests/{digest}")
+        if r.status_code != 200 or Digest.of_bytes(r.content) != digest:
+            return None
+        return r.headers.get("Content-Type", "").split(";")[0].strip(), r.content
+
+    def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None:
+        """Share a manifest fetched by digest, so the fleet fetches it from the upstream once."""
+        r = self._req("PUT", f"/manifests/{digest}", data=body,
+                      headers={"Content-Type": media_type, **self._auth()})
+        if r.status_code not in (200, 201):
+            log.info("tracker did not take manifest %s: %s %s", digest, r.status_code, _error_text(r))
+
     def scrape(self, info_hashes) -> dict:
         """info-hash hex -> {"complete", "incomplete", "downloaded"} (BEP 48)."""
         ihs = [InfoHash.from_hex(str(h)) for h in info_hashes]
