@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Peer benchmark: our streaming peers vs raw libtorrent sessions with the same settings.
+
+One seeder + N peers (default N = 4 and 8) fetch one layer (default 256 MiB)
+through a real tracker on loopback, in the same run:
+
+* throughput ratio = raw makespan / our makespan (goal >= 0.8)
+* p99 time to first byte of our stream readers (goal <= 1 s)
+* peak anonymous RSS (RssAnon) of one peer streaming a 1 GiB layer (goal <= 150 MiB)
+
+Every peer is its own process; all start on one "go".  ``--utp`` runs the
+same with uTP instead of TCP (the transport choice in SessionConfig).
+
+    .venv/bin/python scripts/bench_peer.py [--peers 4 8] [--size-mib 256] [--rss-mib 1024] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import procs  # noqa: E402
+
+
+def rss_anon_kib(pid="self") -> int:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# -- child roles -------------------------------------------------------------
+def _wait_go():
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
+    return time.monotonic()
+
+
+def role_seeder(a):
+    from bridge.peer import Peer, PeerConfig
+    peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp, host_id="seeder"))
+    size = os.path.getsize(a.file)
+    with open(a.file, "rb") as f:
+        info = peer.add_blob(iter(lambda: f.read(1 << 20), b""), size)
+    print(json.dumps({"ready": True, "digest": str(info.digest)}), flush=True)
+    sys.stdin.readline()
+    peer.close()
+
+
+def role_ours(a):
+    from bridge.digest import Digest
+    from bridge.peer import Peer, PeerConfig
+    from bridge.stream import StreamConfig
+    peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp,
+                           host_id=os.path.basename(a.workdir), stream=StreamConfig(stall_timeout=60)))
+    peak = [rss_anon_kib()]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.1):
+            peak[0] = max(peak[0], rss_anon_kib())
+    threading.Thread(target=sample, daemon=True).start()
+    t0 = _wait_go()
+    s = peer.stream(Digest.parse(a.digest))
+    first = None
+    for chunk in s:
+        if first is None:
+            first = time.monotonic() - t0
+    total = time.monotonic() - t0
+    stop.set()
+    print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0]}), flush=True)
+    sys.stdin.readline()  # keep seeding until the parent says the run is over
+    peer.close()
+
+
+def role_raw(a):
+    import libtorrent as lt
+    import requests
+    from bridge.torrent.settings import SessionConfig, settings_pack
+    pack = settings_pack(SessionConfig(listen="127.0.0.1:0", utp=a.utp))
+    pack["alert_mask"] = int(lt.alert.category_t.status_notification | lt.alert.category_t.piece_progress_notification)
+    ses = lt.session(pack)
+    meta = requests.get(f"{a.tracker}/metainfo/{a.digest}", timeout=10).content
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(lt.bdecode(meta))
+    atp.save_path = a.workdir
+    atp.trackers = [a.tracker + "/announce"]
+    atp.flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+    t0 = _wait_go()
+    ses.add_torrent(atp)
+    first = None
+    done = None
+    h = None
+    while done is None:
+        if time.monotonic() - t0 > a.timeout:
+            st = ses.get_torrents()[0].status()
+            print(json.dumps({"error": f"raw peer timed out at {st.progress:.2f}, {st.num_peers} peers, {st.state}"}),
+                  flush=True)
+            return
+        ses.wait_for_alert(100)
+        for al in ses.pop_alerts():
+            if isinstance(al, lt.piece_finished_alert) and first is None:
+                first = time.monotonic() - t0
+            if isinstance(al, lt.torrent_finished_alert):
+                done = time.monotonic() - t0
+    print(json.dumps({"ttfb": first, "time": done}), flush=True)
+    sys.stdin.readline()
+    del ses
+
+
+# -- parent ------------------------------------------------------------------
+class Child:
+    def __init__(self, role, a, workdir, **extra):
+        argv = [sys.executable, __file__, "--role", role, "--tracker", a.tracker, "--workdir", workdir,
+                "--timeout", str(a.timeout)]
+        for k, v in extra.items():
+            argv += [f"--{k}", str(v)]
+        if a.utp:
+            argv.append("--utp")
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def line(self) -> dict:
+        out = self.p.stdout.readline()
+        if not out:
+            raise RuntimeError(f"child {self.p.args[3]} died (rc={self.p.poll()})")
+        return json.loads(out)
+
+    def send(self):
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+
+    def end(self):
+        try:
+            self.p.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.p.wait(20)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def write_layer(path: Path, mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+
+
+def swarm_run(a, tmp: Path, role: str, n: int, digest: str, tag: str) -> list:
+    kids = [Child(role, a, str(tmp / f"{tag}-{role}-{n}-{i}"), digest=digest) for i in range(n)]
+    try:
+        for k in kids:
+            k.line()
+        for k in kids:
+            k.send()
+        out = [k.line() for k in kids]
+        bad = [r["error"] for r in out if "error" in r]
+        if bad:
+            raise SystemExit(f"{role} run with {n} peers failed: {bad[0]}")
+        return out
+    finally:
+        for k in kids:
+            k.end()
+
+
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("--tracker", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    ap.add_argument("--digest", help=argparse.SUPPRESS)
+    ap.add_argument("--file", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=float, default=120, help="per peer")
+    ap.add_argument("--peers", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--rss-mib", type=int, default=1024, help="layer size for the memory run (0 = skip)")
+    ap.add_argument("--utp", action="store_true", help="uTP instead of TCP for every session")
+    ap.add_argument("--json", help="write results here")
+    a = ap.parse_args()
+    if a.role:
+        {"seeder": role_seeder, "ours": role_ours, "raw": role_raw}[a.role](a)
+        return
+
+    results = {"size_mib": a.size_mib, "transport": "utp" if a.utp else "tcp", "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as td:
+        tmp = Path(td)
+        port = procs.free_port()
+        tracker = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
+                             tmp / "tracker.log", name="tracker")
+        try:
+            a.tracker = f"http://127.0.0.1:{port}"
+            tracker.wait_http(a.tracker + "/healthz")
+            layer = tmp / "layer.bin"
+            write_layer(layer, a.size_mib)
+            seeder = Child("seeder", a, str(tmp / "seeder"), file=layer)
+            digest = seeder.line()["digest"]
+            try:
+                for n in a.peers:
+                    raw = swarm_run(a, tmp, "raw", n, digest, "r")
+                    ours = swarm_run(a, tmp, "ours", n, digest, "o")
+                    raw_t = max(r["time"] for r in raw)
+                    our_t = max(r["time"] for r in ours)
+                    run = {"peers": n, "raw_makespan_s": round(raw_t, 2), "our_makespan_s": round(our_t, 2),
+                           "throughput_ratio": round(raw_t / our_t, 3),
+                           "our_ttfb_p99_s": round(p99([r["ttfb"] for r in ours]), 3),
+                           "raw_first_piece_p99_s": round(p99([r["ttfb"] for r in raw]), 3),
+                           "our_mib_s_per_peer": round(a.size_mib / (sum(r["time"] for r in ours) / n), 1)}
+                    results["runs"].append(run)
+                    print(f"N={n}: raw {raw_t:.2f}s  ours {our_t:.2f}s  throughput ratio {run['throughput_ratio']:.2f} "
+                          f"(goal >= 0.8)  p99 TTFB {run['our_ttfb_p99_s']:.3f}s (goal <= 1s)", flush=True)
+            finally:
+                seeder.end()
+            if a.rss_mib:
+                big = tmp / "big.bin"
+                write_layer(big, a.rss_mib)
+                layer.unlink()
+                seeder = Child("seeder", a, str(tmp / "seeder-big"), file=big)
+                try:
+                    d = seeder.line()["digest"]
+                    big.unlink()
+                    r = swarm_run(a, tmp, "ours", 1, d, "rss")[0]
+                finally:
+                    seeder.end()
+                mib = r["rss_anon_kib"] / 1024
+                results["rss"] = {"layer_mib": a.rss_mib, "peak_rss_anon_mib": round(mib, 1), "time_s": round(r["time"], 2)}
+                print(f"RSS: peak RssAnon {mib:.1f} MiB streaming {a.rss_mib} MiB (goal <= 150 MiB)", flush=True)
+        finally:
+            tracker.stop()
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Alert logic without a session: the dispatcher and a Download driven by hand-made events."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bridge import torrentformat as tf
+from bridge.digest import Digest
+from bridge.errors import StoreFull, SwarmError
+from bridge.store import LayerStore
+from bridge.stream import Download, StreamConfig
+from bridge.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
+from tests.peer.conftest import blob_bytes
+
+
+def test_dispatcher_routes_by_name_and_survives_bad_handlers():
+    disp = Dispatcher()
+    got = []
+    disp.subscribe("a", lambda e: 1 / 0)
+    disp.subscribe("a", got.append)
+    disp.subscribe_all(lambda e: got.append(("all", e.kind)))
+    disp.dispatch(Event(PIECE_FINISHED, "a", {"piece": 1}))
+    disp.dispatch(Event(PIECE_FINISHED, "b", {"piece": 1}))
+    disp.dispatch(Event(DROPPED))
+    # DROPPED goes to every handler: anyone waiting on a read must ask again.
+    assert [g if isinstance(g, tuple) else (g.name, g.kind) for g in got] == [
+        ("a", PIECE_FINISHED), ("all", PIECE_FINISHED), ("all", PIECE_FINISHED), ("", DROPPED), ("all", DROPPED)]
+
+
+class FakeTorrent:
+    def __init__(self, n):
+        self.reads, self.deadlines, self.moved_to = [], {}, None
+        self.num_pieces = n
+
+    def read_piece(self, p):
+        self.reads.append(p)
+
+    def set_piece_deadline(self, p, ms):
+        self.deadlines[p] = ms
+
+    def move_storage(self, path):
+        self.moved_to = path
+
+    def status(self):
+        return {"done": 0}
+
+
+class FakeSession:
+    def __init__(self):
+        self.dispatcher = Dispatcher()
+        self.removed = []
+        self.t = None
+
+    def add(self, metainfo, save_path, **kw):
+        self.t = FakeTorrent(tf.parse_metainfo(metainfo).num_pieces)
+        return self.t
+
+    def remove(self, name, delete_files=False):
+        self.removed.append((name, delete_files))
+
+    def wait_removed(self, name, timeout=10):
+        return True
+
+
+def _setup(tmp_path, size=3 * 256 * 1024 + 1000, **cfg):
+    data = blob_bytes(size, b"fake")
+    d = Digest.of_bytes(data)
+    h = tf.PieceHasher(len(data))
+    h.update(data)
+    lt_ = tf.build_metainfo(d, len(data), h.pieces())
+    ses, store = FakeSession(), LayerStore(tmp_path)
+    dl = Download(ses, store, lt_, config=StreamConfig(**cfg)).start()
+    return data, lt_, ses, store, dl
+
+
+def _piece(lt_, data, p):
+    a, b = lt_.piece_range(p)
+    return data[a:b]
+
+
+def test_download_streams_in_order_verifies_then_moves(tmp_path):
+    data, lt_, ses, store, dl = _setup(tmp_path)
+    name = str(lt_.digest)
+    out = []
+    reader = threading.Thread(target=lambda: out.append(b"".join(dl.stream(300_000))))
+    reader.start()
+    disp = ses.dispatcher.dispatch
+    for p in (2, 0, 3, 1):  # rarest-first order, not sequential
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+    for p in sorted(set(ses.t.reads)):
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    for p in range(lt_.num_pieces):  # the hash cursor asks for the rest in order
+        if p not in ses.t.reads:
+            disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert ses.t.deadlines, "the reader set deadlines ahead of itself"
+    assert ses.t.moved_to == store.layers_dir  # verified: libtorrent moves its own file
+    (store.layers_dir / name).write_bytes(data)  # what move_storage would have done
+    disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
+    reader.join(10)
+    assert out == [data[300_000:]] and dl.verified and lt_.digest in store
+
+
+def test_disk_full_reaches_the_reader_as_store_full(tmp_path):
+    data, lt_, ses, store, dl = _setup(tmp_path)
+    s = dl.stream()
+    ses.dispatcher.dispatch(Event(FILE_ERROR, str(lt_.digest), {"errno": 28, "message": "No space", "disk_full": True}))
+    with pytest.raises(StoreFull):
+        next(iter(s))
+    assert ses.removed == [(str(lt_.digest), True)] and store._reserved == 0
+
+
+def test_stall_is_detected_in_configured_time(tmp_path):
+    import time
+    data, lt_, ses, store, dl = _setup(tmp_path, stall_timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(SwarmError, match="stalled"):
+        next(iter(dl.stream()))
+    assert 0.9 < time.monotonic() - t0 < 5
