@@ -112,6 +112,9 @@ class Fetch:
                 self.cond.notify_all()
             self._publish()
         except BaseException as exc:
+            # Unregister before waking the readers: a request retried right after this
+            # one failed must start a fresh fetch, not find this failed one.
+            self.owner.fetch_done(self)
             with self.cond:
                 self.error = exc
                 self.cond.notify_all()
@@ -382,7 +385,7 @@ class SwarmBlobSource:
     def _start_fetch(self, req: BlobRequest, tracker_down: bool) -> Fetch:
         with self._lock:
             fetch = self._fetches.get(req.digest)
-            if fetch is None:
+            if fetch is None or fetch.error is not None:
                 fetch = Fetch(self, req, tracker_down)
                 self._fetches[req.digest] = fetch
                 fetch.thread.start()

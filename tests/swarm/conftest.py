@@ -74,14 +74,26 @@ def pull_all(bridges, repo, digests, timeout=180):
 
 
 @pytest.fixture
-def tracker(tmp_path):
+def tracker(tmp_path, request):
+    """The real tracker; ``@pytest.mark.tracker_args(...)`` adds flags (e.g. ``--quarantine-reports 1``)."""
+    marker = request.node.get_closest_marker("tracker_args")
+    extra = marker.args if marker else ()
     port = procs.free_port()
     p = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5",
-                                         "--lease-ttl", "10"), tmp_path / "tracker.log", name="tracker")
+                                         "--lease-ttl", "10", *extra), tmp_path / "tracker.log", name="tracker")
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/healthz")
     yield p
     p.stop()
+
+
+@pytest.fixture
+def proxy(origin):
+    """A :class:`FaultProxy` in front of the origin (point bridges at ``proxy.url``)."""
+    from tests.swarm.faultproxy import FaultProxy
+    p = FaultProxy(origin.url)
+    yield p
+    p.close()
 
 
 @pytest.fixture
@@ -90,3 +102,7 @@ def fleet(tmp_path, origin, tracker):
     yield f
     for b in f.bridges:
         b.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tracker_args(*flags): extra flags for the swarm tests' tracker")

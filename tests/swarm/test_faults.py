@@ -1,0 +1,205 @@
+"""Faults on the origin/relay path, with real processes: every pull ends with the right digest
+(or a clear error in bounded time when the origin itself is down), and no partial or wrong blob
+is ever served as complete or left in a store.
+
+The origin sits behind a :class:`FaultProxy` (tests/swarm/faultproxy.py) that throttles blob
+bodies so faults can be injected "mid-fetch", or answers 5xx, hangs, stalls or cuts.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from bridge.digest import Digest
+from tests.swarm.conftest import origin_blob_gets
+from tests.swarm.helpers import assert_store_clean, fetched, get, push_layer, stats, store_files, wait_for
+
+pytestmark = pytest.mark.slow
+
+MB = 1 << 20
+RATE = 2 * MB  # throttled origin: an 8 MiB layer takes ~4 s
+
+
+def _bg(fn, *args):
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=fn(*args)), daemon=True)
+    t.start()
+    out["thread"] = t
+    return out
+
+
+def _result(job, timeout=120):
+    job["thread"].join(timeout)
+    assert "r" in job, "client did not finish"
+    return job["r"]
+
+
+def _ok(result, blob):
+    status, body, err = result
+    assert err is None and status == 200, (status, len(body), err)
+    assert Digest.of_bytes(body) == blob.digest
+
+
+def _gets(origin, blob) -> int:
+    return origin_blob_gets(origin).get(str(blob.digest), 0)
+
+
+# -- 2. the lease holder dies mid-fetch ------------------------------------
+def test_lease_holder_killed_mid_fetch_relays_fail_over(fleet, origin, proxy):
+    blob = push_layer(origin.url, 8 * MB, b"holder-killed")
+    fleet.origin_url = proxy.url
+    proxy.rate = RATE
+    h0, h1, h2 = (fleet.start_bridge(f"h{i}") for i in range(3))
+    first = _bg(get, h0.url, blob.digest)
+    wait_for(lambda: fetched(h0, "origin") > MB, 30, "the holder fetching")
+    jobs = [_bg(get, b.url, blob.digest) for b in (h1, h2)]
+    wait_for(lambda: fetched(h1, "relay") + fetched(h2, "relay") > 0, 30, "relays following the holder")
+    t0 = time.monotonic()
+    h0.kill()
+    for j in jobs:
+        _ok(_result(j), blob)
+    took = time.monotonic() - t0
+    status, body, err = _result(first)
+    assert err is not None and Digest.of_bytes(body) != blob.digest  # its client was cut, never served wrong
+    for b in (h1, h2):
+        s = stats(b)
+        assert s["fetched"]["relay"] > 0 and s["fetched"]["origin"] > 0
+        assert s["fetched"]["relay"] + s["fetched"]["origin"] == len(blob.data)
+        assert_store_clean(b.store, [blob.digest])
+    # The holder's partial GET plus at most one ranged continuation per relay.
+    ranges = [r for r in proxy.blob_gets(blob.digest) if r]
+    assert 1 <= len(ranges) <= 2 and all(r.startswith("bytes=") and r.endswith("-") for r in ranges), ranges
+    assert _gets(origin, blob) <= 3
+    print(f"holder killed: relays done {took:.1f}s later")
+
+
+# -- 3. the tracker dies mid-rollout -----------------------------------------
+def test_tracker_killed_mid_rollout(fleet, origin, proxy, tracker):
+    blob = push_layer(origin.url, 8 * MB, b"tracker-killed")
+    fleet.origin_url = proxy.url
+    proxy.rate = RATE
+    bridges = [fleet.start_bridge(f"h{i}") for i in range(3)]
+    jobs = [_bg(get, b.url, blob.digest) for b in bridges]
+    wait_for(lambda: sum(fetched(b, "relay") for b in bridges) > MB, 30, "relays under way")
+    tracker.kill()
+    for j in jobs:
+        _ok(_result(j), blob)
+    assert _gets(origin, blob) == 1  # relays need no tracker once the tree is set up
+    for b in bridges:
+        assert_store_clean(b.store, [blob.digest])
+    # A bridge arriving with the tracker down goes to the origin (jittered, capped) and is right.
+    late = fleet.start_bridge("late")
+    _ok(get(late.url, blob.digest), blob)
+    assert _gets(origin, blob) == 2 and fetched(late, "origin") == len(blob.data)
+    assert_store_clean(late.store, [blob.digest])
+
+
+# -- 4. origin faults --------------------------------------------------------
+def test_origin_5xx_is_a_quick_clear_error_and_nothing_is_cached(fleet, origin, proxy):
+    blob = push_layer(origin.url, 3 * MB, b"origin-5xx")
+    fleet.origin_url = proxy.url
+    b = fleet.start_bridge("h0")
+    proxy.status = 500
+    t0 = time.monotonic()
+    status, body, err = get(b.url, blob.digest)
+    took = time.monotonic() - t0
+    assert status == 502 and b"errors" in body and took < 10, (status, body[:200], took)
+    assert_store_clean(b.store, [])
+    proxy.status = None
+    _ok(get(b.url, blob.digest), blob)
+    assert_store_clean(b.store, [blob.digest])
+
+
+def test_origin_silent_answers_504_within_the_read_timeout(fleet, origin, proxy):
+    blob = push_layer(origin.url, 3 * MB, b"origin-hang")
+    fleet.origin_url = proxy.url
+    b = fleet.start_bridge("h0", "--read-timeout", "3")
+    proxy.hang = True
+    t0 = time.monotonic()
+    status, body, err = get(b.url, blob.digest)
+    took = time.monotonic() - t0
+    assert status == 504 and took < 3 * 3, (status, body[:200], took)
+    assert_store_clean(b.store, [])
+    print(f"silent origin: 504 after {took:.1f}s (read timeout 3s)")
+
+
+@pytest.mark.parametrize("mode", ["close", "stall"])
+def test_origin_cut_or_stalled_mid_blob_is_resumed_with_range(fleet, origin, proxy, mode):
+    blob = push_layer(origin.url, 6 * MB, b"origin-cut-" + mode.encode())
+    fleet.origin_url = proxy.url
+    b = fleet.start_bridge("h0", "--read-timeout", "3")
+    proxy.cut_after, proxy.cuts_left, proxy.cut_mode = 2 * MB, 1, mode
+    t0 = time.monotonic()
+    _ok(get(b.url, blob.digest), blob)
+    took = time.monotonic() - t0
+    gets = proxy.blob_gets(blob.digest)
+    assert len(gets) == 2 and gets[0] is None and gets[1].startswith("bytes=") and int(gets[1][6:-1]) >= MB, gets
+    assert fetched(b, "origin") == len(blob.data)
+    assert_store_clean(b.store, [blob.digest])
+    if mode == "stall":
+        assert took < 3 * 4, took
+    print(f"origin {mode} mid-blob: resumed with {gets[1]}, done in {took:.1f}s")
+
+
+# -- 7. a bridge killed mid-download and restarted on the same store --------
+def test_bridge_killed_mid_fetch_restarts_clean(fleet, origin, proxy):
+    blob = push_layer(origin.url, 8 * MB, b"restart")
+    fleet.origin_url = proxy.url
+    proxy.rate = RATE
+    b = fleet.start_bridge("h0")
+    job = _bg(get, b.url, blob.digest)
+    wait_for(lambda: fetched(b, "origin") > 2 * MB, 30, "fetch under way")
+    b.kill()
+    status, body, err = _result(job)
+    assert err is not None and len(body) < len(blob.data)
+    assert store_files(b.store)["incoming"], "expected a partial in incoming/ to test the restart with"
+    proxy.rate = 0
+    b2 = fleet.start_bridge("h0", store=b.store)
+    assert not store_files(b2.store)["incoming"] and not store_files(b2.store)["layers"]  # partial dropped
+    _ok(get(b2.url, blob.digest), blob)
+    assert_store_clean(b2.store, [blob.digest])
+
+
+# -- 8. the store's disk is full ----------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    d = tmp_path / "tmpfs-store"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_disk_full_store_passes_origin_bytes_through(fleet, origin, small_disk):
+    blob = push_layer(origin.url, 12 * MB, b"disk-full")
+    b = fleet.start_bridge("h0", store=small_disk)
+    _ok(get(b.url, blob.digest), blob)
+    assert_store_clean(small_disk, [])
+    _ok(get(b.url, blob.digest), blob)  # and again: still right, still nothing partial
+    assert_store_clean(small_disk, [])
+    small = push_layer(origin.url, 2 * MB, b"fits", tag="v2")
+    _ok(get(b.url, small.digest), small)  # the store still works for what fits
+    assert_store_clean(small_disk, [small.digest])
+
+
+# -- 9. a client leaving mid-stream ---------------------------------------------
+def test_client_leaving_does_not_stop_the_fetch(fleet, origin, proxy):
+    blob = push_layer(origin.url, 8 * MB, b"client-leaves")
+    fleet.origin_url = proxy.url
+    proxy.rate = RATE
+    b = fleet.start_bridge("h0")
+    with requests.get(f"{b.url}/v2/library/app/blobs/{blob.digest}", stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        got = r.raw.read(MB)
+        assert got == blob.data[:MB]
+    wait_for(lambda: str(blob.digest) in store_files(b.store)["layers"], 60, "the fetch to finish")
+    _ok(get(b.url, blob.digest), blob)
+    s = stats(b)
+    assert s["blob_bytes"]["store"] == len(blob.data) and s["fetched"]["origin"] == len(blob.data)
+    assert _gets(origin, blob) == 1
+    assert_store_clean(b.store, [blob.digest])
