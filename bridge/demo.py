@@ -31,6 +31,7 @@ from bridge import imagegen, localstack
 from bridge.errors import UserError
 
 DEMO_IMAGE = "layerswarm-demo:latest"
+TINY_BLOB_BYTES = 1 << 20  # the bridge's default --tiny-blob-bytes: smaller blobs get no torrent
 MANIFEST_ACCEPT = ", ".join([imagegen.MT_DOCKER_MANIFEST, imagegen.MT_DOCKER_LIST,
                              imagegen.MT_OCI_MANIFEST, imagegen.MT_OCI_INDEX])
 
@@ -184,12 +185,20 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
     if expected is not None and info["Id"] != str(expected.config.digest):
         raise UserError(f"pulled image id {info['Id']} is not the pushed config {expected.config.digest}")
 
-    # 6. summary of the first pull
-    _summary(pull_ref, repo, tag, bridge, origin, took)
+    served = _served(bridge)
+    if served == 0:
+        raise UserError(f"the bridge served no blobs: dockerd did not use the mirror (see {docker.log})")
+    _say("pull", f"the bridge answered {served} blob GETs")
 
-    # 7. peer to peer: a second host's bridge fetches the layers from the first
+    # 6. peer to peer: a second host's bridge fetches the layers from the first
+    bridges = [("bridge 1", bridge)]
     if not args.no_peer:
-        _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin)
+        bridge2 = _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin)
+        if bridge2 is not None:
+            bridges.append(("bridge 2", bridge2))
+
+    # 7. summary
+    _summary(pull_ref, repo, tag, bridges, origin, tracker, took)
 
     if args.keep_running:
         _keep_running(bridge, docker, tracker, origin, pull_ref)
@@ -204,7 +213,7 @@ def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> N
     """
     if tracker is None or "--tracker" not in localstack.bridge_options():
         _say("peer", "skipped: this build's bridge does not join a swarm yet (no --tracker option)")
-        return
+        return None
     gets_before = len(localstack.blob_gets(origin.log)) if origin is not None else None
     bridge2 = stack.add(localstack.start_bridge(workdir / "bridge2", upstream=upstream, tracker=tracker.url))
     _say("peer", f"second bridge (another host) on {bridge2.url}, same tracker, empty store")
@@ -220,9 +229,14 @@ def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> N
     if gets_before is not None:
         line += f", origin blob GETs +{len(localstack.blob_gets(origin.log)) - gets_before}"
     _say("peer", line)
-    if from_peers == 0:
+    if from_peers == 0 and max((sz for _, sz in _layers_via_bridge(bridge2, *_split_ref(pull_ref))),
+                               default=0) < TINY_BLOB_BYTES:
+        _say("peer", f"every layer is under {TINY_BLOB_BYTES:,} bytes: the bridge fetches such tiny blobs "
+                     "from the origin instead of making torrents (try --layer-mib 4)")
+    elif from_peers == 0:
         raise UserError("the second bridge got no bytes from peers (see its log "
                         f"{bridge2.log} and the tracker's {tracker.log})")
+    return bridge2
 
 
 def _pull(docker, ref: str, bridge) -> None:
@@ -272,32 +286,45 @@ def _layers_via_bridge(bridge, repo: str, tag: str) -> list:
     return [(d["digest"], int(d["size"])) for d in m.get("layers", [])]
 
 
-def _summary(pull_ref, repo, tag, bridge, origin, took) -> None:
-    print("--- summary ---", flush=True)
-    print(f"image pulled : {pull_ref} in {took:.1f}s", flush=True)
-    try:
-        for i, (digest, size) in enumerate(_layers_via_bridge(bridge, repo, tag)):
-            print(f"layer {i}      : {digest[:19]}  {size:>12,} bytes ({_mib(size)})", flush=True)
-    except (requests.RequestException, ValueError, KeyError) as exc:
-        print(f"layers       : (manifest not readable back: {exc})", flush=True)
+def _served(bridge) -> int:
     try:
         st = bridge.stats()
     except (requests.RequestException, ValueError) as exc:
-        raise UserError(f"bridge stats unavailable: {exc}") from None
-    reqs = st.get("requests", {})
-    served = sum(n for k, n in reqs.items() if k.startswith("blob GET 2"))
-    src = st.get("blob_bytes", {})
-    print(f"bridge       : {served} blob responses, {st.get('bytes_served', {}).get('blob', 0):,} blob bytes served",
-          flush=True)
-    print(f"  bytes from : origin {src.get('origin', 0):,} | store {src.get('store', 0):,} | "
-          f"peers {src.get('peer', 0) + src.get('relay', 0):,}", flush=True)
+        raise UserError(f"bridge stats unavailable at {bridge.url}: {exc}") from None
+    return sum(n for k, n in st.get("requests", {}).items() if k.startswith("blob GET 2"))
+
+
+def _summary(pull_ref, repo, tag, bridges, origin, tracker, took) -> None:
+    print("--- summary ---", flush=True)
+    print(f"image pulled : {pull_ref} (first pull {took:.1f}s)", flush=True)
+    try:
+        for i, (digest, size) in enumerate(_layers_via_bridge(bridges[0][1], repo, tag)):
+            print(f"layer {i}      : {digest[:19]}  {size:>12,} bytes ({_mib(size)})", flush=True)
+    except (requests.RequestException, ValueError, KeyError) as exc:
+        print(f"layers       : (manifest not readable back: {exc})", flush=True)
+    for label, bridge in bridges:
+        try:
+            st = bridge.stats()
+        except (requests.RequestException, ValueError) as exc:
+            print(f"{label:<13}: stats unavailable ({exc})", flush=True)
+            continue
+        served = sum(n for k, n in st.get("requests", {}).items() if k.startswith("blob GET 2"))
+        src = st.get("blob_bytes", {})
+        print(f"{label:<13}: {served} blob responses, {st.get('bytes_served', {}).get('blob', 0):,} blob bytes "
+              f"served; from origin {src.get('origin', 0):,} | store {src.get('store', 0):,} | "
+              f"peers {src.get('peer', 0) + src.get('relay', 0):,}", flush=True)
     if origin is not None:
         gets = [g for g in localstack.blob_gets(origin.log) if g[1] in (200, 206)]
         print(f"origin       : {len(gets)} blob GETs, {sum(g[2] for g in gets):,} bytes sent", flush=True)
     else:
         print("origin       : external (blob GETs not visible here)", flush=True)
-    if served == 0:
-        raise UserError("the bridge served no blobs: dockerd did not use the mirror (see the dockerd log)")
+    if tracker is not None:
+        try:
+            swarms = requests.get(f"{tracker.url}/swarms", timeout=10).json()
+            print(f"tracker      : {len(swarms)} layer swarms, "
+                  f"{sum(int(x.get('seeders', 0)) for x in swarms)} seeders in all", flush=True)
+        except (requests.RequestException, ValueError, AttributeError, TypeError) as exc:
+            print(f"tracker      : swarms unavailable ({exc})", flush=True)
 
 
 def _keep_running(bridge, docker, tracker, origin, pull_ref) -> None:

@@ -7,6 +7,8 @@ previous one.  A test points dockerd at its own bridge with
 """
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from bridge import localstack
@@ -59,6 +61,16 @@ def origin2(tmp_path):
 
 
 @pytest.fixture
+def tracker(tmp_path):
+    """A real ``layerswarm tracker`` process (memory store); ``.url``."""
+    if not localstack.tracker_available():
+        pytest.skip("layerswarm tracker not built")
+    t = localstack.start_tracker(tmp_path / "tracker")
+    yield t
+    t.stop()
+
+
+@pytest.fixture
 def start_bridge(tmp_path):
     """Factory: ``start_bridge(upstream=..., aliases={...})`` -> a running ``layerswarm bridge``."""
     daemons.require_bridge()
@@ -69,5 +81,19 @@ def start_bridge(tmp_path):
         started.append(b)
         return b
     yield start
+    for b in started:  # graceful stops take seconds: let them run side by side
+        b.signal(signal.SIGTERM)
     for b in started:
         b.stop()
+
+
+@pytest.fixture(params=["mirror", "swarm"])
+def bridge_mode(request):
+    """Run a test against a plain mirror bridge and against one that joins a swarm (with a tracker).
+
+    Yields the extra ``start_bridge`` keyword arguments for the mode.
+    """
+    if request.param == "swarm":
+        t = request.getfixturevalue("tracker")
+        return {"tracker": t.url}
+    return {}

@@ -37,21 +37,6 @@ def push_image(registry_url: str, repo: str, tag: str = "v1", layer_sizes=(256 <
     return img
 
 
-def bridge_has_store_source() -> bool:
-    """Whether ``layerswarm bridge`` hands a peer (store + swarm blob source) to its app.
-
-    Until it does, the bridge is a pass-through mirror and a second pull goes
-    back to the origin; the store tests skip with that reason.
-    """
-    import pathlib
-    serve = pathlib.Path(__file__).resolve().parents[2] / "bridge" / "serve.py"
-    try:
-        text = serve.read_text()
-    except OSError:
-        return False
-    return "peer=" in text.replace(" ", "") and "peer=None" not in text.replace(" ", "")
-
-
 def origin_blob_gets(origin, repo: str | None = None) -> dict:
     """digest -> number of successful (200/206) blob GETs the origin served."""
     out: dict = {}

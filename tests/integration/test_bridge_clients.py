@@ -17,8 +17,8 @@ from tests.integration import daemons
 pytestmark = pytest.mark.slow
 
 
-def test_dockerd_mirror_pulls_library_image_through_bridge(docker, origin, start_bridge):
-    bridge = start_bridge(upstream=origin.url)
+def test_dockerd_mirror_pulls_library_image_through_bridge(docker, origin, start_bridge, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, **bridge_mode)
     name = daemons.unique("app")
     img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 2 << 20, 300 << 10))
     docker.set_mirrors([bridge.url])
@@ -31,8 +31,8 @@ def test_dockerd_mirror_pulls_library_image_through_bridge(docker, origin, start
     assert daemons.blob_bytes_from(st, "origin") >= sum(len(b.data) for b in img.layers)
 
 
-def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, start_bridge):
-    bridge = start_bridge(upstream=origin.url)
+def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, tracker, start_bridge):
+    bridge = start_bridge(upstream=origin.url, tracker=tracker.url)  # with a tracker the bridge keeps layers
     name = daemons.unique("again")
     img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 200 << 10))
     docker.set_mirrors([bridge.url])
@@ -45,15 +45,15 @@ def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, start_bridg
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
     st2 = daemons.assert_bridge_served(bridge, img, before=st)
-    if daemons.blob_bytes_from(st2, "store") == 0 and not daemons.bridge_has_store_source():
-        pytest.skip("this bridge build serves no blob from its store yet (pass-through only)")
-    assert daemons.origin_blob_gets(origin, f"library/{name}") == gets, "second pull must not reach the origin"
+    layer_gets = {str(b.digest): gets[str(b.digest)] for b in img.layers}
+    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    assert {d: now[d] for d in layer_gets} == layer_gets, "second pull must not fetch layers from the origin"
     assert daemons.blob_bytes_from(st2, "store") - daemons.blob_bytes_from(st, "store") >= \
         sum(len(b.data) for b in img.layers)
 
 
-def test_dockerd_pulls_alias_path_through_bridge(docker, origin, origin2, start_bridge):
-    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url})
+def test_dockerd_pulls_alias_path_through_bridge(docker, origin, origin2, start_bridge, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
     name = daemons.unique("team/app")
     img = daemons.push_image(origin2.url, name)
     ref = f"localhost:{bridge.port}/second/{name}:v1"
@@ -65,8 +65,8 @@ def test_dockerd_pulls_alias_path_through_bridge(docker, origin, origin2, start_
     assert daemons.origin_blob_gets(origin) == {}, "the default upstream is not involved"
 
 
-def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, start_bridge, tmp_path):
-    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url})
+def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, start_bridge, tmp_path, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
     name = daemons.unique("team/app")
     img = daemons.push_image(origin2.url, name)
     host = origin2.url.split("://", 1)[1]  # 127.0.0.1:PORT -> ?ns=127.0.0.1:PORT -> alias "second"
@@ -78,8 +78,8 @@ def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, sta
     assert set(daemons.origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
 
 
-def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, start_bridge, tmp_path):
-    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url})
+def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, start_bridge, tmp_path, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
     name = daemons.unique("app")
     img = daemons.push_image(origin2.url, f"team/{name}", oci=True)
     conf = localstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
@@ -94,8 +94,8 @@ def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, st
 
 
 @pytest.mark.parametrize("oci", [True, False], ids=["oci-index", "docker-manifest-list"])
-def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci):
-    bridge = start_bridge(upstream=origin.url)
+def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, **bridge_mode)
     name = daemons.unique("multi")
     amd64 = imagegen.make_image((512 << 10, 256 << 10), seed=secrets.token_bytes(8), oci=oci, arch="amd64")
     arm64 = imagegen.make_image((384 << 10,), seed=secrets.token_bytes(8), oci=oci, arch="arm64")
@@ -111,8 +111,8 @@ def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci):
     assert set(gets) == {str(b.digest) for b in amd64.blobs}, "only linux/amd64 blobs are fetched"
 
 
-def test_blob_range_resume_against_bridge_process(origin, start_bridge):
-    bridge = start_bridge(upstream=origin.url)
+def test_blob_range_resume_against_bridge_process(origin, start_bridge, bridge_mode):
+    bridge = start_bridge(upstream=origin.url, **bridge_mode)
     name = daemons.unique("range")
     img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20,))
     layer = img.layers[0]
@@ -145,9 +145,9 @@ def test_blob_range_resume_against_bridge_process(origin, start_bridge):
     assert r.headers["Content-Range"] == f"bytes 10-19/{total}"
 
 
-def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, start_bridge):
+def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, start_bridge, bridge_mode):
     from tests.integration.cutproxy import CutProxy
-    bridge = start_bridge(upstream=origin.url)
+    bridge = start_bridge(upstream=origin.url, **bridge_mode)
     name = daemons.unique("cut")
     img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(4 << 20,))
     layer = img.layers[0]
@@ -176,3 +176,27 @@ def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origi
     # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy
     assert any(k.startswith("manifest ") and k.endswith(" 404") for k in st["requests"]), st
     assert [p for m, p, s, _ in localstack.access_log(origin.log) if name in p], "the bridge asked the origin"
+
+
+def test_dockerd_second_host_gets_layers_from_peers(docker, origin, tracker, start_bridge):
+    """Two hosts (two bridges, one tracker): the second pull's layers come from the first bridge."""
+    first = start_bridge(upstream=origin.url, tracker=tracker.url)
+    second = start_bridge(upstream=origin.url, tracker=tracker.url)
+    name = daemons.unique("p2p")
+    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20, 2 << 20))
+    layer_bytes = sum(len(b.data) for b in img.layers)
+
+    docker.set_mirrors([first.url])
+    docker.pull(f"{name}:v1")
+    daemons.assert_bridge_served(first, img)
+    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    assert all(gets.get(str(b.digest)) == 1 for b in img.layers), gets
+
+    docker.remove_all_images()
+    docker.set_mirrors([second.url])
+    docker.pull(f"{name}:v1")
+    assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
+    st = daemons.assert_bridge_served(second, img)
+    assert daemons.blob_bytes_from(st, "peer") + daemons.blob_bytes_from(st, "relay") >= layer_bytes, st
+    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    assert all(now.get(str(b.digest)) == 1 for b in img.layers), f"layers left the origin again: {now}"

@@ -19,17 +19,24 @@ def test_demo_pulls_generated_image_and_cleans_up(tmp_path):
     daemons.require_root()
     daemons.require_bridge()
     work = tmp_path / "demo"
-    cp = _demo("--workdir", work, "--layers", "2", "--layer-mib", "1")
+    cp = _demo("--workdir", work, "--layers", "2", "--layer-mib", "2")
     out = cp.stdout + cp.stderr
     assert cp.returncode == 0, out
     for step in ("[origin]", "[image]", "[bridge]", "[dockerd]", "[pull]", "--- summary ---"):
         assert step in out, out
     assert "Traceback" not in out
-    assert out.count("layer ") >= 2
-    # the bridge served both layers and the config; the origin sent each blob once
     summary = out.split("--- summary ---", 1)[1]
-    assert "3 blob responses" in summary, out
-    assert "origin       : 3 blob GETs" in summary, out
+    assert summary.count("\nlayer ") == 2, out
+    # the first bridge served both layers and the config, all from the origin
+    assert "bridge 1     : 3 blob responses" in summary, out
+    if "[peer] second bridge" in out:
+        # the second host got the layers from peers; only the tiny config went to the origin again
+        line = next(ln for ln in summary.splitlines() if ln.startswith("bridge 2"))
+        peers = int(line.rsplit("peers ", 1)[1].replace(",", ""))
+        assert peers >= 2 * (2 << 20), line
+        assert "origin       : 4 blob GETs" in summary, out
+    else:
+        assert "origin       : 3 blob GETs" in summary, out
     # every daemon the demo started is gone
     assert _procs_mentioning(str(work)) == []
 
