@@ -71,17 +71,23 @@ def role_ours(a):
         while not stop.wait(0.1):
             peak[0] = max(peak[0], rss_anon_kib())
     threading.Thread(target=sample, daemon=True).start()
-    t0 = _wait_go()
-    s = peer.stream(Digest.parse(a.digest))
-    first = None
-    for chunk in s:
-        if first is None:
-            first = time.monotonic() - t0
-    total = time.monotonic() - t0
-    stop.set()
-    print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0]}), flush=True)
-    sys.stdin.readline()  # keep seeding until the parent says the run is over
-    peer.close()
+    try:
+        t0 = _wait_go()
+        s = peer.stream(Digest.parse(a.digest))
+        first = None
+        try:
+            for chunk in s:
+                if first is None:
+                    first = time.monotonic() - t0
+        except Exception as exc:
+            print(json.dumps({"error": f"{exc.__class__.__name__}: {exc}"}), flush=True)
+            return
+        total = time.monotonic() - t0
+        stop.set()
+        print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0]}), flush=True)
+        sys.stdin.readline()  # keep seeding until the parent says the run is over
+    finally:
+        peer.close()
 
 
 def role_raw(a):

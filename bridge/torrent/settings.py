@@ -18,7 +18,10 @@ class SessionConfig:
     stop_tracker_timeout: int = 1         # teardown waits this long for event=stopped
     unchoke_slots: int = 32               # a fresh layer's seeder serves a whole rollout wave at once
     connections_limit: int = 400
-    announce_interval: int = 0            # >0 overrides the tracker's interval floor (tests)
+    # libtorrent never re-announces more often than this (its default is 300 s).
+    # The tracker expires peers after ~2 intervals, so a floor above the
+    # tracker's interval makes seeders vanish from it: let the tracker decide.
+    min_announce_interval: int = 5
     user_agent: str = "layerswarm/0.1"
 
 
@@ -60,6 +63,5 @@ def settings_pack(cfg: SessionConfig) -> dict:
         "piece_timeout": 5,
         "close_redundant_connections": True,
     }
-    if cfg.announce_interval:
-        s["min_announce_interval"] = cfg.announce_interval
+    s["min_announce_interval"] = cfg.min_announce_interval
     return s
