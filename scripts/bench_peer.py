@@ -63,7 +63,8 @@ def role_ours(a):
     from bridge.peer import Peer, PeerConfig
     from bridge.stream import StreamConfig
     peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp,
-                           host_id=os.path.basename(a.workdir), stream=StreamConfig(stall_timeout=60)))
+                           host_id=os.path.basename(a.workdir),
+                           stream=StreamConfig(stall_timeout=60, window_bytes=int(a.window_mib * (1 << 20)))))
     peak = [rss_anon_kib()]
     stop = threading.Event()
 
@@ -129,7 +130,7 @@ def role_raw(a):
 class Child:
     def __init__(self, role, a, workdir, **extra):
         argv = [sys.executable, __file__, "--role", role, "--tracker", a.tracker, "--workdir", workdir,
-                "--timeout", str(a.timeout)]
+                "--timeout", str(a.timeout), "--window-mib", str(a.window_mib)]
         for k, v in extra.items():
             argv += [f"--{k}", str(v)]
         if a.utp:
@@ -192,6 +193,7 @@ def main():
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--digest", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
+    ap.add_argument("--window-mib", type=float, default=8, help="deadline window ahead of each reader")
     ap.add_argument("--timeout", type=float, default=120, help="per peer")
     ap.add_argument("--peers", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--size-mib", type=int, default=256)

@@ -60,7 +60,10 @@ def to_event(a) -> Event | None:
         ec = a.error
         if _errno_of(ec):
             return Event(PIECE_READ, name, {"piece": int(a.piece), "buffer": None, "error": _message(ec)})
-        return Event(PIECE_READ, name, {"piece": int(a.piece), "buffer": bytes(a.buffer)[:a.size]})
+        buf = a.buffer  # already a bytes copy: avoid a second one
+        if len(buf) != a.size:
+            buf = buf[:a.size]
+        return Event(PIECE_READ, name, {"piece": int(a.piece), "buffer": buf})
     if what == "hash_failed":
         return Event(HASH_FAILED, name, {"piece": int(a.piece_index)})
     if what == "torrent_finished":
