@@ -316,7 +316,7 @@ class LayerStream:
 
     def _wait(self, p: int, last: bool) -> bytes:
         dl = self.dl
-        asked = time.monotonic()
+        asked = began = time.monotonic()
         while True:
             with dl._cond:
                 buf = self._bufs.get(p)
@@ -335,6 +335,11 @@ class LayerStream:
             now = time.monotonic()
             if dl.stalled_for() > dl.cfg.stall_timeout:
                 raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {dl.cfg.stall_timeout:.0f}s")
+            if not have and now - began > dl.cfg.stall_timeout:
+                # Bytes keep arriving (a peer sending junk that fails the hash looks like
+                # progress) but not this reader's piece: give the reader up to the origin.
+                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
+                                 f"{dl.cfg.stall_timeout:.0f}s")
             if have and self._bufs.get(p) is None and now - asked > dl.cfg.read_timeout:
                 # read_piece answer lost (dropped alert or raced the move): ask again.
                 with dl._cond:

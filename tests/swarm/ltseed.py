@@ -30,11 +30,16 @@ def main(torrent: str, save_dir: str, port: int, rate: int = 0) -> None:
     atp.ti = lt.torrent_info(torrent)
     atp.save_path = save_dir
     atp.flags = (atp.flags | lt.torrent_flags.seed_mode) & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
-    ses.add_torrent(atp)
+    h = ses.add_torrent(atp)
     print("seeding", flush=True)
+    last = -1
     while True:
         time.sleep(1)
         ses.pop_alerts()
+        st = h.status()
+        if st.all_time_upload != last:
+            last = st.all_time_upload
+            print(f"uploaded {last} peers {st.num_peers}", flush=True)
 
 
 if __name__ == "__main__":
