@@ -540,6 +540,7 @@ class Bench:
             res = self.rollout("warm", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
                                {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n))
             res["bridge_stats"] = self.bridge_stats(bridges)
+            res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
             return res
         finally:
             for _, p in bridges:
@@ -595,8 +596,17 @@ class Bench:
         store.mkdir()
         bport = BRIDGE_PORT + 1
         argv = [self.py, "-m", "bridge.cli", "bridge", "--listen", f"127.0.0.1:{bport}", "--store-dir", store,
-                "--upstream", f"http://127.0.0.1:{REG_PORT}"] + a.bridge_arg
-        br = self.start(lab, argv, "lab-bridge")
+                "--upstream", f"http://127.0.0.1:{REG_PORT}"]
+        tracker = None
+        if self.has("tracker") and "--tracker" in self.cli["flags"]["bridge"]:
+            # without a tracker the bridge is a plain pass-through mirror and caches no blob
+            tracker = self.start(lab, [self.py, "-m", "bridge.cli", "tracker", "--host", "127.0.0.1",
+                                       "--port", TRACKER_PORT] + a.tracker_arg, "lab-tracker")
+            self.wait_http(tracker, lab, f"http://127.0.0.1:{TRACKER_PORT}/healthz", ok=(404,))
+            argv += ["--tracker", f"http://127.0.0.1:{TRACKER_PORT}"]
+            if "--host-id" in self.cli["flags"]["bridge"]:
+                argv += ["--host-id", "lab"]
+        br = self.start(lab, argv + a.bridge_arg, "lab-bridge")
         try:
             self.wait_http(br, lab, f"http://127.0.0.1:{bport}/v2/")
             path = f"/v2/bench/serve/blobs/{blob['digest']}"
@@ -607,7 +617,7 @@ class Bench:
                 for _ in range(a.serve_rounds):
                     for who, port in (("registry", REG_PORT), ("bridge", bport)):
                         rounds[who].append(self.wrk(lab, f"http://127.0.0.1:{port}{path}", a.serve_conns,
-                                                    a.serve_seconds))
+                                                    a.serve_seconds, size=blob["size"]))
                 reg_bps = max(r.get("bytes_per_s", 0) for r in rounds["registry"])
                 br_bps = max(r.get("bytes_per_s", 0) for r in rounds["bridge"])
                 out["serving"] = {"blob_bytes": blob["size"], "connections": a.serve_conns,
@@ -630,7 +640,7 @@ class Bench:
                                        capture_output=True, text=True, timeout=300)
                     res[phase] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
                 if shutil.which("wrk"):
-                    res["wrk_cached"] = self.wrk(lab, url, a.clients, a.serve_seconds)
+                    res["wrk_cached"] = self.wrk(lab, url, a.clients, a.serve_seconds, size=b2["size"])
                 res["blob_bytes"] = b2["size"]
                 res["bridge_rss_anon_kib"] = rss_anon_tree(br.pid)
                 out["concurrency"] = res
@@ -639,17 +649,27 @@ class Bench:
                     self.ns_get(lab, f"http://127.0.0.1:{bport}/_layerswarm/stats", wait=2))
             except (RuntimeError, ValueError) as exc:
                 out["lab_bridge_stats"] = {"unavailable": str(exc)[:200]}
+            stats = out["lab_bridge_stats"]
+            if isinstance(stats.get("blob_bytes"), dict):
+                out["lab_bridge_served_from_store_ratio"] = _r(
+                    stats["blob_bytes"].get("store", 0) / max(1, sum(stats["blob_bytes"].values())), 4)
         finally:
             self.stop(br)
+            if tracker is not None:
+                self.stop(tracker)
             self.stop(reg)
         return out
 
-    def wrk(self, host, url: str, conns: int, seconds: float) -> dict:
+    def wrk(self, host, url: str, conns: int, seconds: float, size: int | None = None) -> dict:
+        """wrk against ``url``; with the body ``size`` known, throughput = completed requests x size / time."""
         threads = max(1, min(2, conns))
         r = subprocess.run(host.argv("wrk", "-t", threads, "-c", conns, "-d", f"{max(1, int(round(seconds)))}s", "--latency",
                                      "--timeout", "30s", url), capture_output=True, text=True,
                            timeout=seconds + 60)
-        return parse_wrk(r.stdout + r.stderr, url)
+        res = parse_wrk(r.stdout + r.stderr, url)
+        if size and res.get("seconds"):
+            res["bytes_per_s"] = res["requests"] * size / res["seconds"]  # wrk prints "read" with 3 digits only
+        return res
 
     # -- the run --------------------------------------------------------------------------
     def available(self, scenario: str):
@@ -872,7 +892,9 @@ def markdown(out: dict) -> str:
     if sv:
         lines += ["", f"Cached blob served on loopback ({sv['blob_bytes'] / MB:.0f} MB, {sv['connections']} "
                       f"connections): bridge {sv['bridge_MBps']} MB/s vs registry {sv['registry_MBps']} MB/s "
-                      f"= {sv['bridge_over_registry']}×."]
+                      f"= {sv['bridge_over_registry']}×"
+                      + (f" ({out['lab_bridge_served_from_store_ratio'] * 100:.0f}% of the bridge's blob bytes "
+                         "from its store)." if out.get("lab_bridge_served_from_store_ratio") is not None else ".")]
     cc = out.get("concurrency")
     if cc and "cold" in cc:
         lines += ["", f"{cc['cold'].get('clients')} clients at once on one bridge: cold blob "
