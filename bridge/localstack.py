@@ -133,6 +133,9 @@ class Daemon:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        self.kill()
+
+    def kill(self) -> None:
         self.signal(signal.SIGKILL)  # the whole group, leftovers included
         try:
             self.popen.wait(10)
@@ -163,7 +166,7 @@ def run(argv, timeout: float = 300, what: str | None = None, env=None) -> subpro
 
 # --------------------------------------------------------------------------- origin registry
 
-def start_registry(workdir: Path, port: int | None = None) -> Daemon:
+def start_registry(workdir: Path, port: int | None = None, extra_config: str = "") -> Daemon:
     """A distribution registry on loopback with request logging; ``.url``, ``.access_log``."""
     require_binaries("docker-registry")
     workdir = Path(workdir)
@@ -175,7 +178,7 @@ def start_registry(workdir: Path, port: int | None = None) -> Daemon:
         "version: 0.1\n"
         "log:\n  level: info\n  accesslog:\n    disabled: false\n"
         "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
-        "http:\n  addr: 127.0.0.1:%d\n" % (root, port))
+        "http:\n  addr: 127.0.0.1:%d\n%s" % (root, port, extra_config))
     p = Daemon(["docker-registry", "serve", cfg], workdir / "registry.log", name="docker-registry")
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/v2/")
