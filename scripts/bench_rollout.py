@@ -284,7 +284,7 @@ class Bench:
         self.a = args
         self.py = sys.executable
         self.script = str(Path(__file__).resolve())
-        self.work = Path(tempfile.mkdtemp(prefix="lsb-bench-", dir=args.workdir))
+        self.work = Path(tempfile.mkdtemp(prefix=f"lsb-bench-{os.getpid()}-", dir=args.workdir))
         self.fleet = fleetmod.Fleet()
         self.running: list = []
         self.host_Bps = args.host_mbps * MB
@@ -706,9 +706,10 @@ class Bench:
             row["bound_warm_goodput_s"] = _r(kumar_ross(F, n, self.host_Bps * g, self.host_Bps * g,
                                                         self.host_Bps * g))
             row["scenarios"] = {}
+            self.out["results"].append(row)  # partial rows survive an interruption
+            finish_row(row)
             for s in a.scenarios:
                 if s in self.out["skipped"]:
-                    row[f"{s}_s"] = None
                     continue
                 log(f"N={n} {s} ...")
                 try:
@@ -723,15 +724,7 @@ class Bench:
                 log(f"N={n} {s}: all {res.get('all_s')} s, p99 ttfb {res.get('ttfb_p99_s')} s, origin "
                     f"{res.get('origin_bytes_ratio')} F, verified {res.get('verified')}"
                     + (f", errors {res['errors'][:3]}" if res.get("errors") else ""))
-            for s in SCENARIOS:
-                row.setdefault(f"{s}_s", None)
-                sc = row["scenarios"].get(s, {})
-                row[f"origin_bytes_ratio_{s}"] = sc.get("origin_bytes_ratio")
-                bound = row["bound_warm_s"] if s == "warm" else row["bound_s"]
-                row[f"{s}_over_bound"] = _r(row[f"{s}_s"] / bound) if row[f"{s}_s"] else None
-                for k in ("p50_s", "p99_s", "ttfb_p99_s", "rss_anon_peak_kib"):
-                    row[f"{s}_{k}"] = sc.get(k)
-            self.out["results"].append(row)
+                finish_row(row)
         if a.serving:
             if self.has("bridge"):
                 log("serving tests on loopback ...")
@@ -757,6 +750,31 @@ class Bench:
         self.fleet.destroy()
         if not self.a.keep_work:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+def cleanup_scratch(parent: str | None = None) -> list:
+    """Remove scratch directories (lsb-bench-<pid>-*) of runs whose process is gone."""
+    import re
+    removed = []
+    base = Path(parent or tempfile.gettempdir())
+    for d in base.glob("lsb-bench-*"):
+        m = re.match(r"lsb-bench-(\d+)-", d.name)
+        if m and d.is_dir() and not Path(f"/proc/{m.group(1)}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
+
+
+def finish_row(row: dict) -> None:
+    """Per-scenario headline fields of one N (None for scenarios not run)."""
+    for s in SCENARIOS:
+        sc = row["scenarios"].get(s, {})
+        row[f"{s}_s"] = sc.get("all_s")
+        row[f"origin_bytes_ratio_{s}"] = sc.get("origin_bytes_ratio")
+        bound = row["bound_warm_s"] if s == "warm" else row["bound_s"]
+        row[f"{s}_over_bound"] = _r(row[f"{s}_s"] / bound) if row[f"{s}_s"] else None
+        for k in ("p50_s", "p99_s", "ttfb_p99_s", "rss_anon_peak_kib"):
+            row[f"{s}_{k}"] = sc.get(k)
 
 
 def _flags(helptext: str) -> list:
@@ -1027,7 +1045,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     import fleet as fleetmod
     if a.cleanup:
-        print(json.dumps({"removed": fleetmod.cleanup()}))
+        print(json.dumps({"removed": fleetmod.cleanup(), "scratch_removed": cleanup_scratch(a.workdir)}))
         return 0
     if os.geteuid() != 0:
         print("bench_rollout: needs root (ip netns, tc)", file=sys.stderr)

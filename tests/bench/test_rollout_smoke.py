@@ -124,3 +124,37 @@ def test_rollout_smoke(tmp_path):
     md = out_md.read_text()
     assert "| N |" in md and f"| {N} |" in md
     assert "cold/bound" in p.stdout
+
+
+def test_interrupted_run_cleans_up(tmp_path):
+    """SIGTERM in the middle of a rollout: exit 130, partial JSON, no namespace or process left."""
+    import signal
+    import time
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json = tmp_path / "r.json"
+    argv = [sys.executable, str(SCRIPT), "--n", "2", "--scenarios", "direct", "--layers", "3", "--layer-mib", "8",
+            "--host-mbps", "4", "--origin-mbps", "2", "--no-serving", "--timeout", "120", "--deadline", "300",
+            "--workdir", str(work), "--json", str(out_json)]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 240
+            while "N=2 direct ..." not in log.read_text() and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.2)
+            time.sleep(2)  # clients are pulling through the capped origin now (~25 s at 2 MB/s)
+            assert p.poll() is None, log.read_text()[-3000:]
+            assert fleet.list_namespaces(f"lsb-{p.pid}-")
+            p.send_signal(signal.SIGTERM)
+            rc = p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert rc == 130, log.read_text()[-3000:]
+    assert fleet.list_namespaces(f"lsb-{p.pid}-") == []
+    assert _leftover_processes(str(work)) == []
+    d = json.loads(out_json.read_text())
+    assert any("interrupted" in e for e in d["errors"])
+    assert d["results"] and d["results"][0]["n"] == 2 and d["results"][0]["direct_s"] is None
