@@ -278,9 +278,9 @@ class Interrupted(BaseException):
 class Bench:
     def __init__(self, args):
         import fleet as fleetmod
-        from tests import procs
+        from bridge.localstack import Daemon  # a child in its own process group, with a log
         self.fm = fleetmod
-        self.procs = procs
+        self.Daemon = Daemon
         self.a = args
         self.py = sys.executable
         self.script = str(Path(__file__).resolve())
@@ -314,7 +314,7 @@ class Bench:
     # -- processes ------------------------------------------------------------------------
     def start(self, host, argv, name: str):
         log = self.work / "logs" / f"{name}.log"
-        p = self.procs.Proc(host.argv(*argv), log, name=name, cwd=str(REPO_ROOT))
+        p = self.Daemon(host.argv(*argv), log, name=name, cwd=str(REPO_ROOT))
         self.running.append(p)
         return p
 
