@@ -92,7 +92,7 @@ class Fetch:
 
     # -- the fetch thread -------------------------------------------------
     def _run(self) -> None:
-        peer, cfg = self.owner.peer, self.owner.cfg
+        cfg = self.owner.cfg
         held_slot = False
         try:
             source = None
@@ -126,7 +126,7 @@ class Fetch:
             if held_slot:
                 self.owner.origin_slots.release()
             if self.role == "holder":
-                self.owner.tracker_call("DELETE", f"/leases/{self.digest}", params={"host": peer.tracker.host_id})
+                self._release_lease()
             with self.cond:
                 self.done = True
                 self.cond.notify_all()
@@ -223,6 +223,13 @@ class Fetch:
                 r.close()
         return gen()
 
+    def _release_lease(self) -> None:
+        try:
+            self.owner.tracker_call("DELETE", f"/leases/{self.digest}",
+                                    params={"host": self.owner.peer.tracker.host_id})
+        except TrackerUnavailable as exc:  # it lapses by its TTL
+            log.warning("could not release the lease on %s: %s", self.digest, exc)
+
     def _renew(self) -> None:
         body = {"host": self.owner.peer.tracker.host_id, "ttl": self.owner.cfg.lease_ttl}
         try:
@@ -261,7 +268,7 @@ class Fetch:
         """Bytes start..end (inclusive) as they land; raises SwarmError when the fetch fails or stalls."""
         timeout = self.owner.cfg.follow_timeout
         pos = start
-        f = open(self.path, "rb")  # an open fd survives the commit's rename
+        f = self._open_file()
         try:
             while pos <= end:
                 with self.cond:
@@ -284,6 +291,19 @@ class Fetch:
                 yield data
         finally:
             f.close()
+
+    def _open_file(self):
+        """The bytes so far: the incoming file (an open fd survives the commit's rename), or,
+        for a reader arriving just after the commit, the stored blob."""
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            if not self.verified:
+                raise SwarmError(f"fetch of {self.digest} ended without a file: {self.error}") from None
+            try:
+                return self.owner.peer.store.open(self.digest)
+            except FileNotFoundError:
+                raise SwarmError(f"{self.digest} left the store right after its fetch") from None
 
     def _wait_verified(self) -> None:
         with self.cond:
@@ -356,7 +376,7 @@ class SwarmBlobSource:
             if meta is not None and self._poisoned.get(d) != meta.info_hash.hex:
                 try:
                     return self._from_swarm(req, meta)
-                except SwarmError as exc:
+                except (SwarmError, StoreFull) as exc:
                     log.warning("swarm unusable for %s (%s): fetching", d, exc)
             fetch = self._start_fetch(req, tracker_down or meta is not None)
         try:
@@ -367,7 +387,7 @@ class SwarmBlobSource:
                 meta = self.peer.tracker.get_metainfo(d)
                 if meta is not None:
                     return self._from_swarm(req, meta)
-            except (TrackerUnavailable, SwarmError) as exc:
+            except (TrackerUnavailable, SwarmError, StoreFull) as exc:
                 log.warning("published torrent of %s unusable (%s): plain origin", d, exc)
             return self.origin.open(req)
         except RegistryError:
@@ -432,7 +452,8 @@ class SwarmBlobSource:
                     hasher.update(chunk)
                 pos += len(chunk)
                 yield chunk
-        except (SwarmError, UpstreamError, OSError) as exc:
+        except (SwarmError, UpstreamError, StoreFull, OSError) as exc:
+            # Not DigestMismatch: bytes already sent were wrong, only a cut is honest.
             if pos > res.end:
                 return
             log.warning("%s: %s after %d bytes; continuing from the origin", req.digest, exc, pos - res.start)

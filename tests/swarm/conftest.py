@@ -88,6 +88,17 @@ def tracker(tmp_path, request):
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs to use as a store directory (a disk that fills up)."""
+    import subprocess
+    d = tmp_path / "tmpfs-store"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.fixture
 def proxy(origin):
     """A :class:`FaultProxy` in front of the origin (point bridges at ``proxy.url``)."""
     from tests.swarm.faultproxy import FaultProxy
@@ -102,6 +113,9 @@ def fleet(tmp_path, origin, tracker):
     yield f
     for b in f.bridges:
         b.stop()
+    # A background thread (a fetch, a relay) must never die of an uncaught exception.
+    crashed = [b.name for b in f.bridges if "Exception in thread" in b.log_text(10 ** 8)]
+    assert not crashed, f"uncaught exception in a bridge thread: {crashed} (see their logs in {tmp_path})"
 
 
 def pytest_configure(config):

@@ -29,6 +29,7 @@ class FaultProxy:
         self.cuts_left = 0
         self.cut_mode = "close"
         self.requests: list = []  # (request line, {header: value})
+        self.active = self.max_active = 0  # blob GETs in flight, and the most at once
         self._lock = threading.Lock()
         self._conns: list = []
         self._sock = socket.socket()
@@ -88,7 +89,11 @@ class FaultProxy:
             kept = [l for l in lines[1:] if not l.lower().startswith(("connection:", "keep-alive:"))]
             up = socket.create_connection(self.target, timeout=60)
             up.sendall(("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + rest)
-            self._respond(up, c, blob_get)
+            self._count(blob_get, +1)
+            try:
+                self._respond(up, c, blob_get)
+            finally:
+                self._count(blob_get, -1)
         except OSError:
             pass
         finally:
@@ -98,6 +103,12 @@ class FaultProxy:
                         s.close()
                     except OSError:
                         pass
+
+    def _count(self, blob_get: bool, n: int) -> None:
+        if blob_get:
+            with self._lock:
+                self.active += n
+                self.max_active = max(self.max_active, self.active)
 
     def _respond(self, up: socket.socket, c: socket.socket, blob_get: bool) -> None:
         buf = b""

@@ -7,8 +7,6 @@ bodies so faults can be injected "mid-fetch", or answers 5xx, hangs, stalls or c
 """
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 import time
 
@@ -99,6 +97,23 @@ def test_tracker_killed_mid_rollout(fleet, origin, proxy, tracker):
     assert_store_clean(late.store, [blob.digest])
 
 
+def test_tracker_down_caps_concurrent_origin_fetches(fleet, origin, proxy, tracker):
+    blobs = [push_layer(origin.url, 3 * MB, b"slots-%d" % i, tag=f"s{i}") for i in range(3)]
+    fleet.origin_url = proxy.url
+    proxy.rate = 6 * MB
+    b = fleet.start_bridge("h0", "--origin-slots", "1")
+    tracker.kill()
+    t0 = time.monotonic()
+    jobs = [_bg(get, b.url, x.digest) for x in blobs]
+    for j, x in zip(jobs, blobs):
+        _ok(_result(j), x)
+    assert proxy.max_active == 1, proxy.max_active
+    for x in blobs:
+        assert _gets(origin, x) == 1
+    assert_store_clean(b.store, [x.digest for x in blobs])
+    print(f"tracker down, 1 origin slot: 3 x 3 MiB in {time.monotonic() - t0:.1f}s")
+
+
 # -- 4. origin faults --------------------------------------------------------
 def test_origin_5xx_is_a_quick_clear_error_and_nothing_is_cached(fleet, origin, proxy):
     blob = push_layer(origin.url, 3 * MB, b"origin-5xx")
@@ -165,17 +180,8 @@ def test_bridge_killed_mid_fetch_restarts_clean(fleet, origin, proxy):
     assert_store_clean(b2.store, [blob.digest])
 
 
-# -- 8. the store's disk is full ----------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path):
-    d = tmp_path / "tmpfs-store"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def test_disk_full_store_passes_origin_bytes_through(fleet, origin, small_disk):
+# -- 8. the store's disk is full (small_disk: an 8 MiB tmpfs, conftest) --------
+def test_disk_full_store_passes_origin_bytes_through(small_disk, fleet, origin):
     blob = push_layer(origin.url, 12 * MB, b"disk-full")
     b = fleet.start_bridge("h0", store=small_disk)
     _ok(get(b.url, blob.digest), blob)

@@ -29,6 +29,11 @@ def _published(tracker, digest):
     return r.content if r.status_code == 200 else None
 
 
+def _tracker_reports(tracker) -> float:
+    text = requests.get(f"{tracker.url}/metrics", timeout=10).text
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("layerswarm_tracker_reports_total"))
+
+
 def _warm(fleet, origin, tracker, size, seed):
     """A layer pulled once through bridge ``src`` (published, seeded), then ``src`` stopped.
 
@@ -118,8 +123,11 @@ def test_corrupt_peer_never_reaches_the_client(fleet, origin, tracker, tmp_path,
 
 
 # -- 6. a poisoned torrent published for a real digest -------------------------------
-@pytest.mark.tracker_args("--quarantine-reports", "1")
-def test_poisoned_torrent_is_cut_reported_and_the_next_pull_is_right(fleet, origin, tracker, tmp_path):
+@pytest.mark.parametrize("quarantined", [
+    pytest.param(True, marks=pytest.mark.tracker_args("--quarantine-reports", "1"), id="one-report-quarantines"),
+    pytest.param(False, marks=pytest.mark.tracker_args("--quarantine-reports", "3"), id="still-published"),
+])
+def test_poisoned_torrent_is_cut_reported_and_the_next_pull_is_right(fleet, origin, tracker, tmp_path, quarantined):
     blob = push_layer(origin.url, 6 * MB, b"poison-real")
     evil = bytes(b ^ 0x5A for b in blob.data)
     h = tf.PieceHasher(len(evil))
@@ -132,8 +140,16 @@ def test_poisoned_torrent_is_cut_reported_and_the_next_pull_is_right(fleet, orig
     b = fleet.start_bridge("h1")
     status, body, err = get(b.url, blob.digest)
     assert err is not None and len(body) < len(blob.data), (status, len(body))  # cut, never complete
-    wait_for(lambda: _published(tracker, blob.digest) is None, 20, "the torrent quarantined")
     assert_store_clean(b.store, [])
+    wait_for(lambda: _tracker_reports(tracker) >= 1, 20, "the bridge's report")
+    if not quarantined:  # one untrusted report is not enough: this bridge remembers the bad torrent itself
+        assert _published(tracker, blob.digest) == poisoned.metainfo
+        _ok(get(b.url, blob.digest), blob)
+        assert _gets(origin, blob) == 1 and stats(b)["fetched"]["origin"] == len(blob.data)
+        assert_store_clean(b.store, [blob.digest])
+        evil_seeder.kill()
+        return
+    wait_for(lambda: _published(tracker, blob.digest) is None, 20, "the torrent quarantined")
     # The next request gets the real bytes from the origin, and publishes the real torrent.
     _ok(get(b.url, blob.digest), blob)
     assert _gets(origin, blob) == 1
@@ -141,6 +157,48 @@ def test_poisoned_torrent_is_cut_reported_and_the_next_pull_is_right(fleet, orig
     real = wait_for(lambda: _published(tracker, blob.digest), 20, "the real torrent published")
     assert tf.parse_metainfo(real, blob.digest).info_hash != poisoned.info_hash
     evil_seeder.kill()
+
+
+# -- 7. killed mid swarm download, restarted on the same store ----------------------
+def test_bridge_killed_mid_swarm_download_resumes_clean(fleet, origin, tracker, tmp_path):
+    blob, torrent, path = _warm(fleet, origin, tracker, 8 * MB, b"restart-swarm")
+    seeder = start_ltseed(tmp_path, "good", torrent, str(blob.digest), path.read_bytes(), rate=MB)
+    b = fleet.start_bridge("h1")
+    job = _bg(get, b.url, blob.digest)
+    wait_for(lambda: fetched(b, "peer") > MB, 40, "bytes from the swarm")
+    b.kill()
+    status, body, err = _result(job)
+    assert err is not None and len(body) < len(blob.data)
+    b2 = fleet.start_bridge("h1", store=b.store)
+    assert not store_files(b2.store)["layers"]
+    _ok(get(b2.url, blob.digest), blob)  # the partial is rechecked, never trusted
+    assert _gets(origin, blob) == 1
+    assert_store_clean(b2.store, [blob.digest])
+    seeder.kill()
+
+
+# -- 8. no room in the store on the swarm path ----------------------------------------
+def test_disk_full_during_swarm_download_continues_from_origin(small_disk, fleet, origin, tracker):
+    blob = push_layer(origin.url, 12 * MB, b"swarm-disk-full")
+    src = fleet.start_bridge("src")
+    _ok(get(src.url, blob.digest), blob)
+    wait_for(lambda: _published(tracker, blob.digest), 30, "the torrent to be published")
+    b = fleet.start_bridge("h1", store=small_disk)
+    _ok(get(b.url, blob.digest), blob)
+    assert_store_clean(small_disk, [])
+    _ok(get(b.url, blob.digest), blob)
+    assert_store_clean(small_disk, [])
+
+
+def test_store_cap_too_small_for_a_swarm_blob_goes_to_origin(fleet, origin, tracker):
+    blob = push_layer(origin.url, 6 * MB, b"swarm-cap")
+    src = fleet.start_bridge("src")
+    _ok(get(src.url, blob.digest), blob)
+    wait_for(lambda: _published(tracker, blob.digest), 30, "the torrent to be published")
+    b = fleet.start_bridge("h1", "--cache-max", "4M")
+    _ok(get(b.url, blob.digest), blob)
+    _check_206(_range(b.url, blob.digest, MB), blob.data, MB)
+    assert_store_clean(b.store, [])
 
 
 # -- tiny blobs, HEAD, Range on every path ------------------------------------------
