@@ -16,7 +16,9 @@ bridge/blobs.py) answers, in order:
    in its own thread: a client leaving does not stop it.  Clients follow the
    fetch's file from their offset.
 4. tracker unreachable -> straight to the origin, at most ``origin_slots``
-   fetches at once per host, after a random jitter (no thundering herd).
+   fetches at once per host, after a random jitter (no thundering herd);
+   for ``tracker_backoff`` seconds after a failure the tracker is not asked
+   (a silent tracker costs one timeout, not one per request).
 
 Whatever a client has been sent, a failure underneath continues from the
 origin at the same offset.  A whole-blob answer holds back its last chunk
@@ -58,6 +60,7 @@ class SwarmConfig:
     origin_slots: int = 4          # concurrent origin fetches per host when the tracker is down
     jitter: float = 2.0            # seconds of random delay before such a fetch
     connect_timeout: float = 5.0
+    tracker_backoff: float = 10.0  # after a tracker failure, requests skip it this long (no wait each)
 
 
 class _Published(Exception):
@@ -325,11 +328,34 @@ class SwarmBlobSource:
         self._lock = threading.Lock()
         self._fetches: dict = {}
         self._poisoned: dict = {}   # digest -> info-hash hex of a torrent that failed verification
+        self._tracker_retry_at = 0.0
         self.blueprint = _relay_blueprint(self)
 
     # -- helpers ----------------------------------------------------------
     def tracker_call(self, method: str, path: str, **kw):
-        return self.peer.tracker._req(method, path, **kw)
+        try:
+            return self.peer.tracker._req(method, path, **kw)
+        except TrackerUnavailable:
+            self.tracker_failed()
+            raise
+
+    def tracker_failed(self) -> None:
+        self._tracker_retry_at = time.monotonic() + self.cfg.tracker_backoff
+
+    def tracker_down(self) -> bool:
+        """True for a while after the tracker failed: a blackholed tracker costs one timeout, not one per request."""
+        return time.monotonic() < self._tracker_retry_at
+
+    def metainfo(self, d: Digest) -> tuple:
+        """(the published torrent or None, tracker down?)."""
+        if self.tracker_down():
+            return None, True
+        try:
+            return self.peer.tracker.get_metainfo(d), False
+        except TrackerUnavailable as exc:
+            log.warning("tracker unavailable (%s): %s goes to the origin", exc, d)
+            self.tracker_failed()
+            return None, True
 
     def metrics_fetched(self, kind: str, n: int) -> None:
         if self.metrics is not None:
@@ -367,12 +393,7 @@ class SwarmBlobSource:
                 return BlobResponse(fetch.size, start, end, source="relay")
             return self.origin.open(req)   # HEAD never starts a download
         if fetch is None:
-            meta, tracker_down = None, False
-            try:
-                meta = self.peer.tracker.get_metainfo(d)
-            except TrackerUnavailable as exc:
-                log.warning("tracker unavailable (%s): %s goes to the origin", exc, d)
-                tracker_down = True
+            meta, tracker_down = self.metainfo(d)
             if meta is not None and self._poisoned.get(d) != meta.info_hash.hex:
                 try:
                     return self._from_swarm(req, meta)
@@ -384,10 +405,10 @@ class SwarmBlobSource:
         except _Published:
             self.fetch_done(fetch)
             try:
-                meta = self.peer.tracker.get_metainfo(d)
+                meta, _ = self.metainfo(d)
                 if meta is not None:
                     return self._from_swarm(req, meta)
-            except (TrackerUnavailable, SwarmError, StoreFull) as exc:
+            except (SwarmError, StoreFull) as exc:
                 log.warning("published torrent of %s unusable (%s): plain origin", d, exc)
             return self.origin.open(req)
         except RegistryError:
