@@ -93,6 +93,8 @@ def test_tracker_killed_mid_rollout(fleet, origin, proxy, tracker):
     for j in jobs:
         _ok(_result(j), blob)
     assert _gets(origin, blob) == 1  # relays need no tracker once the tree is set up
+    got = [stats(b)["fetched"] for b in bridges]
+    assert sum(f["origin"] for f in got) == len(blob.data) and sum(f["relay"] for f in got) == 2 * len(blob.data)
     for b in bridges:
         assert_store_clean(b.store, [blob.digest])
     # A bridge arriving with the tracker down goes to the origin (jittered, capped) and is right.
@@ -212,6 +214,9 @@ def test_disk_full_store_passes_origin_bytes_through(small_disk, fleet, origin):
     assert_store_clean(small_disk, [])
     _ok(get(b.url, blob.digest), blob)  # and again: still right, still nothing partial
     assert_store_clean(small_disk, [])
+    s = stats(b)
+    assert s["blob_bytes"]["origin"] == 2 * len(blob.data) and s["blob_bytes"]["store"] == 0, s
+    assert 2 <= _gets(origin, blob) <= 4  # per pull: the fetch that hit ENOSPC + the ranged rest
     small = push_layer(origin.url, 2 * MB, b"fits", tag="v2")
     _ok(get(b.url, small.digest), small)  # the store still works for what fits
     assert_store_clean(small_disk, [small.digest])
