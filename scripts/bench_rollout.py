@@ -401,8 +401,15 @@ class Bench:
             f"({time.monotonic() - t:.1f}s)")
 
     # -- one rollout ----------------------------------------------------------------------
-    def rollout(self, scenario: str, n: int, bases: list, watch: dict, timeout: float) -> dict:
-        """N clients (hosts h1..hN) pull the image from ``bases[i]`` at the same instant."""
+    def rollout(self, scenario: str, n: int, bases: list, watch: dict, timeout: float, extra_cpu=None) -> dict:
+        """N clients (hosts h1..hN) pull the image from ``bases[i]`` at the same instant.
+
+        CPU seconds during the rollout are recorded for the watched process trees (bridges, and
+        ``extra_cpu`` such as the seeder), the clients, and the whole machine (shared: others' load
+        shows up as busy time not ours).
+        """
+        import resource
+        cpu_watch = {**watch, **(extra_cpu or {})}
         run = self.work / f"{scenario}-n{n}"
         run.mkdir(parents=True, exist_ok=True)
         go = run / "go"
@@ -424,6 +431,9 @@ class Bench:
         before = self.fleet.snapshot()
         sampler = RssSampler(watch)
         sampler.start()
+        cpu0 = {k: cpu_tree(pid) for k, pid in cpu_watch.items()}
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        mach0 = machine_cpu()
         t0 = time.time() + 0.3
         tmp_go = run / "go.tmp"
         tmp_go.write_text(repr(t0))
@@ -433,6 +443,8 @@ class Bench:
             while time.monotonic() < end and any(p.alive() for _, _, p in clients):
                 time.sleep(0.05)
             timed_out = [h.name for h, _, p in clients if p.alive()]
+            cpu1 = {k: cpu_tree(pid) for k, pid in cpu_watch.items()}
+            mach1 = machine_cpu()
         finally:
             for _, _, p in clients:
                 self.stop(p)
@@ -470,6 +482,11 @@ class Bench:
             "wall_s": _r(wall),
         }
         res.update(sampler.result())
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res["cpu_s"] = {"watched": _r(sum(cpu1[k] - cpu0[k] for k in cpu_watch)),
+                        "per_process": {k: _r(cpu1[k] - cpu0[k], 2) for k in cpu_watch},
+                        "clients": _r(kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime),
+                        "machine_busy": _r(mach1[0] - mach0[0]), "machine_total": _r(mach1[1] - mach0[1])}
         return res
 
     # -- scenarios ------------------------------------------------------------------------
@@ -538,7 +555,8 @@ class Bench:
         try:
             bridges = self.start_bridges(n, "warm")
             res = self.rollout("warm", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
-                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n))
+                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n),
+                               extra_cpu={"seeder": seeder.pid})
             res["bridge_stats"] = self.bridge_stats(bridges)
             res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
             return res
@@ -824,6 +842,32 @@ def _children() -> dict:
             continue
         kids.setdefault(ppid, []).append(int(d))
     return kids
+
+
+def cpu_tree(pid: int, kids: dict | None = None) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+    kids = kids if kids is not None else _children()
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])   # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+        stack.extend(kids.get(p, []))
+    return total / tick
+
+
+def machine_cpu() -> tuple:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(v) - v[3] - v[4]) / tick, sum(v) / tick
 
 
 def rss_anon_tree(pid: int, kids: dict | None = None) -> int:
