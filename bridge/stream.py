@@ -8,14 +8,18 @@ sha256, so the blob is verified without a second read; only then does the
 last piece reach any reader, so a poisoned torrent ends every stream with
 DigestMismatch instead of a clean end.
 
-Piece selection: each reader puts deadlines on a short window ahead of itself
-(libtorrent's time-critical pieces); everything else stays rarest-first, so a
-fleet starting together still spreads different pieces.
+Piece selection: each reader puts deadlines on the piece it waits for and the
+next one (libtorrent's time-critical pieces); everything else stays
+rarest-first, so a fleet starting together spreads different pieces and
+trades them instead of all asking the seeder for the same window.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -31,10 +35,22 @@ log = logging.getLogger(__name__)
 class StreamConfig:
     stall_timeout: float = 30.0     # no progress for this long (no peers, dead swarm) -> SwarmError
     read_timeout: float = 5.0       # a read_piece answer lost (dropped alert) -> ask again
-    window_bytes: int = 8 << 20     # deadlines this far ahead of each reader
+    # Deadlines only on the piece a reader is blocked on and the next one (at least 2 pieces;
+    # 0 = none).  A wide window made every reader of a fleet ask for the same pieces at once,
+    # and time-critical pieces go to the fastest peer, the seeder: rollout N=8 warm 9.1-9.6 s
+    # with 8 MiB vs 6.9-7.2 s with 512 KiB (scripts/bench_rollout.py, 3x32 MiB).
+    window_bytes: int = 512 << 10
     deadline_ms: int = 300          # first piece of the window; later ones +step each
     deadline_step_ms: int = 100
     prefetch: int = 2               # pieces each reader asks for ahead of the one it yields
+
+
+ENV_OVERRIDES = "LAYERSWARM_STREAM"   # benchmark/tuning hook: JSON object of StreamConfig fields
+
+
+def _with_env(cfg: StreamConfig) -> StreamConfig:
+    extra = os.environ.get(ENV_OVERRIDES)
+    return dataclasses.replace(cfg, **json.loads(extra)) if extra else cfg
 
 
 class Download:
@@ -47,7 +63,7 @@ class Download:
         self.lt = torrent
         self.digest = torrent.digest
         self.name = str(torrent.digest)
-        self.cfg = config or StreamConfig()
+        self.cfg = _with_env(config or StreamConfig())
         self.n = torrent.num_pieces
         self._trackers = tuple(trackers)
         self._on_mismatch = on_mismatch
@@ -67,9 +83,17 @@ class Download:
         self.readers = 0
         self._reserved = 0
         self.torrent = None
+        self._t0 = time.monotonic()
+        self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
+        self._peer_down: dict = {}       # "ip:port" -> payload bytes received (sampled while downloading)
+
+    def _mark(self, what: str) -> None:
+        if what not in self._marks:
+            self._marks[what] = round(time.monotonic() - self._t0, 3)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "Download":
+        self._t0 = time.monotonic()
         self.store.reserve(self.lt.size)
         self._reserved = self.lt.size
         self.session.dispatcher.subscribe(self.name, self._on_event)
@@ -119,6 +143,7 @@ class Download:
         k = e.kind
         if k == ev.PIECE_FINISHED:
             p = e.data["piece"]
+            self._mark("piece")
             with self._cond:
                 if 0 <= p < self.n:
                     self._have[p] = 1
@@ -145,6 +170,8 @@ class Download:
         elif k == ev.MOVE_FAILED:
             self._fail(SwarmError(f"could not move {self.digest} into the store: {e.data.get('message')}"),
                        delete=True)
+        elif k == ev.TRACKER_REPLY:
+            self._mark("tracker")
         elif k == ev.HASH_FAILED:
             log.info("%s: piece %s failed its hash check (a bad peer); refetching", self.name, e.data["piece"])
 
@@ -168,6 +195,7 @@ class Download:
                 # Not readable (yet): let the waiters' timeout ask again.
                 self._cond.notify_all()
                 return
+            self._mark("read")
             for r in list(self._wants.get(p, {}).values()):
                 r._deliver(p, buf)
             self._wants.pop(p, None)
@@ -184,7 +212,27 @@ class Download:
         if finalize:
             self._finalize()
 
+    def _sample_peers(self) -> None:
+        try:
+            peers = self.torrent.peers()
+        except Exception:
+            return
+        for p in peers:
+            self._peer_down[p["ip"]] = max(self._peer_down.get(p["ip"], 0), p["down"])
+
+    def _log_swarm(self) -> None:
+        """Where the bytes came from (one INFO line per layer): tells a seeder-bound swarm from a trading one."""
+        self._sample_peers()
+        by_ip: dict = {}
+        for addr, b in self._peer_down.items():
+            ip = addr.rsplit(":", 1)[0]
+            by_ip[ip] = by_ip.get(ip, 0) + b
+        log.info("%s: done in %.2fs %s; %d peers seen; payload MB by peer %s", self.name,
+                 time.monotonic() - self._t0, self._marks, len(self._peer_down),
+                 {ip: round(b / 1e6, 1) for ip, b in sorted(by_ip.items())})
+
     def _finalize(self) -> None:
+        self._log_swarm()
         if self._sha.hexdigest() != self.digest.hex:
             log.error("%s: whole blob does not match its digest: torrent %s is poisoned", self.name, self.lt.info_hash)
             self._fail(DigestMismatch(f"{self.digest}: downloaded bytes do not match the digest"), delete=True)
@@ -232,7 +280,9 @@ class Download:
     def _set_window(self, first: int) -> None:
         if self.verified or self.torrent is None:
             return
-        count = max(2, self.cfg.window_bytes // self.lt.piece_length)
+        if self.cfg.window_bytes <= 0:
+            return                      # no deadlines: rarest-first only
+        count = max(2, -(-self.cfg.window_bytes // self.lt.piece_length))
         k = 0
         try:
             for p in range(first, min(self.n, first + count)):
@@ -252,6 +302,7 @@ class Download:
             done = self.torrent.status()["done"]
         except Exception:
             return
+        self._sample_peers()
         with self._cond:
             if done != self._last_done:
                 self._last_done = done

@@ -27,6 +27,7 @@ MOVE_FAILED = "move_failed"            # data: message
 REMOVED = "removed"
 DROPPED = "dropped"                    # alert queue overflowed: re-request anything pending
 TRACKER_ERROR = "tracker_error"        # data: message
+TRACKER_REPLY = "tracker_reply"        # data: num_peers
 
 
 @dataclass
@@ -86,6 +87,8 @@ def to_event(a) -> Event | None:
         return Event(REMOVED, name)
     if what == "alerts_dropped":
         return Event(DROPPED)
+    if what == "tracker_reply":
+        return Event(TRACKER_REPLY, name, {"num_peers": int(getattr(a, "num_peers", 0))})
     if what == "tracker_error":
         return Event(TRACKER_ERROR, name, {"message": a.message()})
     return None

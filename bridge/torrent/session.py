@@ -68,6 +68,15 @@ class Torrent:
     def force_reannounce(self) -> None:
         self._call("force_reannounce", 0, -1)
 
+    def peers(self) -> list:
+        """Connected peers: address, whether a seed, payload bytes we got from / sent to each."""
+        out = []
+        for pi in self._call("get_peer_info"):
+            out.append({"ip": "%s:%s" % tuple(pi.ip), "seed": bool(pi.flags & pi.seed),
+                        "down": pi.total_download, "up": pi.total_upload,
+                        "incoming": not bool(pi.flags & pi.local_connection)})
+        return out
+
     def save_path(self) -> str:
         return self._call("save_path")
 

@@ -5,7 +5,13 @@ our peers run with exactly the same knobs.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+
+# Benchmark/tuning hook: a JSON object of libtorrent settings applied last
+# (e.g. LAYERSWARM_LT_SETTINGS='{"seed_choking_algorithm": 1}').
+ENV_OVERRIDES = "LAYERSWARM_LT_SETTINGS"
 
 
 @dataclass
@@ -64,4 +70,7 @@ def settings_pack(cfg: SessionConfig) -> dict:
         "close_redundant_connections": True,
     }
     s["min_announce_interval"] = cfg.min_announce_interval
+    extra = os.environ.get(ENV_OVERRIDES)
+    if extra:
+        s.update(json.loads(extra))
     return s
