@@ -91,6 +91,8 @@ class Fetch:
         self.done = False
         self.role = None
         self.writer = None
+        self.relays_used: set = set()
+        self.keep_lease = False
         self.thread = threading.Thread(target=self._run, name=f"fetch-{req.digest.short()}", daemon=True)
 
     # -- the fetch thread -------------------------------------------------
@@ -128,7 +130,7 @@ class Fetch:
         finally:
             if held_slot:
                 self.owner.origin_slots.release()
-            if self.role == "holder":
+            if self.role == "holder" and not self.keep_lease:
                 self._release_lease()
             with self.cond:
                 self.done = True
@@ -147,7 +149,12 @@ class Fetch:
         if self.role == "published":
             raise _Published()
         if self.role == "relay":
-            return answer["source"]["url"]
+            url = answer["source"]["url"]
+            if url in self.owner.bad_relays:
+                log.warning("relay %s sent bytes that failed verification before: %s from the origin",
+                            url, self.digest)
+                return None
+            return url
         return None
 
     def _copy(self, relay_url) -> None:
@@ -158,6 +165,7 @@ class Fetch:
             try:
                 if relay_url:
                     self.kind = "relay"
+                    self.relays_used.add(relay_url)
                     chunks = self._from_relay(relay_url)
                 else:
                     self.kind = "origin"
@@ -176,7 +184,13 @@ class Fetch:
                     raise UpstreamError(f"source closed {self.size - self.written} bytes early")
                 self.writer.finish([self.owner.peer.tracker.announce_url])
                 return
-            except (StoreFull, DigestMismatch, RegistryError):
+            except DigestMismatch:
+                if self.relays_used:  # one of them sent wrong bytes: never ask them again
+                    log.error("%s: bytes from relay(s) %s do not match; not using them again",
+                              self.digest, sorted(self.relays_used))
+                    self.owner.bad_relays.update(self.relays_used)
+                raise
+            except (StoreFull, RegistryError):
                 raise
             except Exception as exc:
                 attempts += 1
@@ -244,6 +258,9 @@ class Fetch:
         peer = self.owner.peer
         if self.size < self.owner.cfg.tiny_bytes or self.tracker_down:
             self.writer.commit(None)
+            # No torrent will tell late bridges where the blob is: keep the lease (it lapses
+            # by its TTL) so they relay from our store instead of fetching from the origin.
+            self.keep_lease = True
             return
         try:
             peer.publish_writer(self.writer)
@@ -329,6 +346,7 @@ class SwarmBlobSource:
         self._fetches: dict = {}
         self._poisoned: dict = {}   # digest -> info-hash hex of a torrent that failed verification
         self._tracker_retry_at = 0.0
+        self.bad_relays: set = set()   # relay URLs whose bytes failed the digest: fetch from the origin instead
         self.blueprint = _relay_blueprint(self)
 
     # -- helpers ----------------------------------------------------------

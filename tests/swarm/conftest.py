@@ -19,6 +19,7 @@ class Fleet:
         self.origin_url = origin_url
         self.tracker_url = tracker_url
         self.bridges = []
+        self.others = []   # raw seeders etc. started by a test: killed at teardown whatever happens
 
     def start_bridge(self, name: str, *extra, store=None):
         port, pport = procs.free_port(), procs.free_port()
@@ -111,6 +112,8 @@ def proxy(origin):
 def fleet(tmp_path, origin, tracker):
     f = Fleet(tmp_path, origin.url, tracker.url)
     yield f
+    for p in f.others:
+        p.kill()
     for b in f.bridges:
         b.stop()
     # A background thread (a fetch, a relay) must never die of an uncaught exception.

@@ -83,13 +83,15 @@ def assert_store_clean(store: Path, stored=(), wait: float = 10) -> None:
         assert Digest.of_bytes((Path(store) / "layers" / str(d)).read_bytes()) == d
 
 
-def start_ltseed(tmp: Path, tag: str, torrent: bytes, name: str, data: bytes, rate: int = 0):
-    """A raw libtorrent seeder (tests/swarm/ltseed.py) for ``data`` under ``torrent``."""
+def start_ltseed(fleet, tag: str, torrent: bytes, name: str, data: bytes, rate: int = 0):
+    """A raw libtorrent seeder (tests/swarm/ltseed.py) for ``data`` under ``torrent``, killed with the fleet."""
+    tmp = fleet.tmp
     d = tmp / f"ltseed-{tag}"
     d.mkdir()
     (d / name).write_bytes(data)
     (d / "t.torrent").write_bytes(torrent)
     p = procs.Proc([sys.executable, "-m", "tests.swarm.ltseed", d / "t.torrent", d, procs.free_port(), rate],
                    tmp / f"ltseed-{tag}.log", name=f"ltseed-{tag}")
+    fleet.others.append(p)
     p.wait_until(lambda: "seeding" in p.log_text(), what="seeding")
     return p

@@ -238,3 +238,54 @@ def test_client_leaving_does_not_stop_the_fetch(fleet, origin, proxy):
     assert s["blob_bytes"]["store"] == len(blob.data) and s["fetched"]["origin"] == len(blob.data)
     assert _gets(origin, blob) == 1
     assert_store_clean(b.store, [blob.digest])
+
+
+# -- a relay source sending wrong bytes --------------------------------------------
+class _EvilRelay:
+    """Takes the lease for a digest at the tracker and relays flipped bytes to whoever asks."""
+
+    def __init__(self, data: bytes):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+        evil = bytes(b ^ 0x33 for b in data)
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits += 1
+                offset = int(parse_qs(urlsplit(self.path).query).get("offset", ["0"])[0])
+                body = evil[offset:]
+                self.send_response(200)
+                self.send_header("X-Layerswarm-Size", str(len(evil)))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_relay_sending_wrong_bytes_is_cut_and_not_used_again(fleet, origin, tracker):
+    blob = push_layer(origin.url, 3 * MB, b"evil-relay")
+    evil = _EvilRelay(blob.data)
+    try:
+        r = requests.post(f"{tracker.url}/leases/{blob.digest}", timeout=10,
+                          json={"host": "evil", "url": evil.url, "ttl": 60})
+        assert r.status_code == 201 and r.json()["role"] == "holder", r.text
+        b = fleet.start_bridge("h0")
+        status, body, err = get(b.url, blob.digest)
+        assert evil.hits >= 1 and err is not None and len(body) < len(blob.data), (status, len(body), err)
+        assert_store_clean(b.store, [])
+        # The lease still names the evil relay; this bridge no longer believes it.
+        _ok(get(b.url, blob.digest), blob)
+        assert _gets(origin, blob) == 1 and fetched(b, "origin") == len(blob.data)
+        assert_store_clean(b.store, [blob.digest])
+    finally:
+        evil.close()
