@@ -169,6 +169,28 @@ def test_origin_silent_answers_504_within_the_read_timeout(fleet, origin, proxy)
     print(f"silent origin: 504 after {took:.1f}s (read timeout 3s)")
 
 
+def test_origin_down_for_a_cold_layer_fails_fast_and_clean(fleet, origin, proxy):
+    """Before the first byte: a clear 5xx; mid-blob: a cut connection (never a short 200 body)."""
+    a = push_layer(origin.url, 6 * MB, b"origin-down-a")
+    b_ = push_layer(origin.url, 6 * MB, b"origin-down-b", tag="v2")
+    fleet.origin_url = proxy.url
+    proxy.rate = RATE
+    br = fleet.start_bridge("h0")
+    job = _bg(get, br.url, a.digest)
+    wait_for(lambda: fetched(br, "origin") > MB, 30, "the fetch under way")
+    t0 = time.monotonic()
+    origin.kill()
+    status, body, err = _result(job)
+    mid = time.monotonic() - t0
+    assert err is not None and len(body) < len(a.data) and mid < 10, (status, len(body), err, mid)
+    t0 = time.monotonic()
+    status, body, err = get(br.url, b_.digest)
+    cold = time.monotonic() - t0
+    assert status in (502, 503) and b"errors" in body and cold < 10, (status, body[:200], cold)
+    assert_store_clean(br.store, [])
+    print(f"origin down: mid-blob cut after {mid:.1f}s, cold answer {status} after {cold:.1f}s")
+
+
 @pytest.mark.parametrize("mode", ["close", "stall"])
 def test_origin_cut_or_stalled_mid_blob_is_resumed_with_range(fleet, origin, proxy, mode):
     blob = push_layer(origin.url, 6 * MB, b"origin-cut-" + mode.encode())
