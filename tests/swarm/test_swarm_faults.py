@@ -51,9 +51,10 @@ def _warm(fleet, origin, tracker, size, seed):
 def test_seeder_killed_mid_transfer_continues_from_origin(fleet, origin, tracker, tmp_path):
     blob, torrent, path = _warm(fleet, origin, tracker, 8 * MB, b"seeder-killed")
     seeder = start_ltseed(fleet, "good", torrent, str(blob.digest), path.read_bytes(), rate=MB)
-    b = fleet.start_bridge("h1", "--stall-timeout", "8")
+    # Stall timeout with room for a loaded CI machine: the swarm must get going before it fires.
+    b = fleet.start_bridge("h1", "--stall-timeout", "12")
     job = _bg(get, b.url, blob.digest)
-    wait_for(lambda: fetched(b, "peer") > MB, 40, "bytes from the swarm")
+    wait_for(lambda: fetched(b, "peer") > MB, 60, "bytes from the swarm")
     t0 = time.monotonic()
     seeder.kill()
     _ok(_result(job), blob)
@@ -62,8 +63,8 @@ def test_seeder_killed_mid_transfer_continues_from_origin(fleet, origin, tracker
     assert 0 < s["fetched"]["peer"] < len(blob.data) and s["blob_bytes"]["origin"] > 0, s
     assert s["blob_bytes"]["peer"] + s["blob_bytes"]["origin"] == len(blob.data), s
     assert _gets(origin, blob) == 2  # the warm-up, then one ranged continuation
-    assert took < 8 + 15, took
-    print(f"seeder killed: origin continuation done {took:.1f}s later (stall timeout 8s)")
+    assert took < 12 + 20, took
+    print(f"seeder killed: origin continuation done {took:.1f}s later (stall timeout 12s)")
     # The next request does not wait for the dead swarm again.
     t0 = time.monotonic()
     _ok(get(b.url, blob.digest), blob)
