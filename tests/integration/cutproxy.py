@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.httphead import read_request_head
+
 
 class CutProxy:
     def __init__(self, target_port: int, cut_digest: str, cut_after: int):
@@ -48,18 +50,10 @@ class CutProxy:
     def _handle(self, c: socket.socket) -> None:
         up = None
         try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = c.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            first, _, _ = head.partition(b"\r\n")
-            line = first.decode("latin-1")
-            headers = {}
-            for h in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-                k, _, v = h.decode("latin-1").partition(":")
-                headers[k.strip().lower()] = v.strip()
+            got = read_request_head(c)
+            if got is None:
+                return
+            line, headers, _, head = got
             with self._lock:
                 self.requests.append((line, headers))
                 cut = (line.startswith("GET ") and f"/blobs/{self.cut_digest}" in line

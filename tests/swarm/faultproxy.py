@@ -16,6 +16,8 @@ import socket
 import threading
 import time
 
+from tests.httphead import read_request_head
+
 
 class FaultProxy:
     def __init__(self, target_url: str):
@@ -65,18 +67,12 @@ class FaultProxy:
     def _handle(self, c: socket.socket) -> None:
         up = None
         try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = c.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            raw_head, _, rest = head.partition(b"\r\n\r\n")
-            lines = raw_head.decode("latin-1").split("\r\n")
-            headers = {}
-            for h in lines[1:]:
-                k, _, v = h.partition(":")
-                headers[k.strip().lower()] = v.strip()
+            got = read_request_head(c)
+            if got is None:
+                return
+            line, headers, header_lines, head = got
+            rest = head.partition(b"\r\n\r\n")[2]
+            lines = [line, *header_lines]
             with self._lock:
                 self.requests.append((lines[0], headers))
             blob_get = lines[0].startswith("GET ") and "/blobs/" in lines[0]
