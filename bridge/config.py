@@ -122,6 +122,14 @@ class BridgeConfig:
             if name != DEFAULT_NAME and not COMPONENT_RE.match(name):
                 raise UserError(f"upstream alias {name!r} must be one lowercase name component "
                                 "(letters, digits, '.', '_', '-')")
+        for flag, url in (("--tracker", self.tracker_url), ("--advertise-url", self.advertise_url)):
+            if url is not None:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+                    raise UserError(f"{flag} wants an http(s) base URL, got {url!r}")
+        host, sep, port = self.peer_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise UserError(f"--peer-listen wants HOST:PORT, got {self.peer_listen!r}")
         for host in self.allow_hosts:
             if host not in self.hosts():
                 self.upstreams.setdefault(host, UpstreamConfig(host, "https://" + host))

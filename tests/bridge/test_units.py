@@ -101,6 +101,8 @@ def test_routing_private_default_and_bad_config():
     assert repo == "app"  # no library/ outside Docker Hub
     assert r.resolve("library/app", "docker.io")[0] is up
     for bad in (["--alias", "Bad=http://x"], ["--alias", "nourl"], ["--upstream", "ftp://x"],
-                ["--upstream", "http://u:p@x"]):
+                ["--upstream", "http://u:p@x"], ["--tracker", "notaurl"], ["--tracker", "ftp://t"],
+                ["--advertise-url", "x:1"], ["--peer-listen", "6881"], ["--peer-listen", "h:99999"],
+                ["--cache-max", "lots"], ["--cache-max=-1G"]):
         with pytest.raises(errors.UserError):
             _cfg(*bad)
