@@ -34,9 +34,8 @@ import time
 from dataclasses import dataclass
 
 import requests
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from bridge import errors
 from bridge.blobs import BlobRequest, BlobResponse, span
 from bridge.digest import Digest, InvalidDigest
 from bridge.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, UpstreamError

@@ -1,5 +1,4 @@
 """The layer torrent format: deterministic, validated, agrees with libtorrent and mktorrent."""
-import os
 import subprocess
 
 import bencodepy

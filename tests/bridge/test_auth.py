@@ -3,7 +3,6 @@
 another host like object storage)."""
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import time

@@ -1,10 +1,8 @@
 """The bridge as a pass-through mirror: real docker-registry origins, real gunicorn bridge."""
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
-import threading
 import time
 
 import pytest

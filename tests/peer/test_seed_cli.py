@@ -5,7 +5,6 @@ import json
 import os
 import tarfile
 
-import bencodepy
 import requests
 
 from bridge import imagegen, torrentformat as tf

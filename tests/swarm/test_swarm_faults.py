@@ -7,16 +7,13 @@ loopback peers) and aria2c with ``--bt-seed-unverified`` (sends whatever bytes i
 """
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 import requests
 
 from bridge import torrentformat as tf
-from bridge.digest import Digest
 from tests import procs
-from tests.swarm.conftest import origin_blob_gets
 from tests.swarm.helpers import (assert_store_clean, fetched, get, push_layer, start_ltseed, stats,
                                  store_files, wait_for)
 from tests.swarm.test_faults import MB, _bg, _gets, _ok, _result

@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from bridge.torrentformat import parse_metainfo, piece_length, torrent_for_file

@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass
 
 from bridge.digest import Digest, InfoHash
-from tracker.protocol import AnnounceRequest, SwarmCounts
+from tracker.protocol import AnnounceRequest
 
 
 @dataclass(frozen=True)
