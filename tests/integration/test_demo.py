@@ -30,11 +30,13 @@ def test_demo_pulls_generated_image_and_cleans_up(tmp_path):
     # the first bridge served both layers and the config, all from the origin
     assert "bridge 1     : 3 blob responses" in summary, out
     if "[peer] second bridge" in out:
-        # the second host got the layers from peers; only the tiny config went to the origin again
+        # The second host got the layers from peers.  Each layer left the origin once; the tiny
+        # config (no torrent) is relayed from the first bridge while its lease lasts, else fetched again.
         line = next(ln for ln in summary.splitlines() if ln.startswith("bridge 2"))
         peers = int(line.rsplit("peers ", 1)[1].replace(",", ""))
         assert peers >= 2 * (2 << 20), line
-        assert "origin       : 4 blob GETs" in summary, out
+        gets = int(next(ln for ln in summary.splitlines() if ln.startswith("origin")).split(":")[1].split()[0])
+        assert gets in (3, 4), out
     else:
         assert "origin       : 3 blob GETs" in summary, out
     # every daemon the demo started is gone
