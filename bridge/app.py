@@ -46,7 +46,8 @@ def swarm_config(config: BridgeConfig):
                        lease_ttl=config.lease_ttl, relay_timeout=config.relay_timeout,
                        follow_timeout=max(config.relay_timeout, config.stall_timeout) * 2,
                        first_byte_timeout=config.read_timeout + config.connect_timeout + 5,
-                       origin_slots=config.origin_slots, connect_timeout=config.connect_timeout)
+                       origin_slots=config.origin_slots, connect_timeout=config.connect_timeout,
+                       tracker_backoff=config.tracker_backoff)
 
 
 def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:

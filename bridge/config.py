@@ -111,6 +111,7 @@ class BridgeConfig:
     relay_timeout: float = 20.0
     lease_ttl: float = 30.0
     origin_slots: int = 4
+    tracker_backoff: float = 10.0
     utp: bool = False
 
     def __post_init__(self) -> None:
@@ -210,6 +211,8 @@ def add_arguments(parser) -> None:
     sw.add_argument("--lease-ttl", type=float, metavar="S", help="cold-fetch lease TTL asked of the tracker (30)")
     sw.add_argument("--origin-slots", type=int, metavar="N",
                     help="concurrent origin fetches when the tracker is down (default 4)")
+    sw.add_argument("--tracker-backoff", type=float, metavar="S",
+                    help="after a tracker failure, go straight to the origin for this long (default 10)")
     sw.add_argument("--utp", action="store_true", help="also use uTP (default TCP only: faster on LANs)")
 
 
@@ -302,5 +305,6 @@ def from_args(args) -> BridgeConfig:
         relay_timeout=float(pick("relay_timeout", "relay_timeout", 20.0)),
         lease_ttl=float(pick("lease_ttl", "lease_ttl", 30.0)),
         origin_slots=int(pick("origin_slots", "origin_slots", 4)),
+        tracker_backoff=float(pick("tracker_backoff", "tracker_backoff", 10.0)),
         utp=bool(args.utp or data.get("utp", False)),
     )
