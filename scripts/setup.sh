@@ -41,5 +41,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# Quiet unless it fails: setuptools prints deprecation banners while building the editable install.
+if ! out=$(.venv/bin/python -m pip install -q -e '.[test]' 2>&1); then
+    echo "$out" >&2
+    echo "setup: pip install failed" >&2
+    exit 1
+fi
 echo "setup: ready ($(.venv/bin/python --version), layerswarm at .venv/bin/layerswarm)"
