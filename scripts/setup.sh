@@ -40,7 +40,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true  # nice to have, not needed
 # Quiet unless it fails: setuptools prints deprecation banners while building the editable install.
 if ! out=$(.venv/bin/python -m pip install -q -e '.[test]' 2>&1); then
     echo "$out" >&2
