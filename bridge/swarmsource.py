@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import requests
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.wsgi import wrap_file
 
 from bridge.blobs import BlobRequest, BlobResponse, span
 from bridge.digest import Digest, InvalidDigest
@@ -138,12 +139,8 @@ class Fetch:
 
     def _lease(self):
         """Ask the tracker who fetches; returns a relay source URL, or None for the origin."""
-        body = {"host": self.owner.peer.tracker.host_id, "url": self.owner.cfg.advertise_url,
-                "ttl": self.owner.cfg.lease_ttl}
-        r = self.owner.tracker_call("POST", f"/leases/{self.digest}", json=body)
-        if r.status_code not in (200, 201):
-            raise TrackerUnavailable(f"lease request answered {r.status_code}")
-        answer = r.json()
+        cfg = self.owner.cfg
+        answer = self.owner.tracker_call("lease", self.digest, cfg.advertise_url, cfg.lease_ttl)
         self.role = answer.get("role")
         if self.role == "published":
             raise _Published()
@@ -241,15 +238,13 @@ class Fetch:
 
     def _release_lease(self) -> None:
         try:
-            self.owner.tracker_call("DELETE", f"/leases/{self.digest}",
-                                    params={"host": self.owner.peer.tracker.host_id})
+            self.owner.tracker_call("release_lease", self.digest)
         except TrackerUnavailable as exc:  # it lapses by its TTL
             log.warning("could not release the lease on %s: %s", self.digest, exc)
 
     def _renew(self) -> None:
-        body = {"host": self.owner.peer.tracker.host_id, "ttl": self.owner.cfg.lease_ttl}
         try:
-            self.owner.tracker_call("PUT", f"/leases/{self.digest}", json=body)
+            self.owner.tracker_call("renew_lease", self.digest, self.owner.cfg.lease_ttl)
         except TrackerUnavailable as exc:  # keep fetching: the bytes are still worth having
             log.warning("lease renewal for %s failed: %s", self.digest, exc)
 
@@ -349,9 +344,10 @@ class SwarmBlobSource:
         self.blueprint = _relay_blueprint(self)
 
     # -- helpers ----------------------------------------------------------
-    def tracker_call(self, method: str, path: str, **kw):
+    def tracker_call(self, method: str, *args):
+        """``peer.tracker.<method>(*args)``, starting the backoff when the tracker is unreachable."""
         try:
-            return self.peer.tracker._req(method, path, **kw)
+            return getattr(self.peer.tracker, method)(*args)
         except TrackerUnavailable:
             self.tracker_failed()
             raise
@@ -528,7 +524,6 @@ def _relay_blueprint(source: SwarmBlobSource) -> Blueprint:
         if size is not None and 0 <= offset <= size:
             f = store.open(d)
             f.seek(offset)
-            from werkzeug.wsgi import wrap_file
             return Response(wrap_file(request.environ, f, CHUNK), 200,
                             {SIZE_HEADER: str(size), "Content-Length": str(size - offset),
                              "Content-Type": "application/octet-stream"}, direct_passthrough=True)

@@ -113,6 +113,19 @@ class TrackerClient:
         if r.status_code not in (200, 201):
             log.info("tracker did not take manifest %s: %s %s", digest, r.status_code, _error_text(r))
 
+    def lease(self, digest: Digest, url: str, ttl: float) -> dict:
+        """Ask who fetches a cold blob: ``{"role": "holder"|"relay"|"published", "source": ...}``."""
+        r = self._req("POST", f"/leases/{digest}", json={"host": self.host_id, "url": url, "ttl": ttl})
+        if r.status_code not in (200, 201):
+            raise TrackerUnavailable(f"lease request answered {r.status_code}")
+        return r.json()
+
+    def renew_lease(self, digest: Digest, ttl: float) -> None:
+        self._req("PUT", f"/leases/{digest}", json={"host": self.host_id, "ttl": ttl})
+
+    def release_lease(self, digest: Digest) -> None:
+        self._req("DELETE", f"/leases/{digest}", params={"host": self.host_id})
+
     def scrape(self, info_hashes) -> dict:
         """info-hash hex -> {"complete", "incomplete", "downloaded"} (BEP 48)."""
         ihs = [InfoHash.from_hex(str(h)) for h in info_hashes]
