@@ -10,69 +10,30 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.httphead import read_request_head
+from tests.httphead import LoopbackProxy
 
 
-class CutProxy:
+class CutProxy(LoopbackProxy):
     def __init__(self, target_port: int, cut_digest: str, cut_after: int):
-        self.target = ("127.0.0.1", target_port)
         self.cut_digest = cut_digest
         self.cut_after = cut_after
         self.cuts = 0
-        self.requests: list = []  # (request line, {header: value})
-        self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._stop = True
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        super().__init__(("127.0.0.1", target_port))
 
     def ranges_for(self, digest: str) -> list:
         return [h.get("range") for line, h in self.requests if digest in line and h.get("range")]
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                c, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(c,), daemon=True).start()
-
-    def _handle(self, c: socket.socket) -> None:
-        up = None
-        try:
-            got = read_request_head(c)
-            if got is None:
-                return
-            line, headers, _, head = got
-            with self._lock:
-                self.requests.append((line, headers))
-                cut = (line.startswith("GET ") and f"/blobs/{self.cut_digest}" in line
-                       and "range" not in headers and self.cuts == 0)
-                if cut:
-                    self.cuts += 1
-            up = socket.create_connection(self.target, timeout=60)
-            up.sendall(head)
-            threading.Thread(target=self._pipe, args=(c, up), daemon=True).start()  # request body, if any
-            self._respond(up, c, self.cut_after if cut else None)
-        except OSError:
-            pass
-        finally:
-            for s in (c, up):
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
+    def serve(self, c, line, headers, header_lines, head, opened):
+        with self._lock:
+            cut = (line.startswith("GET ") and f"/blobs/{self.cut_digest}" in line
+                   and "range" not in headers and self.cuts == 0)
+            if cut:
+                self.cuts += 1
+        up = socket.create_connection(self.target, timeout=60)
+        opened.append(up)
+        up.sendall(head)
+        threading.Thread(target=self._pipe, args=(c, up), daemon=True).start()  # request body, if any
+        self._respond(up, c, self.cut_after if cut else None)
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

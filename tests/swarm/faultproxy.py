@@ -13,16 +13,14 @@ Every request gets ``Connection: close`` so each one is seen (and recorded in
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
-from tests.httphead import read_request_head
+from tests.httphead import LoopbackProxy
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     def __init__(self, target_url: str):
         host, _, port = target_url.split("//", 1)[1].partition(":")
-        self.target = (host, int(port))
         self.rate = 0
         self.status = None
         self.hang = False
@@ -30,75 +28,32 @@ class FaultProxy:
         self.cut_after = None
         self.cuts_left = 0
         self.cut_mode = "close"
-        self.requests: list = []  # (request line, {header: value})
         self.active = self.max_active = 0  # blob GETs in flight, and the most at once
-        self._lock = threading.Lock()
-        self._conns: list = []
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__((host, int(port)))
 
     def blob_gets(self, digest) -> list:
         """Range header (or None) of every blob GET for ``digest`` that reached the proxy."""
         return [h.get("range") for line, h in self.requests
                 if line.startswith("GET ") and f"/blobs/{digest}" in line]
 
-    def close(self) -> None:
-        self._stop.set()
-        for s in [self._sock, *self._conns]:
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                c, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns.append(c)
-            threading.Thread(target=self._handle, args=(c,), daemon=True).start()
-
-    def _handle(self, c: socket.socket) -> None:
-        up = None
+    def serve(self, c, line, headers, header_lines, head, opened):
+        rest = head.partition(b"\r\n\r\n")[2]
+        blob_get = line.startswith("GET ") and "/blobs/" in line
+        if blob_get and self.status:
+            c.sendall(f"HTTP/1.1 {self.status} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            return
+        if blob_get and self.hang:
+            self._stop.wait(300)
+            return
+        kept = [l for l in header_lines if not l.lower().startswith(("connection:", "keep-alive:"))]
+        up = socket.create_connection(self.target, timeout=60)
+        opened.append(up)
+        up.sendall(("\r\n".join([line, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + rest)
+        self._count(blob_get, +1)
         try:
-            got = read_request_head(c)
-            if got is None:
-                return
-            line, headers, header_lines, head = got
-            rest = head.partition(b"\r\n\r\n")[2]
-            lines = [line, *header_lines]
-            with self._lock:
-                self.requests.append((lines[0], headers))
-            blob_get = lines[0].startswith("GET ") and "/blobs/" in lines[0]
-            if blob_get and self.status:
-                c.sendall(f"HTTP/1.1 {self.status} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-                return
-            if blob_get and self.hang:
-                self._stop.wait(300)
-                return
-            kept = [l for l in lines[1:] if not l.lower().startswith(("connection:", "keep-alive:"))]
-            up = socket.create_connection(self.target, timeout=60)
-            up.sendall(("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + rest)
-            self._count(blob_get, +1)
-            try:
-                self._respond(up, c, blob_get)
-            finally:
-                self._count(blob_get, -1)
-        except OSError:
-            pass
+            self._respond(up, c, blob_get)
         finally:
-            for s in (c, up):
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
+            self._count(blob_get, -1)
 
     def _count(self, blob_get: bool, n: int) -> None:
         if blob_get:
