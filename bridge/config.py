@@ -113,6 +113,7 @@ class BridgeConfig:
     origin_slots: int = 4
     tracker_backoff: float = 10.0
     utp: bool = False
+    admin_token: str | None = None     # required as Bearer on the admin views (/_layerswarm/seed, status)
 
     def __post_init__(self) -> None:
         if DEFAULT_NAME not in self.upstreams and self.default_upstream == DEFAULT_NAME:
@@ -197,6 +198,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tag-ttl", type=float, metavar="S", help="seconds a tag->digest answer is cached (default 5)")
     parser.add_argument("--threads", type=int, metavar="N", help="server threads (default 64)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--admin-token", metavar="T",
+                        help="bearer token the admin views (/_layerswarm/seed, status) require "
+                             "(or $LAYERSWARM_ADMIN_TOKEN)")
     sw = parser.add_argument_group("swarm (peer-to-peer layers; without --tracker the bridge is a plain mirror)")
     sw.add_argument("--tracker", metavar="URL", help="layerswarm tracker base URL, e.g. http://tracker:6969")
     sw.add_argument("--token", metavar="T", help="publish token for the tracker (or $LAYERSWARM_PUBLISH_TOKEN)")
@@ -307,4 +311,5 @@ def from_args(args) -> BridgeConfig:
         origin_slots=int(pick("origin_slots", "origin_slots", 4)),
         tracker_backoff=float(pick("tracker_backoff", "tracker_backoff", 10.0)),
         utp=bool(args.utp or data.get("utp", False)),
+        admin_token=pick("admin_token", "admin_token", None) or os.environ.get("LAYERSWARM_ADMIN_TOKEN") or None,
     )

@@ -61,7 +61,7 @@ def build_peer(cfg: bconfig.BridgeConfig):
     peer = Peer(PeerConfig(store_dir=cfg.store_dir, tracker_url=cfg.tracker_url, token=cfg.publish_token,
                            host_id=cfg.host_id, listen=cfg.peer_listen, cap_bytes=cfg.cache_max_bytes,
                            utp=cfg.utp, stream=StreamConfig(stall_timeout=cfg.stall_timeout),
-                           tracker_timeout=cfg.connect_timeout + 5))
+                           tracker_timeout=cfg.connect_timeout + 5, admin_token=cfg.admin_token))
     # Re-seed what the store holds without blocking startup (the tracker may be down).
     threading.Thread(target=peer.seed_stored, name="reseed", daemon=True).start()
     return peer

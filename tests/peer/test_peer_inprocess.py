@@ -125,3 +125,33 @@ def test_seed_via_bridge_admin_endpoint(fake_tracker, make_peer, tmp_path):
         assert str(d) in r.stdout and d in p.store and d in {s.digest for s in p.seeding()}
     finally:
         srv.shutdown()
+
+
+def test_admin_token_reaches_the_admin_views(fake_tracker, tmp_path):
+    """``layerswarm bridge --admin-token T``: admin views answer 401 without it, and nothing is stored."""
+    import argparse
+    from bridge import config as bconfig, serve
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--store-dir", str(tmp_path / "store"), "--tracker", fake_tracker.url,
+                              "--peer-listen", "127.0.0.1:0", "--admin-token", "s3cret"])
+    app = serve.build_app(bconfig.from_args(args))
+    peer = app.extensions["layerswarm"].peer
+    try:
+        c = app.test_client()
+        data = blob_bytes(300_000, b"admin")
+        d = Digest.of_bytes(data)
+        url = f"/_layerswarm/seed?size={len(data)}&digest={d}"
+        assert c.post(url, data=data).status_code == 401
+        assert c.post(url, data=data, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert d not in peer.store and not peer.seeding()
+        assert c.get("/_layerswarm/status").status_code == 401
+        assert c.get(f"/_layerswarm/layers/{d}").status_code == 401
+        for open_path in ("/healthz", "/metrics", "/_layerswarm/stats"):
+            assert c.get(open_path).status_code == 200, open_path
+        r = c.post(url, data=data, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 201, r.get_json()
+        assert d in peer.store
+        assert c.get("/_layerswarm/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        peer.close()
