@@ -43,8 +43,8 @@ except ModuleNotFoundError:  # Python < 3.11
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bridge.errors import UserError
-from bridge.names import COMPONENT_RE
+from layerswarm.bridge.format.errors import UserError
+from layerswarm.bridge.format.names import COMPONENT_RE
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")

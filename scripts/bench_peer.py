@@ -25,9 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests import procs  # noqa: E402
+from layerswarm.bridge.devstack import daemons
 
 
 def rss_anon_kib(pid="self") -> int:
@@ -48,7 +46,7 @@ def _wait_go():
 
 
 def role_seeder(a):
-    from bridge.peer import Peer, PeerConfig
+    from layerswarm.bridge.node.peer import Peer, PeerConfig
     peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp, host_id="seeder"))
     size = os.path.getsize(a.file)
     with open(a.file, "rb") as f:
@@ -59,9 +57,9 @@ def role_seeder(a):
 
 
 def role_ours(a):
-    from bridge.digest import Digest
-    from bridge.peer import Peer, PeerConfig
-    from bridge.stream import StreamConfig
+    from layerswarm.bridge.format.digest import Digest
+    from layerswarm.bridge.node.peer import Peer, PeerConfig
+    from layerswarm.bridge.node.stream import StreamConfig
     peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp,
                            host_id=os.path.basename(a.workdir),
                            stream=StreamConfig(stall_timeout=60, window_bytes=int(a.window_mib * (1 << 20)))))
@@ -94,7 +92,7 @@ def role_ours(a):
 def role_raw(a):
     import libtorrent as lt
     import requests
-    from bridge.torrent.settings import SessionConfig, settings_pack
+    from layerswarm.bridge.node.torrent.settings import SessionConfig, settings_pack
     pack = settings_pack(SessionConfig(listen="127.0.0.1:0", utp=a.utp))
     pack["alert_mask"] = int(lt.alert.category_t.status_notification | lt.alert.category_t.piece_progress_notification)
     ses = lt.session(pack)
@@ -208,9 +206,9 @@ def main():
     results = {"size_mib": a.size_mib, "transport": "utp" if a.utp else "tcp", "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as td:
         tmp = Path(td)
-        port = procs.free_port()
-        tracker = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
-                             tmp / "tracker.log", name="tracker")
+        port = daemons.free_port()
+        tracker = daemons.Daemon(daemons.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
+                             tmp / "layerswarm.tracker.log", name="tracker")
         try:
             a.tracker = f"http://127.0.0.1:{port}"
             tracker.wait_http(a.tracker + "/healthz")

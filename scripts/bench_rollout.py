@@ -51,9 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-for _p in (str(HERE), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(HERE) not in sys.path:  # fleet.py beside this script
+    sys.path.insert(0, str(HERE))
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -179,7 +178,7 @@ def client_main(a) -> int:
 
 def push_main(a) -> int:
     """Make the image from a seed, push it, optionally write a docker-save tarball; print descriptors."""
-    from bridge import imagegen
+    from layerswarm.bridge.devstack import imagegen
     sizes = [int(a.layer_mib * MIB)] * a.layers
     img = imagegen.make_image(tuple(sizes), seed=a.seed.encode())
     imagegen.push(a.registry, a.repo, a.tag, img)
@@ -278,7 +277,7 @@ class Interrupted(BaseException):
 class Bench:
     def __init__(self, args):
         import fleet as fleetmod
-        from bridge.localstack import Daemon  # a child in its own process group, with a log
+        from layerswarm.bridge.devstack.daemons import Daemon  # a child in its own process group, with a log
         self.fm = fleetmod
         self.Daemon = Daemon
         self.a = args
@@ -299,7 +298,7 @@ class Bench:
     # -- layerswarm CLI discovery -------------------------------------------------------
     def _probe_cli(self) -> dict:
         def helptext(*sub):
-            r = subprocess.run([self.py, "-m", "bridge.cli", *sub, "--help"], capture_output=True, text=True,
+            r = subprocess.run([self.py, "-m", "layerswarm.bridge.cli", *sub, "--help"], capture_output=True, text=True,
                                cwd=REPO_ROOT, timeout=60)
             return r.stdout if r.returncode == 0 else None
         subs = {name: helptext(name) for name in ("bridge", "tracker", "seed")}
@@ -359,14 +358,14 @@ class Bench:
 
     def start_tracker(self):
         o = self.origin
-        argv = [self.py, "-m", "bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT]
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT]
         p = self.start(o, argv + self.a.tracker_arg, "tracker")
         self.wait_http(p, o, f"http://{o.ip}:{TRACKER_PORT}/healthz", ok=(404,))
         return p
 
     def bridge_argv(self, host, store: Path, upstream: str, tracker: bool) -> list:
         flags = self.cli["flags"]["bridge"]
-        argv = [self.py, "-m", "bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
                 "--store-dir", store, "--upstream", upstream]
         if tracker and "--tracker" in flags and self.tracker is not None:
             argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
@@ -571,7 +570,7 @@ class Bench:
         flags = self.cli["flags"]["seed"]
         store = self.work / f"warm-n{n}" / "seeder-store"
         store.mkdir(parents=True, exist_ok=True)
-        argv = [self.py, "-m", "bridge.cli", "seed"]
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "seed"]
         if "--tracker" in flags:
             argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
         if "--store-dir" in flags:
@@ -613,12 +612,12 @@ class Bench:
         store = self.work / "lab-bridge-store"
         store.mkdir()
         bport = BRIDGE_PORT + 1
-        argv = [self.py, "-m", "bridge.cli", "bridge", "--listen", f"127.0.0.1:{bport}", "--store-dir", store,
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"127.0.0.1:{bport}", "--store-dir", store,
                 "--upstream", f"http://127.0.0.1:{REG_PORT}"]
         tracker = None
         if self.has("tracker") and "--tracker" in self.cli["flags"]["bridge"]:
             # without a tracker the bridge is a plain pass-through mirror and caches no blob
-            tracker = self.start(lab, [self.py, "-m", "bridge.cli", "tracker", "--host", "127.0.0.1",
+            tracker = self.start(lab, [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", "127.0.0.1",
                                        "--port", TRACKER_PORT] + a.tracker_arg, "lab-tracker")
             self.wait_http(tracker, lab, f"http://127.0.0.1:{TRACKER_PORT}/healthz", ok=(404,))
             argv += ["--tracker", f"http://127.0.0.1:{TRACKER_PORT}"]

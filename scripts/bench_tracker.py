@@ -26,10 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.procs import Proc, free_port, layerswarm_argv, start_redis  # noqa: E402
+from layerswarm.bridge.devstack.daemons import Daemon as Proc, free_port, layerswarm_argv, start_redis
 
 WRK_LUA = r"""
 local ihs = {%(ihs)s}
@@ -138,7 +135,8 @@ def main(argv=None) -> int:
             elif target == "memory":
                 p = Proc(layerswarm_argv("tracker", "--port", port, "--threads", args.threads), tmp / "memory.log")
             elif target == "redis":
-                rp, url = start_redis(tmp / "redis")
+                rp = start_redis(tmp / "redis")
+                url = rp.url
                 procs.append(rp)
                 p = Proc(layerswarm_argv("tracker", "--port", port, "--store", url, "--workers", args.redis_workers,
                                          "--threads", args.threads), tmp / "redis-tracker.log")

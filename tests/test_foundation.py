@@ -4,8 +4,8 @@ import hashlib
 import pytest
 import requests
 
-from bridge import imagegen
-from bridge.digest import Digest, InfoHash, InvalidDigest, InvalidInfoHash
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.format.digest import Digest, InfoHash, InvalidDigest, InvalidInfoHash
 
 
 def test_digest_parse_roundtrip():

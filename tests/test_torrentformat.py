@@ -4,8 +4,8 @@ import subprocess
 import bencodepy
 import pytest
 
-from bridge import torrentformat as tf
-from bridge.digest import Digest
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest
 
 
 def _blob(tmp_path, size, seed=b"s"):

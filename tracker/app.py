@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from tracker import protocol
-from tracker.config import Config
-from tracker.context import Tracker
-from tracker.errors import ClientError, StoreUnavailable
-from tracker.metrics import Metrics
-from tracker.storage import open_store
-from tracker.views.bittorrent import announce_bytes
+from layerswarm.tracker import protocol
+from layerswarm.tracker.config import Config
+from layerswarm.tracker.context import Tracker
+from layerswarm.tracker.errors import ClientError, StoreUnavailable
+from layerswarm.tracker.metrics import Metrics
+from layerswarm.tracker.storage import open_store
+from layerswarm.tracker.views.bittorrent import announce_bytes
 
 log = logging.getLogger("tracker")
 _BITTORRENT_PATHS = ("/announce", "/scrape")
@@ -21,12 +22,15 @@ _BITTORRENT_PATHS = ("/announce", "/scrape")
 def create_app(config=None) -> Flask:
     """``config``: a Config, or a mapping of Config field names (tests)."""
     cfg = config if isinstance(config, Config) else Config.from_mapping(config)
-    app = Flask(__name__)
+    # Explicit paths: Flask cannot locate a module inside the editable-installed
+    # ``layerswarm`` namespace on its own (and the app reads no instance files).
+    here = os.path.dirname(os.path.abspath(__file__))
+    app = Flask(__name__, root_path=here, instance_path=here)
     app.config["MAX_CONTENT_LENGTH"] = max(cfg.max_metainfo, cfg.max_manifest) + 1
     app.json.sort_keys = False
     app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.store), metrics=Metrics())
 
-    from tracker.views import bittorrent, inspect, leases, metainfo
+    from layerswarm.tracker.views import bittorrent, inspect, leases, metainfo
     for mod in (bittorrent, metainfo, leases, inspect):
         app.register_blueprint(mod.bp)
     _register_errors(app)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from flask import current_app, request
 
-from tracker.config import Config
-from tracker.errors import Forbidden, Unauthorized
-from tracker.metrics import Metrics
-from tracker.storage.base import Store
+from layerswarm.tracker.config import Config
+from layerswarm.tracker.errors import Forbidden, Unauthorized
+from layerswarm.tracker.metrics import Metrics
+from layerswarm.tracker.storage.base import Store
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from tracker.protocol import EVENTS
+from layerswarm.tracker.protocol import EVENTS
 
 
 class Metrics:

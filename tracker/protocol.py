@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 
 import bencodepy
 
-from tracker.errors import ClientError
+from layerswarm.tracker.errors import ClientError
 
 EVENTS = {"": "", "started": "started", "stopped": "stopped", "completed": "completed",
           "paused": "paused", "empty": ""}  # BEP 21 paused; "empty" is what some clients send for none

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
-from tracker.config import Config
+from layerswarm.tracker.config import Config
 
 
 class TrackerServer(BaseApplication):
@@ -39,7 +39,7 @@ class TrackerServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from tracker.app import create_app
+        from layerswarm.tracker.app import create_app
         return create_app(self.cfg_tracker)
 
 

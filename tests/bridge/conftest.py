@@ -9,7 +9,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from bridge import imagegen
+from layerswarm.bridge.devstack import imagegen
 from tests import procs
 
 
@@ -22,7 +22,7 @@ class Bridge:
         self.store = tmp / "store"
         self.proc = procs.Proc(procs.layerswarm_argv("bridge", "--listen", f"127.0.0.1:{self.port}",
                                                      "--store-dir", self.store, *args),
-                               tmp / "bridge.log", env=env, name="layerswarm-bridge")
+                               tmp / "layerswarm.bridge.log", env=env, name="layerswarm-bridge")
         self.proc.wait_http(self.url + "/v2/")
 
     def stats(self) -> dict:

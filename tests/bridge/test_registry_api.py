@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-from bridge import imagegen
-from bridge.digest import Digest
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.format.digest import Digest
 from tests.bridge.conftest import Bridge
 
 DOCKERD_ACCEPTS = [  # dockerd sends these as six separate Accept headers

@@ -9,10 +9,10 @@ import time
 import requests
 from flask import Blueprint
 
-from bridge import imagegen
-from bridge.app import create_app
-from bridge.blobs import BlobResponse, ChainBlobSource, span
-from bridge.config import BridgeConfig, UpstreamConfig
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.http.app import create_app
+from layerswarm.bridge.sources.blobs import BlobResponse, ChainBlobSource, span
+from layerswarm.bridge.config import BridgeConfig, UpstreamConfig
 from tests import procs
 from tests.bridge.conftest import Bridge
 

@@ -5,12 +5,12 @@ import argparse
 
 import pytest
 
-from bridge import config as bconfig
-from bridge import errors
-from bridge.auth import parse_challenge
-from bridge.names import ByteRange, parse_api_path
-from bridge.registry import Router
-from bridge.upstream import UpstreamClient
+from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.sources.auth import parse_challenge
+from layerswarm.bridge.format.names import ByteRange, parse_api_path
+from layerswarm.bridge.http.registry import Router
+from layerswarm.bridge.sources.upstream import UpstreamClient
 
 HEX = "a" * 64
 

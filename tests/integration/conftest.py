@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from bridge import localstack
+from layerswarm.bridge.devstack import daemons as devstack
 from tests import procs
 from tests.integration import daemons
 
@@ -19,7 +19,7 @@ from tests.integration import daemons
 @pytest.fixture(scope="session")
 def dockerd_session(tmp_path_factory):
     daemons.require_root()
-    d = localstack.start_dockerd(tmp_path_factory.mktemp("dockerd"))
+    d = devstack.start_dockerd(tmp_path_factory.mktemp("dockerd"))
     yield d
     d.stop()
 
@@ -39,7 +39,7 @@ def docker(dockerd_session):
 @pytest.fixture(scope="session")
 def containerd_session(tmp_path_factory):
     daemons.require_root()
-    c = localstack.Containerd(tmp_path_factory.mktemp("containerd"))
+    c = devstack.Containerd(tmp_path_factory.mktemp("containerd"))
     yield c
     c.stop()
 
@@ -63,9 +63,7 @@ def origin2(tmp_path):
 @pytest.fixture
 def tracker(tmp_path):
     """A real ``layerswarm tracker`` process (memory store); ``.url``."""
-    if not localstack.tracker_available():
-        pytest.skip("layerswarm tracker not built")
-    t = localstack.start_tracker(tmp_path / "tracker")
+    t = devstack.start_tracker(tmp_path / "tracker")
     yield t
     t.stop()
 
@@ -73,11 +71,10 @@ def tracker(tmp_path):
 @pytest.fixture
 def start_bridge(tmp_path):
     """Factory: ``start_bridge(upstream=..., aliases={...})`` -> a running ``layerswarm bridge``."""
-    daemons.require_bridge()
     started = []
 
     def start(**kw):
-        b = localstack.start_bridge(tmp_path / f"bridge{len(started)}", **kw)
+        b = devstack.start_bridge(tmp_path / f"bridge{len(started)}", **kw)
         started.append(b)
         return b
     yield start

@@ -7,23 +7,18 @@ bridge's counters.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 
 import pytest
 
-from bridge import imagegen, localstack
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack import daemons as devstack
 
 
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("dockerd/containerd need root")
-
-
-def require_bridge() -> None:
-    if importlib.util.find_spec("bridge.serve") is None:
-        pytest.skip("layerswarm bridge not built yet (bridge/serve.py missing)")
 
 
 def unique(name: str) -> str:
@@ -40,7 +35,7 @@ def push_image(registry_url: str, repo: str, tag: str = "v1", layer_sizes=(256 <
 def origin_blob_gets(origin, repo: str | None = None) -> dict:
     """digest -> number of successful (200/206) blob GETs the origin served."""
     out: dict = {}
-    for path, status, _ in localstack.blob_gets(origin.log, repo):
+    for path, status, _ in devstack.blob_gets(origin.log, repo):
         if status in (200, 206):
             d = path.split("?", 1)[0].rsplit("/", 1)[1]
             out[d] = out.get(d, 0) + 1

@@ -11,7 +11,8 @@ import secrets
 import pytest
 import requests
 
-from bridge import imagegen, localstack
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack import daemons as devstack
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, sta
     name = daemons.unique("team/app")
     img = daemons.push_image(origin2.url, name)
     host = origin2.url.split("://", 1)[1]  # 127.0.0.1:PORT -> ?ns=127.0.0.1:PORT -> alias "second"
-    localstack.write_hosts_toml(tmp_path / "hosts", host, bridge.url, fallback=False)
+    devstack.write_hosts_toml(tmp_path / "hosts", host, bridge.url, fallback=False)
 
     containerd.pull(f"{host}/{name}:v1", tmp_path / "hosts")
     assert f"{host}/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
@@ -82,11 +83,11 @@ def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, st
     bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
     name = daemons.unique("app")
     img = daemons.push_image(origin2.url, f"team/{name}", oci=True)
-    conf = localstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
+    conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             f"127.0.0.1:{bridge.port}/second/team")
     out = tmp_path / "out"
     # The primary registry is behind the dead proxy: only the mirror can answer.
-    localstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
+    devstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
     daemons.assert_bridge_served(bridge, img)
@@ -170,12 +171,12 @@ def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origi
     bridge = start_bridge(upstream=origin.url)
     docker.set_mirrors([bridge.url])
     name = daemons.unique("missing")
-    with pytest.raises(localstack.DaemonError):
+    with pytest.raises(devstack.DaemonError):
         docker.docker("pull", f"{name}:v1", timeout=120)
     st = daemons.stats(bridge)
     # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy
     assert any(k.startswith("manifest ") and k.endswith(" 404") for k in st["requests"]), st
-    assert [p for m, p, s, _ in localstack.access_log(origin.log) if name in p], "the bridge asked the origin"
+    assert [p for m, p, s, _ in devstack.access_log(origin.log) if name in p], "the bridge asked the origin"
 
 
 def test_dockerd_second_host_gets_layers_from_peers(docker, origin, tracker, start_bridge):

@@ -6,7 +6,7 @@ so that a failure in the bridge tests is about the bridge, not the set-up.
 """
 import pytest
 
-from bridge import localstack
+from layerswarm.bridge.devstack import daemons as devstack
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_dockerd_mirror_plain_registry(docker, origin):
 
 def test_dockerd_without_mirror_stays_on_loopback(docker):
     # Docker Hub is behind a dead loopback proxy: the pull fails at once, no DNS, no egress.
-    with pytest.raises(localstack.DaemonError) as exc:
+    with pytest.raises(devstack.DaemonError) as exc:
         docker.docker("pull", "layerswarm-no-such-image:v1", timeout=60)
     assert "127.0.0.1:9" in str(exc.value) or "proxy" in str(exc.value).lower()
 
@@ -33,11 +33,11 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
     name = daemons.unique("direct")
     img = daemons.push_image(origin.url, f"team/{name}")
     host = "registry.layerswarm.test"
-    localstack.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
+    devstack.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
     containerd.pull(f"{host}/team/{name}:v1", tmp_path / "hosts")
     assert f"{host}/team/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
     # containerd names the registry it wanted in ?ns= on every request
-    paths = [p for m, p, s, _ in localstack.access_log(origin.log) if f"/team/{name}/" in p and m == "GET"]
+    paths = [p for m, p, s, _ in devstack.access_log(origin.log) if f"/team/{name}/" in p and m == "GET"]
     assert paths and all(f"ns={host}" in p for p in paths), paths
     assert set(daemons.origin_blob_gets(origin, f"team/{name}")) == {str(b.digest) for b in img.blobs}
 
@@ -45,17 +45,17 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
 def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
     name = daemons.unique("direct")
     img = daemons.push_image(origin.url, f"some/prefix/{name}")
-    conf = localstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
+    conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             origin.url.split("://", 1)[1] + "/some/prefix")
     out = tmp_path / "out"
-    localstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
+    devstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
 
 
 def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
     daemons.require_root()
-    with pytest.raises(localstack.DaemonError) as exc:
-        localstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
+    with pytest.raises(devstack.DaemonError) as exc:
+        devstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
     msg = str(exc.value)
     assert "dockerd exited" in msg and "no-such-directive" in msg, msg

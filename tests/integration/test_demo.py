@@ -11,13 +11,12 @@ pytestmark = pytest.mark.slow
 
 
 def _demo(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "bridge.cli", "demo", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "layerswarm.bridge.cli", "demo", *args], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def test_demo_pulls_generated_image_and_cleans_up(tmp_path):
     daemons.require_root()
-    daemons.require_bridge()
     work = tmp_path / "demo"
     cp = _demo("--workdir", work, "--layers", "2", "--layer-mib", "2")
     out = cp.stdout + cp.stderr
@@ -58,10 +57,9 @@ def _procs_mentioning(text: str) -> list:
 
 def test_demo_temp_workdir_removed(tmp_path):
     daemons.require_root()
-    daemons.require_bridge()
     env_tmp = tmp_path / "tmp"
     env_tmp.mkdir()
-    cp = subprocess.run([sys.executable, "-m", "bridge.cli", "demo", "--layers", "1", "--layer-mib", "0.5"],
+    cp = subprocess.run([sys.executable, "-m", "layerswarm.bridge.cli", "demo", "--layers", "1", "--layer-mib", "0.5"],
                         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(env_tmp)},
                         stdin=subprocess.DEVNULL)
     assert cp.returncode == 0, cp.stdout + cp.stderr
@@ -70,7 +68,6 @@ def test_demo_temp_workdir_removed(tmp_path):
 
 def test_demo_failure_is_one_clear_line(tmp_path):
     daemons.require_root()
-    daemons.require_bridge()
     # An upstream nobody listens on: the pull fails, the demo says so and exits non-zero.
     cp = _demo("--workdir", tmp_path / "demo", "--upstream", "http://127.0.0.1:9", "--image", "nothing:here",
                timeout=300)
@@ -86,9 +83,8 @@ def test_demo_keep_running_then_interrupt(tmp_path):
     import time
     import urllib.request
     daemons.require_root()
-    daemons.require_bridge()
     work = tmp_path / "demo"
-    p = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--workdir", str(work), "--keep-running",
+    p = subprocess.Popen([sys.executable, "-m", "layerswarm.bridge.cli", "demo", "--workdir", str(work), "--keep-running",
                           "--layers", "1", "--layer-mib", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, stdin=subprocess.DEVNULL)
     lines = []

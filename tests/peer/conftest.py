@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 
-from bridge.digest import Digest
-from bridge.peer import Peer, PeerConfig
-from bridge.stream import StreamConfig
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.node.peer import Peer, PeerConfig
+from layerswarm.bridge.node.stream import StreamConfig
 from tests.peer.faketracker import FakeTracker
 
 
@@ -49,7 +49,7 @@ def tracker(tmp_path):
     from tests import procs
     port = procs.free_port()
     p = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
-                   tmp_path / "tracker.log", name="tracker")
+                   tmp_path / "layerswarm.tracker.log", name="tracker")
     url = f"http://127.0.0.1:{port}"
     p.wait_http(url + "/healthz")
     p.url = url

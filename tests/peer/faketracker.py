@@ -15,7 +15,7 @@ import bencodepy
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
-from bridge import torrentformat as tf
+from layerswarm.bridge.format import layertorrent as tf
 
 
 def _raw_args(qs: bytes) -> dict:

@@ -5,12 +5,12 @@ import threading
 
 import pytest
 
-from bridge import torrentformat as tf
-from bridge.digest import Digest
-from bridge.errors import StoreFull, SwarmError
-from bridge.store import LayerStore
-from bridge.stream import Download, StreamConfig
-from bridge.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import StoreFull, SwarmError
+from layerswarm.bridge.node.store import LayerStore
+from layerswarm.bridge.node.stream import Download, StreamConfig
+from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
 from tests.peer.conftest import blob_bytes
 
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from bridge.digest import Digest
-from bridge.errors import DigestMismatch, SwarmError
-from bridge.stream import StreamConfig
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
+from layerswarm.bridge.node.stream import StreamConfig
 from tests.peer.conftest import add, blob_bytes
 
 
@@ -49,7 +49,7 @@ def test_stall_without_peers_raises_swarm_error(fake_tracker, make_peer, tmp_pat
 
 
 def test_restart_seeds_without_recheck(fake_tracker, make_peer, tmp_path):
-    from bridge.torrent import alerts as ev
+    from layerswarm.bridge.node.torrent import alerts as ev
     data = blob_bytes(2_000_000, b"restart")
     d = Digest.of_bytes(data)
     first = make_peer("host", fake_tracker.url)
@@ -80,7 +80,7 @@ def test_eviction_stops_seeding(fake_tracker, make_peer):
 
 
 def test_poisoned_torrent_raises_digest_mismatch_and_reports(fake_tracker, make_peer, tmp_path):
-    from bridge import torrentformat as tf
+    from layerswarm.bridge.format import layertorrent as tf
     real = blob_bytes(1_000_000, b"real")
     evil = blob_bytes(1_000_000, b"evil")
     d = Digest.of_bytes(real)
@@ -130,12 +130,14 @@ def test_seed_via_bridge_admin_endpoint(fake_tracker, make_peer, tmp_path):
 def test_admin_token_reaches_the_admin_views(fake_tracker, tmp_path):
     """``layerswarm bridge --admin-token T``: admin views answer 401 without it, and nothing is stored."""
     import argparse
-    from bridge import config as bconfig, serve
+    from layerswarm.bridge import config as bconfig
+    from layerswarm.bridge.cli import bridge as bridge_cmd
+    from layerswarm.bridge.http import server
     parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
+    bridge_cmd.add_arguments(parser)
     args = parser.parse_args(["--store-dir", str(tmp_path / "store"), "--tracker", fake_tracker.url,
                               "--peer-listen", "127.0.0.1:0", "--admin-token", "s3cret"])
-    app = serve.build_app(bconfig.from_args(args))
+    app = server.build_app(bconfig.from_args(args))
     peer = app.extensions["layerswarm"].peer
     try:
         c = app.test_client()

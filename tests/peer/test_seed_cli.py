@@ -7,8 +7,9 @@ import tarfile
 
 import requests
 
-from bridge import imagegen, torrentformat as tf
-from bridge.digest import Digest
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest
 from tests.peer.conftest import blob_bytes, run_seed
 
 

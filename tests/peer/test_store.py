@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from bridge.digest import Digest
-from bridge.errors import DigestMismatch, StoreFull
-from bridge.store import LayerStore
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import DigestMismatch, StoreFull
+from layerswarm.bridge.node.store import LayerStore
 from tests.peer.conftest import blob_bytes
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from bridge.digest import Digest
+from layerswarm.bridge.format.digest import Digest
 from tests import procs
 from tests.peer.conftest import blob_bytes
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import requests
 
-from bridge import imagegen
-from bridge.digest import Digest
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.format.digest import Digest
 from tests import procs
 
 REPO = "library/app"

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from bridge.digest import Digest
+from layerswarm.bridge.format.digest import Digest
 from tests.swarm.conftest import origin_blob_gets
 from tests.swarm.helpers import assert_store_clean, fetched, get, push_layer, stats, store_files, wait_for
 

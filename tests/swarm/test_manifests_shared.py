@@ -4,7 +4,7 @@ import re
 import pytest
 import requests
 
-from bridge import imagegen
+from layerswarm.bridge.devstack import imagegen
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
 """Three bridges pull the same image at once: each layer leaves the origin once."""
 import pytest
 
-from bridge import imagegen
-from bridge.digest import Digest
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.format.digest import Digest
 from tests.swarm.conftest import origin_blob_gets, pull_all, pull_blob
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from bridge import torrentformat as tf
+from layerswarm.bridge.format import layertorrent as tf
 from tests import procs
 from tests.swarm.helpers import (assert_store_clean, fetched, get, push_layer, start_ltseed, stats,
                                  store_files, wait_for)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.app import create_app
-from tracker.storage import open_store
+from layerswarm.tracker.app import create_app
+from layerswarm.tracker.storage import open_store
 
 TOKEN = "s3cret-publish-token"
 

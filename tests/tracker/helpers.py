@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from urllib.parse import quote_from_bytes
 
-from bridge.digest import Digest
-from bridge.torrentformat import PieceHasher, build_metainfo
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.layertorrent import PieceHasher, build_metainfo
 
 
 def announce_qs(info_hash: bytes, peer_id: bytes, port: int, left: int = 100, **extra) -> str:

@@ -8,7 +8,7 @@ import os
 import bencodepy
 import pytest
 
-from tracker.app import create_app
+from layerswarm.tracker.app import create_app
 from tests.tracker.helpers import announce_qs, bad_torrent_for, layer
 
 IH = b"\x00\xff%&=+ \x80" + b"\x01" * 12  # bytes that text decoding or form parsing would mangle

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from bridge.torrentformat import parse_metainfo, piece_length, torrent_for_file
+from layerswarm.bridge.format.layertorrent import parse_metainfo, piece_length, torrent_for_file
 from tests.procs import Proc, free_port
 from tests.tracker.test_processes import start_tracker
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from bridge.digest import Digest, InfoHash
-from tracker.protocol import AnnounceRequest, pack_addr
-from tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord
+from layerswarm.bridge.format.digest import Digest, InfoHash
+from layerswarm.tracker.protocol import AnnounceRequest, pack_addr
+from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord
 
 NOW = 1_000_000.0
 TTL = 120.0

@@ -1,15 +1,15 @@
 """Storage backends behind one contract (see base.py)."""
 from __future__ import annotations
 
-from tracker.storage.base import Store
+from layerswarm.tracker.storage.base import Store
 
 
 def open_store(spec: str) -> Store:
     """``memory`` or a ``redis://`` / ``rediss://`` / ``unix://`` URL."""
     if spec in (None, "", "memory"):
-        from tracker.storage.memory import MemoryStore
+        from layerswarm.tracker.storage.memory import MemoryStore
         return MemoryStore()
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        from tracker.storage.redis import RedisStore
+        from layerswarm.tracker.storage.redis import RedisStore
         return RedisStore(spec)
     raise ValueError(f"unknown store {spec!r} (use 'memory' or a redis:// URL)")

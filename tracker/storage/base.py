@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from bridge.digest import Digest, InfoHash
-from tracker.protocol import AnnounceRequest
+from layerswarm.bridge.format.digest import Digest, InfoHash
+from layerswarm.tracker.protocol import AnnounceRequest
 
 
 @dataclass(frozen=True)

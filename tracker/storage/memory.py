@@ -12,8 +12,8 @@ import random
 import threading
 from collections import OrderedDict
 
-from tracker.protocol import SwarmCounts
-from tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord, Store, SwarmInfo,
+from layerswarm.tracker.protocol import SwarmCounts
+from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord, Store, SwarmInfo,
                                   lease_step)
 
 PURGE_BATCH = 64        # expired peers dropped per announce on a swarm

@@ -15,10 +15,10 @@ import json
 
 import redis
 
-from bridge.digest import Digest, InfoHash
-from tracker.errors import StoreUnavailable
-from tracker.protocol import SwarmCounts
-from tracker.storage.base import MetainfoRecord, Store, SwarmInfo, lease_step
+from layerswarm.bridge.format.digest import Digest, InfoHash
+from layerswarm.tracker.errors import StoreUnavailable
+from layerswarm.tracker.protocol import SwarmCounts
+from layerswarm.tracker.storage.base import MetainfoRecord, Store, SwarmInfo, lease_step
 
 SWARM_INDEX = "ls:swarms"        # zset info-hash hex by last announce
 METAINFO_INDEX = "ls:metainfo"   # set of published digests

@@ -10,9 +10,9 @@ import time
 
 from flask import Blueprint, Response, request
 
-from tracker import protocol
-from tracker.context import tracker
-from tracker.errors import ClientError, StoreUnavailable
+from layerswarm.tracker import protocol
+from layerswarm.tracker.context import tracker
+from layerswarm.tracker.errors import ClientError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 bp = Blueprint("bittorrent", __name__)

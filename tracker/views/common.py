@@ -5,8 +5,8 @@ import re
 
 from flask import request
 
-from bridge.digest import Digest, InvalidDigest
-from tracker.errors import ClientError, TooLarge
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.tracker.errors import ClientError, TooLarge
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")
 

@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, Response, jsonify, render_template_string
 
-from tracker.context import tracker
+from layerswarm.tracker.context import tracker
 
 bp = Blueprint("inspect", __name__)
 

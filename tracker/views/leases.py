@@ -6,9 +6,9 @@ import time
 
 from flask import Blueprint, jsonify, request
 
-from tracker.context import tracker
-from tracker.errors import ClientError, Conflict
-from tracker.views.common import host_id, json_body, parse_digest
+from layerswarm.tracker.context import tracker
+from layerswarm.tracker.errors import ClientError, Conflict
+from layerswarm.tracker.views.common import host_id, json_body, parse_digest
 
 bp = Blueprint("leases", __name__)
 

@@ -12,12 +12,12 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from bridge.digest import InfoHash, InvalidInfoHash
-from bridge.torrentformat import FORMAT_VERSION, InvalidMetainfo, parse_metainfo
-from tracker.context import tracker
-from tracker.errors import ClientError, Conflict, NotFound
-from tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
-from tracker.views.common import host_id, json_body, parse_digest, read_body
+from layerswarm.bridge.format.digest import InfoHash, InvalidInfoHash
+from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, InvalidMetainfo, parse_metainfo
+from layerswarm.tracker.context import tracker
+from layerswarm.tracker.errors import ClientError, Conflict, NotFound
+from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
+from layerswarm.tracker.views.common import host_id, json_body, parse_digest, read_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metainfo", __name__)

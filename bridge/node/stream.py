@@ -24,9 +24,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bridge import torrentformat as tf
-from bridge.errors import DigestMismatch, StoreFull, SwarmError
-from bridge.torrent import alerts as ev
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError
+from layerswarm.bridge.node.torrent import alerts as ev
 
 log = logging.getLogger(__name__)
 

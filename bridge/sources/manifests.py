@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge import errors
-from bridge.digest import Digest, InvalidDigest
-from bridge.names import Reference
-from bridge.upstream import UpstreamClient
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.names import Reference
+from layerswarm.bridge.sources.upstream import UpstreamClient
 
 log = logging.getLogger("layerswarm.manifests")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from bridge.errors import LayerswarmError
+from layerswarm.bridge.format.errors import LayerswarmError
 
 START_TIMEOUT = float(os.environ.get("LAYERSWARM_START_TIMEOUT", "60"))
 
@@ -166,6 +166,24 @@ def run(argv, timeout: float = 300, what: str | None = None, env=None) -> subpro
 
 # --------------------------------------------------------------------------- origin registry
 
+def start_redis(workdir: Path, port: int | None = None) -> Daemon:
+    """A throwaway ``redis-server`` on loopback (no persistence); ``.url`` is its redis:// URL."""
+    require_binaries("redis-server")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    p = Daemon(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--dir", workdir], workdir / "redis.log", name="redis-server")
+
+    def ping():
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    p.wait_until(ping, what="answering PING")
+    p.url = f"redis://127.0.0.1:{port}/0"
+    return p
+
+
 def start_registry(workdir: Path, port: int | None = None, extra_config: str = "") -> Daemon:
     """A distribution registry on loopback with request logging; ``.url``, ``.access_log``."""
     require_binaries("docker-registry")
@@ -216,34 +234,16 @@ def blob_gets(log_path: Path, repo: str | None = None) -> list:
 
 def layerswarm_argv(*args) -> list:
     """Our CLI with the running interpreter (no PATH lookup)."""
-    return [sys.executable, "-m", "bridge.cli", *map(str, args)]
-
-
-def tracker_available() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("tracker.cli") is not None
+    return [sys.executable, "-m", "layerswarm.bridge.cli", *map(str, args)]
 
 
 def start_tracker(workdir: Path, port: int | None = None, extra=()) -> Daemon:
     port = port or free_port()
     p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *extra),
-               Path(workdir) / "tracker.log", name="layerswarm tracker")
+               Path(workdir) / "layerswarm.tracker.log", name="layerswarm tracker")
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/healthz")
     return p
-
-
-def bridge_options() -> set:
-    """Option strings ``layerswarm bridge`` accepts (empty when it is not built)."""
-    import argparse
-    import importlib
-    try:
-        mod = importlib.import_module("bridge.serve")
-    except ModuleNotFoundError:
-        return set()
-    p = argparse.ArgumentParser(add_help=False)
-    mod.add_arguments(p)
-    return {o for a in p._actions for o in a.option_strings}
 
 
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
@@ -259,13 +259,10 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
     for name, url in (aliases or {}).items():
         argv += ["--alias", f"{name}={url}"]
     if tracker:
-        if "--tracker" not in bridge_options():
-            raise DaemonError("this layerswarm bridge has no --tracker option yet")
-        argv += ["--tracker", tracker]
-        if "--peer-listen" in bridge_options():  # BitTorrent on loopback, a port of its own
-            argv += ["--peer-listen", f"127.0.0.1:{free_port()}"]
+        # BitTorrent on loopback, on a port of its own
+        argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}"]
     argv += list(extra)
-    p = Daemon(layerswarm_argv(*argv), workdir / "bridge.log", name="layerswarm bridge")
+    p = Daemon(layerswarm_argv(*argv), workdir / "layerswarm.bridge.log", name="layerswarm bridge")
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
     p.stats = lambda: requests.get(p.url + "/_layerswarm/stats", timeout=10).json()

@@ -10,9 +10,9 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from bridge.digest import Digest, InvalidDigest
-from bridge.errors import DigestMismatch, StoreFull, UserError
-from bridge.trackerclient import TrackerUnavailable
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, UserError
+from layerswarm.bridge.node.trackerclient import TrackerUnavailable
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20

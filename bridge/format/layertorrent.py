@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import bencodepy
 
-from bridge.digest import Digest, InfoHash, InvalidDigest
+from layerswarm.bridge.format.digest import Digest, InfoHash, InvalidDigest
 
 FORMAT_VERSION = 1
 MIN_PIECE = 256 * 1024

@@ -37,11 +37,11 @@ import requests
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.wsgi import wrap_file
 
-from bridge.blobs import BlobRequest, BlobResponse, span
-from bridge.digest import Digest, InvalidDigest
-from bridge.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, UpstreamError
-from bridge.names import ByteRange
-from bridge.trackerclient import TrackerUnavailable
+from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse, span
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, UpstreamError
+from layerswarm.bridge.format.names import ByteRange
+from layerswarm.bridge.node.trackerclient import TrackerUnavailable
 
 log = logging.getLogger("layerswarm.swarm")
 

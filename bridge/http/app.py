@@ -12,18 +12,19 @@ returning one — and, if ``peer.blueprint`` exists, its routes are mounted.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from bridge import errors
-from bridge.blobs import BlobSource, OriginBlobSource
-from bridge.config import BridgeConfig
-from bridge.manifests import ManifestService, ManifestStore
-from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
-from bridge.registry import API_VERSION, Router, bp as registry_bp
-from bridge.upstream import UpstreamClient
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
+from layerswarm.bridge.config import BridgeConfig
+from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
+from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
+from layerswarm.bridge.http.registry import API_VERSION, Router, bp as registry_bp
+from layerswarm.bridge.sources.upstream import UpstreamClient
 
 log = logging.getLogger("layerswarm.app")
 
@@ -41,7 +42,7 @@ class BridgeState:
 
 
 def swarm_config(config: BridgeConfig):
-    from bridge.swarmsource import SwarmConfig
+    from layerswarm.bridge.sources.swarm import SwarmConfig
     return SwarmConfig(advertise_url=config.advertise_url or "", tiny_bytes=config.tiny_blob_bytes,
                        lease_ttl=config.lease_ttl, relay_timeout=config.relay_timeout,
                        follow_timeout=max(config.relay_timeout, config.stall_timeout) * 2,
@@ -51,7 +52,10 @@ def swarm_config(config: BridgeConfig):
 
 
 def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:
-    app = Flask("layerswarm.bridge")
+    # Explicit paths: Flask cannot locate a module inside the editable-installed
+    # ``layerswarm`` namespace on its own (and the app reads no instance files).
+    here = os.path.dirname(os.path.abspath(__file__))
+    app = Flask(__name__, root_path=here, instance_path=here)
     metrics = Metrics()
     clients = {name: UpstreamClient(cfg, config.connect_timeout, config.read_timeout,
                                     pool_size=config.threads, on_request=metrics.upstream_request)
@@ -66,7 +70,7 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
         blob_source = peer.blob_source(state)
     elif blob_source is None and peer is not None:
-        from bridge.swarmsource import SwarmBlobSource
+        from layerswarm.bridge.sources.swarm import SwarmBlobSource
         blob_source = SwarmBlobSource(peer, origin, swarm_config(config), metrics)
     if blob_source is not None:
         state.blobs = blob_source

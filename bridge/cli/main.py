@@ -11,15 +11,15 @@ import importlib
 import logging
 import sys
 
-from bridge.errors import UserError
+from layerswarm.bridge.format.errors import UserError
 
 SUBCOMMANDS = {
     # name: (module, one-line help)
-    "tracker": ("tracker.cli", "run the HTTP BitTorrent tracker and layer metainfo registry"),
-    "bridge": ("bridge.serve", "run the per-host registry mirror"),
-    "seed": ("bridge.seedcmd", "seed prebuilt layers (docker save tar, OCI layout, blob, image ref)"),
-    "inspect": ("tracker.inspect", "show swarms of layers known to a tracker"),
-    "demo": ("bridge.demo", "run the embedded local stack and pull a demo image through it"),
+    "tracker": ("layerswarm.bridge.cli.tracker", "run the HTTP BitTorrent tracker and layer metainfo registry"),
+    "bridge": ("layerswarm.bridge.cli.bridge", "run the per-host registry mirror"),
+    "seed": ("layerswarm.bridge.cli.seed", "seed prebuilt layers (docker save tar, OCI layout, blob, image ref)"),
+    "inspect": ("layerswarm.bridge.cli.inspect", "show swarms of layers known to a tracker"),
+    "demo": ("layerswarm.bridge.cli.demo", "run the embedded local stack and pull a demo image through it"),
 }
 
 

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge import torrentformat as tf
-from bridge.digest import Digest
-from bridge.errors import DigestMismatch, StoreFull
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import DigestMismatch, StoreFull
 
 log = logging.getLogger(__name__)
 

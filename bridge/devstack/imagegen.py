@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from bridge.digest import Digest
+from layerswarm.bridge.format.digest import Digest
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

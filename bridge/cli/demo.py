@@ -27,8 +27,9 @@ from pathlib import Path
 
 import requests
 
-from bridge import imagegen, localstack
-from bridge.errors import UserError
+from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack import daemons as devstack
+from layerswarm.bridge.format.errors import UserError
 
 DEMO_IMAGE = "layerswarm-demo:latest"
 TINY_BLOB_BYTES = 1 << 20  # the bridge's default --tiny-blob-bytes: smaller blobs get no torrent
@@ -92,12 +93,10 @@ def run(args) -> int:
         raise UserError("--layers must be between 1 and 64")
     if not 0 < args.layer_mib <= 1024:
         raise UserError("--layer-mib must be > 0 and <= 1024")
-    if importlib_missing("bridge.serve"):
-        raise UserError("this build has no `layerswarm bridge` yet (bridge/serve.py): nothing to demo")
     try:
-        localstack.require_binaries("dockerd", "docker", "containerd", "runc",
+        devstack.require_binaries("dockerd", "docker", "containerd", "runc",
                                     *([] if args.upstream else ["docker-registry"]))
-    except localstack.DaemonError as exc:
+    except devstack.DaemonError as exc:
         raise UserError(str(exc)) from None
 
     own_workdir = args.workdir is None
@@ -112,7 +111,7 @@ def run(args) -> int:
         rc = _run(args, workdir, stack)
         failed = False
         return rc
-    except localstack.DaemonError as exc:
+    except devstack.DaemonError as exc:
         raise UserError(f"demo failed: {exc}") from None
     except KeyboardInterrupt:
         failed = False
@@ -128,21 +127,12 @@ def run(args) -> int:
             print(f"logs and state kept in {workdir}", flush=True)
 
 
-def importlib_missing(mod: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(mod) is None
-
-
 def _run(args, workdir: Path, stack: _Stack) -> int:
     _say("workdir", str(workdir))
 
     # 1. tracker
-    tracker = None
-    if localstack.tracker_available():
-        tracker = stack.add(localstack.start_tracker(workdir / "tracker"))
-        _say("tracker", f"layerswarm tracker on {tracker.url} (log {tracker.log})")
-    else:
-        _say("tracker", "skipped: this build has no `layerswarm tracker` yet")
+    tracker = stack.add(devstack.start_tracker(workdir / "tracker"))
+    _say("tracker", f"layerswarm tracker on {tracker.url} (log {tracker.log})")
 
     # 2. origin
     origin = None
@@ -153,7 +143,7 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
         upstream = args.upstream
         _say("origin", f"external registry {upstream} (its own logs are not visible here)")
     else:
-        origin = stack.add(localstack.start_registry(workdir / "origin"))
+        origin = stack.add(devstack.start_registry(workdir / "origin"))
         upstream = origin.url
         _say("origin", f"docker-registry on {origin.url} (log {origin.log})")
         size = int(args.layer_mib * (1 << 20))
@@ -165,14 +155,14 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
 
     # 3. bridge
     port = args.bridge_port or None
-    tracker_url = tracker.url if tracker and "--tracker" in localstack.bridge_options() else None
-    bridge = stack.add(localstack.start_bridge(workdir / "bridge", upstream=upstream, tracker=tracker_url,
+    tracker_url = tracker.url
+    bridge = stack.add(devstack.start_bridge(workdir / "bridge", upstream=upstream, tracker=tracker_url,
                                                port=port))
     _say("bridge", f"layerswarm bridge on {bridge.url}, default upstream {upstream}"
                    + (f", tracker {tracker_url}" if tracker_url else "") + f" (log {bridge.log})")
 
     # 4. dockerd
-    docker = stack.add(localstack.start_dockerd(workdir / "dockerd", mirrors=[bridge.url]))
+    docker = stack.add(devstack.start_dockerd(workdir / "dockerd", mirrors=[bridge.url]))
     _say("dockerd", f"dockerd on {docker.host} with registry-mirrors [{bridge.url}] (log {docker.log})")
 
     # 5. pull
@@ -206,16 +196,9 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
 
 
 def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> None:
-    """Pull again through a second bridge (a second host) that shares only the tracker.
-
-    Runs once ``layerswarm bridge`` can join a swarm (``--tracker``); until
-    then it says so and the demo ends after the single-host pull.
-    """
-    if tracker is None or "--tracker" not in localstack.bridge_options():
-        _say("peer", "skipped: this build's bridge does not join a swarm yet (no --tracker option)")
-        return None
-    gets_before = len(localstack.blob_gets(origin.log)) if origin is not None else None
-    bridge2 = stack.add(localstack.start_bridge(workdir / "bridge2", upstream=upstream, tracker=tracker.url))
+    """Pull again through a second bridge (a second host) that shares only the tracker."""
+    gets_before = len(devstack.blob_gets(origin.log)) if origin is not None else None
+    bridge2 = stack.add(devstack.start_bridge(workdir / "bridge2", upstream=upstream, tracker=tracker.url))
     _say("peer", f"second bridge (another host) on {bridge2.url}, same tracker, empty store")
     docker.remove_all_images()
     docker.set_mirrors([bridge2.url])
@@ -227,7 +210,7 @@ def _peer_step(workdir, stack, tracker, upstream, docker, pull_ref, origin) -> N
     line = (f"docker pull {pull_ref} via the second bridge: {took:.1f}s, {from_peers:,} bytes from peers, "
             f"{src.get('origin', 0):,} from the origin")
     if gets_before is not None:
-        line += f", origin blob GETs +{len(localstack.blob_gets(origin.log)) - gets_before}"
+        line += f", origin blob GETs +{len(devstack.blob_gets(origin.log)) - gets_before}"
     _say("peer", line)
     if from_peers == 0 and max((sz for _, sz in _layers_via_bridge(bridge2, *_split_ref(pull_ref))),
                                default=0) < TINY_BLOB_BYTES:
@@ -244,7 +227,7 @@ def _pull(docker, ref: str, bridge) -> None:
     last error (which is about its fallback to Docker Hub, blocked here)."""
     try:
         docker.pull(ref, timeout=900)
-    except localstack.DaemonError as exc:
+    except devstack.DaemonError as exc:
         try:
             reqs = bridge.stats().get("requests", {})
             bad = ", ".join(f"{k} x{n}" for k, n in sorted(reqs.items()) if not k.split()[-1].startswith("2"))
@@ -314,7 +297,7 @@ def _summary(pull_ref, repo, tag, bridges, origin, tracker, took) -> None:
               f"served; from origin {src.get('origin', 0):,} | store {src.get('store', 0):,} | "
               f"peers {src.get('peer', 0) + src.get('relay', 0):,}", flush=True)
     if origin is not None:
-        gets = [g for g in localstack.blob_gets(origin.log) if g[1] in (200, 206)]
+        gets = [g for g in devstack.blob_gets(origin.log) if g[1] in (200, 206)]
         print(f"origin       : {len(gets)} blob GETs, {sum(g[2] for g in gets):,} bytes sent", flush=True)
     else:
         print("origin       : external (blob GETs not visible here)", flush=True)

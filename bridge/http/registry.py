@@ -14,10 +14,10 @@ import re
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.wsgi import wrap_file
 
-from bridge import errors
-from bridge.blobs import BlobRequest, BlobResponse
-from bridge.config import BridgeConfig
-from bridge.names import ApiPath, ByteRange, parse_api_path, raw_path
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse
+from layerswarm.bridge.config import BridgeConfig
+from layerswarm.bridge.format.names import ApiPath, ByteRange, parse_api_path, raw_path
 
 log = logging.getLogger("layerswarm.registry")
 

@@ -37,11 +37,11 @@ import logging
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Protocol
 
-from bridge import errors
-from bridge.digest import Digest
-from bridge.errors import DigestMismatch, UpstreamError
-from bridge.names import ByteRange
-from bridge.upstream import UpstreamClient
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import DigestMismatch, UpstreamError
+from layerswarm.bridge.format.names import ByteRange
+from layerswarm.bridge.sources.upstream import UpstreamClient
 
 log = logging.getLogger("layerswarm.blobs")
 

@@ -13,8 +13,8 @@ import time
 
 import libtorrent as lt
 
-from bridge.torrent.alerts import Dispatcher, to_event
-from bridge.torrent.settings import SessionConfig, settings_pack
+from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
+from layerswarm.bridge.node.torrent.settings import SessionConfig, settings_pack
 
 log = logging.getLogger(__name__)
 

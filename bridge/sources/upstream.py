@@ -16,9 +16,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from bridge import errors
-from bridge.auth import Authenticator
-from bridge.config import UpstreamConfig
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.sources.auth import Authenticator
+from layerswarm.bridge.config import UpstreamConfig
 
 log = logging.getLogger("layerswarm.upstream")
 

@@ -11,12 +11,12 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from bridge import torrentformat as tf
-from bridge.digest import Digest
-from bridge.errors import SwarmError, UserError
-from bridge.store import LayerStore
-from bridge.stream import Download, FileStream, LayerStream, StreamConfig
-from bridge.trackerclient import (PublishConflict, PublishRejected, TrackerClient,
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import SwarmError, UserError
+from layerswarm.bridge.node.store import LayerStore
+from layerswarm.bridge.node.stream import Download, FileStream, LayerStream, StreamConfig
+from layerswarm.bridge.node.trackerclient import (PublishConflict, PublishRejected, TrackerClient,
                                   TrackerUnavailable)
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class SeedInfo:
 
 class Peer:
     def __init__(self, config: PeerConfig):
-        from bridge.torrent.session import TorrentSession, SessionConfig  # the libtorrent import
+        from layerswarm.bridge.node.torrent.session import TorrentSession, SessionConfig  # the libtorrent import
         self.config = config
         self.store = LayerStore(config.store_dir, config.cap_bytes)
         self.tracker = TrackerClient(config.tracker_url, config.token, config.host_id, config.tracker_timeout)
@@ -223,7 +223,7 @@ class Peer:
     @property
     def blueprint(self):
         if self._blueprint is None:
-            from bridge.peerapi import make_blueprint
+            from layerswarm.bridge.http.admin import make_blueprint
             self._blueprint = make_blueprint(self)
         return self._blueprint
 

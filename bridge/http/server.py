@@ -1,4 +1,4 @@
-"""``layerswarm bridge``: the per-host registry mirror under an embedded gunicorn.
+"""The bridge's server: the registry mirror app under an embedded gunicorn, and the host's peer it owns.
 
 One worker process (it will own the host's single libtorrent session),
 ``gthread`` with many threads so long blob streams never starve a manifest
@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from bridge import config as bconfig
-from bridge.errors import UserError
+from layerswarm.bridge import config as bconfig
 
 log = logging.getLogger("layerswarm.serve")
-
-
-def add_arguments(parser) -> None:
-    bconfig.add_arguments(parser)
 
 
 def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
@@ -51,8 +46,8 @@ def build_peer(cfg: bconfig.BridgeConfig):
     """The host's one Peer: libtorrent session + layer store + tracker client."""
     import socket
     import threading
-    from bridge.peer import Peer, PeerConfig
-    from bridge.stream import StreamConfig
+    from layerswarm.bridge.node.peer import Peer, PeerConfig
+    from layerswarm.bridge.node.stream import StreamConfig
     host, _, port = cfg.listen.rpartition(":")
     if not cfg.host_id:
         cfg.host_id = f"{socket.gethostname()}-{port}"
@@ -70,7 +65,7 @@ def build_peer(cfg: bconfig.BridgeConfig):
 def build_app(cfg: bconfig.BridgeConfig):
     """The WSGI app for ``cfg``: a swarm-backed mirror with --tracker, else pass-through."""
     global _peer
-    from bridge.app import create_app
+    from layerswarm.bridge.http.app import create_app
     if cfg.tracker_url:
         _peer = build_peer(cfg)
     return create_app(cfg, peer=_peer)
@@ -81,11 +76,8 @@ def _worker_exit(server, worker) -> None:
         _peer.close()
 
 
-def run(args) -> int:
-    cfg = bconfig.from_args(args)
-    host, _, port = cfg.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--listen wants HOST:PORT, got {cfg.listen!r}")
+def serve(cfg: bconfig.BridgeConfig) -> None:
+    """Run the bridge in the foreground until SIGTERM/SIGINT."""
     from gunicorn.app.base import BaseApplication
 
     class BridgeServer(BaseApplication):
@@ -100,4 +92,3 @@ def run(args) -> int:
     log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.listen, cfg.default.url,
              sorted(n for n in cfg.upstreams if n != bconfig.DEFAULT_NAME), cfg.store_dir)
     BridgeServer().run()
-    return 0

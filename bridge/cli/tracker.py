@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from bridge.errors import UserError
-from tracker.config import Config
+from layerswarm.bridge.format.errors import UserError
+from layerswarm.tracker.config import Config
 
 
 def _env(name, default=None):
@@ -56,8 +56,8 @@ def config_from_args(args) -> Config:
 def run(args) -> int:
     cfg = config_from_args(args)
     if cfg.store != "memory":
-        from tracker.storage import open_store
-        from tracker.errors import StoreUnavailable
+        from layerswarm.tracker.storage import open_store
+        from layerswarm.tracker.errors import StoreUnavailable
         store = open_store(cfg.store)
         try:
             store.ping()
@@ -65,6 +65,6 @@ def run(args) -> int:
             raise UserError(f"cannot reach {cfg.store}: {exc}") from None
         finally:
             store.close()
-    from tracker.server import serve
+    from layerswarm.tracker.server import serve
     serve(cfg)
     return 0

@@ -7,8 +7,8 @@ from urllib.parse import quote_from_bytes
 import bencodepy
 import requests
 
-from bridge import torrentformat as tf
-from bridge.digest import Digest, InfoHash
+from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import Digest, InfoHash
 
 log = logging.getLogger(__name__)
 

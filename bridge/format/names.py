@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from bridge import errors
-from bridge.digest import Digest, InvalidDigest
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
 
 # Distribution spec grammar (DESIGN §4).
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"

@@ -23,8 +23,8 @@ from typing import Callable
 
 import requests
 
-from bridge.digest import Digest, InvalidDigest
-from bridge.errors import DigestMismatch, LayerswarmError, StoreFull, UserError
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.errors import DigestMismatch, LayerswarmError, StoreFull, UserError
 
 CHUNK = 1 << 20
 MANIFEST_TYPES = (
@@ -411,7 +411,7 @@ def _bar(args, total: int):
 def run(args) -> int:
     if not args.tracker:
         raise UserError("--tracker URL is required (or set LAYERSWARM_TRACKER)")
-    from bridge.trackerclient import TrackerClient
+    from layerswarm.bridge.node.trackerclient import TrackerClient
     tracker = TrackerClient(args.tracker, args.token)
     if not tracker.healthy():
         raise UserError(f"tracker {args.tracker} unreachable")
@@ -459,8 +459,8 @@ def _to_bridge(args, layers, bar) -> list:
 
 
 def _foreground(args, layers, bar, tracker) -> int:
-    from bridge.peer import Peer, PeerConfig
-    from bridge.trackerclient import TrackerUnavailable
+    from layerswarm.bridge.node.peer import Peer, PeerConfig
+    from layerswarm.bridge.node.trackerclient import TrackerUnavailable
     store_dir = args.store_dir or os.environ.get("LAYERSWARM_STORE", "/var/lib/layerswarm/store")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,8 +7,8 @@ import time
 import bencodepy
 import requests
 
-from bridge.digest import Digest, InvalidDigest
-from bridge.errors import UserError
+from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.errors import UserError
 
 
 def add_arguments(p) -> None:

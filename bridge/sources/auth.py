@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import requests
 
-from bridge import errors
-from bridge.config import UpstreamConfig
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.config import UpstreamConfig
 
 log = logging.getLogger("layerswarm.auth")
 
