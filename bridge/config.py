@@ -1,58 +1,64 @@
-"""Bridge configuration: CLI flags, an optional TOML file, env vars for secrets.
+"""The bridge's one configuration: six sections, each option declared once (format/options.py).
 
-Upstream routing (which registry a request goes to) is decided here once:
+Flags, ``LAYERSWARM_*`` environment variables and the TOML file (``--config``)
+merge into :class:`BridgeConfig` by field name; ``layerswarm bridge
+--print-config`` shows the result with secrets redacted.  Example file::
 
-* the *default* upstream answers plain names (dockerd ``registry-mirrors``
-  sends ``library/<name>``) and the Docker Hub hosts (``?ns=docker.io``);
-  it is Docker Hub unless ``--upstream URL`` / ``default_upstream`` says else;
-* named aliases (``--alias NAME=URL`` or ``[upstreams.NAME]``) answer
-  ``/v2/NAME/<repo>/...`` and ``?ns=<their host[:port]>``;
-* allowed hosts (``--allow-host HOST``, ``allow_hosts``) answer
-  ``/v2/HOST/<repo>/...`` and ``?ns=HOST`` over https.  Nothing else is
-  reachable, so the bridge is not an open proxy.
-
-TOML example::
-
+    [server]
     listen = "127.0.0.1:5000"
     store_dir = "/var/lib/layerswarm"
-    default_upstream = "hub"           # an alias name or a URL
+
+    [upstreams]
+    default_upstream = "hub"             # an upstream name below, or a URL
     allow_hosts = ["ghcr.io", "quay.io"]
-    connect_timeout = 5
-    read_timeout = 30
-    tag_ttl = 5
-    threads = 64
 
     [upstreams.hub]
     url = "https://registry-1.docker.io"
     username = "me"
-    password_env = "HUB_TOKEN"         # secret from the environment
+    password_env = "HUB_TOKEN"           # or password_file = "/run/secrets/hub"
 
     [upstreams.corp]
     url = "https://registry.corp:5443"
     ca_bundle = "/etc/ssl/corp-ca.pem"
-    hosts = ["registry.corp"]          # extra host names routed here
+    hosts = ["registry.corp"]            # extra host names routed here
+
+    [swarm]
+    tracker = "http://tracker:6969"
+    publish_token_file = "/run/secrets/publish-token"
+
+Keys written at the top level (files from before sections) still work.
+
+Upstream routing (which registry a request goes to) is decided by the
+upstreams section: the *default* upstream answers plain names (dockerd
+``registry-mirrors`` sends ``library/<name>``) and the Docker Hub hosts
+(``?ns=docker.io``); named upstreams (``--alias NAME=URL`` or
+``[upstreams.NAME]``) answer ``/v2/NAME/<repo>/...`` and ``?ns=<their
+host[:port]>``; allowed hosts (``--allow-host``) answer ``/v2/HOST/<repo>/...``
+and ``?ns=HOST`` over https.  Nothing else is reachable: the bridge is not
+an open proxy.
 """
 from __future__ import annotations
 
 import os
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib
+import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from layerswarm.bridge.format.errors import UserError
 from layerswarm.bridge.format.names import COMPONENT_RE
+from layerswarm.bridge.format.options import InvalidOption, Schema, option
+from layerswarm.bridge.format.units import parse_size
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 DEFAULT_NAME = "default"
+ENV_PREFIX = "LAYERSWARM_"
 
 
 @dataclass
 class UpstreamConfig:
+    """One upstream registry, resolved from the upstreams section."""
+
     name: str
     url: str
     username: str | None = None
@@ -85,231 +91,295 @@ class UpstreamConfig:
         return self.ca_bundle or True
 
 
+def _host_port(name: str, value: str, flag: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidOption(name, f"wants HOST:PORT, got {value!r} ({flag})")
+
+
+def _base_url(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise InvalidOption(name, f"wants an http(s) base URL, got {value!r}")
+
+
+def _positive(section, *names) -> None:
+    for n in names:
+        if getattr(section, n) <= 0:
+            raise InvalidOption(n, f"must be positive, got {getattr(section, n)}")
+
+
 @dataclass
-class BridgeConfig:
-    store_dir: str
-    listen: str = "127.0.0.1:5000"
-    upstreams: dict = field(default_factory=dict)  # name -> UpstreamConfig
-    default_upstream: str = DEFAULT_NAME
-    allow_hosts: list = field(default_factory=list)
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    tag_ttl: float = 5.0
-    threads: int = 64
-    graceful_timeout: float = 5.0
-    max_manifest_bytes: int = 4 << 20
-    access_log: bool = False
-    # The swarm (all off without a tracker: a plain pass-through mirror).
-    tracker_url: str | None = None
-    publish_token: str | None = None
-    peer_listen: str = "0.0.0.0:6881"
-    advertise_url: str | None = None   # how other bridges reach this one (relay); default http://<listen>
-    host_id: str | None = None         # unique per host; default <hostname>-<port>
-    cache_max_bytes: int | None = None
-    tiny_blob_bytes: int = 1 << 20
-    stall_timeout: float = 30.0
-    relay_timeout: float = 20.0
-    lease_ttl: float = 30.0
-    origin_slots: int = 4
-    tracker_backoff: float = 10.0
-    utp: bool = False
-    admin_token: str | None = None     # required as Bearer on the admin views (/_layerswarm/seed, status)
+class ServerSection:
+    """The client API: the registry mirror dockerd, containerd and podman point at."""
+
+    listen: str = option("127.0.0.1:5000", "address the registry mirror serves on", metavar="HOST:PORT")
+    store_dir: str | None = option(None, "local store (manifest cache, layers); required", metavar="DIR")
+    threads: int = option(64, "server threads (long blob streams each hold one)", metavar="N")
+    graceful_timeout: float = option(5.0, "seconds in-flight requests get after SIGTERM", metavar="S")
+    access_log: bool = option(False, "log every request")
 
     def __post_init__(self) -> None:
-        if DEFAULT_NAME not in self.upstreams and self.default_upstream == DEFAULT_NAME:
-            self.upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, DOCKER_HUB_URL)
-        if self.default_upstream not in self.upstreams:
-            raise UserError(f"default upstream {self.default_upstream!r} is not configured")
-        for name in self.upstreams:
+        _host_port("listen", self.listen, "--listen")
+        _positive(self, "threads")
+
+
+@dataclass
+class UpstreamsSection:
+    """Origin registries: which one answers a request, credentials, timeouts."""
+
+    __tables__ = "definitions"   # [upstreams.NAME] sub-tables
+
+    default_upstream: str = option(DOCKER_HUB_URL, "default upstream for plain names and docker.io: "
+                                   "a URL or an upstream name", flags=("--upstream",), metavar="URL|NAME")
+    upstream_user: str | None = option(None, "username for the default upstream",
+                                       env=("LAYERSWARM_UPSTREAM_USERNAME",), metavar="USER")
+    upstream_password: str | None = option(None, "password for the default upstream", secret=True,
+                                           metavar="PASSWORD")
+    upstream_ca: str | None = option(None, "CA bundle for the default upstream", metavar="PEM")
+    upstream_insecure: bool = option(False, "do not verify the default upstream's TLS")
+    alias: list = option(default_factory=list, help="named upstream, reached as /v2/NAME/<repo>/... or "
+                         "?ns=<its host> (repeatable)", toml=("aliases",), metavar="NAME=URL")
+    allow_hosts: list = option(default_factory=list, help="registry host reachable as /v2/HOST/<repo>/... or "
+                               "?ns=HOST over https (repeatable)", flags=("--allow-host",), metavar="HOST")
+    connect_timeout: float = option(5.0, "upstream connect timeout", metavar="S")
+    read_timeout: float = option(30.0, "upstream read timeout", metavar="S")
+    tag_ttl: float = option(5.0, "seconds a tag->digest answer is cached", metavar="S")
+    max_manifest_bytes: int = option(4 << 20, "largest manifest accepted from an upstream", metavar="N")
+    definitions: dict = option(default_factory=dict, help="[upstreams.NAME] tables: url, username, password "
+                               "(or password_env/password_file), ca_bundle, insecure, hosts", flag=False)
+    by_name: dict = field(init=False, repr=False, compare=False)  # resolved: name -> UpstreamConfig
+    default_name: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _positive(self, "connect_timeout", "read_timeout", "max_manifest_bytes")
+        try:
+            self.by_name = self._resolve()
+        except UserError as exc:
+            raise InvalidOption("default_upstream", str(exc)) from None
+
+    def _resolve(self) -> dict:
+        ups = {name: _upstream_from_table(name, t) for name, t in self.definitions.items()}
+        default = self.default_upstream
+        if default not in ups:
+            if "://" not in default:
+                raise UserError(f"default upstream {default!r} is neither a URL nor a configured upstream")
+            ups[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, default)
+            default = DEFAULT_NAME
+        d = ups[default]
+        if self.upstream_user:
+            d.username = self.upstream_user
+        if self.upstream_password:
+            d.password = self.upstream_password
+        if self.upstream_ca:
+            d.ca_bundle = self.upstream_ca
+        if self.upstream_insecure:
+            d.insecure = True
+        for spec in self.alias:
+            name, sep, url = spec.partition("=")
+            if not sep or not name or not url:
+                raise UserError(f"--alias wants NAME=URL, got {spec!r}")
+            prev = ups.get(name)
+            up = UpstreamConfig(name, url)
+            if prev is not None:  # keep credentials / CA from the file
+                up.username, up.password, up.ca_bundle, up.insecure, up.hosts = (
+                    prev.username, prev.password, prev.ca_bundle, prev.insecure, prev.hosts)
+            ups[name] = up
+        for name in ups:
             if name != DEFAULT_NAME and not COMPONENT_RE.match(name):
                 raise UserError(f"upstream alias {name!r} must be one lowercase name component "
                                 "(letters, digits, '.', '_', '-')")
-        for flag, url in (("--tracker", self.tracker_url), ("--advertise-url", self.advertise_url)):
-            if url is not None:
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-                    raise UserError(f"{flag} wants an http(s) base URL, got {url!r}")
-        host, sep, port = self.peer_listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise UserError(f"--peer-listen wants HOST:PORT, got {self.peer_listen!r}")
-        for host in self.allow_hosts:
-            if host not in self.hosts():
-                self.upstreams.setdefault(host, UpstreamConfig(host, "https://" + host))
+        self.default_name = default
+        hosts = self._hosts(ups, default)
+        for host in (h.lower() for h in self.allow_hosts):
+            if host not in hosts:
+                ups.setdefault(host, UpstreamConfig(host, "https://" + host))
+        return ups
 
-    @property
-    def default(self) -> UpstreamConfig:
-        return self.upstreams[self.default_upstream]
-
-    def hosts(self) -> dict:
-        """Registry host (``host`` or ``host:port``, lower case) -> upstream name."""
+    @staticmethod
+    def _hosts(ups: dict, default: str) -> dict:
         out = {}
-        for name, up in self.upstreams.items():
+        for name, up in ups.items():
             out.setdefault(up.netloc, name)
             for h in up.hosts:
                 out[h.lower()] = name
-        d = self.default
         for h in DOCKER_HUB_HOSTS:
-            if d.is_docker_hub or h not in out:
-                out[h] = self.default_upstream
+            if ups[default].is_docker_hub or h not in out:
+                out[h] = default
         return out
+
+    @property
+    def default(self) -> UpstreamConfig:
+        return self.by_name[self.default_name]
+
+    def hosts(self) -> dict:
+        """Registry host (``host`` or ``host:port``, lower case) -> upstream name."""
+        return self._hosts(self.by_name, self.default_name)
 
     def prefixes(self) -> dict:
         """First path component -> upstream name (aliases, and hosts without a port)."""
         out = {h: n for h, n in self.hosts().items() if ":" not in h and "." in h and COMPONENT_RE.match(h)}
-        out.update({n: n for n in self.upstreams if n != DEFAULT_NAME})
+        out.update({n: n for n in self.by_name if n != DEFAULT_NAME})
         return out
 
 
-def _secret(table: dict, key: str) -> str | None:
+@dataclass
+class SwarmSection:
+    """Peer-to-peer layers: the tracker, publishing, cold-fetch leases and relays (off without a tracker)."""
+
+    tracker: str | None = option(None, "layerswarm tracker base URL, e.g. http://tracker:6969", metavar="URL")
+    publish_token: str | None = option(None, "publish token for the tracker", secret=True,
+                                       flags=("--token",), toml=("token",), metavar="T")
+    advertise_url: str | None = option(None, "this bridge's URL as other bridges reach it for relaying "
+                                       "(default http://<listen>)", metavar="URL")
+    host_id: str | None = option(None, "unique name of this host (default <hostname>-<port>)", metavar="ID")
+    cache_max: int | None = option(None, "layer store cap, e.g. 20G (LRU eviction)", parse=parse_size, metavar="SIZE")
+    tiny_blob_bytes: int = option(1 << 20, "blobs below this get no torrent", metavar="N")
+    relay_timeout: float = option(20.0, "relay source silent this long -> origin", metavar="S")
+    lease_ttl: float = option(30.0, "cold-fetch lease TTL asked of the tracker", metavar="S")
+    origin_slots: int = option(4, "concurrent origin fetches when the tracker is down", metavar="N")
+    origin_jitter: float = option(2.0, "random delay before such a fetch, so a fleet does not stampede",
+                                  metavar="S")
+    tracker_backoff: float = option(10.0, "after a tracker failure, go straight to the origin for this long",
+                                    metavar="S")
+
+    def __post_init__(self) -> None:
+        _base_url("tracker", self.tracker)
+        _base_url("advertise_url", self.advertise_url)
+        _positive(self, "relay_timeout", "lease_ttl", "origin_slots")
+
+
+@dataclass
+class StreamSection:
+    """Streaming a layer from the swarm to a client in order, as pieces verify."""
+
+    stall_timeout: float = option(30.0, "swarm without progress this long -> origin", metavar="S")
+    piece_read_timeout: float = option(5.0, "a verified piece not read back this long is asked again", metavar="S")
+    # Deadlines only on the piece a reader is blocked on and the next one (at least 2 pieces;
+    # 0 = none).  A wide window made every reader of a fleet ask for the same pieces at once,
+    # and time-critical pieces go to the fastest peer, the seeder: rollout N=8 warm 9.1-9.6 s
+    # with 8 MiB vs 6.9-7.2 s with 512 KiB (scripts/bench_rollout.py, 3x32 MiB).
+    window_bytes: int = option(512 << 10, "bytes ahead of each reader given piece deadlines (0: none)",
+                               metavar="N")
+    deadline_ms: int = option(300, "deadline of the first piece of the window", metavar="MS")
+    deadline_step_ms: int = option(100, "each later piece of the window gets this much more", metavar="MS")
+    prefetch: int = option(2, "pieces each reader asks for ahead of the one it sends", metavar="N")
+
+    def __post_init__(self) -> None:
+        _positive(self, "stall_timeout", "piece_read_timeout")
+
+
+@dataclass
+class SessionSection:
+    """The host's libtorrent session."""
+
+    peer_listen: str = option("0.0.0.0:6881", "BitTorrent listen address", metavar="HOST:PORT")
+    # TCP only by default: measured on loopback (scripts/bench_peer.py --utp, DESIGN §5)
+    # uTP was several times slower for the same swarm.
+    utp: bool = option(False, "also use uTP (default TCP only: faster on LANs)")
+    unchoke_slots: int = option(32, "peers served at once (a fresh layer's seeder serves a rollout wave)",
+                                metavar="N")
+    connections_limit: int = option(400, "peer connections", metavar="N")
+    # A fleet connects to a new layer's peers all at once: N=12 warm rollout saw 9 listen
+    # overflows (SYNs dropped, retried after 1 s) with libtorrent's default of 5, none with 256.
+    listen_queue_size: int = option(256, "accept backlog of the peer socket", metavar="N")
+    # The tracker expires peers after ~2 intervals: a floor above its interval makes seeders vanish.
+    min_announce_interval: int = option(5, "never re-announce more often than this", metavar="S")
+    alert_queue_size: int = option(100_000, "libtorrent alert queue (read_piece alerts carry piece data)",
+                                   metavar="N")
+    stop_tracker_timeout: int = option(1, "teardown waits this long for the tracker's event=stopped", metavar="S")
+    user_agent: str = option("layerswarm/0.1", "BitTorrent user agent", metavar="UA")
+    lt_settings: dict = option(default_factory=dict, help="raw libtorrent settings applied last "
+                               "(tuning; env: a JSON object)", flags=("--lt-setting",))
+
+    def __post_init__(self) -> None:
+        _host_port("peer_listen", self.peer_listen, "--peer-listen")
+
+
+@dataclass
+class AdminSection:
+    """Operator access to the admin views (/_layerswarm/seed, status, layers)."""
+
+    admin_token: str | None = option(None, "bearer token the admin views require", secret=True, metavar="T")
+
+
+@dataclass
+class BridgeConfig:
+    server: ServerSection = field(default_factory=ServerSection)
+    upstreams: UpstreamsSection = field(default_factory=UpstreamsSection)
+    swarm: SwarmSection = field(default_factory=SwarmSection)
+    stream: StreamSection = field(default_factory=StreamSection)
+    session: SessionSection = field(default_factory=SessionSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+
+    def __post_init__(self) -> None:
+        if not self.server.store_dir:
+            raise InvalidOption("store_dir", "is required (or store_dir in the config file)")
+
+    # Derived values: properties, never arithmetic in the wiring.
+    @property
+    def host_id(self) -> str:
+        return self.swarm.host_id or f"{socket.gethostname()}-{self.server.listen.rpartition(':')[2]}"
+
+    @property
+    def advertise_url(self) -> str:
+        if self.swarm.advertise_url:
+            return self.swarm.advertise_url
+        host, _, port = self.server.listen.rpartition(":")
+        return f"http://{socket.gethostname() if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+    @property
+    def tracker_timeout(self) -> float:
+        """A tracker call: connect, plus a few seconds for a loaded tracker to answer."""
+        return self.upstreams.connect_timeout + 5
+
+    @property
+    def first_byte_timeout(self) -> float:
+        """A cold fetch's first byte: the origin's own connect and read timeouts, plus slack."""
+        return self.upstreams.read_timeout + self.upstreams.connect_timeout + 5
+
+    @property
+    def follow_timeout(self) -> float:
+        """A client following a fetch waits this long for the next byte before the origin."""
+        return max(self.swarm.relay_timeout, self.stream.stall_timeout) * 2
+
+
+SCHEMA = Schema(BridgeConfig, ENV_PREFIX)
+
+
+def add_arguments(parser) -> None:
+    SCHEMA.add_arguments(parser)
+
+
+def from_args(args=None, environ=None, **values) -> BridgeConfig:
+    """Flags > environment > TOML file (``--config``) > defaults; ``values`` by field name (tests)."""
+    return SCHEMA.load(args, environ=environ, values=values)
+
+
+def _secret(table: dict, key: str, where: str) -> str | None:
     if table.get(key) is not None:
         return str(table[key])
     env = table.get(key + "_env")
     if env:
         if env not in os.environ:
-            raise UserError(f"environment variable {env} (for {key}) is not set")
+            raise UserError(f"{where}: environment variable {env} (for {key}) is not set")
         return os.environ[env]
+    path = table.get(key + "_file")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise UserError(f"{where}: cannot read {key}_file {path!r}: {exc.strerror}") from None
     return None
 
 
 def _upstream_from_table(name: str, t: dict) -> UpstreamConfig:
-    if "url" not in t:
-        raise UserError(f"[upstreams.{name}] needs url")
-    return UpstreamConfig(name, t["url"], username=_secret(t, "username"), password=_secret(t, "password"),
-                          ca_bundle=t.get("ca_bundle"), insecure=bool(t.get("insecure", False)),
-                          hosts=list(t.get("hosts", [])))
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML config (upstream credentials, CA bundles, ...)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:5000)")
-    parser.add_argument("--store-dir", metavar="DIR", help="local store (manifest cache, layers)")
-    parser.add_argument("--upstream", metavar="URL",
-                        help=f"default upstream registry for plain names and docker.io (default {DOCKER_HUB_URL})")
-    parser.add_argument("--upstream-user", metavar="USER",
-                        help="username for the default upstream (password from $LAYERSWARM_UPSTREAM_PASSWORD)")
-    parser.add_argument("--upstream-ca", metavar="PEM", help="CA bundle for the default upstream")
-    parser.add_argument("--upstream-insecure", action="store_true", help="do not verify the default upstream's TLS")
-    parser.add_argument("--alias", action="append", default=[], metavar="NAME=URL",
-                        help="named upstream, reached as /v2/NAME/<repo>/... or ?ns=<its host> (repeatable)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                        help="registry host reachable as /v2/HOST/<repo>/... or ?ns=HOST over https (repeatable)")
-    parser.add_argument("--connect-timeout", type=float, metavar="S", help="upstream connect timeout (default 5)")
-    parser.add_argument("--read-timeout", type=float, metavar="S", help="upstream read timeout (default 30)")
-    parser.add_argument("--tag-ttl", type=float, metavar="S", help="seconds a tag->digest answer is cached (default 5)")
-    parser.add_argument("--threads", type=int, metavar="N", help="server threads (default 64)")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
-    parser.add_argument("--admin-token", metavar="T",
-                        help="bearer token the admin views (/_layerswarm/seed, status) require "
-                             "(or $LAYERSWARM_ADMIN_TOKEN)")
-    sw = parser.add_argument_group("swarm (peer-to-peer layers; without --tracker the bridge is a plain mirror)")
-    sw.add_argument("--tracker", metavar="URL", help="layerswarm tracker base URL, e.g. http://tracker:6969")
-    sw.add_argument("--token", metavar="T", help="publish token for the tracker (or $LAYERSWARM_PUBLISH_TOKEN)")
-    sw.add_argument("--peer-listen", metavar="HOST:PORT", help="BitTorrent listen address (default 0.0.0.0:6881)")
-    sw.add_argument("--advertise-url", metavar="URL",
-                    help="this bridge's URL as other bridges reach it for relaying (default http://<listen>)")
-    sw.add_argument("--host-id", metavar="ID", help="unique name of this host (default <hostname>-<port>)")
-    sw.add_argument("--cache-max", metavar="SIZE", help="layer store cap, e.g. 20G (LRU eviction; default none)")
-    sw.add_argument("--tiny-blob-bytes", type=int, metavar="N", help="blobs below this get no torrent (default 1 MiB)")
-    sw.add_argument("--stall-timeout", type=float, metavar="S", help="swarm without progress this long -> origin (30)")
-    sw.add_argument("--relay-timeout", type=float, metavar="S", help="relay source silent this long -> origin (20)")
-    sw.add_argument("--lease-ttl", type=float, metavar="S", help="cold-fetch lease TTL asked of the tracker (30)")
-    sw.add_argument("--origin-slots", type=int, metavar="N",
-                    help="concurrent origin fetches when the tracker is down (default 4)")
-    sw.add_argument("--tracker-backoff", type=float, metavar="S",
-                    help="after a tracker failure, go straight to the origin for this long (default 10)")
-    sw.add_argument("--utp", action="store_true", help="also use uTP (default TCP only: faster on LANs)")
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text) -> int | None:
-    """``20G``, ``512M``, ``1048576`` -> bytes."""
-    if text is None or text == "":
-        return None
-    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in _UNITS and not t[-1:].isdigit() else ""
-    try:
-        n = float(t[:-1] if unit else t)
-    except ValueError:
-        raise UserError(f"not a size: {text!r} (examples: 20G, 512M, 1048576)") from None
-    if n <= 0:
-        raise UserError(f"size must be positive: {text!r}")
-    return int(n * _UNITS[unit])
-
-
-def from_args(args) -> BridgeConfig:
-    """Merge the TOML file (if any) with CLI flags (flags win) and env secrets."""
-    data = {}
-    if getattr(args, "config", None):
-        try:
-            with open(args.config, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"cannot read config {args.config}: {exc}") from None
-    upstreams = {name: _upstream_from_table(name, t) for name, t in data.get("upstreams", {}).items()}
-    default_name = data.get("default_upstream", DEFAULT_NAME)
-    if default_name not in upstreams and default_name != DEFAULT_NAME:
-        # a URL
-        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, default_name)
-        default_name = DEFAULT_NAME
-    if args.upstream:
-        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, args.upstream)
-        default_name = DEFAULT_NAME
-    if default_name == DEFAULT_NAME and DEFAULT_NAME not in upstreams:
-        upstreams[DEFAULT_NAME] = UpstreamConfig(DEFAULT_NAME, DOCKER_HUB_URL)
-    d = upstreams[default_name]
-    if args.upstream_user:
-        d.username = args.upstream_user
-    if os.environ.get("LAYERSWARM_UPSTREAM_USERNAME") and not d.username:
-        d.username = os.environ["LAYERSWARM_UPSTREAM_USERNAME"]
-    if os.environ.get("LAYERSWARM_UPSTREAM_PASSWORD") and not d.password:
-        d.password = os.environ["LAYERSWARM_UPSTREAM_PASSWORD"]
-    if args.upstream_ca:
-        d.ca_bundle = args.upstream_ca
-    if args.upstream_insecure:
-        d.insecure = True
-    for spec in args.alias:
-        name, sep, url = spec.partition("=")
-        if not sep or not name or not url:
-            raise UserError(f"--alias wants NAME=URL, got {spec!r}")
-        prev = upstreams.get(name)
-        up = UpstreamConfig(name, url)
-        if prev is not None:  # keep credentials / CA from the file
-            up.username, up.password, up.ca_bundle, up.insecure, up.hosts = (
-                prev.username, prev.password, prev.ca_bundle, prev.insecure, prev.hosts)
-        upstreams[name] = up
-
-    def pick(flag, key, default):
-        v = getattr(args, flag, None)
-        return v if v is not None else data.get(key, default)
-
-    store_dir = pick("store_dir", "store_dir", None)
-    if not store_dir:
-        raise UserError("--store-dir is required (or store_dir in the config file)")
-    return BridgeConfig(
-        store_dir=store_dir,
-        listen=pick("listen", "listen", "127.0.0.1:5000"),
-        upstreams=upstreams,
-        default_upstream=default_name,
-        allow_hosts=[h.lower() for h in list(data.get("allow_hosts", [])) + list(args.allow_host)],
-        connect_timeout=float(pick("connect_timeout", "connect_timeout", 5.0)),
-        read_timeout=float(pick("read_timeout", "read_timeout", 30.0)),
-        tag_ttl=float(pick("tag_ttl", "tag_ttl", 5.0)),
-        threads=int(pick("threads", "threads", 64)),
-        access_log=bool(args.access_log or data.get("access_log", False)),
-        tracker_url=pick("tracker", "tracker", None),
-        publish_token=pick("token", "token", None) or os.environ.get("LAYERSWARM_PUBLISH_TOKEN"),
-        peer_listen=pick("peer_listen", "peer_listen", "0.0.0.0:6881"),
-        advertise_url=pick("advertise_url", "advertise_url", None),
-        host_id=pick("host_id", "host_id", None),
-        cache_max_bytes=parse_size(pick("cache_max", "cache_max", None)),
-        tiny_blob_bytes=int(pick("tiny_blob_bytes", "tiny_blob_bytes", 1 << 20)),
-        stall_timeout=float(pick("stall_timeout", "stall_timeout", 30.0)),
-        relay_timeout=float(pick("relay_timeout", "relay_timeout", 20.0)),
-        lease_ttl=float(pick("lease_ttl", "lease_ttl", 30.0)),
-        origin_slots=int(pick("origin_slots", "origin_slots", 4)),
-        tracker_backoff=float(pick("tracker_backoff", "tracker_backoff", 10.0)),
-        utp=bool(args.utp or data.get("utp", False)),
-        admin_token=pick("admin_token", "admin_token", None) or os.environ.get("LAYERSWARM_ADMIN_TOKEN") or None,
-    )
+    where = f"[upstreams.{name}]"
+    if not isinstance(t, dict) or "url" not in t:
+        raise UserError(f"{where} needs url")
+    return UpstreamConfig(name, t["url"], username=_secret(t, "username", where),
+                          password=_secret(t, "password", where), ca_bundle=t.get("ca_bundle"),
+                          insecure=bool(t.get("insecure", False)), hosts=list(t.get("hosts", [])))

@@ -9,7 +9,7 @@ through a real tracker on loopback, in the same run:
 * peak anonymous RSS (RssAnon) of one peer streaming a 1 GiB layer (goal <= 150 MiB)
 
 Every peer is its own process; all start on one "go".  ``--utp`` runs the
-same with uTP instead of TCP (the transport choice in SessionConfig).
+same with uTP instead of TCP (the transport choice in the [session] configuration).
 
     .venv/bin/python scripts/bench_peer.py [--peers 4 8] [--size-mib 256] [--rss-mib 1024] [--json out.json]
 """
@@ -46,8 +46,9 @@ def _wait_go():
 
 
 def role_seeder(a):
-    from layerswarm.bridge.node.peer import Peer, PeerConfig
-    peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp, host_id="seeder"))
+    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.node.peer import Peer
+    peer = Peer.open(a.workdir, a.tracker, host_id="seeder", session=SessionSection(peer_listen="127.0.0.1:0", utp=a.utp))
     size = os.path.getsize(a.file)
     with open(a.file, "rb") as f:
         info = peer.add_blob(iter(lambda: f.read(1 << 20), b""), size)
@@ -58,11 +59,11 @@ def role_seeder(a):
 
 def role_ours(a):
     from layerswarm.bridge.format.digest import Digest
-    from layerswarm.bridge.node.peer import Peer, PeerConfig
-    from layerswarm.bridge.node.stream import StreamConfig
-    peer = Peer(PeerConfig(store_dir=a.workdir, tracker_url=a.tracker, listen="127.0.0.1:0", utp=a.utp,
-                           host_id=os.path.basename(a.workdir),
-                           stream=StreamConfig(stall_timeout=60, window_bytes=int(a.window_mib * (1 << 20)))))
+    from layerswarm.bridge.config import SessionSection, StreamSection
+    from layerswarm.bridge.node.peer import Peer
+    peer = Peer.open(a.workdir, a.tracker, session=SessionSection(peer_listen="127.0.0.1:0", utp=a.utp),
+                     host_id=os.path.basename(a.workdir),
+                     stream=StreamSection(stall_timeout=60, window_bytes=int(a.window_mib * (1 << 20))))
     peak = [rss_anon_kib()]
     stop = threading.Event()
 
@@ -92,8 +93,9 @@ def role_ours(a):
 def role_raw(a):
     import libtorrent as lt
     import requests
-    from layerswarm.bridge.node.torrent.settings import SessionConfig, settings_pack
-    pack = settings_pack(SessionConfig(listen="127.0.0.1:0", utp=a.utp))
+    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.node.torrent.settings import settings_pack
+    pack = settings_pack(SessionSection(peer_listen="127.0.0.1:0", utp=a.utp))
     pack["alert_mask"] = int(lt.alert.category_t.status_notification | lt.alert.category_t.piece_progress_notification)
     ses = lt.session(pack)
     meta = requests.get(f"{a.tracker}/metainfo/{a.digest}", timeout=10).content
@@ -208,7 +210,7 @@ def main():
         tmp = Path(td)
         port = daemons.free_port()
         tracker = daemons.Daemon(daemons.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
-                             tmp / "layerswarm.tracker.log", name="tracker")
+                             tmp / "tracker.log", name="tracker")
         try:
             a.tracker = f"http://127.0.0.1:{port}"
             tracker.wait_http(a.tracker + "/healthz")

@@ -1,8 +1,7 @@
-"""``layerswarm bridge``: parse the bridge's configuration and serve the per-host registry mirror."""
+"""``layerswarm bridge``: load the bridge's configuration and serve the per-host registry mirror."""
 from __future__ import annotations
 
 from layerswarm.bridge import config as bconfig
-from layerswarm.bridge.format.errors import UserError
 
 
 def add_arguments(parser) -> None:
@@ -11,9 +10,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = bconfig.from_args(args)
-    host, _, port = cfg.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--listen wants HOST:PORT, got {cfg.listen!r}")
+    if args.print_config:
+        print(bconfig.SCHEMA.dump(cfg), end="")
+        return 0
+    if args.check_config:
+        print("configuration OK")
+        return 0
     from layerswarm.bridge.http.server import serve
     serve(cfg)
     return 0

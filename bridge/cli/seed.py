@@ -25,6 +25,8 @@ import requests
 
 from layerswarm.bridge.format.digest import Digest, InvalidDigest
 from layerswarm.bridge.format.errors import DigestMismatch, LayerswarmError, StoreFull, UserError
+from layerswarm.bridge.format.options import InvalidOption
+from layerswarm.bridge.format.units import human_size, parse_size
 
 CHUNK = 1 << 20
 MANIFEST_TYPES = (
@@ -376,13 +378,11 @@ def _chunks(layer: Layer, bar):
 
 
 # -- run ----------------------------------------------------------------------
-def _parse_size(text: str | None) -> int | None:
-    if not text:
-        return None
-    m = re.fullmatch(r"(\d+)([KMGT]?)i?B?", text.strip(), re.I)
-    if not m:
-        raise UserError(f"invalid size {text!r} (e.g. 500M, 50G)")
-    return int(m.group(1)) << (10 * " KMGT".index((m.group(2) or " ").upper()))
+def _cap(text):
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UserError(f"--cap: {exc}") from None
 
 
 def collect(args) -> list:
@@ -459,15 +459,20 @@ def _to_bridge(args, layers, bar) -> list:
 
 
 def _foreground(args, layers, bar, tracker) -> int:
-    from layerswarm.bridge.node.peer import Peer, PeerConfig
+    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.node.peer import Peer
     from layerswarm.bridge.node.trackerclient import TrackerUnavailable
     store_dir = args.store_dir or os.environ.get("LAYERSWARM_STORE", "/var/lib/layerswarm/store")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        peer = Peer(PeerConfig(store_dir=store_dir, tracker_url=args.tracker, token=args.token,
-                               listen=args.listen, cap_bytes=_parse_size(args.cap)))
+        session = SessionSection(peer_listen=args.listen)
+    except InvalidOption as exc:
+        raise UserError(f"--listen: {exc}") from None
+    try:
+        peer = Peer.open(store_dir, args.tracker, publish_token=args.token, cache_max=_cap(args.cap),
+                         session=session)
     except OSError as exc:
         raise UserError(f"cannot open store {store_dir}: {exc.strerror or exc}") from None
     try:
@@ -529,15 +534,7 @@ def _summary(results: list, tracker) -> None:
     rows = [("DIGEST", "SIZE", "INFO-HASH", "SEEDERS", "TORRENT")]
     for r in results:
         s = seeders.get(r["info_hash"], {}).get("complete")
-        rows.append((r["digest"], _human(r["size"]), r["info_hash"], "?" if s is None else str(s), r.get("source", "")))
+        rows.append((r["digest"], human_size(r["size"]), r["info_hash"], "?" if s is None else str(s), r.get("source", "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), flush=True)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

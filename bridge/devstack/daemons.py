@@ -240,7 +240,7 @@ def layerswarm_argv(*args) -> list:
 def start_tracker(workdir: Path, port: int | None = None, extra=()) -> Daemon:
     port = port or free_port()
     p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *extra),
-               Path(workdir) / "layerswarm.tracker.log", name="layerswarm tracker")
+               Path(workdir) / "tracker.log", name="layerswarm tracker")
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/healthz")
     return p
@@ -262,7 +262,7 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         # BitTorrent on loopback, on a port of its own
         argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}"]
     argv += list(extra)
-    p = Daemon(layerswarm_argv(*argv), workdir / "layerswarm.bridge.log", name="layerswarm bridge")
+    p = Daemon(layerswarm_argv(*argv), workdir / "bridge.log", name="layerswarm bridge")
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
     p.stats = lambda: requests.get(p.url + "/_layerswarm/stats", timeout=10).json()

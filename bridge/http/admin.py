@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-def make_blueprint(peer) -> Blueprint:
+def make_blueprint(peer, admin_token: str | None) -> Blueprint:
+    """The admin views of ``peer``; with ``admin_token`` set, each needs ``Authorization: Bearer <token>``."""
     bp = Blueprint("layerswarm_peer", __name__, url_prefix="/_layerswarm")
 
     @bp.before_request
     def _auth():
-        token = peer.config.admin_token
+        token = admin_token
         if token:
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):

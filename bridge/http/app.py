@@ -1,13 +1,10 @@
-"""The bridge's Flask app factory: all wiring in one place.
+"""The bridge's Flask app factory: all wiring of the client API in one place.
 
 ``create_app(config, peer=None, blob_source=None)`` builds, once per app:
 upstream clients (one per configured upstream), the router, the manifest
-service with its disk cache, the metrics, and the blob source.  They live in
+service with its disk cache, the metrics, and the blob source (the swarm
+source when the host has a peer, else the origin).  They live in
 ``app.extensions["layerswarm"]`` (a :class:`BridgeState`), never in ``g``.
-
-Swarm wiring (later): pass ``blob_source`` (e.g. a swarm source wrapping
-``state.origin_blobs``) — or a ``peer`` object with ``blob_source(state)``
-returning one — and, if ``peer.blueprint`` exists, its routes are mounted.
 """
 from __future__ import annotations
 
@@ -18,12 +15,14 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from layerswarm.bridge.format import errors
-from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
 from layerswarm.bridge.config import BridgeConfig
-from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
+from layerswarm.bridge.format import errors
+from layerswarm.bridge.http import admin
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
-from layerswarm.bridge.http.registry import API_VERSION, Router, bp as registry_bp
+from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
+from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
+from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
+from layerswarm.bridge.sources.router import Router
 from layerswarm.bridge.sources.upstream import UpstreamClient
 
 log = logging.getLogger("layerswarm.app")
@@ -41,45 +40,34 @@ class BridgeState:
     peer: object = None
 
 
-def swarm_config(config: BridgeConfig):
-    from layerswarm.bridge.sources.swarm import SwarmConfig
-    return SwarmConfig(advertise_url=config.advertise_url or "", tiny_bytes=config.tiny_blob_bytes,
-                       lease_ttl=config.lease_ttl, relay_timeout=config.relay_timeout,
-                       follow_timeout=max(config.relay_timeout, config.stall_timeout) * 2,
-                       first_byte_timeout=config.read_timeout + config.connect_timeout + 5,
-                       origin_slots=config.origin_slots, connect_timeout=config.connect_timeout,
-                       tracker_backoff=config.tracker_backoff)
-
-
 def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:
+    """The registry mirror for ``config``: with a ``peer`` (the host's Peer) blobs come from the swarm
+    and its admin views are mounted; ``blob_source`` replaces the blob source (tests)."""
     # Explicit paths: Flask cannot locate a module inside the editable-installed
     # ``layerswarm`` namespace on its own (and the app reads no instance files).
     here = os.path.dirname(os.path.abspath(__file__))
     app = Flask(__name__, root_path=here, instance_path=here)
     metrics = Metrics()
-    clients = {name: UpstreamClient(cfg, config.connect_timeout, config.read_timeout,
-                                    pool_size=config.threads, on_request=metrics.upstream_request)
-               for name, cfg in config.upstreams.items()}
+    ups = config.upstreams
+    clients = {name: UpstreamClient(cfg, ups.connect_timeout, ups.read_timeout,
+                                    pool_size=config.server.threads, on_request=metrics.upstream_request)
+               for name, cfg in ups.by_name.items()}
     origin = OriginBlobSource()
-    state = BridgeState(
-        config=config, metrics=metrics, upstreams=clients, router=Router(config, clients),
-        manifests=ManifestService(ManifestStore(config.store_dir), config.tag_ttl,
-                                  config.max_manifest_bytes, metrics,
-                                  shared=getattr(peer, "tracker", None)),
-        origin_blobs=origin, blobs=origin, peer=peer)
-    if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
-        blob_source = peer.blob_source(state)
-    elif blob_source is None and peer is not None:
+    if blob_source is None and peer is not None:
         from layerswarm.bridge.sources.swarm import SwarmBlobSource
-        blob_source = SwarmBlobSource(peer, origin, swarm_config(config), metrics)
-    if blob_source is not None:
-        state.blobs = blob_source
+        blob_source = SwarmBlobSource(peer, origin, config, metrics)
+    state = BridgeState(
+        config=config, metrics=metrics, upstreams=clients, router=Router(ups, clients),
+        manifests=ManifestService(ManifestStore(config.server.store_dir), ups.tag_ttl, ups.max_manifest_bytes,
+                                  metrics, shared=getattr(peer, "tracker", None)),
+        origin_blobs=origin, blobs=blob_source or origin, peer=peer)
     app.extensions["layerswarm"] = state
 
     app.register_blueprint(registry_bp)
-    for owner in (peer, blob_source):
-        if owner is not None and getattr(owner, "blueprint", None) is not None:
-            app.register_blueprint(owner.blueprint)
+    if peer is not None:
+        app.register_blueprint(admin.make_blueprint(peer, config.admin.admin_token))
+    if getattr(blob_source, "blueprint", None) is not None:   # the relay views of the swarm source
+        app.register_blueprint(blob_source.blueprint)
 
     @app.get("/metrics")
     def prometheus_metrics():

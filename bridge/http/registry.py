@@ -2,21 +2,19 @@
 
 The path is parsed from the raw request URI with the spec grammar
 (bridge/names.py) before anything else happens; the upstream is picked by
-:class:`Router`; manifests come from :class:`bridge.manifests.ManifestService`
-and blobs from the app's :class:`bridge.blobs.BlobSource`.  HEAD is handled
+:class:`~layerswarm.bridge.sources.router.Router`; manifests come from the
+manifest service and blobs from the app's blob source (sources/).  HEAD is handled
 explicitly everywhere (Flask would otherwise run the GET view).
 """
 from __future__ import annotations
 
 import logging
-import re
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.wsgi import wrap_file
 
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse
-from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.format.names import ApiPath, ByteRange, parse_api_path, raw_path
 
 log = logging.getLogger("layerswarm.registry")
@@ -26,42 +24,6 @@ bp = Blueprint("registry", __name__)
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 READ_METHODS = ("GET", "HEAD")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-_NS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
-
-
-class Router:
-    """Picks the upstream for a request (DESIGN §4; rules in bridge/config.py).
-
-    ``?ns=<host>`` (containerd) decides alone when present; otherwise the
-    first path component selects an alias or an allowed host; otherwise the
-    default upstream.  Plain one-component names on Docker Hub get
-    ``library/``.
-    """
-
-    def __init__(self, config: BridgeConfig, clients: dict):
-        self.clients = clients
-        self.default = clients[config.default_upstream]
-        self.hosts = {h: clients[n] for h, n in config.hosts().items()}
-        self.prefixes = {p: clients[n] for p, n in config.prefixes().items()}
-
-    def resolve(self, name: str, ns: str | None):
-        if ns is not None:
-            ns = ns.lower()
-            up = self.hosts.get(ns) if _NS.match(ns) else None
-            if up is None:
-                raise errors.RegistryError("DENIED", "upstream registry not allowed on this mirror", 403,
-                                           {"ns": ns[:255]})
-            repo = name
-        else:
-            first, _, rest = name.partition("/")
-            up = self.prefixes.get(first) if rest else None
-            if up is not None:
-                repo = rest
-            else:
-                up, repo = self.default, name
-        if up.cfg.is_docker_hub and "/" not in repo:
-            repo = "library/" + repo
-        return up, repo
 
 
 def _state():

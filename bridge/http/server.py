@@ -17,20 +17,20 @@ log = logging.getLogger("layerswarm.serve")
 
 def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
     return {
-        "bind": [cfg.listen],
+        "bind": [cfg.server.listen],
         "workers": 1,
         "worker_class": "gthread",
-        "threads": cfg.threads,
+        "threads": cfg.server.threads,
         "max_requests": 0,
         "preload_app": False,
         "sendfile": True,
         # Heartbeat of the worker's main loop, not a per-request limit: long
         # blob streams run in threads and never block it.
         "timeout": 60,
-        "graceful_timeout": max(1, int(cfg.graceful_timeout)),
+        "graceful_timeout": max(1, int(cfg.server.graceful_timeout)),
         "keepalive": 5,
-        "worker_connections": max(1000, cfg.threads * 4),
-        "accesslog": "-" if cfg.access_log else None,
+        "worker_connections": max(1000, cfg.server.threads * 4),
+        "accesslog": "-" if cfg.server.access_log else None,
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "layerswarm-bridge",
@@ -44,19 +44,11 @@ _peer = None  # the worker's Peer (owns the libtorrent session), closed at worke
 
 def build_peer(cfg: bconfig.BridgeConfig):
     """The host's one Peer: libtorrent session + layer store + tracker client."""
-    import socket
     import threading
-    from layerswarm.bridge.node.peer import Peer, PeerConfig
-    from layerswarm.bridge.node.stream import StreamConfig
-    host, _, port = cfg.listen.rpartition(":")
-    if not cfg.host_id:
-        cfg.host_id = f"{socket.gethostname()}-{port}"
-    if not cfg.advertise_url:
-        cfg.advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::', '') else host}:{port}"
-    peer = Peer(PeerConfig(store_dir=cfg.store_dir, tracker_url=cfg.tracker_url, token=cfg.publish_token,
-                           host_id=cfg.host_id, listen=cfg.peer_listen, cap_bytes=cfg.cache_max_bytes,
-                           utp=cfg.utp, stream=StreamConfig(stall_timeout=cfg.stall_timeout),
-                           tracker_timeout=cfg.connect_timeout + 5, admin_token=cfg.admin_token))
+    from layerswarm.bridge.node.peer import Peer
+    peer = Peer.open(cfg.server.store_dir, cfg.swarm.tracker, publish_token=cfg.swarm.publish_token,
+                     host_id=cfg.host_id, cache_max=cfg.swarm.cache_max, session=cfg.session, stream=cfg.stream,
+                     tracker_timeout=cfg.tracker_timeout)
     # Re-seed what the store holds without blocking startup (the tracker may be down).
     threading.Thread(target=peer.seed_stored, name="reseed", daemon=True).start()
     return peer
@@ -66,7 +58,7 @@ def build_app(cfg: bconfig.BridgeConfig):
     """The WSGI app for ``cfg``: a swarm-backed mirror with --tracker, else pass-through."""
     global _peer
     from layerswarm.bridge.http.app import create_app
-    if cfg.tracker_url:
+    if cfg.swarm.tracker:
         _peer = build_peer(cfg)
     return create_app(cfg, peer=_peer)
 
@@ -89,6 +81,7 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
         def load(self):
             return build_app(cfg)
 
-    log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.listen, cfg.default.url,
-             sorted(n for n in cfg.upstreams if n != bconfig.DEFAULT_NAME), cfg.store_dir)
+    ups = cfg.upstreams
+    log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen, ups.default.url,
+             sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)
     BridgeServer().run()

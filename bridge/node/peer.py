@@ -1,21 +1,21 @@
-"""The host's peer: one libtorrent session, the layer store and the tracker client, wired once.
+"""The host's peer: one libtorrent session, the layer store and the tracker client, working together.
 
-Create one :class:`Peer` per process.  The registry mirror calls
-``path_if_present``/``stream``/``ingest_writer``; ``layerswarm seed`` and the
-admin endpoints call ``add_blob``/``seed``.
+Create one :class:`Peer` per process (``Peer.open`` wires the parts).  The
+registry mirror calls ``stream``/``ingest_writer``/``publish_writer``;
+``layerswarm seed`` and the admin views call ``add_blob``/``seed``.
 """
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from layerswarm.bridge.config import SessionSection, StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import SwarmError, UserError
 from layerswarm.bridge.node.store import LayerStore
-from layerswarm.bridge.node.stream import Download, FileStream, LayerStream, StreamConfig
+from layerswarm.bridge.node.stream import Download, FileStream, LayerStream
 from layerswarm.bridge.node.trackerclient import (PublishConflict, PublishRejected, TrackerClient,
                                   TrackerUnavailable)
 
@@ -24,20 +24,6 @@ log = logging.getLogger(__name__)
 
 class TorrentConflict(UserError):
     """The tracker publishes a torrent for the digest whose pieces do not match our verified bytes."""
-
-
-@dataclass
-class PeerConfig:
-    store_dir: str
-    tracker_url: str
-    token: str | None = None
-    host_id: str = field(default_factory=socket.gethostname)
-    listen: str = "0.0.0.0:6881"
-    cap_bytes: int | None = None
-    utp: bool = False
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    tracker_timeout: float = 10.0
-    admin_token: str | None = None   # required as Bearer on /_layerswarm/* when set
 
 
 @dataclass
@@ -52,18 +38,27 @@ class SeedInfo:
 
 
 class Peer:
-    def __init__(self, config: PeerConfig):
-        from layerswarm.bridge.node.torrent.session import TorrentSession, SessionConfig  # the libtorrent import
-        self.config = config
-        self.store = LayerStore(config.store_dir, config.cap_bytes)
-        self.tracker = TrackerClient(config.tracker_url, config.token, config.host_id, config.tracker_timeout)
-        self.session = TorrentSession(SessionConfig(listen=config.listen, utp=config.utp))
+    def __init__(self, store: LayerStore, tracker: TrackerClient, session, stream: StreamSection):
+        """``session`` is the process's one TorrentSession; ``stream`` tunes every swarm download."""
+        self.store = store
+        self.tracker = tracker
+        self.session = session
+        self.stream_cfg = stream
         self.store.on_evict = self._stop_seeding
         self._lock = threading.Lock()
         self._downloads: dict = {}
         self._seeding: dict = {}     # Digest -> SeedInfo
-        self._blueprint = None
         self._closed = False
+
+    @classmethod
+    def open(cls, store_dir: str, tracker_url: str, *, publish_token: str | None = None, host_id: str = "",
+             cache_max: int | None = None, session: SessionSection | None = None,
+             stream: StreamSection | None = None, tracker_timeout: float = 10.0) -> "Peer":
+        """A peer with its own store, tracker client and libtorrent session (one per process)."""
+        from layerswarm.bridge.node.torrent.session import TorrentSession  # the libtorrent import
+        store = LayerStore(store_dir, cache_max)
+        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout)
+        return cls(store, tracker, TorrentSession(session or SessionSection()), stream or StreamSection())
 
     # -- seeding -----------------------------------------------------------
     def seed_stored(self) -> list:
@@ -199,7 +194,7 @@ class Peer:
             if dl is not None and not dl.complete.is_set():
                 return dl
             dl = Download(self.session, self.store, metainfo, trackers=[self.tracker.announce_url],
-                          config=self.config.stream, on_mismatch=self._report_mismatch, on_done=self._download_done)
+                          config=self.stream_cfg, on_mismatch=self._report_mismatch, on_done=self._download_done)
             self._downloads[digest] = dl
         try:
             dl.start()
@@ -220,13 +215,6 @@ class Peer:
         self.tracker.report(dl.digest, dl.lt.info_hash, "downloaded blob does not hash to the digest")
 
     # -- admin -------------------------------------------------------------
-    @property
-    def blueprint(self):
-        if self._blueprint is None:
-            from layerswarm.bridge.http.admin import make_blueprint
-            self._blueprint = make_blueprint(self)
-        return self._blueprint
-
     def status(self) -> dict:
         with self._lock:
             downloads = {str(d): {"readers": dl.readers, "size": dl.lt.size} for d, dl in self._downloads.items()}

@@ -15,15 +15,12 @@ trades them instead of all asking the seeder for the same window.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
 
+from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError
 from layerswarm.bridge.node.torrent import alerts as ev
@@ -31,39 +28,17 @@ from layerswarm.bridge.node.torrent import alerts as ev
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StreamConfig:
-    stall_timeout: float = 30.0     # no progress for this long (no peers, dead swarm) -> SwarmError
-    read_timeout: float = 5.0       # a read_piece answer lost (dropped alert) -> ask again
-    # Deadlines only on the piece a reader is blocked on and the next one (at least 2 pieces;
-    # 0 = none).  A wide window made every reader of a fleet ask for the same pieces at once,
-    # and time-critical pieces go to the fastest peer, the seeder: rollout N=8 warm 9.1-9.6 s
-    # with 8 MiB vs 6.9-7.2 s with 512 KiB (scripts/bench_rollout.py, 3x32 MiB).
-    window_bytes: int = 512 << 10
-    deadline_ms: int = 300          # first piece of the window; later ones +step each
-    deadline_step_ms: int = 100
-    prefetch: int = 2               # pieces each reader asks for ahead of the one it yields
-
-
-ENV_OVERRIDES = "LAYERSWARM_STREAM"   # benchmark/tuning hook: JSON object of StreamConfig fields
-
-
-def _with_env(cfg: StreamConfig) -> StreamConfig:
-    extra = os.environ.get(ENV_OVERRIDES)
-    return dataclasses.replace(cfg, **json.loads(extra)) if extra else cfg
-
-
 class Download:
     """A layer being fetched from the swarm into ``downloads/``, then moved into the store."""
 
-    def __init__(self, session, store, torrent: tf.LayerTorrent, trackers=(), config: StreamConfig | None = None,
+    def __init__(self, session, store, torrent: tf.LayerTorrent, trackers=(), config: StreamSection | None = None,
                  on_mismatch=None, on_done=None):
         self.session = session
         self.store = store
         self.lt = torrent
         self.digest = torrent.digest
         self.name = str(torrent.digest)
-        self.cfg = _with_env(config or StreamConfig())
+        self.cfg = config or StreamSection()
         self.n = torrent.num_pieces
         self._trackers = tuple(trackers)
         self._on_mismatch = on_mismatch
@@ -391,7 +366,7 @@ class LayerStream:
                 # progress) but not this reader's piece: give the reader up to the origin.
                 raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
                                  f"{dl.cfg.stall_timeout:.0f}s")
-            if have and self._bufs.get(p) is None and now - asked > dl.cfg.read_timeout:
+            if have and self._bufs.get(p) is None and now - asked > dl.cfg.piece_read_timeout:
                 # read_piece answer lost (dropped alert or raced the move): ask again.
                 with dl._cond:
                     dl._reads.pop(p, None)

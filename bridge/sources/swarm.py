@@ -31,12 +31,12 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
 
 import requests
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.wsgi import wrap_file
 
+from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse, span
 from layerswarm.bridge.format.digest import Digest, InvalidDigest
 from layerswarm.bridge.format.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, UpstreamError
@@ -47,20 +47,6 @@ log = logging.getLogger("layerswarm.swarm")
 
 CHUNK = 1 << 20
 SIZE_HEADER = "X-Layerswarm-Size"
-
-
-@dataclass
-class SwarmConfig:
-    advertise_url: str = ""        # this bridge's base URL as other bridges reach it (relay endpoint)
-    tiny_bytes: int = 1 << 20      # smaller blobs (configs) get no torrent
-    lease_ttl: float = 30.0        # renewed while the origin fetch makes progress
-    relay_timeout: float = 20.0    # no bytes from a relay source this long -> fail over
-    follow_timeout: float = 60.0   # a client waiting this long for the next byte -> origin
-    first_byte_timeout: float = 60.0
-    origin_slots: int = 4          # concurrent origin fetches per host when the tracker is down
-    jitter: float = 2.0            # seconds of random delay before such a fetch
-    connect_timeout: float = 5.0
-    tracker_backoff: float = 10.0  # after a tracker failure, requests skip it this long (no wait each)
 
 
 class _Published(Exception):
@@ -108,7 +94,7 @@ class Fetch:
                     log.warning("tracker down for %s (%s): origin with jitter", self.digest, exc)
                     self.tracker_down = True
             if self.tracker_down:
-                time.sleep(random.uniform(0, cfg.jitter))
+                time.sleep(random.uniform(0, cfg.swarm.origin_jitter))
                 self.owner.origin_slots.acquire()
                 held_slot = True
             self._copy(source)
@@ -140,7 +126,7 @@ class Fetch:
     def _lease(self):
         """Ask the tracker who fetches; returns a relay source URL, or None for the origin."""
         cfg = self.owner.cfg
-        answer = self.owner.tracker_call("lease", self.digest, cfg.advertise_url, cfg.lease_ttl)
+        answer = self.owner.tracker_call("lease", self.digest, cfg.advertise_url, cfg.swarm.lease_ttl)
         self.role = answer.get("role")
         if self.role == "published":
             raise _Published()
@@ -173,7 +159,7 @@ class Fetch:
                     with self.cond:
                         self.written += len(chunk)
                         self.cond.notify_all()
-                    if self.role == "holder" and time.monotonic() - last_renew > cfg.lease_ttl / 3:
+                    if self.role == "holder" and time.monotonic() - last_renew > cfg.swarm.lease_ttl / 3:
                         last_renew = time.monotonic()
                         self._renew()
                 if self.written != self.size:
@@ -219,7 +205,7 @@ class Fetch:
     def _from_relay(self, url: str):
         cfg = self.owner.cfg
         r = requests.get(f"{url.rstrip('/')}/_layerswarm/relay/{self.digest}", params={"offset": self.written},
-                         stream=True, timeout=(cfg.connect_timeout, cfg.relay_timeout))
+                         stream=True, timeout=(cfg.upstreams.connect_timeout, cfg.swarm.relay_timeout))
         if r.status_code != 200:
             r.close()
             raise UpstreamError(f"relay answered {r.status_code}")
@@ -244,13 +230,13 @@ class Fetch:
 
     def _renew(self) -> None:
         try:
-            self.owner.tracker_call("renew_lease", self.digest, self.owner.cfg.lease_ttl)
+            self.owner.tracker_call("renew_lease", self.digest, self.owner.cfg.swarm.lease_ttl)
         except TrackerUnavailable as exc:  # keep fetching: the bytes are still worth having
             log.warning("lease renewal for %s failed: %s", self.digest, exc)
 
     def _publish(self) -> None:
         peer = self.owner.peer
-        if self.size < self.owner.cfg.tiny_bytes or self.tracker_down:
+        if self.size < self.owner.cfg.swarm.tiny_blob_bytes or self.tracker_down:
             self.writer.commit(None)
             # No torrent will tell late bridges where the blob is: keep the lease (it lapses
             # by its TTL) so they relay from our store instead of fetching from the origin.
@@ -330,12 +316,12 @@ class Fetch:
 
 
 class SwarmBlobSource:
-    def __init__(self, peer, origin, cfg: SwarmConfig, metrics=None):
+    def __init__(self, peer, origin, cfg: BridgeConfig, metrics=None):
         self.peer = peer
         self.origin = origin
         self.cfg = cfg
         self.metrics = metrics
-        self.origin_slots = threading.BoundedSemaphore(max(1, cfg.origin_slots))
+        self.origin_slots = threading.BoundedSemaphore(max(1, cfg.swarm.origin_slots))
         self._lock = threading.Lock()
         self._fetches: dict = {}
         self._poisoned: dict = {}   # digest -> info-hash hex of a torrent that failed verification
@@ -353,7 +339,7 @@ class SwarmBlobSource:
             raise
 
     def tracker_failed(self) -> None:
-        self._tracker_retry_at = time.monotonic() + self.cfg.tracker_backoff
+        self._tracker_retry_at = time.monotonic() + self.cfg.swarm.tracker_backoff
 
     def tracker_down(self) -> bool:
         """True for a while after the tracker failed: a blackholed tracker costs one timeout, not one per request."""

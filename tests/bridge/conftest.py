@@ -22,7 +22,7 @@ class Bridge:
         self.store = tmp / "store"
         self.proc = procs.Proc(procs.layerswarm_argv("bridge", "--listen", f"127.0.0.1:{self.port}",
                                                      "--store-dir", self.store, *args),
-                               tmp / "layerswarm.bridge.log", env=env, name="layerswarm-bridge")
+                               tmp / "bridge.log", env=env, name="layerswarm-bridge")
         self.proc.wait_http(self.url + "/v2/")
 
     def stats(self) -> dict:

@@ -46,7 +46,7 @@ def test_basic_auth_upstream(start_bridge, basic_origin):
 
 def test_basic_auth_from_toml_alias(start_bridge, basic_origin, tmp_path):
     img = basic_origin.img
-    cfg = tmp_path / "layerswarm.bridge.toml"
+    cfg = tmp_path / "bridge.toml"
     cfg.write_text(f'[upstreams.corp]\nurl = "{basic_origin.url}"\nusername = "alice"\n'
                    f'password_env = "CORP_PASSWORD"\n')
     b = start_bridge("--config", cfg, "--upstream", "http://127.0.0.1:9", env={"CORP_PASSWORD": "s3cret"})

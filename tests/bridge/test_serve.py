@@ -7,12 +7,11 @@ import subprocess
 import time
 
 import requests
-from flask import Blueprint
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.http.app import create_app
-from layerswarm.bridge.sources.blobs import BlobResponse, ChainBlobSource, span
-from layerswarm.bridge.config import BridgeConfig, UpstreamConfig
+from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.sources.blobs import BlobResponse, OriginBlobSource, span
 from tests import procs
 from tests.bridge.conftest import Bridge
 
@@ -51,40 +50,30 @@ def test_cli_rejects_bad_arguments(tmp_path):
 
 
 class FileSource:
-    """A stand-in for the store: serves blobs it has as files, LookupError otherwise."""
+    """A stand-in for the store: serves blobs it has as files, else asks the origin."""
 
     def __init__(self, blobs: dict):
         self.blobs = blobs  # digest -> path
+        self.origin = OriginBlobSource()
 
     def open(self, req):
         path = self.blobs.get(req.digest)
         if path is None:
-            raise LookupError(req.digest)
+            return self.origin.open(req)
         size = path.stat().st_size
         start, end = span(req.range, size)
         return BlobResponse(size, start, end, file=None if req.head else open(path, "rb"), source="store")
 
 
-class FakePeer:
-    def __init__(self, source):
-        self.blueprint = Blueprint("peer", __name__)
-        self.blueprint.add_url_rule("/_layerswarm/peer", "peer", lambda: {"peer": True})
-        self.source = source
-
-    def blob_source(self, state):
-        return ChainBlobSource(self.source, state.origin_blobs)
-
-
-def test_blob_source_seam_and_peer_blueprint(origin, tmp_path, thread_server):
+def test_blob_source_seam(origin, tmp_path, thread_server):
     img = imagegen.make_image((700_000, 800_000), seed=b"seam")
     imagegen.push(origin.url, "library/seam", "v1", img)
     local = img.layers[0]
     f = tmp_path / "blob"
     f.write_bytes(local.data)
-    cfg = BridgeConfig(store_dir=str(tmp_path / "store"), upstreams={"default": UpstreamConfig("default", origin.url)})
-    app = create_app(cfg, peer=FakePeer(FileSource({local.digest: f})))
+    cfg = bconfig.from_args(environ={}, store_dir=str(tmp_path / "store"), default_upstream=origin.url)
+    app = create_app(cfg, blob_source=FileSource({local.digest: f}))
     srv = thread_server(app)
-    assert requests.get(srv.url + "/_layerswarm/peer", timeout=10).json() == {"peer": True}
     u = f"{srv.url}/v2/library/seam/blobs/"
     r = requests.get(u + str(local.digest), timeout=10)
     assert r.status_code == 200 and r.content == local.data

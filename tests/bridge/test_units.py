@@ -9,7 +9,7 @@ from layerswarm.bridge import config as bconfig
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.sources.auth import parse_challenge
 from layerswarm.bridge.format.names import ByteRange, parse_api_path
-from layerswarm.bridge.http.registry import Router
+from layerswarm.bridge.sources.router import Router
 from layerswarm.bridge.sources.upstream import UpstreamClient
 
 HEX = "a" * 64
@@ -72,7 +72,7 @@ def _cfg(*argv):
 
 
 def _router(cfg):
-    return Router(cfg, {n: UpstreamClient(u, 1, 1) for n, u in cfg.upstreams.items()})
+    return Router(cfg.upstreams, {n: UpstreamClient(u, 1, 1) for n, u in cfg.upstreams.by_name.items()})
 
 
 def test_routing_docker_hub_default():

@@ -6,8 +6,8 @@ import hashlib
 import pytest
 
 from layerswarm.bridge.format.digest import Digest
-from layerswarm.bridge.node.peer import Peer, PeerConfig
-from layerswarm.bridge.node.stream import StreamConfig
+from layerswarm.bridge.config import SessionSection, StreamSection
+from layerswarm.bridge.node.peer import Peer
 from tests.peer.faketracker import FakeTracker
 
 
@@ -28,9 +28,9 @@ def make_peer(tmp_path):
     peers = []
 
     def make(name: str, tracker_url: str, **kw) -> Peer:
-        stream = kw.pop("stream", None) or StreamConfig(stall_timeout=20)
-        p = Peer(PeerConfig(store_dir=str(tmp_path / name), tracker_url=tracker_url, host_id=name,
-                            listen="127.0.0.1:0", stream=stream, **kw))
+        stream = kw.pop("stream", None) or StreamSection(stall_timeout=20)
+        p = Peer.open(str(tmp_path / name), tracker_url, host_id=name, stream=stream,
+                      session=SessionSection(peer_listen="127.0.0.1:0"), **kw)
         peers.append(p)
         return p
     yield make
@@ -49,7 +49,7 @@ def tracker(tmp_path):
     from tests import procs
     port = procs.free_port()
     p = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5"),
-                   tmp_path / "layerswarm.tracker.log", name="tracker")
+                   tmp_path / "tracker.log", name="tracker")
     url = f"http://127.0.0.1:{port}"
     p.wait_http(url + "/healthz")
     p.url = url

@@ -9,7 +9,8 @@ from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import StoreFull, SwarmError
 from layerswarm.bridge.node.store import LayerStore
-from layerswarm.bridge.node.stream import Download, StreamConfig
+from layerswarm.bridge.config import StreamSection
+from layerswarm.bridge.node.stream import Download
 from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
 from tests.peer.conftest import blob_bytes
 
@@ -70,7 +71,7 @@ def _setup(tmp_path, size=3 * 256 * 1024 + 1000, **cfg):
     h.update(data)
     lt_ = tf.build_metainfo(d, len(data), h.pieces())
     ses, store = FakeSession(), LayerStore(tmp_path)
-    dl = Download(ses, store, lt_, config=StreamConfig(**cfg)).start()
+    dl = Download(ses, store, lt_, config=StreamSection(**cfg)).start()
     return data, lt_, ses, store, dl
 
 

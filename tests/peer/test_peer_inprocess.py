@@ -8,7 +8,7 @@ import pytest
 
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
-from layerswarm.bridge.node.stream import StreamConfig
+from layerswarm.bridge.config import StreamSection
 from tests.peer.conftest import add, blob_bytes
 
 
@@ -40,7 +40,7 @@ def test_stall_without_peers_raises_swarm_error(fake_tracker, make_peer, tmp_pat
     seeder = make_peer("seeder", fake_tracker.url)
     add(seeder, data)
     seeder.close()  # the only seeder is gone: metainfo published, nobody to fetch from
-    leech = make_peer("leech", fake_tracker.url, stream=StreamConfig(stall_timeout=2))
+    leech = make_peer("leech", fake_tracker.url, stream=StreamSection(stall_timeout=2))
     s = leech.stream(d)
     t0 = time.monotonic()
     with pytest.raises(SwarmError, match="stalled"):
@@ -69,7 +69,7 @@ def test_restart_seeds_without_recheck(fake_tracker, make_peer, tmp_path):
 
 
 def test_eviction_stops_seeding(fake_tracker, make_peer):
-    p = make_peer("small", fake_tracker.url, cap_bytes=5_000_000)
+    p = make_peer("small", fake_tracker.url, cache_max=5_000_000)
     a = blob_bytes(2_000_000, b"ea")
     add(p, a)
     add(p, blob_bytes(2_000_000, b"eb"))
@@ -109,10 +109,11 @@ def test_poisoned_torrent_raises_digest_mismatch_and_reports(fake_tracker, make_
 def test_seed_via_bridge_admin_endpoint(fake_tracker, make_peer, tmp_path):
     import flask
     from werkzeug.serving import make_server
+    from layerswarm.bridge.http import admin
     from tests.peer.conftest import run_seed
     p = make_peer("bridge", fake_tracker.url)
     app = flask.Flask("t")
-    app.register_blueprint(p.blueprint)
+    app.register_blueprint(admin.make_blueprint(p, None))
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
@@ -131,10 +132,9 @@ def test_admin_token_reaches_the_admin_views(fake_tracker, tmp_path):
     """``layerswarm bridge --admin-token T``: admin views answer 401 without it, and nothing is stored."""
     import argparse
     from layerswarm.bridge import config as bconfig
-    from layerswarm.bridge.cli import bridge as bridge_cmd
     from layerswarm.bridge.http import server
     parser = argparse.ArgumentParser()
-    bridge_cmd.add_arguments(parser)
+    bconfig.add_arguments(parser)
     args = parser.parse_args(["--store-dir", str(tmp_path / "store"), "--tracker", fake_tracker.url,
                               "--peer-listen", "127.0.0.1:0", "--admin-token", "s3cret"])
     app = server.build_app(bconfig.from_args(args))

@@ -81,7 +81,7 @@ def tracker(tmp_path, request):
     extra = marker.args if marker else ()
     port = procs.free_port()
     p = procs.Proc(procs.layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, "--interval", "5",
-                                         "--lease-ttl", "10", *extra), tmp_path / "layerswarm.tracker.log", name="tracker")
+                                         "--lease-ttl", "10", *extra), tmp_path / "tracker.log", name="tracker")
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/healthz")
     yield p

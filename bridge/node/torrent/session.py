@@ -14,7 +14,8 @@ import time
 import libtorrent as lt
 
 from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
-from layerswarm.bridge.node.torrent.settings import SessionConfig, settings_pack
+from layerswarm.bridge.config import SessionSection
+from layerswarm.bridge.node.torrent.settings import settings_pack
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ def _message(ec) -> str:
 class TorrentSession:
     """Owns ``lt.session`` and the alert thread; all torrents go through here."""
 
-    def __init__(self, cfg: SessionConfig | None = None):
-        self.cfg = cfg or SessionConfig()
+    def __init__(self, cfg: SessionSection | None = None):
+        self.cfg = cfg or SessionSection()
         pack = settings_pack(self.cfg)
         pack["alert_mask"] = int(_ALERT_MASK)
         self._ses = lt.session(pack)

@@ -1,43 +1,16 @@
 """Session settings for a private layer swarm, as a plain dict (no libtorrent import).
 
 Kept apart from the session so the benchmark's raw libtorrent sessions and
-our peers run with exactly the same knobs.
+our peers run with exactly the same knobs (the ``[session]`` configuration section).
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-
-# Benchmark/tuning hook: a JSON object of libtorrent settings applied last
-# (e.g. LAYERSWARM_LT_SETTINGS='{"seed_choking_algorithm": 1}').
-ENV_OVERRIDES = "LAYERSWARM_LT_SETTINGS"
+from layerswarm.bridge.config import SessionSection
 
 
-@dataclass
-class SessionConfig:
-    listen: str = "0.0.0.0:6881"          # listen_interfaces; tests use 127.0.0.1:<free port>
-    # Transport: TCP only by default.  Measured on loopback (scripts/bench_peer.py
-    # --utp and DESIGN §5) uTP was several times slower for the same swarm.
-    utp: bool = False
-    alert_queue_size: int = 100_000       # read_piece_alerts carry piece data: never drop them
-    stop_tracker_timeout: int = 1         # teardown waits this long for event=stopped
-    unchoke_slots: int = 32               # a fresh layer's seeder serves a whole rollout wave at once
-    connections_limit: int = 400
-    # Accept backlog of the peer listen socket (libtorrent's default is 5).  A fleet
-    # connects to a new layer's peers all at once: N=12 warm rollout saw 9 listen
-    # overflows (SYNs dropped, retried after 1 s) with 5, none with 256.
-    listen_queue_size: int = 256
-    # libtorrent never re-announces more often than this (its default is 300 s).
-    # The tracker expires peers after ~2 intervals, so a floor above the
-    # tracker's interval makes seeders vanish from it: let the tracker decide.
-    min_announce_interval: int = 5
-    user_agent: str = "layerswarm/0.1"
-
-
-def settings_pack(cfg: SessionConfig) -> dict:
+def settings_pack(cfg: SessionSection) -> dict:
     s = {
-        "listen_interfaces": cfg.listen,
+        "listen_interfaces": cfg.peer_listen,
         "user_agent": cfg.user_agent,
         # Private swarm: nothing is discovered or announced outside the tracker.
         "enable_dht": False,
@@ -75,7 +48,5 @@ def settings_pack(cfg: SessionConfig) -> dict:
         "close_redundant_connections": True,
     }
     s["min_announce_interval"] = cfg.min_announce_interval
-    extra = os.environ.get(ENV_OVERRIDES)
-    if extra:
-        s.update(json.loads(extra))
+    s.update(cfg.lt_settings)   # tuning: raw libtorrent settings from the configuration, applied last
     return s

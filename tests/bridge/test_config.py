@@ -1,0 +1,114 @@
+"""The bridge's one configuration: every source merges by field name, flag > env > file > default."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.format.errors import UserError
+
+
+def load(*argv, environ=None):
+    p = argparse.ArgumentParser()
+    bconfig.add_arguments(p)
+    return bconfig.from_args(p.parse_args(list(map(str, argv))), environ=environ or {})
+
+
+def test_defaults_written_once_and_derived_timeouts():
+    cfg = load("--store-dir", "/s")
+    assert cfg.server.listen == "127.0.0.1:5000" and cfg.server.threads == 64
+    assert cfg.upstreams.default.url == bconfig.DOCKER_HUB_URL
+    assert cfg.swarm.tracker is None and cfg.stream.stall_timeout == 30.0
+    assert cfg.first_byte_timeout == 30 + 5 + 5
+    assert cfg.follow_timeout == max(20.0, 30.0) * 2
+    assert cfg.tracker_timeout == 10
+    assert cfg.advertise_url.endswith(":5000")
+
+
+def test_precedence_flag_env_file_default(tmp_path):
+    f = tmp_path / "bridge.toml"
+    f.write_text('[server]\nstore_dir = "/from-file"\nthreads = 8\n[swarm]\nlease_ttl = 7\nrelay_timeout = 9\n'
+                 '[stream]\nwindow_bytes = 1024\n')
+    env = {"LAYERSWARM_THREADS": "12", "LAYERSWARM_LEASE_TTL": "11"}
+    cfg = load("--config", f, "--lease-ttl", "13", environ=env)
+    assert cfg.server.store_dir == "/from-file"          # file
+    assert cfg.server.threads == 12                      # env beats file
+    assert cfg.swarm.lease_ttl == 13                     # flag beats env
+    assert cfg.swarm.relay_timeout == 9                  # file beats default
+    assert cfg.stream.window_bytes == 1024
+    assert cfg.session.peer_listen == "0.0.0.0:6881"     # default
+
+
+def test_legacy_flat_file_and_flags_still_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_PW", "pw")
+    f = tmp_path / "old.toml"
+    f.write_text('store_dir = "/s"\nlisten = "127.0.0.1:5001"\ndefault_upstream = "hub"\n'
+                 'allow_hosts = ["ghcr.io"]\ntracker = "http://t:6969"\ntoken = "tok"\ncache_max = "2G"\n'
+                 'utp = true\n[upstreams.hub]\nurl = "https://hub.example"\nusername = "me"\n'
+                 'password_env = "HUB_PW"\n')
+    cfg = load("--config", f, "--alias", "corp=http://127.0.0.1:5002", environ={})
+    ups = cfg.upstreams
+    assert ups.default.url == "https://hub.example" and (ups.default.username, ups.default.password) == ("me", "pw")
+    assert set(ups.by_name) >= {"hub", "corp", "ghcr.io"}
+    assert cfg.swarm.publish_token == "tok" and cfg.swarm.cache_max == 2 << 30 and cfg.session.utp
+
+
+def test_secrets_from_files_env_and_legacy_names(tmp_path):
+    tok = tmp_path / "tok"
+    tok.write_text("s3cret\n")
+    assert load("--store-dir", "/s", "--admin-token-file", tok).admin.admin_token == "s3cret"
+    assert load("--store-dir", "/s", environ={"LAYERSWARM_PUBLISH_TOKEN_FILE": str(tok)}).swarm.publish_token == "s3cret"
+    assert load("--store-dir", "/s", environ={"LAYERSWARM_ADMIN_TOKEN": "a"}).admin.admin_token == "a"
+    cfg = load("--store-dir", "/s", "--upstream", "http://127.0.0.1:9",
+               environ={"LAYERSWARM_UPSTREAM_USERNAME": "u", "LAYERSWARM_UPSTREAM_PASSWORD": "p"})
+    assert (cfg.upstreams.default.username, cfg.upstreams.default.password) == ("u", "p")
+    f = tmp_path / "c.toml"
+    f.write_text(f'[swarm]\npublish_token_file = "{tok}"\n')
+    assert load("--store-dir", "/s", "--config", f).swarm.publish_token == "s3cret"
+
+
+@pytest.mark.parametrize("argv,env,file,words", [
+    (["--threads", "many"], {}, None, ["flag --threads", "integer"]),
+    ([], {"LAYERSWARM_STALL_TIMEOUT": "soon"}, None, ["LAYERSWARM_STALL_TIMEOUT", "stall_timeout"]),
+    ([], {}, '[swarm]\nlease_ttl = "long"\n', ["lease_ttl", "number"]),
+    ([], {}, 'lisen = "x"\n', ["unknown option", "lisen"]),
+    ([], {}, '[server]\ntracker = "http://t"\n', ["[swarm]", "tracker"]),
+    (["--peer-listen", "6881"], {}, None, ["flag --peer-listen", "HOST:PORT"]),
+    ([], {"LAYERSWARM_CACHE_MAX": "lots"}, None, ["LAYERSWARM_CACHE_MAX", "not a size"]),
+    (["--admin-token-file", "/nonexistent/x"], {}, None, ["--admin-token-file", "cannot read"]),
+    ([], {}, "[[broken", ["cannot read config"]),
+])
+def test_bad_value_names_source_and_field(tmp_path, argv, env, file, words):
+    if file is not None:
+        f = tmp_path / "bad.toml"
+        f.write_text(file)
+        argv = [*argv, "--config", f]
+    with pytest.raises(UserError) as ei:
+        load("--store-dir", "/s", *argv, environ=env)
+    for w in words:
+        assert w in str(ei.value), (w, str(ei.value))
+
+
+def test_store_dir_is_required():
+    with pytest.raises(UserError, match="store-dir"):
+        load()
+
+
+def test_print_and_check_config_cli(tmp_path):
+    tok = tmp_path / "tok"
+    tok.write_text("very-secret-token")
+    base = [sys.executable, "-m", "layerswarm.bridge.cli", "bridge", "--store-dir", str(tmp_path),
+            "--upstream", "http://127.0.0.1:9", "--admin-token-file", str(tok), "--token", "pub-secret",
+            "--lt-setting", "seed_choking_algorithm=1"]
+    p = subprocess.run([*base, "--print-config"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "very-secret-token" not in p.stdout and "pub-secret" not in p.stdout
+    assert "[server]" in p.stdout and "[admin]" in p.stdout and "<redacted>" in p.stdout
+    assert "seed_choking_algorithm = 1" in p.stdout
+    p = subprocess.run([*base, "--check-config"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "OK" in p.stdout
+    p = subprocess.run([*base, "--check-config", "--threads", "x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--threads" in p.stderr and "Traceback" not in p.stderr
