@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from layerswarm.tracker import protocol
-from layerswarm.tracker.config import Config
+from layerswarm.tracker.config import Config, load
 from layerswarm.tracker.context import Tracker
 from layerswarm.tracker.errors import ClientError, StoreUnavailable
 from layerswarm.tracker.metrics import Metrics
@@ -21,14 +21,14 @@ _BITTORRENT_PATHS = ("/announce", "/scrape")
 
 def create_app(config=None) -> Flask:
     """``config``: a Config, or a mapping of Config field names (tests)."""
-    cfg = config if isinstance(config, Config) else Config.from_mapping(config)
+    cfg = config if isinstance(config, Config) else load(**(config or {}))
     # Explicit paths: Flask cannot locate a module inside the editable-installed
     # ``layerswarm`` namespace on its own (and the app reads no instance files).
     here = os.path.dirname(os.path.abspath(__file__))
     app = Flask(__name__, root_path=here, instance_path=here)
-    app.config["MAX_CONTENT_LENGTH"] = max(cfg.max_metainfo, cfg.max_manifest) + 1
+    app.config["MAX_CONTENT_LENGTH"] = max(cfg.registry.max_metainfo, cfg.registry.max_manifest) + 1
     app.json.sort_keys = False
-    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.store), metrics=Metrics())
+    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.state.store), metrics=Metrics())
 
     from layerswarm.tracker.views import bittorrent, inspect, leases, metainfo
     for mod in (bittorrent, metainfo, leases, inspect):

@@ -1,35 +1,66 @@
-"""Tracker settings: one dataclass, filled from defaults, env and CLI flags."""
+"""The tracker's one configuration: sections of options declared once, merged flag > env > file > default.
+
+Environment variables are ``LAYERSWARM_TRACKER_<FIELD>`` (the publish token
+also reads ``LAYERSWARM_PUBLISH_TOKEN``, shared with bridges); a TOML file
+is given with ``--config``.  ``layerswarm tracker --print-config`` shows the
+effective values, secrets redacted.
+"""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field
+
+from layerswarm.bridge.format.options import InvalidOption, Schema, option
+
+
+def _at_least_one(section, *names) -> None:
+    for n in names:
+        if getattr(section, n) < 1:
+            raise InvalidOption(n, f"must be at least 1, got {getattr(section, n)}")
 
 
 @dataclass(frozen=True)
-class Config:
-    host: str = "127.0.0.1"
-    port: int = 6969
-    store: str = "memory"          # "memory" or a redis:// URL
-    publish_token: str | None = None
-    interval: int = 120            # announce interval handed to clients (s)
-    min_interval: int | None = None  # defaults to interval // 2
-    peer_ttl: int | None = None    # defaults to 2 * interval: one missed announce is tolerated
-    numwant_default: int = 50
-    numwant_max: int = 200
-    allow_ip_param: bool = False   # trust the `ip` query parameter (only behind a NAT you control)
-    quarantine_reports: int = 3    # distinct untrusted hosts needed to quarantine a torrent
-    lease_ttl: int = 30
-    lease_ttl_max: int = 600
-    # Each relay streams a cold layer at the origin's rate to this many children: 2 keeps that
-    # within a host's uplink when hosts have ~2x the origin's bandwidth.  Measured (bench_rollout,
-    # N=12, 40 MB/s hosts, 20 MB/s origin): cold/bound 1.17 and 1.16 with 2, 1.28 and 1.44 with 3.
-    relay_fanout: int = 2
-    workers: int = 1
-    threads: int = 16
-    max_query: int = 4096          # bytes of announce/scrape query string
-    max_scrape: int = 100          # info-hashes per scrape request
-    max_metainfo: int = 16 << 20   # a 1 TiB layer with 4 MiB pieces is ~5 MiB of piece hashes
-    max_manifest: int = 4 << 20
+class ServerSection:
+    """Where and how the tracker serves (gunicorn gthread)."""
+
+    host: str = option("127.0.0.1", "address to listen on", metavar="ADDR")
+    port: int = option(6969, "port to listen on", metavar="PORT")
+    workers: int = option(1, "gunicorn worker processes (more than 1 needs a redis:// store)", metavar="N")
+    threads: int = option(16, "threads per worker", metavar="N")
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "workers", "threads")
+        if not 1 <= self.port <= 65535:
+            raise InvalidOption("port", f"not a TCP port: {self.port}")
+
+
+@dataclass(frozen=True)
+class StateSection:
+    """Where swarms, torrents, manifests and leases live."""
+
+    store: str = option("memory", "'memory' (one process) or redis://host:port/db shared by workers and replicas",
+                        metavar="URL")
+
+    def __post_init__(self) -> None:
+        if not (self.store == "memory" or self.store.startswith(("redis://", "rediss://", "unix://"))):
+            raise InvalidOption("store", f"must be 'memory' or a redis:// URL, not {self.store!r}")
+
+
+@dataclass(frozen=True)
+class AnnounceSection:
+    """The BitTorrent side: announce and scrape."""
+
+    interval: int = option(120, "announce interval handed to clients; peers expire after twice that", metavar="S")
+    min_interval: int | None = option(None, "minimum announce interval (default interval/2)", metavar="S")
+    peer_ttl: int | None = option(None, "seconds a silent peer stays listed (default 2 x interval: one "
+                                  "missed announce is tolerated)", metavar="S")
+    numwant_default: int = option(50, "peers returned when the client does not say", metavar="N")
+    numwant_max: int = option(200, "most peers returned to one announce", metavar="N")
+    allow_ip_param: bool = option(False, "trust the announce 'ip' parameter (only behind a NAT you control)")
+    max_query: int = option(4096, "bytes of announce/scrape query string", metavar="N")
+    max_scrape: int = option(100, "info-hashes per scrape request", metavar="N")
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "interval", "numwant_max", "max_query", "max_scrape")
 
     @property
     def effective_min_interval(self) -> int:
@@ -39,10 +70,53 @@ class Config:
     def effective_peer_ttl(self) -> int:
         return self.peer_ttl if self.peer_ttl is not None else 2 * self.interval
 
-    @classmethod
-    def from_mapping(cls, values: dict | None) -> "Config":
-        """Defaults, then LAYERSWARM_PUBLISH_TOKEN from the environment, then ``values``."""
-        cfg = cls(publish_token=os.environ.get("LAYERSWARM_PUBLISH_TOKEN") or None)
-        known = {f.name for f in fields(cls)}
-        values = {k.lower(): v for k, v in (values or {}).items() if k.lower() in known and v is not None}
-        return replace(cfg, **values)
+
+@dataclass(frozen=True)
+class RegistrySection:
+    """The layer registry: torrents and manifests by digest, reports, cold-fetch leases."""
+
+    quarantine_reports: int = option(3, "distinct hosts whose bad-torrent reports quarantine a torrent",
+                                     metavar="N")
+    lease_ttl: int = option(30, "default cold-fetch lease TTL", metavar="S")
+    lease_ttl_max: int = option(600, "longest lease TTL a bridge may ask for", metavar="S")
+    # Each relay streams a cold layer at the origin's rate to this many children: 2 keeps that
+    # within a host's uplink when hosts have ~2x the origin's bandwidth.  Measured (bench_rollout,
+    # N=12, 40 MB/s hosts, 20 MB/s origin): cold/bound 1.17 and 1.16 with 2, 1.28 and 1.44 with 3.
+    relay_fanout: int = option(2, "children per node in the cold-fetch relay tree", metavar="N")
+    max_metainfo: int = option(16 << 20, "largest torrent accepted (a 1 TiB layer with 4 MiB pieces has "
+                               "~5 MiB of piece hashes)", metavar="N")
+    max_manifest: int = option(4 << 20, "largest manifest accepted", metavar="N")
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "quarantine_reports", "lease_ttl", "lease_ttl_max", "relay_fanout")
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """Who may write: publishing torrents and manifests, trusted reports, leases."""
+
+    publish_token: str | None = option(None, "bearer token required to publish torrents/manifests "
+                                       "(unset = open)", secret=True, env=("LAYERSWARM_PUBLISH_TOKEN",),
+                                       metavar="T")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    state: StateSection = field(default_factory=StateSection)
+    announce: AnnounceSection = field(default_factory=AnnounceSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    admin: AdminSection = field(default_factory=AdminSection)
+
+    def __post_init__(self) -> None:
+        if self.server.workers > 1 and self.state.store == "memory":
+            raise InvalidOption("workers", "the memory store lives in one process: use --workers 1 or "
+                                "--store redis://...")
+
+
+SCHEMA = Schema(Config, "LAYERSWARM_TRACKER_")
+
+
+def load(args=None, environ=None, **values) -> Config:
+    """Flags > environment > TOML file (``--config``) > defaults; ``values`` by field name (tests)."""
+    return SCHEMA.load(args, environ=environ, values=values)

@@ -26,14 +26,14 @@ class Tracker:
     def is_trusted(self) -> bool:
         """True when the request presents the right publish token; a wrong one is refused."""
         token = self.bearer()
-        if token is None or not self.config.publish_token:
+        if token is None or not self.config.admin.publish_token:
             return False
-        if not hmac.compare_digest(token.encode(), self.config.publish_token.encode()):
+        if not hmac.compare_digest(token.encode(), self.config.admin.publish_token.encode()):
             raise Forbidden("wrong publish token")
         return True
 
     def require_publisher(self) -> None:
-        if not self.config.publish_token:
+        if not self.config.admin.publish_token:
             return  # open registry: no token configured
         if self.bearer() is None:
             raise Unauthorized("publish token required (Authorization: Bearer ...)")

@@ -95,7 +95,7 @@ class AnnounceRequest:
 
 
 def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
-    q = parse_query(qs, cfg.max_query)
+    q = parse_query(qs, cfg.announce.max_query)
     info_hash = _hash20(q, b"info_hash")
     peer_id = _hash20(q, b"peer_id")
     port = _int(q, b"port", lo=1, hi=65535)
@@ -103,9 +103,9 @@ def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
     event = EVENTS.get(event_raw.decode("latin-1"))
     if event is None:
         raise ClientError("unknown event")
-    numwant = _int(q, b"numwant", default=cfg.numwant_default, hi=MAX_NUMBER)
+    numwant = _int(q, b"numwant", default=cfg.announce.numwant_default, hi=MAX_NUMBER)
     ip = remote_addr
-    if cfg.allow_ip_param:
+    if cfg.announce.allow_ip_param:
         given = _one(q, b"ip", required=False)
         if given:
             ip = given.decode("latin-1")
@@ -118,17 +118,17 @@ def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
         info_hash=info_hash, peer_id=peer_id, addr=addr,
         left=_int(q, b"left"), uploaded=_int(q, b"uploaded", default=0),
         downloaded=_int(q, b"downloaded", default=0), event=event,
-        numwant=min(numwant, cfg.numwant_max),
+        numwant=min(numwant, cfg.announce.numwant_max),
         compact=compact_raw != b"0", no_peer_id=_one(q, b"no_peer_id", required=False) == b"1")
 
 
 def parse_scrape(qs: bytes, cfg) -> list | None:
     """The info-hashes asked for, or None for "all swarms"."""
-    q = parse_query(qs, cfg.max_query)
+    q = parse_query(qs, cfg.announce.max_query)
     hashes = q.get(b"info_hash")
     if not hashes:
         return None
-    if len(hashes) > cfg.max_scrape:
+    if len(hashes) > cfg.announce.max_scrape:
         raise ClientError("too many info_hash values")
     for h in hashes:
         if len(h) != 20:

@@ -17,7 +17,7 @@ class TrackerServer(BaseApplication):
         super().__init__()
 
     def load_config(self):
-        c = self.cfg_tracker
+        c = self.cfg_tracker.server
         host = f"[{c.host}]" if ":" in c.host else c.host
         for key, value in {
             "bind": [f"{host}:{c.port}"],

@@ -24,7 +24,7 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, now: float | None =
     cfg = t.config
     try:
         req = protocol.parse_announce(query_string, remote_addr, cfg)
-        peers, counts = t.store.announce(req, cfg.effective_peer_ttl, now or time.time())
+        peers, counts = t.store.announce(req, cfg.announce.effective_peer_ttl, now or time.time())
     except ClientError as exc:
         t.metrics.failures.labels("announce").inc()
         return protocol.encode_failure(exc.message)
@@ -33,7 +33,7 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, now: float | None =
         t.metrics.failures.labels("announce").inc()
         return protocol.encode_failure("tracker storage unavailable, retry later")
     t.metrics.announce[req.event].inc()
-    return protocol.encode_announce(req, peers, counts, cfg.interval, cfg.effective_min_interval)
+    return protocol.encode_announce(req, peers, counts, cfg.announce.interval, cfg.announce.effective_min_interval)
 
 
 @bp.get("/announce")

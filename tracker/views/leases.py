@@ -14,10 +14,10 @@ bp = Blueprint("leases", __name__)
 
 
 def _ttl(body: dict, cfg) -> float:
-    ttl = body.get("ttl", cfg.lease_ttl)
+    ttl = body.get("ttl", cfg.registry.lease_ttl)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
         raise ClientError("ttl must be a positive number of seconds")
-    return float(min(ttl, cfg.lease_ttl_max))
+    return float(min(ttl, cfg.registry.lease_ttl_max))
 
 
 @bp.post("/leases/<digest>")
@@ -33,7 +33,7 @@ def acquire(digest):
     if t.store.get_metainfo(d) is not None:
         t.metrics.leases.labels("published").inc()
         return jsonify(role="published"), 200
-    answer = t.store.acquire_lease(d, host, url, ttl, t.config.relay_fanout, time.time())
+    answer = t.store.acquire_lease(d, host, url, ttl, t.config.registry.relay_fanout, time.time())
     t.metrics.leases.labels(answer["role"]).inc()
     return jsonify(answer), (201 if answer["role"] == "holder" else 200)
 

@@ -29,7 +29,7 @@ def put_metainfo(digest):
     t = tracker()
     t.require_publisher()
     d = parse_digest(digest)
-    data = read_body(t.config.max_metainfo)
+    data = read_body(t.config.registry.max_metainfo)
     try:
         lt = parse_metainfo(data, expect=d)
     except InvalidMetainfo as exc:
@@ -75,7 +75,7 @@ def report(digest):
     t.metrics.reports.inc()
     log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
     published = t.store.get_metainfo(d)
-    quarantined = t.store.report(d, ih, host, trusted, t.config.quarantine_reports)
+    quarantined = t.store.report(d, ih, host, trusted, t.config.registry.quarantine_reports)
     if quarantined and published is not None and published.info_hash == ih:
         t.metrics.quarantines.inc()
         log.warning("QUARANTINED torrent %s for %s (trusted=%s, last report from %s): %s",
@@ -91,7 +91,7 @@ def put_manifest(digest):
     ctype = request.headers.get("Content-Type", "application/octet-stream")
     if len(ctype) > 255 or any(c in ctype for c in "\r\n"):
         raise ClientError("invalid Content-Type")
-    data = read_body(t.config.max_manifest)
+    data = read_body(t.config.registry.max_manifest)
     if hashlib.sha256(data).hexdigest() != d.hex:
         raise ClientError("body does not hash to the digest")
     created = t.store.put_manifest(d, ctype, data)
