@@ -44,9 +44,9 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from layerswarm.bridge.format.errors import UserError
+from layerswarm.bridge.format.errors import InvalidOption, UserError
 from layerswarm.bridge.format.names import COMPONENT_RE
-from layerswarm.bridge.format.options import InvalidOption, Schema, option
+from layerswarm.bridge.format.options import Schema, option
 from layerswarm.bridge.format.units import parse_size
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -66,6 +66,7 @@ class UpstreamConfig:
     ca_bundle: str | None = None
     insecure: bool = False
     hosts: list = field(default_factory=list)
+    token: str | None = None          # a bearer token obtained elsewhere (``layerswarm seed --registry-token``)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")

@@ -5,7 +5,8 @@ import pytest
 import requests
 
 from layerswarm.bridge.devstack import imagegen
-from layerswarm.bridge.format.digest import Digest, InfoHash, InvalidDigest, InvalidInfoHash
+from layerswarm.bridge.format.digest import Digest, InfoHash
+from layerswarm.bridge.format.errors import InvalidDigest, InvalidInfoHash
 
 
 def test_digest_parse_roundtrip():

@@ -6,6 +6,7 @@ import pytest
 
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import InvalidMetainfo
 
 
 def _blob(tmp_path, size, seed=b"s"):
@@ -75,7 +76,7 @@ def test_rejects_bad_torrents(tmp_path, mutate, msg):
     p, d, _ = _blob(tmp_path, 300_000)
     meta = bencodepy.decode(tf.torrent_for_file(p).metainfo)
     mutate(meta)
-    with pytest.raises(tf.InvalidMetainfo, match=msg):
+    with pytest.raises(InvalidMetainfo, match=msg):
         tf.parse_metainfo(bencodepy.encode(meta))
 
 
@@ -83,7 +84,7 @@ def test_rejects_garbage_and_wrong_digest(tmp_path):
     p, d, _ = _blob(tmp_path, 300_000)
     good = tf.torrent_for_file(p).metainfo
     for bad in (b"", b"garbage", b"d4:infoi1ee", good + b"x"):
-        with pytest.raises(tf.InvalidMetainfo):
+        with pytest.raises(InvalidMetainfo):
             tf.parse_metainfo(bad)
-    with pytest.raises(tf.InvalidMetainfo, match="does not match"):
+    with pytest.raises(InvalidMetainfo, match="does not match"):
         tf.parse_metainfo(good, Digest.of_bytes(b"other"))

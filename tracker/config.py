@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from layerswarm.bridge.format.options import InvalidOption, Schema, option
+from layerswarm.bridge.format.options import Schema, option
+
+from layerswarm.bridge.format.errors import InvalidOption
 
 
 def _at_least_one(section, *names) -> None:

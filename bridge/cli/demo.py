@@ -29,7 +29,7 @@ import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.devstack import daemons as devstack
-from layerswarm.bridge.format.errors import UserError
+from layerswarm.bridge.format.errors import DaemonError, UserError
 
 DEMO_IMAGE = "layerswarm-demo:latest"
 TINY_BLOB_BYTES = 1 << 20  # the bridge's default --tiny-blob-bytes: smaller blobs get no torrent
@@ -96,7 +96,7 @@ def run(args) -> int:
     try:
         devstack.require_binaries("dockerd", "docker", "containerd", "runc",
                                     *([] if args.upstream else ["docker-registry"]))
-    except devstack.DaemonError as exc:
+    except DaemonError as exc:
         raise UserError(str(exc)) from None
 
     own_workdir = args.workdir is None
@@ -111,7 +111,7 @@ def run(args) -> int:
         rc = _run(args, workdir, stack)
         failed = False
         return rc
-    except devstack.DaemonError as exc:
+    except DaemonError as exc:
         raise UserError(f"demo failed: {exc}") from None
     except KeyboardInterrupt:
         failed = False
@@ -227,7 +227,7 @@ def _pull(docker, ref: str, bridge) -> None:
     last error (which is about its fallback to Docker Hub, blocked here)."""
     try:
         docker.pull(ref, timeout=900)
-    except devstack.DaemonError as exc:
+    except DaemonError as exc:
         try:
             reqs = bridge.stats().get("requests", {})
             bad = ", ".join(f"{k} x{n}" for k, n in sorted(reqs.items()) if not k.split()[-1].startswith("2"))

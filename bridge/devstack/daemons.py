@@ -29,13 +29,9 @@ from pathlib import Path
 
 import requests
 
-from layerswarm.bridge.format.errors import LayerswarmError
+from layerswarm.bridge.format.errors import DaemonError
 
 START_TIMEOUT = float(os.environ.get("LAYERSWARM_START_TIMEOUT", "60"))
-
-
-class DaemonError(LayerswarmError):
-    """A daemon or client of the local stack failed; the message says why."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

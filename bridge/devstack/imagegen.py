@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 
 import requests
 
+from layerswarm.bridge.format import mediatypes
 from layerswarm.bridge.format.digest import Digest
 
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_DOCKER_MANIFEST = mediatypes.DOCKER_MANIFEST
+MT_DOCKER_LIST = mediatypes.DOCKER_LIST
+MT_DOCKER_CONFIG = mediatypes.DOCKER_CONFIG
+MT_DOCKER_LAYER = mediatypes.DOCKER_LAYER
+MT_OCI_MANIFEST = mediatypes.OCI_MANIFEST
+MT_OCI_INDEX = mediatypes.OCI_INDEX
+MT_OCI_CONFIG = mediatypes.OCI_CONFIG
+MT_OCI_LAYER = mediatypes.OCI_LAYER
 
 
 @dataclass

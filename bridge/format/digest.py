@@ -11,14 +11,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from layerswarm.bridge.format.errors import InvalidDigest, InvalidInfoHash
+
 _SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
 # OCI image-spec digest grammar; we only *serve* sha256, but recognising the
 # grammar lets us tell "malformed" from "unsupported algorithm".
 _DIGEST_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-
-
-class InvalidDigest(ValueError):
-    """The text is not a sha256 digest we accept."""
 
 
 @dataclass(frozen=True, order=True)
@@ -71,10 +69,6 @@ class DigestVerifier:
 
     def matches(self) -> bool:
         return self._h.hexdigest() == self.expected.hex
-
-
-class InvalidInfoHash(ValueError):
-    """The value is not a 20-byte BitTorrent v1 info-hash."""
 
 
 @dataclass(frozen=True, order=True)

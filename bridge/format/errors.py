@@ -1,9 +1,10 @@
-"""Every error type the bridge and CLI raise on purpose lives here.
+"""Every error type the bridge, its commands and the shared format raise on purpose lives here.
 
 ``UserError`` is what the CLI turns into a one-line message and a non-zero
 exit; ``RegistryError`` is what the registry API turns into a spec JSON error
 body.  Anything else reaching the top is a bug: it is logged and answered
-generically, never shown as a traceback.
+generically, never shown as a traceback.  (The tracker's HTTP errors, which
+become bencoded or JSON answers, are in tracker/errors.py.)
 """
 from __future__ import annotations
 
@@ -107,3 +108,56 @@ class DigestMismatch(LayerswarmError):
 
 class StoreFull(LayerswarmError):
     """The layer store cannot take more bytes (cap reached or disk full)."""
+
+
+# -- values that fail validation --------------------------------------------------
+class InvalidDigest(ValueError):
+    """The text is not a sha256 digest we accept."""
+
+
+class InvalidInfoHash(ValueError):
+    """The value is not a 20-byte BitTorrent v1 info-hash."""
+
+
+class InvalidMetainfo(ValueError):
+    """A .torrent that is not a valid layer torrent of this format."""
+
+
+class InvalidOption(ValueError):
+    """A configuration value a section refuses: ``field`` is the offending option."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# -- the tracker, seen from a host -----------------------------------------------
+class TrackerUnavailable(Exception):
+    """The tracker could not be reached or answered with a server error."""
+
+
+class PublishConflict(Exception):
+    """The tracker holds a different torrent for the digest (HTTP 409)."""
+
+    def __init__(self, digest, info_hash: str | None):
+        super().__init__(f"tracker already has a different torrent for {digest}"
+                         + (f" (info-hash {info_hash})" if info_hash else ""))
+        self.digest = digest
+        self.info_hash = info_hash
+
+
+class PublishRejected(Exception):
+    """The tracker refused the torrent (400 invalid, 401/403 token)."""
+
+
+class TorrentConflict(UserError):
+    """The tracker publishes a torrent for the digest whose pieces do not match our verified bytes."""
+
+
+# -- the host's libtorrent session and the local stack ----------------------------
+class TorrentGone(Exception):
+    """The torrent was removed (its handle may still look valid for a moment)."""
+
+
+class DaemonError(LayerswarmError):
+    """A daemon or client of the local stack failed; the message says why."""

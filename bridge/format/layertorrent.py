@@ -30,17 +30,15 @@ from dataclasses import dataclass
 
 import bencodepy
 
-from layerswarm.bridge.format.digest import Digest, InfoHash, InvalidDigest
+from layerswarm.bridge.format.digest import Digest, InfoHash
+
+from layerswarm.bridge.format.errors import InvalidDigest, InvalidMetainfo
 
 FORMAT_VERSION = 1
 MIN_PIECE = 256 * 1024
 MAX_PIECE = 4 * 1024 * 1024
 TARGET_PIECES = 1024
 MAX_LAYER_SIZE = 1 << 40  # 1 TiB: anything larger is a malformed torrent, not a layer
-
-
-class InvalidMetainfo(ValueError):
-    """A .torrent that is not a valid layer torrent of this format."""
 
 
 def piece_length(size: int) -> int:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from layerswarm.bridge.format import errors
-from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import InvalidDigest
 
 # Distribution spec grammar (DESIGN §4).
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"

@@ -34,19 +34,11 @@ except ModuleNotFoundError:  # Python < 3.11
 
 import tomli_w
 
-from layerswarm.bridge.format.errors import UserError
+from layerswarm.bridge.format.errors import InvalidOption, UserError
 
 REDACTED = "<redacted>"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-class InvalidOption(ValueError):
-    """Raised by a section's validation: ``field`` is the offending option."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING,

@@ -10,9 +10,9 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from layerswarm.bridge.format.digest import Digest, InvalidDigest
-from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, UserError
-from layerswarm.bridge.node.trackerclient import TrackerUnavailable
+from layerswarm.bridge.format.digest import Digest
+
+from layerswarm.bridge.format.errors import DigestMismatch, InvalidDigest, StoreFull, TrackerUnavailable, UserError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20

@@ -13,17 +13,12 @@ from dataclasses import dataclass
 from layerswarm.bridge.config import SessionSection, StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
-from layerswarm.bridge.format.errors import SwarmError, UserError
+from layerswarm.bridge.format.errors import PublishConflict, PublishRejected, SwarmError, TorrentConflict, TrackerUnavailable, UserError
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.node.stream import Download, FileStream, LayerStream
-from layerswarm.bridge.node.trackerclient import (PublishConflict, PublishRejected, TrackerClient,
-                                  TrackerUnavailable)
+from layerswarm.bridge.node.trackerclient import TrackerClient
 
 log = logging.getLogger(__name__)
-
-
-class TorrentConflict(UserError):
-    """The tracker publishes a torrent for the digest whose pieces do not match our verified bytes."""
 
 
 @dataclass

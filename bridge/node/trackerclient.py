@@ -1,4 +1,4 @@
-"""HTTP client for the tracker's metainfo registry, reports and scrape (tracker/API.md)."""
+"""The one HTTP client of the tracker: metainfo registry, manifests, reports, leases, swarms, scrape (tracker/API.md)."""
 from __future__ import annotations
 
 import logging
@@ -9,29 +9,14 @@ import requests
 
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest, InfoHash
+from layerswarm.bridge.format.errors import InvalidMetainfo, PublishConflict, PublishRejected, TrackerUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class TrackerUnavailable(Exception):
-    """The tracker could not be reached or answered with a server error."""
-
-
-class PublishConflict(Exception):
-    """The tracker holds a different torrent for the digest (HTTP 409)."""
-
-    def __init__(self, digest: Digest, info_hash: str | None):
-        super().__init__(f"tracker already has a different torrent for {digest}"
-                         + (f" (info-hash {info_hash})" if info_hash else ""))
-        self.digest = digest
-        self.info_hash = info_hash
-
-
-class PublishRejected(Exception):
-    """The tracker refused the torrent (400 invalid, 401/403 token)."""
-
-
 class TrackerClient:
+    """The host's calls to the tracker: metainfo, manifests, reports, leases, scrape."""
+
     def __init__(self, url: str, token: str | None = None, host_id: str = "", timeout: float = 10.0):
         self.url = url.rstrip("/")
         self.token = token
@@ -71,7 +56,7 @@ class TrackerClient:
             raise TrackerUnavailable(f"tracker answered {r.status_code} for metainfo of {digest}")
         try:
             return tf.parse_metainfo(r.content, digest)
-        except tf.InvalidMetainfo as exc:
+        except InvalidMetainfo as exc:
             raise TrackerUnavailable(f"tracker served an invalid torrent for {digest}: {exc}") from None
 
     def put_metainfo(self, torrent: tf.LayerTorrent) -> bool:
@@ -125,6 +110,18 @@ class TrackerClient:
 
     def release_lease(self, digest: Digest) -> None:
         self._req("DELETE", f"/leases/{digest}", params={"host": self.host_id})
+
+    def swarms(self) -> list:
+        """Every swarm the tracker knows, as rows (``GET /swarms``)."""
+        r = self._req("GET", "/swarms")
+        try:
+            rows = r.json() if r.status_code == 200 else None
+        except ValueError:
+            rows = None
+        if not isinstance(rows, list):
+            raise TrackerUnavailable(f"{self.url}/swarms did not answer a JSON list (HTTP {r.status_code}): "
+                                     "is that a layerswarm tracker?")
+        return rows
 
     def scrape(self, info_hashes) -> dict:
         """info-hash hex -> {"complete", "incomplete", "downloaded"} (BEP 48)."""

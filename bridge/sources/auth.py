@@ -83,6 +83,8 @@ class Authenticator:
             basic = self._basic
         if basic and self.has_credentials:
             return {"Authorization": basic_header(self.upstream.username, self.upstream.password)}
+        if self.upstream.token:
+            return {"Authorization": "Bearer " + self.upstream.token}
         return {}
 
     def forget(self, repo: str) -> None:

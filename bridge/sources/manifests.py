@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerswarm.bridge.format import errors
-from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import InvalidDigest
+from layerswarm.bridge.format.mediatypes import DOCKER_SCHEMA1_SIGNED, GENERIC_TYPES
 from layerswarm.bridge.format.names import Reference
 from layerswarm.bridge.sources.upstream import UpstreamClient
 
 log = logging.getLogger("layerswarm.manifests")
 
-GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
 MAX_TAG_ENTRIES = 10000
 
 
@@ -90,7 +91,7 @@ def _media_type_of(body: bytes) -> str:
             return mt
     except (ValueError, AttributeError):
         pass
-    return "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    return DOCKER_SCHEMA1_SIGNED
 
 
 def _content_type(resp, body: bytes | None) -> str:

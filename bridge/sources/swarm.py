@@ -38,10 +38,9 @@ from werkzeug.wsgi import wrap_file
 
 from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse, span
-from layerswarm.bridge.format.digest import Digest, InvalidDigest
-from layerswarm.bridge.format.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, UpstreamError
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import DigestMismatch, InvalidDigest, RegistryError, StoreFull, SwarmError, TrackerUnavailable, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
-from layerswarm.bridge.node.trackerclient import TrackerUnavailable
 
 log = logging.getLogger("layerswarm.swarm")
 

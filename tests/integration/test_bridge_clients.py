@@ -13,6 +13,7 @@ import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.devstack import daemons as devstack
+from layerswarm.bridge.format.errors import DaemonError
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -171,7 +172,7 @@ def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origi
     bridge = start_bridge(upstream=origin.url)
     docker.set_mirrors([bridge.url])
     name = daemons.unique("missing")
-    with pytest.raises(devstack.DaemonError):
+    with pytest.raises(DaemonError):
         docker.docker("pull", f"{name}:v1", timeout=120)
     st = daemons.stats(bridge)
     # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy

@@ -7,6 +7,7 @@ so that a failure in the bridge tests is about the bridge, not the set-up.
 import pytest
 
 from layerswarm.bridge.devstack import daemons as devstack
+from layerswarm.bridge.format.errors import DaemonError
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def test_dockerd_mirror_plain_registry(docker, origin):
 
 def test_dockerd_without_mirror_stays_on_loopback(docker):
     # Docker Hub is behind a dead loopback proxy: the pull fails at once, no DNS, no egress.
-    with pytest.raises(devstack.DaemonError) as exc:
+    with pytest.raises(DaemonError) as exc:
         docker.docker("pull", "layerswarm-no-such-image:v1", timeout=60)
     assert "127.0.0.1:9" in str(exc.value) or "proxy" in str(exc.value).lower()
 
@@ -55,7 +56,7 @@ def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
 
 def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
     daemons.require_root()
-    with pytest.raises(devstack.DaemonError) as exc:
+    with pytest.raises(DaemonError) as exc:
         devstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
     msg = str(exc.value)
     assert "dockerd exited" in msg and "no-such-directive" in msg, msg

@@ -16,6 +16,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
 from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.errors import InvalidMetainfo
 
 
 def _raw_args(qs: bytes) -> dict:
@@ -74,7 +75,7 @@ class FakeTracker:
             if request.method == "PUT":
                 try:
                     new = tf.parse_metainfo(request.get_data())
-                except tf.InvalidMetainfo as exc:
+                except InvalidMetainfo as exc:
                     return jsonify(error=str(exc)), 400
                 old = self.metainfo.get(digest)
                 if old is not None:

@@ -5,7 +5,9 @@ import re
 
 from flask import request
 
-from layerswarm.bridge.format.digest import Digest, InvalidDigest
+from layerswarm.bridge.format.digest import Digest
+
+from layerswarm.bridge.format.errors import InvalidDigest
 from layerswarm.tracker.errors import ClientError, TooLarge
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")

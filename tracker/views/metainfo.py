@@ -12,8 +12,10 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from layerswarm.bridge.format.digest import InfoHash, InvalidInfoHash
-from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, InvalidMetainfo, parse_metainfo
+from layerswarm.bridge.format.digest import InfoHash
+
+from layerswarm.bridge.format.errors import InvalidInfoHash, InvalidMetainfo
+from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, parse_metainfo
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
 from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord

@@ -16,6 +16,7 @@ import libtorrent as lt
 from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
 from layerswarm.bridge.config import SessionSection
 from layerswarm.bridge.node.torrent.settings import settings_pack
+from layerswarm.bridge.format.errors import TorrentGone
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ _ALERT_MASK = (lt.alert.category_t.error_notification
                | lt.alert.category_t.status_notification
                | lt.alert.category_t.piece_progress_notification
                | lt.alert.category_t.tracker_notification)
-
-
-class TorrentGone(Exception):
-    """The torrent was removed (its handle may still look valid for a moment)."""
 
 
 class Torrent:
