@@ -19,9 +19,8 @@ class Tracker:
     metrics: Metrics
 
     def bearer(self) -> str | None:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        auth = request.authorization
+        return auth.token if auth is not None and auth.type == "bearer" and auth.token else None
 
     def is_trusted(self) -> bool:
         """True when the request presents the right publish token; a wrong one is refused."""

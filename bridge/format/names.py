@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from werkzeug.http import parse_range_header
+
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import InvalidDigest
@@ -117,16 +119,13 @@ class ByteRange:
     @classmethod
     def parse(cls, header: str | None) -> "ByteRange | None":
         """None when absent or a form we ignore (suffix, multi-range: RFC 7233 allows ignoring)."""
-        if not header:
+        parsed = parse_range_header(header) if header else None   # None when malformed (5-3, junk)
+        if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
             return None
-        m = re.fullmatch(r"\s*bytes\s*=\s*(\d{1,19})\s*-\s*(\d{0,19})\s*", header)
-        if not m:
-            return None
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) else None
-        if end is not None and end < start:
-            return None  # syntactically invalid range: ignore, serve the whole blob
-        return cls(start, end)
+        start, stop = parsed.ranges[0]   # stop is exclusive
+        if start < 0:
+            return None                  # suffix range (bytes=-N): ignored
+        return cls(start, None if stop is None else stop - 1)
 
     def resolve(self, size: int) -> tuple[int, int]:
         """Concrete inclusive (start, end) for a blob of ``size``; raises 416 when unsatisfiable."""

@@ -24,10 +24,10 @@ def make_blueprint(peer, admin_token: str | None) -> Blueprint:
 
     @bp.before_request
     def _auth():
-        token = admin_token
-        if token:
-            got = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+        if admin_token:
+            auth = request.authorization
+            got = auth.token if auth is not None and auth.type == "bearer" and auth.token else ""
+            if not hmac.compare_digest(got.encode(), admin_token.encode()):
                 return jsonify(error="admin token required"), 401
         return None
 

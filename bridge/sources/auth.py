@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
 
 import requests
+from werkzeug.datastructures import WWWAuthenticate
 
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.config import UpstreamConfig
 
 log = logging.getLogger("layerswarm.auth")
 
-_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)')
 DEFAULT_EXPIRES = 60
 EXPIRY_MARGIN = 5
 
@@ -43,15 +42,10 @@ class Challenge:
 
 def parse_challenge(header: str | None) -> Challenge | None:
     """Parse one ``WWW-Authenticate`` value (registries send exactly one)."""
-    if not header:
+    parsed = WWWAuthenticate.from_header(header) if header else None
+    if parsed is None:
         return None
-    scheme, _, rest = header.strip().partition(" ")
-    params = {}
-    for k, v in _PARAM.findall(rest):
-        if v.startswith('"'):
-            v = re.sub(r"\\(.)", r"\1", v[1:-1])
-        params[k.lower()] = v
-    return Challenge(scheme.lower(), params)
+    return Challenge(parsed.type, {k.lower(): v for k, v in parsed.parameters.items()})
 
 
 def basic_header(username: str, password: str) -> str:
