@@ -1,0 +1,1 @@
+"""The commands: the one `layerswarm` dispatcher (main.py) and its subcommands, one module each."""

@@ -1,8 +1,8 @@
 """The one ``layerswarm`` command and its subcommands.
 
 Each subcommand lives in the module named below, which exposes
-``add_arguments(parser)`` and ``run(args) -> int``.  Modules are imported
-lazily, so ``layerswarm tracker`` never loads libtorrent.
+``add_arguments(parser)`` and ``run(args) -> int``.  They import libtorrent
+only when they run, so ``layerswarm tracker`` never loads it.
 """
 from __future__ import annotations
 
@@ -32,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (modname, helptext) in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name != modname:
-                raise
-            continue  # subcommand not built yet
+        mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=helptext, description=helptext)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

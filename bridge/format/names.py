@@ -16,7 +16,7 @@ from layerswarm.bridge.format import errors
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import InvalidDigest
 
-# Distribution spec grammar (DESIGN §4).
+# The distribution spec's grammar for repository names and tags.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")

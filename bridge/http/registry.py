@@ -1,7 +1,7 @@
 """Registry HTTP API v2, read-only: ``/v2/``, manifests and blobs (GET/HEAD).
 
 The path is parsed from the raw request URI with the spec grammar
-(bridge/names.py) before anything else happens; the upstream is picked by
+(format/names.py) before anything else happens; the upstream is picked by
 :class:`~layerswarm.bridge.sources.router.Router`; manifests come from the
 manifest service and blobs from the app's blob source (sources/).  HEAD is handled
 explicitly everywhere (Flask would otherwise run the GET view).

@@ -1,0 +1,1 @@
+"""Where bytes come from: the origin registry (client, auth, routing), manifests, and the blob sources (store, swarm, fetch, relay)."""

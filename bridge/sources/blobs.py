@@ -1,6 +1,6 @@
 """Where blob bytes come from: the ``BlobSource`` seam.
 
-The registry view (bridge/registry.py) has already validated the name and
+The registry view (http/registry.py) has already validated the name and
 digest and resolved the upstream; it asks ONE blob source::
 
     res = source.open(BlobRequest(upstream, repo, digest, byte_range, head))

@@ -10,7 +10,7 @@ _NS = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
 
 
 class Router:
-    """Picks the upstream for a request (the rules are in bridge/config.py).
+    """Picks the upstream for a request (the rules are in the upstreams section, bridge/config.py).
 
     ``?ns=<host>`` (containerd) decides alone when present; otherwise the
     first path component selects an alias or an allowed host; otherwise the

@@ -43,7 +43,7 @@ def origin_blob_gets(origin, repo: str | None = None) -> dict:
 
 
 def stats(bridge) -> dict:
-    """The bridge's JSON counters (GET /_layerswarm/stats, format in bridge/metrics.py)."""
+    """The bridge's JSON counters (GET /_layerswarm/stats, format in bridge/http/metrics.py)."""
     return bridge.stats()
 
 

@@ -3,9 +3,10 @@
 Seeds ``DIR/<torrent name>`` in seed_mode (no recheck: whatever bytes are in
 the file go out, which is the point for corrupt and poisoned seeders) and
 announces to the torrent's tracker.  ``RATE`` (bytes/s, 0 = none) caps the
-upload, loopback peers included (they are moved into the global peer class,
-DESIGN §5), so a test can kill the seeder mid-transfer.  Prints ``seeding``
-once the torrent is added; runs until killed.
+upload, loopback peers included (they are moved into the global peer class:
+libtorrent exempts local peers from rate limits otherwise), so a test can kill
+the seeder mid-transfer.  Prints ``seeding`` once the torrent is added; runs
+until killed.
 """
 from __future__ import annotations
 
