@@ -10,11 +10,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = bconfig.from_args(args)
-    if args.print_config:
-        print(bconfig.SCHEMA.dump(cfg), end="")
-        return 0
-    if args.check_config:
-        print("configuration OK")
+    if bconfig.SCHEMA.answered(args, cfg):
         return 0
     from layerswarm.bridge.http.server import serve
     serve(cfg)

@@ -11,11 +11,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg = tconfig.load(args)
-    if args.print_config:
-        print(tconfig.SCHEMA.dump(cfg), end="")
-        return 0
-    if args.check_config:
-        print("configuration OK")
+    if tconfig.SCHEMA.answered(args, cfg):
         return 0
     if cfg.state.store != "memory":
         from layerswarm.tracker.errors import StoreUnavailable

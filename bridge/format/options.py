@@ -250,6 +250,16 @@ class Schema:
             raise UserError(f"{where or label}: {exc}") from None
 
     # -- output ---------------------------------------------------------------
+    def answered(self, args, cfg) -> bool:
+        """``--print-config`` / ``--check-config``: print the answer; True means the command is done."""
+        if getattr(args, "print_config", False):
+            print(self.dump(cfg), end="")
+            return True
+        if getattr(args, "check_config", False):
+            print("configuration OK")
+            return True
+        return False
+
     def dump(self, cfg) -> str:
         """The effective configuration as TOML, secrets redacted (None values are left out)."""
         out = {}
