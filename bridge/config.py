@@ -189,7 +189,7 @@ class UpstreamsSection:
                     prev.username, prev.password, prev.ca_bundle, prev.insecure, prev.hosts)
             ups[name] = up
         for name in ups:
-            if name != DEFAULT_NAME and not COMPONENT_RE.match(name):
+            if name != DEFAULT_NAME and not COMPONENT_RE.fullmatch(name):
                 raise UserError(f"upstream alias {name!r} must be one lowercase name component "
                                 "(letters, digits, '.', '_', '-')")
         self.default_name = default
@@ -221,7 +221,7 @@ class UpstreamsSection:
 
     def prefixes(self) -> dict:
         """First path component -> upstream name (aliases, and hosts without a port)."""
-        out = {h: n for h, n in self.hosts().items() if ":" not in h and "." in h and COMPONENT_RE.match(h)}
+        out = {h: n for h, n in self.hosts().items() if ":" not in h and "." in h and COMPONENT_RE.fullmatch(h)}
         out.update({n: n for n in self.by_name if n != DEFAULT_NAME})
         return out
 

@@ -26,12 +26,12 @@ class Digest:
     hex: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hex, str) or not _SHA256_HEX.match(self.hex):
+        if not isinstance(self.hex, str) or not _SHA256_HEX.fullmatch(self.hex):
             raise InvalidDigest(f"not a sha256 hex digest: {self.hex!r}")
 
     @classmethod
     def parse(cls, text: str) -> "Digest":
-        if not isinstance(text, str) or not _DIGEST_GRAMMAR.match(text):
+        if not isinstance(text, str) or not _DIGEST_GRAMMAR.fullmatch(text):
             raise InvalidDigest(f"malformed digest: {text!r}")
         algo, _, value = text.partition(":")
         if algo != "sha256":

@@ -27,11 +27,11 @@ _API_PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/
 
 
 def valid_name(name: str) -> bool:
-    return isinstance(name, str) and len(name) <= MAX_NAME and bool(NAME_RE.match(name))
+    return isinstance(name, str) and len(name) <= MAX_NAME and bool(NAME_RE.fullmatch(name))
 
 
 def valid_tag(tag: str) -> bool:
-    return isinstance(tag, str) and bool(TAG_RE.match(tag))
+    return isinstance(tag, str) and bool(TAG_RE.fullmatch(tag))
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,10 @@ def parse_api_path(raw: str) -> ApiPath | None:
         # Tolerate only an encoded ':' in a digest (some clients escape it).
         decoded = unquote(raw)
         if re.search(r"%(?!3[aA])", raw) or "%" in decoded:
-            m = _API_PATH.match(decoded)
+            m = _API_PATH.fullmatch(decoded)
             raise errors.name_invalid(m.group("name") if m else decoded[:MAX_NAME])
         raw = decoded
-    m = _API_PATH.match(raw)
+    m = _API_PATH.fullmatch(raw)
     if not m:
         return None
     name, kind, ref = m.group("name"), m.group("kind"), m.group("ref")

@@ -16,7 +16,10 @@ def parse_size(text) -> int | None:
         m = _SIZE.fullmatch(str(text).strip())
         if not m:
             raise ValueError(f"not a size: {text!r} (examples: 20G, 512M, 1048576)")
-        n = int(float(m.group(1)) * (1 << (10 * " KMGT".index((m.group(2) or " ").upper()))))
+        exact = float(m.group(1)) * (1 << (10 * " KMGT".index((m.group(2) or " ").upper())))
+        if exact != int(exact):
+            raise ValueError(f"not a whole number of bytes: {text!r}")
+        n = int(exact)
     if n <= 0:
         raise ValueError(f"size must be positive: {text!r}")
     return n

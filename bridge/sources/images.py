@@ -198,7 +198,7 @@ class RegistryImage:
     """``docker://host[:port]/repo[:tag|@digest]``: its layers, read with the upstream client."""
 
     def __init__(self, ref: str, plain_http: bool, token: str | None):
-        m = _REF.match(ref)
+        m = _REF.fullmatch(ref)
         if not m:
             raise UserError(f"{ref}: not an image reference (docker://host[:port]/repo[:tag|@digest])")
         host = m.group("host")

@@ -27,7 +27,7 @@ class Router:
     def resolve(self, name: str, ns: str | None):
         if ns is not None:
             ns = ns.lower()
-            up = self.hosts.get(ns) if _NS.match(ns) else None
+            up = self.hosts.get(ns) if _NS.fullmatch(ns) else None
             if up is None:
                 raise errors.RegistryError("DENIED", "upstream registry not allowed on this mirror", 403,
                                            {"ns": ns[:255]})

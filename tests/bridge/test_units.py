@@ -106,3 +106,32 @@ def test_routing_private_default_and_bad_config():
                 ["--cache-max", "lots"], ["--cache-max=-1G"]):
         with pytest.raises(errors.UserError):
             _cfg(*bad)
+
+
+@pytest.mark.parametrize("text", ["sha256:" + HEX + "\n", "sha256:" + HEX.upper(), " sha256:" + HEX,
+                                  "sha256:" + HEX[:-1], "md5:" + HEX])
+def test_digest_validators_match_whole_strings(text):
+    from layerswarm.bridge.format.digest import Digest
+    from layerswarm.bridge.format.errors import InvalidDigest
+    with pytest.raises(InvalidDigest):
+        Digest.parse(text)
+
+
+def test_name_and_tag_validators_match_whole_strings():
+    from layerswarm.bridge.format.names import valid_name, valid_tag
+    assert valid_name("library/app") and not valid_name("library/app\n") and not valid_name("App")
+    assert valid_tag("v1.0") and not valid_tag("v1\n") and not valid_tag(".v1")
+
+
+@pytest.mark.parametrize("text,expect", [("20G", 20 << 30), ("512MiB", 512 << 20), ("1.5K", 1536),
+                                         ("1048576", 1 << 20), (4096, 4096)])
+def test_sizes(text, expect):
+    from layerswarm.bridge.format.units import parse_size
+    assert parse_size(text) == expect
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1G", "0", "1.5", "0.3K", "lots", "1e9", "10 GB extra"])
+def test_sizes_rejected(text):
+    from layerswarm.bridge.format.units import parse_size
+    with pytest.raises(ValueError):
+        parse_size(text)

@@ -38,6 +38,6 @@ def json_body() -> dict:
 
 
 def host_id(value) -> str:
-    if not isinstance(value, str) or not _HOST_ID.match(value):
+    if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
         raise ClientError("host must be 1-255 characters of [A-Za-z0-9._:@/-]")
     return value
