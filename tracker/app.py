@@ -7,7 +7,7 @@ import os
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from layerswarm.tracker import protocol
+from layerswarm.tracker import access, protocol
 from layerswarm.tracker.config import Config, load
 from layerswarm.tracker.context import Tracker
 from layerswarm.tracker.errors import ClientError, StoreUnavailable
@@ -34,6 +34,13 @@ def create_app(config=None) -> Flask:
     for mod in (bittorrent, metainfo, leases, inspect):
         app.register_blueprint(mod.bp)
     _register_errors(app)
+
+    @app.before_request
+    def _who_may_call():
+        if request.url_rule is not None:   # unknown paths and methods: Flask answers 404/405
+            access.check(request.url_rule.rule, request.method, request.authorization,
+                         cfg.admin.publish_token, cfg.admin.admin_token)
+
     app.wsgi_app = AnnounceFastPath(app.wsgi_app, app.extensions["layerswarm"])
     return app
 

@@ -7,11 +7,21 @@ effective values, secrets redacted.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from layerswarm.bridge.format.options import Schema, option
 
 from layerswarm.bridge.format.errors import InvalidOption
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _at_least_one(section, *names) -> None:
@@ -95,11 +105,15 @@ class RegistrySection:
 
 @dataclass(frozen=True)
 class AdminSection:
-    """Who may write: publishing torrents and manifests, trusted reports, leases."""
+    """Who may write (publish, report, lease) and who may inspect (tracker/access.py has the table)."""
 
-    publish_token: str | None = option(None, "bearer token required to publish torrents/manifests "
-                                       "(unset = open)", secret=True, env=("LAYERSWARM_PUBLISH_TOKEN",),
-                                       metavar="T")
+    publish_token: str | None = option(None, "bearer token required to publish torrents and manifests, report "
+                                       "bad torrents and take leases (unset: anonymous writes)", secret=True,
+                                       env=("LAYERSWARM_PUBLISH_TOKEN",), metavar="T")
+    allow_anonymous_writes: bool = option(False, "serve without a publish token on a non-loopback address "
+                                          "(anyone on the network can then publish, report and lease)")
+    admin_token: str | None = option(None, "bearer token required for the inspection views (/, /swarms, "
+                                     "/metrics); unset: open", secret=True, metavar="T")
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,9 @@ class Config:
     admin: AdminSection = field(default_factory=AdminSection)
 
     def __post_init__(self) -> None:
+        if not self.admin.publish_token and not self.admin.allow_anonymous_writes and not _loopback(self.server.host):
+            raise InvalidOption("host", f"{self.server.host} is not a loopback address: set a publish token "
+                                "(--publish-token-file) or pass --allow-anonymous-writes")
         if self.server.workers > 1 and self.state.store == "memory":
             raise InvalidOption("workers", "the memory store lives in one process: use --workers 1 or "
                                 "--store redis://...")

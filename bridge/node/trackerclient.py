@@ -100,16 +100,17 @@ class TrackerClient:
 
     def lease(self, digest: Digest, url: str, ttl: float) -> dict:
         """Ask who fetches a cold blob: ``{"role": "holder"|"relay"|"published", "source": ...}``."""
-        r = self._req("POST", f"/leases/{digest}", json={"host": self.host_id, "url": url, "ttl": ttl})
+        r = self._req("POST", f"/leases/{digest}", json={"host": self.host_id, "url": url, "ttl": ttl},
+                      headers=self._auth())
         if r.status_code not in (200, 201):
             raise TrackerUnavailable(f"lease request answered {r.status_code}")
         return r.json()
 
     def renew_lease(self, digest: Digest, ttl: float) -> None:
-        self._req("PUT", f"/leases/{digest}", json={"host": self.host_id, "ttl": ttl})
+        self._req("PUT", f"/leases/{digest}", json={"host": self.host_id, "ttl": ttl}, headers=self._auth())
 
     def release_lease(self, digest: Digest) -> None:
-        self._req("DELETE", f"/leases/{digest}", params={"host": self.host_id})
+        self._req("DELETE", f"/leases/{digest}", params={"host": self.host_id}, headers=self._auth())
 
     def swarms(self) -> list:
         """Every swarm the tracker knows, as rows (``GET /swarms``)."""

@@ -120,7 +120,20 @@ def test_metainfo_too_large():
     assert c.put(f"/metainfo/{t.digest}", data=t.metainfo).status_code == 413
 
 
-def test_poisoned_torrent_quarantined_by_reports(client, auth, caplog):
+def test_reports_need_the_publish_token(client, auth):
+    """An outsider's made-up host ids quarantine nothing: with a publish token, reports need it."""
+    _, good = layer()
+    url = f"/metainfo/{good.digest}"
+    assert client.put(url, data=good.metainfo, headers=auth).status_code == 201
+    rep = {"info_hash": good.info_hash.hex, "reason": "lies"}
+    for host in ("a", "b", "c", "d"):
+        assert client.post(url + "/reports", json={**rep, "host": host}).status_code == 401
+    assert client.get(url).data == good.metainfo
+
+
+def test_poisoned_torrent_quarantined_by_reports_in_open_mode(caplog):
+    """Without a publish token (anonymous writes, loopback only) distinct hosts' reports quarantine."""
+    client, auth = create_app({"quarantine_reports": 2}).test_client(), {}
     _, good = layer()
     url = f"/metainfo/{good.digest}"
     bad = bad_torrent_for(good.digest, good.size)
@@ -167,21 +180,47 @@ def test_manifests(client, auth):
     assert c.put(f"/manifests/{d}", data=body).status_code == 413
 
 
+@pytest.mark.parametrize("body,ct", [
+    (b'{"schemaVersion":2}', "application/x-made-up"),
+    (b'{"schemaVersion":2}', ""),
+    (b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}',
+     "application/vnd.oci.image.manifest.v1+json"),
+    (b'not json', "application/vnd.oci.image.manifest.v1+json"),
+    (b'[1, 2]', "application/vnd.oci.image.manifest.v1+json"),
+])
+def test_manifest_with_a_made_up_or_mismatched_type_is_refused(client, auth, body, ct):
+    d = "sha256:" + hashlib.sha256(body).hexdigest()
+    assert client.put(f"/manifests/{d}", data=body, headers={**auth, "Content-Type": ct}).status_code == 400
+    assert client.get(f"/manifests/{d}").status_code == 404
+
+
+def test_torrent_with_an_ssl_cert_is_refused_in_open_mode(client, auth):
+    from layerswarm.bridge.format.layertorrent import build_metainfo
+    _, t = layer()
+    secure = build_metainfo(t.digest, t.size, t.pieces, ssl_cert=b"-----BEGIN CERTIFICATE-----\nx\n")
+    r = client.put(f"/metainfo/{t.digest}", data=secure.metainfo, headers=auth)
+    assert r.status_code == 400 and "ssl-cert" in r.json["error"]
+    assert client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=auth).status_code == 201
+
+
 def test_leases_http(client, auth):
     _, t = layer()
     lu = f"/leases/{t.digest}"
-    r = client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001", "ttl": 20})
+    assert client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"}).status_code == 401
+    assert client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"},
+                       headers={"Authorization": "Bearer wrong"}).status_code == 403
+    r = client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001", "ttl": 20}, headers=auth)
     assert r.status_code == 201 and r.json == {"role": "holder", "ttl": 20.0}
-    r = client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"})
+    r = client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=auth)
     assert r.status_code == 200 and r.json == {"role": "relay", "source": {"host": "a", "url": "http://127.0.0.1:5001"}}
-    assert client.put(lu, json={"host": "a", "ttl": 30}).status_code == 200
-    assert client.put(lu, json={"host": "b", "ttl": 30}).status_code == 409
-    assert client.post(lu, json={"host": "c", "url": "ftp://x"}).status_code == 400
-    assert client.post(lu, json={"host": "c", "url": "http://x", "ttl": -1}).status_code == 400
-    assert client.delete(f"{lu}?host=a").json == {"released": True}
-    assert client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}).status_code == 201
+    assert client.put(lu, json={"host": "a", "ttl": 30}, headers=auth).status_code == 200
+    assert client.put(lu, json={"host": "b", "ttl": 30}, headers=auth).status_code == 409
+    assert client.post(lu, json={"host": "c", "url": "ftp://x"}, headers=auth).status_code == 400
+    assert client.post(lu, json={"host": "c", "url": "http://x", "ttl": -1}, headers=auth).status_code == 400
+    assert client.delete(f"{lu}?host=a", headers=auth).json == {"released": True}
+    assert client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=auth).status_code == 201
     client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=auth)
-    assert client.post(lu, json={"host": "d", "url": "http://127.0.0.1:5004"}).json == {"role": "published"}
+    assert client.post(lu, json={"host": "d", "url": "http://127.0.0.1:5004"}, headers=auth).json == {"role": "published"}
 
 
 def test_swarms_html_escaped_and_metrics(client, auth):

@@ -7,6 +7,7 @@ bridges that verified the real blob report that its pieces do not match.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 
@@ -16,6 +17,7 @@ from layerswarm.bridge.format.digest import InfoHash
 
 from layerswarm.bridge.format.errors import InvalidInfoHash, InvalidMetainfo
 from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, parse_metainfo
+from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
 from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
@@ -29,7 +31,6 @@ TORRENT = "application/x-bittorrent"
 @bp.put("/metainfo/<digest>")
 def put_metainfo(digest):
     t = tracker()
-    t.require_publisher()
     d = parse_digest(digest)
     data = read_body(t.config.registry.max_metainfo)
     try:
@@ -37,6 +38,9 @@ def put_metainfo(digest):
     except InvalidMetainfo as exc:
         t.metrics.metainfo_puts.labels("invalid").inc()
         raise ClientError(f"invalid layer torrent: {exc}") from None
+    if lt.ssl_cert is not None:   # open mode knows no fleet CA: an ssl-cert would make the swarm unusable
+        t.metrics.metainfo_puts.labels("invalid").inc()
+        raise ClientError("invalid layer torrent: ssl-cert is only accepted from a secure fleet")
     rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=FORMAT_VERSION,
                          data=lt.metainfo, published_at=time.time())
     status, current = t.store.put_metainfo(rec)
@@ -66,7 +70,7 @@ def get_metainfo(digest):
 def report(digest):
     t = tracker()
     d = parse_digest(digest)
-    trusted = t.is_trusted()
+    trusted = t.publisher_authenticated()
     body = json_body()
     try:
         ih = InfoHash.from_hex(body.get("info_hash"))
@@ -88,14 +92,21 @@ def report(digest):
 @bp.put("/manifests/<digest>")
 def put_manifest(digest):
     t = tracker()
-    t.require_publisher()
     d = parse_digest(digest)
-    ctype = request.headers.get("Content-Type", "application/octet-stream")
-    if len(ctype) > 255 or any(c in ctype for c in "\r\n"):
-        raise ClientError("invalid Content-Type")
     data = read_body(t.config.registry.max_manifest)
+    ctype = request.headers.get("Content-Type", "")
+    if ctype not in MANIFEST_TYPES:
+        raise ClientError(f"Content-Type must be one of {', '.join(MANIFEST_TYPES)}")
     if hashlib.sha256(data).hexdigest() != d.hex:
         raise ClientError("body does not hash to the digest")
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ClientError("a manifest is a JSON object")
+    if body.get("mediaType", ctype) != ctype:
+        raise ClientError("Content-Type does not match the manifest's mediaType")
     created = t.store.put_manifest(d, ctype, data)
     return jsonify(digest=str(d), size=len(data)), (201 if created else 200)
 
