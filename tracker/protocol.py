@@ -93,6 +93,12 @@ class AnnounceRequest:
     def seeder(self) -> bool:
         return self.left == 0
 
+    @property
+    def peer_key(self) -> bytes:
+        """How stores key a peer: its peer_id *and* address, so a peer_id replayed from another
+        address (an ``event=stopped`` from an outsider) cannot touch this peer's entry."""
+        return self.peer_id + self.addr[:-2]
+
 
 def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
     q = parse_query(qs, cfg.announce.max_query)
@@ -144,7 +150,7 @@ class SwarmCounts:
 
 
 def encode_announce(req: AnnounceRequest, peers: list, counts: SwarmCounts, interval: int, min_interval: int) -> bytes:
-    """Bencoded reply; ``peers`` is a list of (peer_id, compact addr).
+    """Bencoded reply; ``peers`` is a list of (peer key, compact addr), the key starting with the peer_id.
 
     Hand-built (keys in sorted order, as bencode requires) because this is
     the hot path and a generic encoder costs more than the rest of the reply.
@@ -163,7 +169,7 @@ def encode_announce(req: AnnounceRequest, peers: list, counts: SwarmCounts, inte
         ip, port = unpack_addr(a)
         d = {b"ip": ip.encode(), b"port": port}
         if not req.no_peer_id:
-            d[b"peer id"] = pid
+            d[b"peer id"] = pid[:20]
         plist.append(d)
     return head + b"5:peers" + bencodepy.encode(plist) + b"e"
 

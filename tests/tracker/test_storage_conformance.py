@@ -11,8 +11,8 @@ NOW = 1_000_000.0
 TTL = 120.0
 
 
-def req(ih: bytes, n: int, left: int = 10, event: str = "", numwant: int = 50) -> AnnounceRequest:
-    return AnnounceRequest(info_hash=ih, peer_id=b"-T0001-%013d" % n, addr=pack_addr("127.0.0.1", 10000 + n),
+def req(ih: bytes, n: int, left: int = 10, event: str = "", numwant: int = 50, ip="127.0.0.1") -> AnnounceRequest:
+    return AnnounceRequest(info_hash=ih, peer_id=b"-T0001-%013d" % n, addr=pack_addr(ip, 10000 + n),
                            left=left, uploaded=0, downloaded=0, event=event, numwant=numwant, compact=True,
                            no_peer_id=False)
 
@@ -26,7 +26,7 @@ def test_announce_hands_others_never_self(store):
     peers, counts = store.announce(req(h, 1, event="started"), TTL, NOW)
     assert peers == [] and (counts.complete, counts.incomplete) == (0, 1)
     peers, counts = store.announce(req(h, 2, event="started"), TTL, NOW)
-    assert peers == [(b"-T0001-%013d" % 1, pack_addr("127.0.0.1", 10001))]
+    assert [(p[:20], a) for p, a in peers] == [(b"-T0001-%013d" % 1, pack_addr("127.0.0.1", 10001))]
     assert (counts.complete, counts.incomplete) == (0, 2)
     # re-announce does not duplicate
     peers, counts = store.announce(req(h, 2), TTL, NOW + 1)
@@ -39,7 +39,7 @@ def test_seeders_get_only_leechers(store):
         store.announce(req(h, n, left=0), TTL, NOW)
     store.announce(req(h, 100, left=5), TTL, NOW)
     peers, counts = store.announce(req(h, 6, left=0), TTL, NOW)
-    assert [p for p, _ in peers] == [b"-T0001-%013d" % 100]
+    assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 100]
     assert (counts.complete, counts.incomplete) == (6, 1)
     peers, _ = store.announce(req(h, 101, left=5), TTL, NOW)
     assert len(peers) == 7  # a leecher gets seeders and the other leecher
@@ -51,7 +51,7 @@ def test_numwant_bounds_reply_in_large_swarm(store):
         store.announce(req(h, n), TTL, NOW)
     peers, counts = store.announce(req(h, 999, numwant=30), TTL, NOW)
     assert len(peers) == 30 and len(set(peers)) == 30 and counts.incomplete == 301
-    assert all(p != b"-T0001-%013d" % 999 for p, _ in peers)
+    assert all(p[:20] != b"-T0001-%013d" % 999 for p, _ in peers)
     peers, _ = store.announce(req(h, 999, numwant=0), TTL, NOW)
     assert peers == []
 
@@ -75,12 +75,21 @@ def test_stopped_and_completed(store):
     assert c.downloaded == 2
 
 
+def test_a_replayed_peer_id_from_another_address_cannot_remove_a_seeder(store):
+    h = ih()
+    store.announce(req(h, 1, left=0, event="started"), TTL, NOW)
+    _, c = store.announce(req(h, 1, left=0, event="stopped", ip="127.0.0.66"), TTL, NOW)
+    assert c.complete == 1
+    peers, _ = store.announce(req(h, 2), TTL, NOW)
+    assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 1]
+
+
 def test_peers_expire_after_ttl(store):
     h = ih()
     store.announce(req(h, 1), TTL, NOW)
     store.announce(req(h, 2), TTL, NOW + 100)
     peers, c = store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
-    assert [p for p, _ in peers] == [b"-T0001-%013d" % 2] and c.incomplete == 2
+    assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 2] and c.incomplete == 2
     assert store.scrape([h], NOW + TTL + 200)[h].incomplete == 0
 
 

@@ -72,7 +72,7 @@ class Store(abc.ABC):
     def announce(self, req: AnnounceRequest, ttl: float, now: float) -> tuple:
         """Record the peer (or drop it on ``stopped``); return (peers, SwarmCounts).
 
-        ``peers`` is at most ``req.numwant`` (peer_id, compact addr) pairs,
+        ``peers`` is at most ``req.numwant`` (peer key, compact addr) pairs,
         never the announcing peer, and no seeders when it is a seeder.
         Peers not seen for ``ttl`` seconds are gone.
         """

@@ -51,7 +51,7 @@ class _Swarm:
     __slots__ = ("peers", "seeders", "leechers", "completed", "last_announce")
 
     def __init__(self):
-        self.peers: OrderedDict = OrderedDict()  # peer_id -> (addr, seeder, expires)
+        self.peers: OrderedDict = OrderedDict()  # peer key (peer_id + ip) -> (addr, seeder, expires)
         self.seeders = _Pool()
         self.leechers = _Pool()
         self.completed = 0
@@ -98,7 +98,7 @@ class MemoryStore(Store):
                 sw = self._swarms[req.info_hash] = _Swarm()
             sw.purge(now)
             sw.last_announce = now
-            pid = req.peer_id
+            pid = req.peer_key
             old = sw.peers.get(pid)
             if old is not None:
                 sw.drop(pid)
@@ -128,7 +128,7 @@ class MemoryStore(Store):
         first = len(pools[0])
         for i in picks:
             pid = pools[0][i] if i < first else pools[1][i - first]
-            if pid == req.peer_id:
+            if pid == req.peer_key:
                 continue
             addr = sw.peers[pid][0]
             if addr == req.addr:

@@ -1,9 +1,9 @@
 """Redis store: several tracker processes (workers, replicas) share one state.
 
-Per swarm (hex info-hash ``H``): ``ls:s:H`` and ``ls:l:H`` hashes peer_id ->
+Per swarm (hex info-hash ``H``): ``ls:s:H`` and ``ls:l:H`` hashes peer key (peer_id + ip) ->
 compact addr for seeders and leechers (HLEN gives the counts in O(1),
 HRANDFIELD samples without reading the swarm), ``ls:x:H`` a sorted set
-peer_id by expiry (expired peers are popped from its low end), ``ls:c:H``
+peer key by expiry (expired peers are popped from its low end), ``ls:c:H``
 the completed counter and last announce.  An announce is one Lua script: one
 round trip, atomic.  First-write-wins publishing and quarantine are Lua too;
 leases are optimistic WATCH/MULTI transactions around the shared
@@ -128,7 +128,7 @@ class RedisStore(Store):
         ih = req.info_hash.hex()
         out, ns, nl, done = self._call(
             self._announce, keys=[*_swarm_keys(ih), SWARM_INDEX],
-            args=[req.peer_id, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
+            args=[req.peer_key, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
                   "1" if req.left == 0 else "0", ih])
         peers = list(zip(out[0::2], out[1::2]))
         if len(peers) > req.numwant:
