@@ -28,7 +28,7 @@ def create_app(config=None) -> Flask:
     app = Flask(__name__, root_path=here, instance_path=here)
     app.config["MAX_CONTENT_LENGTH"] = max(cfg.registry.max_metainfo, cfg.registry.max_manifest) + 1
     app.json.sort_keys = False
-    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.state.store), metrics=Metrics())
+    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.state.store, cfg.limits), metrics=Metrics())
 
     from layerswarm.tracker.views import bittorrent, inspect, leases, metainfo
     for mod in (bittorrent, metainfo, leases, inspect):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from layerswarm.bridge.format.options import Schema, option
-
 from layerswarm.bridge.format.errors import InvalidOption
+from layerswarm.bridge.format.layertorrent import MAX_METAINFO_BYTES
+from layerswarm.bridge.format.options import Schema, option
+from layerswarm.tracker.storage.base import Limits
 
 
 def _loopback(host: str) -> bool:
@@ -70,9 +71,13 @@ class AnnounceSection:
     allow_ip_param: bool = option(False, "trust the announce 'ip' parameter (only behind a NAT you control)")
     max_query: int = option(4096, "bytes of announce/scrape query string", metavar="N")
     max_scrape: int = option(100, "info-hashes per scrape request", metavar="N")
+    max_swarms: int = option(Limits.max_swarms, "swarms tracked; beyond, the least recently announced goes",
+                             metavar="N")
+    idle_swarm_ttl: float = option(Limits.idle_swarm_ttl, "seconds a swarm without peers keeps its counters",
+                                   metavar="S")
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "interval", "numwant_max", "max_query", "max_scrape")
+        _at_least_one(self, "interval", "numwant_max", "max_query", "max_scrape", "max_swarms")
 
     @property
     def effective_min_interval(self) -> int:
@@ -95,12 +100,23 @@ class RegistrySection:
     # within a host's uplink when hosts have ~2x the origin's bandwidth.  Measured (bench_rollout,
     # N=12, 40 MB/s hosts, 20 MB/s origin): cold/bound 1.17 and 1.16 with 2, 1.28 and 1.44 with 3.
     relay_fanout: int = option(2, "children per node in the cold-fetch relay tree", metavar="N")
-    max_metainfo: int = option(16 << 20, "largest torrent accepted (a 1 TiB layer with 4 MiB pieces has "
-                               "~5 MiB of piece hashes)", metavar="N")
+    max_metainfo: int = option(MAX_METAINFO_BYTES, "largest torrent body accepted (the largest valid layer "
+                               "torrent)", metavar="N")
     max_manifest: int = option(4 << 20, "largest manifest accepted", metavar="N")
+    max_torrents: int = option(Limits.max_torrents, "published torrents kept (least recently used go first)",
+                               metavar="N")
+    max_manifests: int = option(Limits.max_manifests, "shared manifests kept (least recently used go first)",
+                                metavar="N")
+    max_leases: int = option(Limits.max_leases, "live cold-fetch leases; beyond, new leases are refused "
+                             "(bridges fetch from the origin)", metavar="N")
+    max_relays: int = option(Limits.max_relays, "relays in one lease tree; later askers fetch from the origin",
+                             metavar="N")
+    max_reports: int = option(Limits.max_reports, "bad-torrent report records and quarantine entries kept",
+                              metavar="N")
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "quarantine_reports", "lease_ttl", "lease_ttl_max", "relay_fanout")
+        _at_least_one(self, "quarantine_reports", "lease_ttl", "lease_ttl_max", "relay_fanout", "max_torrents",
+                      "max_manifests", "max_leases", "max_relays", "max_reports")
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,14 @@ class Config:
         if self.server.workers > 1 and self.state.store == "memory":
             raise InvalidOption("workers", "the memory store lives in one process: use --workers 1 or "
                                 "--store redis://...")
+
+    @property
+    def limits(self) -> Limits:
+        """What the store may hold (storage/base.py)."""
+        a, r = self.announce, self.registry
+        return Limits(max_swarms=a.max_swarms, idle_swarm_ttl=a.idle_swarm_ttl, max_torrents=r.max_torrents,
+                      max_manifests=r.max_manifests, max_leases=r.max_leases, max_relays=r.max_relays,
+                      max_reports=r.max_reports)
 
 
 SCHEMA = Schema(Config, "LAYERSWARM_TRACKER_")

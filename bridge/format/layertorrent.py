@@ -58,6 +58,11 @@ def piece_count(size: int, plen: int) -> int:
     return max(1, -(-size // plen))
 
 
+# The largest valid layer torrent: the piece hashes of a MAX_LAYER_SIZE blob in MAX_PIECE pieces,
+# plus room for the tracker list and the other keys.  Bodies beyond this are refused unread.
+MAX_METAINFO_BYTES = 20 * piece_count(MAX_LAYER_SIZE, MAX_PIECE) + (64 << 10)
+
+
 def info_name(digest: Digest) -> str:
     return str(digest)
 

@@ -250,3 +250,19 @@ def test_internal_error_is_generic(app, client):
     assert r == {b"failure reason": b"internal tracker error"}
     r = client.get("/swarms")
     assert r.status_code == 500 and b"secret" not in r.data and b"Traceback" not in r.data
+
+
+def test_full_lease_table_answers_503_and_existing_leases_keep_working():
+    c = create_app({"max_leases": 1}).test_client()
+    (_, a), (_, b) = layer(), layer()
+    assert c.post(f"/leases/{a.digest}", json={"host": "h1", "url": "http://127.0.0.1:1"}).status_code == 201
+    r = c.post(f"/leases/{b.digest}", json={"host": "h1", "url": "http://127.0.0.1:1"})
+    assert r.status_code == 503 and "origin" in r.json["error"]
+    assert c.post(f"/leases/{a.digest}", json={"host": "h2", "url": "http://127.0.0.1:2"}).json["role"] == "relay"
+
+
+def test_metainfo_body_capped_at_the_largest_valid_torrent(client, auth):
+    from layerswarm.bridge.format.layertorrent import MAX_METAINFO_BYTES
+    _, t = layer()
+    r = client.put(f"/metainfo/{t.digest}", data=b"x" * (MAX_METAINFO_BYTES + 1), headers=auth)
+    assert r.status_code == 413

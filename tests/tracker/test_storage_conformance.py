@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import time
+
+import pytest
 
 from layerswarm.bridge.format.digest import Digest, InfoHash
 from layerswarm.tracker.protocol import AnnounceRequest, pack_addr
-from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord
+from layerswarm.tracker.storage import open_store
+from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, LeaseTableFull, Limits, MetainfoRecord
 
 NOW = 1_000_000.0
 TTL = 120.0
@@ -191,3 +195,63 @@ def test_concurrent_lease_and_publish_have_one_winner(store):
         assert roles.count("holder") == 1
         results = list(pool.map(lambda i: store.put_metainfo(rec(d, "%040x" % (i + 1)))[0], range(16)))
         assert results.count(CREATED) == 1 and results.count(CONFLICT) == 15
+
+
+SMALL = Limits(max_swarms=3, idle_swarm_ttl=50, max_torrents=2, max_manifests=2, max_leases=2, max_relays=2,
+               max_reports=2, max_report_hosts=3)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def small(request):
+    """A store of each backend with tiny limits: what outsiders (or a token holder) can grow is bounded."""
+    url = "memory" if request.param == "memory" else request.getfixturevalue("redis_url")
+    s = open_store(url, SMALL)
+    yield s
+    s.close()
+
+
+def test_swarms_are_bounded_and_idle_counters_expire(small):
+    hashes = [ih() for _ in range(5)]
+    for i, h in enumerate(hashes):
+        small.announce(req(h, i, left=0, event="completed"), TTL, NOW + i)
+    listed = {s.info_hash for s in small.swarms(NOW + 5)}
+    assert listed == set(hashes[2:])          # the least recently announced went first
+    # completed counters of a swarm whose peers left expire after idle_swarm_ttl
+    small.announce(req(hashes[4], 4, left=0, event="stopped"), TTL, NOW + 6)
+    later = NOW + 6 + TTL + SMALL.idle_swarm_ttl + 1
+    assert hashes[4] not in {s.info_hash for s in small.swarms(later)}
+
+
+def test_torrents_manifests_and_reports_are_bounded(small):
+    digests = [Digest.of_bytes(os.urandom(8)) for _ in range(3)]
+    for i, d in enumerate(digests):
+        assert small.put_metainfo(rec(d, f"{i + 1:02x}" * 20))[0] == CREATED
+    assert small.get_metainfo(digests[0]) is None and small.get_metainfo(digests[2]) is not None
+    assert len(small.list_metainfo()) == 2
+    bodies = [os.urandom(16) for _ in range(3)]
+    for b in bodies:
+        assert small.put_manifest(Digest.of_bytes(b), "application/vnd.oci.image.manifest.v1+json", b)
+    assert small.get_manifest(Digest.of_bytes(bodies[0])) is None
+    assert small.get_manifest(Digest.of_bytes(bodies[2]))[1] == bodies[2]
+    # report records: bounded in number and in hosts per record; quarantine still works
+    d = digests[2]
+    published = small.get_metainfo(d).info_hash
+    for n in range(5):
+        small.report(Digest.of_bytes(os.urandom(8)), InfoHash.from_hex("ee" * 20), f"h{n}", False, 99)
+    for n in range(10):
+        assert small.report(d, published, f"host{n}", False, 99) is False   # 3 hosts remembered at most
+    assert small.report(d, published, "ops", True, 99) is True
+
+
+def test_leases_bounded_new_ones_refused_and_relay_trees_capped(small):
+    d1, d2, d3 = (Digest.of_bytes(os.urandom(8)) for _ in range(3))
+    now = time.time()  # Redis lease keys expire by wall clock
+    assert small.acquire_lease(d1, "a", "http://a", 30, 2, now)["role"] == "holder"
+    assert small.acquire_lease(d2, "a", "http://a", 30, 2, now)["role"] == "holder"
+    with pytest.raises(LeaseTableFull):
+        small.acquire_lease(d3, "a", "http://a", 30, 2, now)
+    assert small.acquire_lease(d1, "b", "http://b", 30, 2, now)["role"] == "relay"   # existing lease: fine
+    assert small.acquire_lease(d1, "c", "http://c", 30, 2, now)["role"] == "relay"
+    assert small.acquire_lease(d1, "d", "http://d", 30, 2, now) == {"role": "origin"}  # tree full
+    # expired leases free their slots
+    assert small.acquire_lease(d3, "a", "http://a", 30, 2, now + 31)["role"] == "holder"

@@ -33,18 +33,38 @@ class SwarmInfo:
     last_announce: float
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what callers can make a store hold; when full, the least recently used entry goes
+    (new leases are refused instead: evicting a live lease would send its relays to the origin)."""
+
+    max_swarms: int = 100_000
+    idle_swarm_ttl: float = 3600.0    # a swarm without peers keeps its counters this long
+    max_torrents: int = 100_000
+    max_manifests: int = 100_000
+    max_leases: int = 10_000
+    max_relays: int = 1_000           # relays in one lease tree; later askers fetch from the origin
+    max_reports: int = 10_000         # (digest, info-hash) report records and quarantine entries
+    max_report_hosts: int = 1_000     # distinct hosts remembered per report record
+
+
+class LeaseTableFull(Exception):
+    """Every lease slot holds a live lease: the caller fetches from the origin without one."""
+
+
 # put_metainfo outcomes
 CREATED, EXISTS, CONFLICT, REJECTED = "created", "exists", "conflict", "quarantined"
 
 
-def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int, now: float):
+def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int, now: float,
+               max_relays: int = Limits.max_relays):
     """Apply one lease request to ``state``; returns (new state, answer).
 
     One holder fetches from the origin; every other requester is handed a
     source to stream from: the holder or an earlier relay that still has
     fewer than ``fanout`` children, earliest first (a breadth-first tree, so
     no host sends the layer more than ``fanout`` times).  Asking again gives
-    the same answer.
+    the same answer.  Past ``max_relays`` relays the answer is ``origin``.
     """
     if state is None or state["expires"] <= now:
         state = {"holder": {"host": host, "url": url}, "expires": now + ttl, "relays": []}
@@ -58,6 +78,8 @@ def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int,
             src = nodes.get(r["source"], holder)
             return state, {"role": "relay", "source": {"host": src["host"], "url": src["url"]}}
         nodes[r["host"]] = r
+    if len(state["relays"]) >= max_relays:
+        return state, {"role": "origin"}   # the tree is full: fetch from the origin, no relay
     children: dict = {}
     for r in state["relays"]:
         children[r["source"]] = children.get(r["source"], 0) + 1

@@ -13,8 +13,8 @@ import threading
 from collections import OrderedDict
 
 from layerswarm.tracker.protocol import SwarmCounts
-from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, MetainfoRecord, Store, SwarmInfo,
-                                  lease_step)
+from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, LeaseTableFull, Limits,
+                                             MetainfoRecord, Store, SwarmInfo, lease_step)
 
 PURGE_BATCH = 64        # expired peers dropped per announce on a swarm
 SWEEP_EVERY = 30.0      # seconds between sweeps of swarms nobody announces to
@@ -75,15 +75,25 @@ class _Swarm:
         return SwarmCounts(len(self.seeders), len(self.leechers), self.completed)
 
 
+def _bounded_put(table: OrderedDict, key, value, cap: int) -> None:
+    """Insert as most recently used; drop the least recently used entries beyond ``cap``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > cap:
+        table.popitem(last=False)
+
+
 class MemoryStore(Store):
-    def __init__(self):
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
         self._lock = threading.Lock()
-        self._swarms: dict = {}
-        self._metainfo: dict = {}      # Digest -> MetainfoRecord
-        self._quarantined: dict = {}   # Digest -> set of info-hash raw bytes
-        self._reports: dict = {}       # (Digest, info-hash raw) -> set of hosts
-        self._manifests: dict = {}     # Digest -> (content type, bytes)
-        self._leases: dict = {}        # Digest -> lease state (see lease_step)
+        # Every table is an OrderedDict in least-recently-used order, bounded by self.limits.
+        self._swarms: OrderedDict = OrderedDict()       # info-hash raw -> _Swarm, by last announce
+        self._metainfo: OrderedDict = OrderedDict()     # Digest -> MetainfoRecord
+        self._quarantined: OrderedDict = OrderedDict()  # (Digest, info-hash raw) -> True
+        self._reports: OrderedDict = OrderedDict()      # (Digest, info-hash raw) -> set of hosts
+        self._manifests: OrderedDict = OrderedDict()    # Digest -> (content type, bytes)
+        self._leases: dict = {}                         # Digest -> lease state (see lease_step)
         self._next_sweep = 0.0
 
     # -- peers --------------------------------------------------------------
@@ -95,7 +105,10 @@ class MemoryStore(Store):
             if sw is None:
                 if req.event == "stopped":
                     return [], SwarmCounts()
-                sw = self._swarms[req.info_hash] = _Swarm()
+                sw = _Swarm()
+                _bounded_put(self._swarms, req.info_hash, sw, self.limits.max_swarms)
+            else:
+                self._swarms.move_to_end(req.info_hash)
             sw.purge(now)
             sw.last_announce = now
             pid = req.peer_key
@@ -140,10 +153,11 @@ class MemoryStore(Store):
 
     def _sweep(self, now):
         self._next_sweep = now + SWEEP_EVERY
+        idle_before = now - self.limits.idle_swarm_ttl
         for ih in list(self._swarms):
             sw = self._swarms[ih]
             sw.purge(now, None)
-            if not sw.peers and not sw.completed:
+            if not sw.peers and (not sw.completed or sw.last_announce < idle_before):
                 del self._swarms[ih]
         for d in [d for d, st in self._leases.items() if st["expires"] <= now]:
             del self._leases[d]
@@ -170,11 +184,11 @@ class MemoryStore(Store):
     # -- metainfo -----------------------------------------------------------
     def put_metainfo(self, rec: MetainfoRecord):
         with self._lock:
-            if rec.info_hash.raw in self._quarantined.get(rec.digest, ()):
+            if (rec.digest, rec.info_hash.raw) in self._quarantined:
                 return REJECTED, None
             cur = self._metainfo.get(rec.digest)
             if cur is None:
-                self._metainfo[rec.digest] = rec
+                _bounded_put(self._metainfo, rec.digest, rec, self.limits.max_torrents)
                 return CREATED, rec.info_hash
             return (EXISTS if cur.info_hash == rec.info_hash else CONFLICT), cur.info_hash
 
@@ -188,17 +202,22 @@ class MemoryStore(Store):
 
     def report(self, digest, info_hash, host, trusted, threshold):
         with self._lock:
-            if info_hash.raw in self._quarantined.get(digest, ()):
+            key = (digest, info_hash.raw)
+            if key in self._quarantined:
                 return True
-            hosts = self._reports.setdefault((digest, info_hash.raw), set())
-            if len(hosts) < 10_000:  # bounded: a flood of fake host ids cannot grow memory forever
+            hosts = self._reports.get(key)
+            if hosts is None:
+                hosts = set()
+                _bounded_put(self._reports, key, hosts, self.limits.max_reports)
+            if len(hosts) < self.limits.max_report_hosts:
                 hosts.add(host)
             cur = self._metainfo.get(digest)
             if cur is None or cur.info_hash != info_hash:
                 return False  # not the published torrent: remembered, nothing to quarantine
             if trusted or len(hosts) >= threshold:
                 del self._metainfo[digest]
-                self._quarantined.setdefault(digest, set()).add(info_hash.raw)
+                self._reports.pop(key, None)
+                _bounded_put(self._quarantined, key, True, self.limits.max_reports)
                 return True
             return False
 
@@ -206,8 +225,9 @@ class MemoryStore(Store):
     def put_manifest(self, digest, content_type, data):
         with self._lock:
             if digest in self._manifests:
+                self._manifests.move_to_end(digest)
                 return False
-            self._manifests[digest] = (content_type, bytes(data))
+            _bounded_put(self._manifests, digest, (content_type, bytes(data)), self.limits.max_manifests)
             return True
 
     def get_manifest(self, digest):
@@ -217,7 +237,13 @@ class MemoryStore(Store):
     # -- leases -------------------------------------------------------------
     def acquire_lease(self, digest, host, url, ttl, fanout, now):
         with self._lock:
-            state, answer = lease_step(self._leases.get(digest), host, url, ttl, fanout, now)
+            if digest not in self._leases and len(self._leases) >= self.limits.max_leases:
+                for d in [d for d, st in self._leases.items() if st["expires"] <= now]:
+                    del self._leases[d]
+                if len(self._leases) >= self.limits.max_leases:
+                    raise LeaseTableFull(f"{len(self._leases)} live leases")
+            state, answer = lease_step(self._leases.get(digest), host, url, ttl, fanout, now,
+                                       self.limits.max_relays)
             self._leases[digest] = state
             return answer
 

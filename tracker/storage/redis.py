@@ -12,22 +12,47 @@ leases are optimistic WATCH/MULTI transactions around the shared
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
 from layerswarm.bridge.format.digest import Digest, InfoHash
 from layerswarm.tracker.errors import StoreUnavailable
 from layerswarm.tracker.protocol import SwarmCounts
-from layerswarm.tracker.storage.base import MetainfoRecord, Store, SwarmInfo, lease_step
+from layerswarm.tracker.storage.base import LeaseTableFull, Limits, MetainfoRecord, Store, SwarmInfo, lease_step
 
-SWARM_INDEX = "ls:swarms"        # zset info-hash hex by last announce
-METAINFO_INDEX = "ls:metainfo"   # set of published digests
-MAX_LISTED = 10_000              # swarms listed by /swarms and scrape-all
+SWARM_INDEX = "ls:swarms"                # zset info-hash hex by last announce
+METAINFO_INDEX = "ls:metainfo:by-time"   # zset published digest by publish time
+MANIFEST_INDEX = "ls:manifests"          # zset manifest digest by store time
+REPORT_INDEX = "ls:reports"              # zset report key by first report
+QUARANTINE_INDEX = "ls:quarantined"      # zset digest with a quarantine set, by time
+LEASE_INDEX = "ls:leases"                # zset digest with a lease, by expiry
+MAX_LISTED = 10_000                      # swarms listed by /swarms and scrape-all
 
-_ANNOUNCE = """
+# Shared Lua: add member M to index zset I at score S, then drop the oldest beyond cap C with
+# their keys (prefix P .. member).  Keeps every table bounded in one round trip.
+_BOUND = """
+local function bound(i, s, m, c, p)
+  redis.call('ZADD', i, s, m)
+  local n = redis.call('ZCARD', i) - c
+  if n > 0 then
+    local old = redis.call('ZPOPMIN', i, n)
+    for k = 1, #old, 2 do
+      if type(p) == 'table' then
+        for _, pre in ipairs(p) do redis.call('DEL', pre .. old[k]) end
+      else
+        redis.call('DEL', p .. old[k])
+      end
+    end
+  end
+end
+"""
+
+_ANNOUNCE = _BOUND + """
 local s, l, x, c, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pid, addr, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local event, want, seeder, ih = ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8]
+local max_swarms, idle = tonumber(ARGV[9]), tonumber(ARGV[10])
 local old = redis.call('ZRANGEBYSCORE', x, '-inf', now, 'LIMIT', 0, 64)
 if #old > 0 then
   redis.call('HDEL', s, unpack(old)); redis.call('HDEL', l, unpack(old)); redis.call('ZREM', x, unpack(old))
@@ -45,8 +70,9 @@ else
   redis.call('HSET', seeder and s or l, pid, addr)
   redis.call('ZADD', x, now + ttl, pid)
   redis.call('HSET', c, 'last', ARGV[3])
-  redis.call('ZADD', idx, now, ih)
+  bound(idx, now, ih, max_swarms, {'ls:s:', 'ls:l:', 'ls:x:', 'ls:c:'})
   for _, k in ipairs({s, l, x}) do redis.call('EXPIRE', k, math.ceil(ttl)) end
+  redis.call('EXPIRE', c, math.ceil(math.max(ttl, idle)))   -- counters outlive the peers by idle
   if want > 0 then
     local pools = seeder and {l} or {s, l}
     for _, pool in ipairs(pools) do
@@ -68,10 +94,15 @@ while true do
   redis.call('HDEL', s, unpack(old)); redis.call('HDEL', l, unpack(old)); redis.call('ZREM', x, unpack(old))
 end
 local c = redis.call('HMGET', KEYS[4], 'completed', 'last')
-return {redis.call('HLEN', s), redis.call('HLEN', l), tonumber(c[1] or '0'), c[2] or '0'}
+local ns, nl = redis.call('HLEN', s), redis.call('HLEN', l)
+if ns == 0 and nl == 0 and tonumber(c[2] or '0') < tonumber(ARGV[1]) - tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[4])   -- the peers left long ago: the counters go too
+  return {0, 0, 0, '0'}
+end
+return {ns, nl, tonumber(c[1] or '0'), c[2] or '0'}
 """
 
-_PUT_METAINFO = """
+_PUT_METAINFO = _BOUND + """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'quarantined', ''} end
 local cur = redis.call('HGET', KEYS[1], 'info_hash')
 if cur then
@@ -80,18 +111,29 @@ if cur then
 end
 redis.call('HSET', KEYS[1], 'info_hash', ARGV[1], 'size', ARGV[2], 'format', ARGV[3], 'data', ARGV[4],
            'published_at', ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[6])
+bound(KEYS[3], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), 'ls:m:')
 return {'created', ARGV[1]}
 """
 
-_REPORT = """
+_REPORT = _BOUND + """
 local r, m, q, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ih, host, trusted, threshold, digest = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
+local now, max_reports, max_hosts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('SISMEMBER', q, ih) == 1 then return 1 end
-if redis.call('SCARD', r) < 10000 then redis.call('SADD', r, host) end
+if redis.call('EXISTS', r) == 0 then bound(KEYS[5], now, string.sub(r, 6), max_reports, 'ls:r:') end
+if redis.call('SCARD', r) < max_hosts then redis.call('SADD', r, host) end
 if redis.call('HGET', m, 'info_hash') ~= ih then return 0 end
 if trusted or redis.call('SCARD', r) >= threshold then
-  redis.call('DEL', m); redis.call('SADD', q, ih); redis.call('SREM', idx, digest)
+  redis.call('DEL', m, r); redis.call('SADD', q, ih); redis.call('ZREM', idx, digest)
+  redis.call('ZREM', KEYS[5], string.sub(r, 6))
+  bound(KEYS[6], now, digest, max_reports, 'ls:q:')
+  return 1
+end
+return 0
+"""
+_PUT_MANIFEST = _BOUND + """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  bound(KEYS[2], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), 'ls:mf:')
   return 1
 end
 return 0
@@ -103,13 +145,15 @@ def _swarm_keys(ih_hex: str) -> list:
 
 
 class RedisStore(Store):
-    def __init__(self, url: str):
+    def __init__(self, url: str, limits: Limits | None = None):
+        self.limits = limits or Limits()
         self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
                                       health_check_interval=30, max_connections=256)
         self._announce = self.r.register_script(_ANNOUNCE)
         self._purge = self.r.register_script(_PURGE)
         self._put_metainfo = self.r.register_script(_PUT_METAINFO)
         self._report = self.r.register_script(_REPORT)
+        self._put_manifest = self.r.register_script(_PUT_MANIFEST)
 
     def _call(self, fn, *a, **kw):
         try:
@@ -129,7 +173,7 @@ class RedisStore(Store):
         out, ns, nl, done = self._call(
             self._announce, keys=[*_swarm_keys(ih), SWARM_INDEX],
             args=[req.peer_key, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
-                  "1" if req.left == 0 else "0", ih])
+                  "1" if req.left == 0 else "0", ih, self.limits.max_swarms, self.limits.idle_swarm_ttl])
         peers = list(zip(out[0::2], out[1::2]))
         if len(peers) > req.numwant:
             import random
@@ -139,7 +183,7 @@ class RedisStore(Store):
     def _counts(self, ih_hexes, now):
         pipe = self.r.pipeline(transaction=False)
         for h in ih_hexes:
-            self._purge(keys=_swarm_keys(h), args=[repr(now)], client=pipe)
+            self._purge(keys=_swarm_keys(h), args=[repr(now), self.limits.idle_swarm_ttl], client=pipe)
         return self._call(pipe.execute)
 
     def scrape(self, info_hashes, now):
@@ -167,7 +211,8 @@ class RedisStore(Store):
         d = str(rec.digest)
         status, cur = self._call(
             self._put_metainfo, keys=[f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX],
-            args=[rec.info_hash.hex, rec.size, rec.format, rec.data, repr(rec.published_at), d])
+            args=[rec.info_hash.hex, rec.size, rec.format, rec.data, repr(rec.published_at), d,
+                  self.limits.max_torrents])
         status = status.decode()
         return status, (InfoHash.from_hex(cur.decode()) if cur else None)
 
@@ -180,7 +225,7 @@ class RedisStore(Store):
                               published_at=float(h[b"published_at"]))
 
     def list_metainfo(self):
-        digests = sorted(d.decode() for d in self._call(self.r.smembers, METAINFO_INDEX))
+        digests = sorted(d.decode() for d in self._call(self.r.zrange, METAINFO_INDEX, 0, -1))
         pipe = self.r.pipeline(transaction=False)
         for d in digests:
             pipe.hmget(f"ls:m:{d}", "info_hash", "size")
@@ -193,13 +238,17 @@ class RedisStore(Store):
     def report(self, digest, info_hash, host, trusted, threshold):
         d = str(digest)
         return bool(self._call(
-            self._report, keys=[f"ls:r:{d}:{info_hash.hex}", f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX],
-            args=[info_hash.hex, host, "1" if trusted else "0", threshold, d]))
+            self._report, keys=[f"ls:r:{d}:{info_hash.hex}", f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX,
+                                REPORT_INDEX, QUARANTINE_INDEX],
+            args=[info_hash.hex, host, "1" if trusted else "0", threshold, d, repr(time.time()),
+                  self.limits.max_reports, self.limits.max_report_hosts]))
 
     # -- manifests ----------------------------------------------------------
     def put_manifest(self, digest, content_type, data):
         # content type, newline, bytes: one key, so SET NX keeps it immutable
-        return bool(self._call(self.r.set, f"ls:mf:{digest}", content_type.encode() + b"\n" + data, nx=True))
+        return bool(self._call(self._put_manifest, keys=[f"ls:mf:{digest}", MANIFEST_INDEX],
+                               args=[content_type.encode() + b"\n" + data, repr(time.time()), str(digest),
+                                     self.limits.max_manifests]))
 
     def get_manifest(self, digest):
         v = self._call(self.r.get, f"ls:mf:{digest}")
@@ -220,14 +269,22 @@ class RedisStore(Store):
             pipe.multi()
             if new_state is None:
                 pipe.delete(key)
+                pipe.zrem(LEASE_INDEX, str(digest))
             else:
                 pipe.set(key, json.dumps(new_state), pxat=int(new_state["expires"] * 1000) + 1)
+                pipe.zadd(LEASE_INDEX, {str(digest): new_state["expires"]})
             result["answer"] = answer
         self._call(self.r.transaction, tx, key)
         return result["answer"]
 
     def acquire_lease(self, digest, host, url, ttl, fanout, now):
-        return self._lease_tx(digest, lambda st: lease_step(st, host, url, ttl, fanout, now))
+        # The count is checked before the transaction: concurrent acquirers may overshoot the cap
+        # by their number, which keeps it bounded.
+        if not self._call(self.r.exists, f"ls:lease:{digest}"):
+            self._call(self.r.zremrangebyscore, LEASE_INDEX, "-inf", now)
+            if self._call(self.r.zcard, LEASE_INDEX) >= self.limits.max_leases:
+                raise LeaseTableFull(f"{self.limits.max_leases} live leases")
+        return self._lease_tx(digest, lambda st: lease_step(st, host, url, ttl, fanout, now, self.limits.max_relays))
 
     def renew_lease(self, digest, host, ttl, now):
         def update(st):

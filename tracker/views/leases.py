@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict
+from layerswarm.tracker.storage.base import LeaseTableFull
 from layerswarm.tracker.views.common import host_id, json_body, parse_digest
 
 bp = Blueprint("leases", __name__)
@@ -33,7 +34,11 @@ def acquire(digest):
     if t.store.get_metainfo(d) is not None:
         t.metrics.leases.labels("published").inc()
         return jsonify(role="published"), 200
-    answer = t.store.acquire_lease(d, host, url, ttl, t.config.registry.relay_fanout, time.time())
+    try:
+        answer = t.store.acquire_lease(d, host, url, ttl, t.config.registry.relay_fanout, time.time())
+    except LeaseTableFull:
+        t.metrics.leases.labels("full").inc()
+        raise ClientError("lease table full: fetch from the origin without a lease", status=503) from None
     t.metrics.leases.labels(answer["role"]).inc()
     return jsonify(answer), (201 if answer["role"] == "holder" else 200)
 
