@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
 
 BLOB_SOURCES = ("origin", "store", "peer", "relay")
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class Metrics:
@@ -57,6 +58,9 @@ class Metrics:
             self._json[section][key] += n
 
     def request(self, route: str, method: str, status: int) -> None:
+        # Label values come from clients: keep their number bounded (made-up methods, odd statuses).
+        method = method if method in KNOWN_METHODS else "OTHER"
+        status = status if 100 <= status <= 599 else 0
         self._requests.labels(route, method, str(status)).inc()
         self._add("requests", f"{route} {method} {status}")
 

@@ -111,6 +111,7 @@ class OriginBlobSource:
             r.close()
             if size is None:
                 raise errors.upstream_unavailable(f"upstream {up.name}: blob HEAD without Content-Length", 502)
+            _check_empty(up, req.digest, size)
             start, end = span(req.range, size)
             return BlobResponse(size, start, end)
 
@@ -133,6 +134,7 @@ class OriginBlobSource:
                 size = _int(r.headers.get("Content-Length"))
                 if size is None:
                     raise errors.upstream_unavailable(f"upstream {up.name}: blob without Content-Length", 502)
+                _check_empty(up, req.digest, size)
                 start, end = span(req.range, size)
                 skip = start  # upstream ignored Range: drop the prefix ourselves
         except BaseException:
@@ -187,6 +189,15 @@ class ChainBlobSource:
             return self.first.open(req)
         except LookupError:
             return self.fallback.open(req)
+
+
+EMPTY = Digest.of_bytes(b"")
+
+
+def _check_empty(up, digest: Digest, size: int) -> None:
+    """A zero-length answer has no bytes to hash on the way: check it before the headers go out."""
+    if size == 0 and digest != EMPTY:
+        raise errors.upstream_unavailable(f"upstream {up.name}: an empty body for {digest}", 502)
 
 
 def _int(text) -> Optional[int]:

@@ -135,3 +135,11 @@ def test_sizes_rejected(text):
     from layerswarm.bridge.format.units import parse_size
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+def test_request_metric_labels_are_bounded():
+    from layerswarm.bridge.http.metrics import Metrics
+    m = Metrics()
+    for i in range(50):
+        m.request("other", f"X-METHOD-{i}", 405)
+    assert m.snapshot()["requests"] == {"other OTHER 405": 50}

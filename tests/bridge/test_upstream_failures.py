@@ -94,6 +94,8 @@ def fake_upstream():
             return Response("oops", 500)
         if p == f"lying/blobs/{GOOD_D}":  # right size, wrong bytes
             return Response(BAD, 200, {"Content-Type": "application/octet-stream"})
+        if p == f"empty/blobs/{GOOD_D}":  # nothing at all for a non-empty blob
+            return Response(b"", 200, {"Content-Type": "application/octet-stream"})
         if p == f"short/blobs/{SHORT_D}":  # promises 300000, sends 1000 and hangs up
             def gen():
                 yield b"s" * 1000
@@ -132,6 +134,16 @@ def test_wrong_or_short_origin_bytes_cut_the_connection(start_bridge, thread_ser
                 got += chunk
         assert len(got) < n  # never a complete (wrong) blob
     assert b.proc.alive()
+
+
+def test_an_empty_answer_for_a_non_empty_blob_is_refused(start_bridge, thread_server):
+    up = thread_server(fake_upstream())
+    b = start_bridge("--upstream", up.url)
+    for method in ("GET", "HEAD"):
+        r = requests.request(method, b.url + f"/v2/empty/blobs/{GOOD_D}", timeout=20)
+        assert r.status_code == 502 and r.content[:0] == b"", (method, r.status_code)
+    empty = "sha256:" + hashlib.sha256(b"").hexdigest()   # the empty blob itself is fine to serve empty
+    assert requests.get(b.url + f"/v2/nothere/blobs/{empty}", timeout=20).status_code == 404
 
 
 def test_manifest_not_matching_its_digest_is_refused(start_bridge, thread_server):
