@@ -252,6 +252,14 @@ def test_internal_error_is_generic(app, client):
     assert r.status_code == 500 and b"secret" not in r.data and b"Traceback" not in r.data
 
 
+@pytest.mark.parametrize("url", ["ftp://h", "http://", "http://u:p@h:1", "http://h:1/?x=1", "http://h:1/#f",
+                                 "http://h:99999", "http://h 1", "http://h:1/\n", "//h:1", "h:1", 5, None])
+def test_lease_relay_url_must_be_a_plain_base_url(client, auth, url):
+    _, t = layer()
+    r = client.post(f"/leases/{t.digest}", json={"host": "a", "url": url}, headers=auth)
+    assert r.status_code == 400 and "url" in r.json["error"]
+
+
 def test_full_lease_table_answers_503_and_existing_leases_keep_working():
     c = create_app({"max_leases": 1}).test_client()
     (_, a), (_, b) = layer(), layer()

@@ -3,6 +3,7 @@ stream from it or from an earlier relay (a tree with bounded fan-out)."""
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify, request
 
@@ -12,6 +13,20 @@ from layerswarm.tracker.storage.base import LeaseTableFull
 from layerswarm.tracker.views.common import host_id, json_body, parse_digest
 
 bp = Blueprint("leases", __name__)
+
+
+def relay_url(value) -> str:
+    """A bridge's base URL other bridges stream from: http(s)://host[:port][/path], nothing else."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) and len(value) <= 2048 else None
+        port_ok = parts is not None and (parts.port is None or 0 < parts.port)
+    except ValueError:   # a port out of range
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.username or parts.password or parts.query or parts.fragment
+            or any(c.isspace() or ord(c) < 32 for c in value)):
+        raise ClientError("url must be the bridge's http(s) base URL (no credentials, query or fragment)")
+    return value
 
 
 def _ttl(body: dict, cfg) -> float:
@@ -27,9 +42,7 @@ def acquire(digest):
     d = parse_digest(digest)
     body = json_body()
     host = host_id(body.get("host"))
-    url = body.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
-        raise ClientError("url must be the bridge's http(s) base URL")
+    url = relay_url(body.get("url"))
     ttl = _ttl(body, t.config)
     if t.store.get_metainfo(d) is not None:
         t.metrics.leases.labels("published").inc()
