@@ -5,9 +5,10 @@ upstream clients (one per configured upstream), the router, the manifest
 service with its disk cache, the metrics, and the blob source.  They live in
 ``app.extensions["layerswarm"]`` (a :class:`BridgeState`), never in ``g``.
 
-Swarm wiring (later): pass ``blob_source`` (e.g. a swarm source wrapping
-``state.origin_blobs``) — or a ``peer`` object with ``blob_source(state)``
-returning one — and, if ``peer.blueprint`` exists, its routes are mounted.
+Swarm wiring: with a ``peer`` (the host's Peer) the blob source is the swarm
+source wrapping ``state.origin_blobs`` and the relay view is mounted beside
+the peer's admin views (``peer.blueprint``).  A ``blob_source`` argument, or a
+``peer`` object with ``blob_source(state)``, replaces the swarm source.
 """
 from __future__ import annotations
 
@@ -67,19 +68,20 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
                                   config.max_manifest_bytes, metrics,
                                   shared=getattr(peer, "tracker", None)),
         origin_blobs=origin, blobs=origin, peer=peer)
+    app.register_blueprint(registry_bp)
     if blob_source is None and peer is not None and hasattr(peer, "blob_source"):
         blob_source = peer.blob_source(state)
     elif blob_source is None and peer is not None:
-        from layerswarm.bridge.sources.swarm import SwarmBlobSource
-        blob_source = SwarmBlobSource(peer, origin, swarm_config(config), metrics)
+        from layerswarm.bridge.http.relay import relay_blueprint
+        from layerswarm.bridge.sources.swarm import swarm_source
+        swarm_cfg = swarm_config(config)
+        blob_source = swarm_source(peer, origin, swarm_cfg, metrics)
+        app.register_blueprint(relay_blueprint(peer.store, blob_source.active_fetch, swarm_cfg.first_byte_timeout))
     if blob_source is not None:
         state.blobs = blob_source
     app.extensions["layerswarm"] = state
-
-    app.register_blueprint(registry_bp)
-    for owner in (peer, blob_source):
-        if owner is not None and getattr(owner, "blueprint", None) is not None:
-            app.register_blueprint(owner.blueprint)
+    if getattr(peer, "blueprint", None) is not None:
+        app.register_blueprint(peer.blueprint)   # the peer's admin views
 
     @app.get("/metrics")
     def prometheus_metrics():

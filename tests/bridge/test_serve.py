@@ -11,7 +11,7 @@ from flask import Blueprint
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.http.app import create_app
-from layerswarm.bridge.sources.blobs import BlobResponse, ChainBlobSource, span
+from layerswarm.bridge.sources.blobs import BlobResponse, span
 from layerswarm.bridge.config import BridgeConfig, UpstreamConfig
 from tests import procs
 from tests.bridge.conftest import Bridge
@@ -72,7 +72,20 @@ class FakePeer:
         self.source = source
 
     def blob_source(self, state):
-        return ChainBlobSource(self.source, state.origin_blobs)
+        return FirstThenOrigin(self.source, state.origin_blobs)
+
+
+class FirstThenOrigin:
+    """``first`` raising LookupError means "not here": ask the origin."""
+
+    def __init__(self, first, origin):
+        self.first, self.origin = first, origin
+
+    def open(self, req):
+        try:
+            return self.first.open(req)
+        except LookupError:
+            return self.origin.open(req)
 
 
 def test_blob_source_seam_and_peer_blueprint(origin, tmp_path, thread_server):
