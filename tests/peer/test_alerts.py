@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -94,6 +95,9 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
         if p not in ses.t.reads:
             disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
     assert ses.t.deadlines, "the reader set deadlines ahead of itself"
+    deadline = time.monotonic() + 10   # the verdict and the move run on the download's worker
+    while ses.t.moved_to is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert ses.t.moved_to == store.layers_dir  # verified: libtorrent moves its own file
     (store.layers_dir / name).write_bytes(data)  # what move_storage would have done
     disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
@@ -111,7 +115,6 @@ def test_disk_full_reaches_the_reader_as_store_full(tmp_path):
 
 
 def test_stall_is_detected_in_configured_time(tmp_path):
-    import time
     data, lt_, ses, store, dl = _setup(tmp_path, stall_timeout=1.0)
     t0 = time.monotonic()
     with pytest.raises(SwarmError, match="stalled"):
