@@ -38,7 +38,7 @@ class BridgeState:
     router: Router
     manifests: ManifestService
     origin_blobs: OriginBlobSource
-    blobs: BlobSource        # what the registry view asks (origin only, until the swarm source wraps it)
+    blobs: BlobSource        # what the registry view asks: the swarm source with a peer, else the origin
     peer: object = None
 
 

@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError
 from layerswarm.bridge.node.readers import LayerStream
+from layerswarm.bridge.node.worker import Worker
 from layerswarm.bridge.node.torrent import alerts as ev
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Download:
         self.complete = threading.Event()   # verified and in the store, or failed
         self._ending = False                # a failure is being torn down (on the worker)
         self._reserved = 0
-        self._worker = _Worker(f"dl-{torrent.digest.short()}")
+        self._worker = Worker(f"dl-{torrent.digest.short()}")
         self.torrent = None
         self._t0 = time.monotonic()
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
@@ -383,32 +383,3 @@ class Download:
 
     def stream(self, offset: int = 0) -> LayerStream:
         return LayerStream(self, offset)
-
-
-class _Worker:
-    """Runs one download's slow steps in order on its own thread, off the alert thread."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread = None
-
-    def submit(self, fn, *args) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-        self._q.put((fn, args))
-
-    def stop(self) -> None:
-        """Ends the thread once the steps queued so far ran (later ones are moot: the download ended)."""
-        self._q.put(None)
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("%s: %s failed", self.name, getattr(fn, "__name__", fn))

@@ -120,3 +120,25 @@ def test_stall_is_detected_in_configured_time(tmp_path):
     with pytest.raises(SwarmError, match="stalled"):
         next(iter(dl.stream()))
     assert 0.9 < time.monotonic() - t0 < 5
+
+
+def test_alert_thread_never_waits_for_the_move_or_the_store(tmp_path):
+    data, lt_, ses, store, dl = _setup(tmp_path)
+    name = str(lt_.digest)
+    moving, go_on = threading.Event(), threading.Event()
+
+    def slow_move(path):   # a slow disk: the move (and what follows) must not hold up other torrents' alerts
+        moving.set()
+        go_on.wait(10)
+        ses.t.moved_to = path
+    ses.t.move_storage = slow_move
+    disp = ses.dispatcher.dispatch
+    t0 = time.monotonic()
+    for p in range(lt_.num_pieces):
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert time.monotonic() - t0 < 2 and moving.wait(10)
+    go_on.set()
+    (store.layers_dir / name).write_bytes(data)
+    disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
+    assert dl.complete.wait(10) and dl.verified and lt_.digest in store
