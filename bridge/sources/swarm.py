@@ -10,7 +10,8 @@ sources/blobs.py) answers, in order:
 3. cold layer -> a :class:`~.fetch.Fetch` (one per digest per host) that asks the
    tracker for a lease: the *holder* fetches from the origin, every other
    bridge streams from the holder or an earlier relay (a tree with bounded
-   fan-out, bridges' own ``/_layerswarm/relay`` endpoint).  Either way the
+   fan-out, bridges' own ``/_layerswarm/relay`` endpoint: http/relay.py,
+   sources/relayclient.py).  Either way the
    bytes are written and hashed into the store (sha256 + piece SHA-1s, no
    second read), then the torrent is published and seeded.  The fetch runs
    in its own thread: a client leaving does not stop it.  Clients follow the
@@ -18,7 +19,7 @@ sources/blobs.py) answers, in order:
 4. tracker unreachable -> straight to the origin, at most ``origin_slots``
    fetches at once per host, after a random jitter (no thundering herd);
    for ``tracker_backoff`` seconds after a failure the tracker is not asked
-   (a silent tracker costs one timeout, not one per request).
+   (a silent tracker costs one timeout, not one per request; sources/tracker.py).
 
 Whatever a client has been sent, a failure underneath continues from the
 origin at the same offset.  A whole-blob answer holds back its last chunk

@@ -113,10 +113,13 @@ class FakeSwarm:
 
 
 class FakeRelays:
-    """RelayClient stand-in: serves ``data`` for any URL, cutting after ``fail_at`` bytes; real bad-relay memory."""
+    """RelayClient stand-in: serves ``data`` for any URL, cutting after ``fail_at`` bytes; real bad-relay memory.
 
-    def __init__(self, data: bytes, fail_at: int | None = None, bad_bytes: bytes | None = None):
-        self.data, self.fail_at, self.bad_bytes = data, fail_at, bad_bytes
+    ``hold_last``: an Event the last chunk waits for (a client is reading before the blob ends).
+    """
+
+    def __init__(self, data: bytes, fail_at: int | None = None, bad_bytes: bytes | None = None, hold_last=None):
+        self.data, self.fail_at, self.bad_bytes, self.hold_last = data, fail_at, bad_bytes, hold_last
         self.opened: list = []
         self._bad: set = set()
 
@@ -130,6 +133,8 @@ class FakeRelays:
                 if self.fail_at is not None and pos + len(chunk) > self.fail_at:
                     raise UpstreamError("relay cut (fake)")
                 pos += len(chunk)
+                if pos == len(data) and self.hold_last is not None:
+                    self.hold_last.wait(10)
                 yield chunk
         return len(data), gen()
 

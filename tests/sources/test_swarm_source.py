@@ -1,6 +1,10 @@
 """The swarm source's decisions, in-process: store, swarm, lease holder, relay, origin fallbacks."""
 from __future__ import annotations
 
+import threading
+
+import pytest
+
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
 from tests.sources.fakes import FakeRelays, FakeSwarm, Host, blob, torrent
@@ -74,11 +78,16 @@ def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
 
 def test_relay_with_wrong_bytes_is_cut_and_never_asked_again(tmp_path):
     d, data = blob(SIZE)
-    bad = bytes(len(data))
-    h = Host(tmp_path, {d: data}, relays=FakeRelays(data, bad_bytes=bad))
+    bad, reading = bytes(len(data)), threading.Event()
+    h = Host(tmp_path, {d: data}, relays=FakeRelays(data, bad_bytes=bad, hold_last=reading))
     h.tracker.lease_answer = {"role": "relay", "source": {"url": "http://liar.invalid"}}
-    res, body = h.get(d)
-    assert isinstance(body, DigestMismatch)       # never a clean end with wrong bytes
+    body = iter(h.source.open(h.request(d)).body)
+    first = next(body)
+    assert 0 < len(first) < len(data) and first == bad[:len(first)]   # the client has wrong bytes already...
+    reading.set()
+    with pytest.raises(DigestMismatch):           # ...so the answer is cut, never ends cleanly
+        for _ in body:
+            pass
     h.wait_idle(d)
     assert h.store.size_of(d) is None and h.relays.is_bad("http://liar.invalid")
     _, body = h.get(d)                            # same relay offered again: the origin instead
@@ -171,7 +180,6 @@ def test_head_never_starts_a_download(tmp_path):
 
 
 def test_concurrent_requests_share_one_fetch(tmp_path):
-    import threading
     d, data = blob(SIZE)
     h = Host(tmp_path, {d: data})
     gate = threading.Event()
@@ -211,3 +219,33 @@ def test_origin_failing_before_the_first_byte_answers_from_the_plain_origin(tmp_
     h.origin.open = flaky
     res, body = h.get(d)
     assert body == data and len(calls) == 4 and h.store.size_of(d) is None
+
+
+def test_tracker_down_origin_fetches_take_turns_in_the_origin_slots(tmp_path):
+    blobs = dict(blob(SIZE, b"slot%d" % i) for i in range(3))
+    h = Host(tmp_path, blobs, origin_slots=1)
+    h.tracker.failing = h.tracker.ALL
+    h.backoff.failed()
+    lock, running, most = threading.Lock(), [0], [0]
+    real_open = h.origin.open
+
+    def counted(req):   # the slot is held from the origin request until the fetch is stored
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        res = real_open(req)
+
+        def body(inner):
+            yield from inner
+            with lock:
+                running[0] -= 1
+        res.body = body(res.body)
+        return res
+    h.origin.open = counted
+    out = {}
+    threads = [threading.Thread(target=lambda d=d: out.__setitem__(d, h.get(d)[1])) for d in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert out == blobs and most[0] == 1 and h.tracker.calls == []
