@@ -167,7 +167,7 @@ def _foreground(args, layers, bar, tracker) -> int:
             raise
         for w, (t, source) in zip(writers, chosen):
             w.commit(t.metainfo)
-            results.append(peer._add_seed(t, source))
+            results.append(peer.seed_torrent(t, source))
         for l in layers:
             if l.digest is not None and l.digest not in {r.digest for r in results}:
                 results.append(peer.seed(l.digest))

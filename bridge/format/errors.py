@@ -40,10 +40,6 @@ def name_invalid(name: str) -> RegistryError:
     return RegistryError("NAME_INVALID", "invalid repository name", 400, {"name": name})
 
 
-def name_unknown(name: str) -> RegistryError:
-    return RegistryError("NAME_UNKNOWN", "repository name not known to registry", 404, {"name": name})
-
-
 def digest_invalid(text: str) -> RegistryError:
     return RegistryError("DIGEST_INVALID", "provided digest did not match uploaded content", 400, {"digest": text})
 
@@ -56,10 +52,6 @@ def manifest_unknown(reference: str) -> RegistryError:
     return RegistryError("MANIFEST_UNKNOWN", "manifest unknown", 404, {"reference": reference})
 
 
-def manifest_invalid(reference: str) -> RegistryError:
-    return RegistryError("MANIFEST_INVALID", "manifest invalid", 400, {"reference": reference})
-
-
 def unauthorized(challenge: str | None = None) -> RegistryError:
     headers = {"WWW-Authenticate": challenge} if challenge else {}
     return RegistryError("UNAUTHORIZED", "authentication required", 401, headers=headers)
@@ -67,11 +59,6 @@ def unauthorized(challenge: str | None = None) -> RegistryError:
 
 def denied() -> RegistryError:
     return RegistryError("DENIED", "requested access to the resource is denied", 403)
-
-
-def too_many_requests(retry_after: int) -> RegistryError:
-    return RegistryError("TOOMANYREQUESTS", "too many requests", 429,
-                         headers={"Retry-After": str(retry_after)})
 
 
 def range_invalid(size: int) -> RegistryError:

@@ -84,9 +84,6 @@ class LayerTorrent:
     def num_pieces(self) -> int:
         return len(self.pieces) // 20
 
-    def piece_hash(self, index: int) -> bytes:
-        return self.pieces[20 * index:20 * index + 20]
-
     def piece_range(self, index: int) -> tuple:
         start = index * self.piece_length
         return start, min(self.size, start + self.piece_length)

@@ -20,6 +20,7 @@ from layerswarm.bridge.format import errors
 from layerswarm.bridge.http import admin
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
+from layerswarm.bridge.http.relay import relay_blueprint
 from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
 from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
 from layerswarm.bridge.sources.router import Router
@@ -36,7 +37,7 @@ class BridgeState:
     router: Router
     manifests: ManifestService
     origin_blobs: OriginBlobSource
-    blobs: BlobSource        # what the registry view asks (origin only, until the swarm source wraps it)
+    blobs: BlobSource        # what the registry view asks: the swarm source with a peer, else the origin
     peer: object = None
 
 
@@ -54,8 +55,8 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
                for name, cfg in ups.by_name.items()}
     origin = OriginBlobSource()
     if blob_source is None and peer is not None:
-        from layerswarm.bridge.sources.swarm import SwarmBlobSource
-        blob_source = SwarmBlobSource(peer, origin, config, metrics)
+        from layerswarm.bridge.sources.swarm import swarm_source
+        blob_source = swarm_source(peer, origin, config, metrics)
     state = BridgeState(
         config=config, metrics=metrics, upstreams=clients, router=Router(ups, clients),
         manifests=ManifestService(ManifestStore(config.server.store_dir), ups.tag_ttl, ups.max_manifest_bytes,
@@ -66,8 +67,8 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     app.register_blueprint(registry_bp)
     if peer is not None:
         app.register_blueprint(admin.make_blueprint(peer, config.admin.admin_token))
-    if getattr(blob_source, "blueprint", None) is not None:   # the relay views of the swarm source
-        app.register_blueprint(blob_source.blueprint)
+    if hasattr(blob_source, "active_fetch"):   # the swarm source: other bridges relay from our fetches
+        app.register_blueprint(relay_blueprint(peer.store, blob_source.active_fetch, config.first_byte_timeout))
 
     @app.get("/metrics")
     def prometheus_metrics():

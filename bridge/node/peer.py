@@ -1,8 +1,9 @@
 """The host's peer: one libtorrent session, the layer store and the tracker client, working together.
 
 Create one :class:`Peer` per process (``Peer.open`` wires the parts).  The
-registry mirror calls ``stream``/``ingest_writer``/``publish_writer``;
-``layerswarm seed`` and the admin views call ``add_blob``/``seed``.
+swarm source calls ``stream`` and ``publish_writer`` (its cold fetches write
+with ``store.writer``); ``layerswarm seed`` and the admin views call
+``add_blob``/``seed``/``seed_torrent``.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from layerswarm.bridge.config import SessionSection, StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
-from layerswarm.bridge.format.errors import PublishConflict, PublishRejected, SwarmError, TorrentConflict, TrackerUnavailable, UserError
+from layerswarm.bridge.format.errors import (PublishConflict, PublishRejected, SwarmError, TorrentConflict,
+                                             TrackerUnavailable, UserError)
 from layerswarm.bridge.node.store import LayerStore
-from layerswarm.bridge.node.stream import Download, FileStream, LayerStream
+from layerswarm.bridge.node.readers import FileStream, LayerStream
+from layerswarm.bridge.node.stream import Download
 from layerswarm.bridge.node.trackerclient import TrackerClient
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class Peer:
             meta = self.store.saved_torrent(d)
             try:
                 if meta is not None:
-                    out.append(self._add_seed(tf.parse_metainfo(meta, d), "record"))
+                    out.append(self.seed_torrent(tf.parse_metainfo(meta, d), "record"))
                 else:
                     out.append(self.seed(d))
             except Exception as exc:  # one bad layer must not stop the others
@@ -87,7 +90,7 @@ class Peer:
             own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
-        return self._add_seed(chosen, source)
+        return self.seed_torrent(chosen, source)
 
     def resolve_torrent(self, own: tf.LayerTorrent) -> tuple:
         """The torrent to seed for verified bytes whose own build is ``own``.
@@ -114,7 +117,8 @@ class Peer:
         raise TorrentConflict(f"tracker publishes torrent {published.info_hash} for {own.digest} whose pieces "
                               "do not match the blob (reported)")
 
-    def _add_seed(self, torrent: tf.LayerTorrent, source: str) -> SeedInfo:
+    def seed_torrent(self, torrent: tf.LayerTorrent, source: str) -> SeedInfo:
+        """Seed a checked torrent of a verified stored blob (seed_mode: no recheck)."""
         d = torrent.digest
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
                          trackers=[self.tracker.announce_url])
@@ -127,7 +131,8 @@ class Peer:
         with self._lock:
             self._seeding.pop(digest, None)
         self.session.remove(str(digest))
-        self.session.wait_removed(str(digest))
+        if not self.session.wait_removed(str(digest)):
+            raise SwarmError(f"libtorrent still holds {digest}")
 
     def seeding(self) -> list:
         with self._lock:
@@ -149,17 +154,13 @@ class Peer:
                 return self.seed(own.digest)
             chosen, source = self.resolve_torrent(own)  # before commit: a conflict leaves nothing behind
             w.commit(chosen.metainfo)
-        return self._add_seed(chosen, source)
-
-    def ingest_writer(self, digest: Digest, size: int):
-        """A store writer for an origin fetch (the mirror's cold path): write, then ``publish_writer``."""
-        return self.store.writer(digest, size)
+        return self.seed_torrent(chosen, source)
 
     def publish_writer(self, writer) -> SeedInfo:
         own = writer.finish([self.tracker.announce_url])
         chosen, source = self.resolve_torrent(own)
         writer.commit(chosen.metainfo)
-        return self._add_seed(chosen, source)
+        return self.seed_torrent(chosen, source)
 
     # -- downloading -------------------------------------------------------
     def stream(self, digest: Digest, offset: int = 0, metainfo: tf.LayerTorrent | None = None):
@@ -224,9 +225,7 @@ class Peer:
         with self._lock:
             dls = list(self._downloads.values())
         for dl in dls:
-            with dl._cond:
-                dl.error = dl.error or SwarmError("peer shutting down")
-                dl._cond.notify_all()
+            dl.abort("peer shutting down")
         self.store.flush()
         self.session.close()
 

@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +59,13 @@ class LayerStore:
         for d in (self.layers_dir, self.torrents_dir, self.downloads_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._gone = threading.Condition(self._lock)   # an eviction finished
         self._entries: dict = {}          # Digest -> Entry
-        self._pins: dict = {}             # Digest -> refcount (never evicted while pinned)
+        self._evicting: set = set()       # digests picked for eviction whose files are not deleted yet
         self._reserved = 0                # bytes promised to writers/downloads in flight
-        self._writers: dict = {}          # Digest -> LayerWriter in progress
         self._seq = itertools.count()
         self._dirty_at = 0.0
-        self.on_evict = None              # callable(Digest): stop seeding before the file goes
+        self.on_evict = None              # callable(Digest): stop seeding before the file goes (never under _lock)
         self.rehashed: list = []          # digests re-verified at load (not in the index)
         self._load()
 
@@ -187,72 +186,70 @@ class LayerStore:
         os.replace(tmp, p)
 
     # -- space -------------------------------------------------------------
-    @contextmanager
-    def pinned(self, digest: Digest):
-        self.pin(digest)
-        try:
-            yield
-        finally:
-            self.unpin(digest)
-
-    def pin(self, digest: Digest) -> None:
-        with self._lock:
-            self._pins[digest] = self._pins.get(digest, 0) + 1
-
-    def unpin(self, digest: Digest) -> None:
-        with self._lock:
-            n = self._pins.get(digest, 0) - 1
-            if n > 0:
-                self._pins[digest] = n
-            else:
-                self._pins.pop(digest, None)
-
     def reserve(self, nbytes: int) -> None:
-        """Promise ``nbytes`` to a writer/download, evicting least-recently-used layers."""
+        """Promise ``nbytes`` to a writer/download, evicting least-recently-used layers.
+
+        Victims are picked and dropped from the index under the lock (their
+        space counts for this reservation only); seeding them stops and their
+        files go after the lock is released.
+        """
         with self._lock:
+            victims = []
             if self.cap is not None:
                 if nbytes > self.cap:
                     raise StoreFull(f"a {nbytes}-byte layer does not fit a {self.cap}-byte store")
-                victims = []
                 need = self.used_bytes() + self._reserved + nbytes - self.cap
                 for d in self.digests():
                     if need <= 0:
                         break
-                    if self._pins.get(d):
-                        continue
                     victims.append(d)
                     need -= self._entries[d].size
                 if need > 0:
-                    raise StoreFull(f"store cap {self.cap} bytes reached (all remaining layers in use)")
+                    raise StoreFull(f"store cap {self.cap} bytes reached (the rest is promised to fetches)")
                 for d in victims:
-                    self.evict(d)
+                    del self._entries[d]
+                    self._evicting.add(d)
             self._reserved += nbytes
+        for d in victims:
+            self._drop(d)
+        if victims:
+            self._flush(force=True)
 
     def release(self, nbytes: int) -> None:
         with self._lock:
             self._reserved = max(0, self._reserved - nbytes)
 
-    def evict(self, digest: Digest) -> None:
-        """Stop seeding, then delete the blob (never delete under a live torrent)."""
-        with self._lock:
-            if digest not in self._entries:
-                return
+    def _drop(self, digest: Digest) -> None:
+        """Outside the lock: stop seeding (may wait for libtorrent), then delete the files."""
+        delete = True
+        try:
             if self.on_evict is not None:
                 self.on_evict(digest)
-            self._entries.pop(digest, None)
-            _unlink(self.layer_path(digest))
-            _unlink(self.torrent_path(digest))
-            log.info("evicted %s", digest)
-        self._flush(force=True)
+        except Exception as exc:  # a torrent may still hold the file: leave it (rehashed at restart)
+            log.error("could not stop seeding %s (%s): its file stays", digest, exc)
+            delete = False
+        with self._lock:
+            if delete:
+                _unlink(self.layer_path(digest))
+                _unlink(self.torrent_path(digest))
+            self._evicting.discard(digest)
+            self._gone.notify_all()
+        log.info("evicted %s", digest)
+
+    def _wait_evicted(self, digest: Digest) -> None:
+        """Under the lock: a blob arriving again waits until its old files are gone."""
+        while digest in self._evicting:
+            self._gone.wait()
 
     # -- adding ------------------------------------------------------------
     def adopt(self, digest: Digest, size: int, reserved: int = 0) -> Path:
         """Record a blob already in ``layers/`` (moved there by libtorrent) as verified."""
         p = self.layer_path(digest)
-        st = p.stat()
-        if st.st_size != size:
-            raise DigestMismatch(f"{digest}: {st.st_size} bytes on disk, expected {size}")
         with self._lock:
+            self._wait_evicted(digest)
+            st = p.stat()
+            if st.st_size != size:
+                raise DigestMismatch(f"{digest}: {st.st_size} bytes on disk, expected {size}")
             self._entries[digest] = Entry(size, st.st_mtime_ns, time.time())
             self._reserved = max(0, self._reserved - reserved)
         self._flush(force=True)
@@ -261,35 +258,33 @@ class LayerStore:
     def writer(self, digest: Digest | None, size: int) -> "LayerWriter":
         """A writer for bytes from the origin (or an ingest): hash while writing, then commit."""
         self.reserve(size)
-        w = LayerWriter(self, digest, size, self.incoming_dir / f"{digest or 'unknown'}.{os.getpid()}.{next(self._seq)}")
-        if digest is not None:
-            with self._lock:
-                self._writers.setdefault(digest, w)
-        return w
+        return LayerWriter(self, digest, size, self.incoming_dir / f"{digest or 'unknown'}.{os.getpid()}.{next(self._seq)}")
 
-    def follow(self, digest: Digest, offset: int = 0, timeout: float = 30.0, chunk: int = 1 << 20):
-        """Bytes of a blob from ``offset``: from the store, or following an in-progress writer."""
+    def commit_incoming(self, digest: Digest, path: Path, size: int, metainfo: bytes | None) -> Path:
+        """Move a verified ``incoming/`` file into the store (atomic rename), record it, and free
+        its reservation; a copy stored meanwhile wins and ``path`` is dropped."""
+        dest = self.layer_path(digest)
         with self._lock:
-            w = self._writers.get(digest)
-            present = digest in self._entries
-        if w is None:
-            if not present:
-                raise FileNotFoundError(str(digest))
-            return _file_chunks(self.layer_path(digest), offset, chunk)
-        return w.follow(offset, timeout, chunk)
-
-    def _writer_done(self, w: "LayerWriter") -> None:
-        with self._lock:
-            if w.digest is not None and self._writers.get(w.digest) is w:
-                del self._writers[w.digest]
+            self._wait_evicted(digest)
+            if metainfo is not None:
+                self.save_torrent(digest, metainfo)
+            if digest in self._entries:
+                _unlink(path)
+            else:
+                os.replace(path, dest)
+                s = dest.stat()
+                self._entries[digest] = Entry(size, s.st_mtime_ns, time.time())
+            self._reserved = max(0, self._reserved - size)
+        self._flush(force=True)
+        return dest
 
 
 class LayerWriter:
     """Write a blob into ``incoming/`` while hashing it (sha256 + piece SHA-1s).
 
     ``finish()`` checks the digest and returns the layer torrent (no second
-    read); ``commit()`` renames the file into ``layers/``.  Followers may read
-    any offset up to the bytes written so far.
+    read); ``commit()`` renames the file into ``layers/``.  Readers of a fetch
+    in progress read the file up to ``written``.
     """
 
     def __init__(self, store: LayerStore, digest: Digest | None, size: int, path: Path):
@@ -300,7 +295,6 @@ class LayerWriter:
         self.hasher = tf.PieceHasher(size)
         self.written = 0
         self._f = open(path, "wb")
-        self._cond = threading.Condition()
         self._state = "writing"  # writing | finished | committed | aborted
         self.torrent: tf.LayerTorrent | None = None
 
@@ -312,16 +306,14 @@ class LayerWriter:
             raise DigestMismatch(f"more than the expected {self.size} bytes for {self.digest}")
         try:
             self._f.write(data)
-            self._f.flush()  # followers read the file: the bytes must be in the page cache
+            self._f.flush()  # a fetch's readers read the file: the bytes must be in the page cache
         except OSError as exc:
             self.abort()
             if _is_disk_full(exc):
                 raise StoreFull(f"disk full writing {self.digest}: {exc.strerror}") from None
             raise
         self.hasher.update(data)
-        with self._cond:
-            self.written += len(data)
-            self._cond.notify_all()
+        self.written += len(data)
 
     def finish(self, trackers=()) -> tf.LayerTorrent:
         """Verify the whole blob; returns its torrent.  Raises DigestMismatch (and aborts)."""
@@ -351,24 +343,8 @@ class LayerWriter:
         """Move the verified blob into the store (atomic rename) and record it."""
         if self._state != "finished":
             self.finish()
-        st = self.store
-        dest = st.layer_path(self.digest)
-        with st._lock:
-            if metainfo is not None:
-                st.save_torrent(self.digest, metainfo)
-            if self.digest in st._entries:   # someone else stored it meanwhile
-                _unlink(self.path)
-                st.release(self.size)
-            else:
-                os.replace(self.path, dest)
-                s = dest.stat()
-                st._entries[self.digest] = Entry(self.size, s.st_mtime_ns, time.time())
-                st._reserved = max(0, st._reserved - self.size)
-        st._flush(force=True)
-        with self._cond:
-            self._state = "committed"
-            self._cond.notify_all()
-        st._writer_done(self)
+        dest = self.store.commit_incoming(self.digest, self.path, self.size, metainfo)
+        self._state = "committed"
         return dest
 
     def abort(self) -> None:
@@ -380,10 +356,7 @@ class LayerWriter:
             pass
         _unlink(self.path)
         self.store.release(self.size)
-        with self._cond:
-            self._state = "aborted"
-            self._cond.notify_all()
-        self.store._writer_done(self)
+        self._state = "aborted"
 
     def __enter__(self):
         return self
@@ -391,44 +364,6 @@ class LayerWriter:
     def __exit__(self, exc_type, *_):
         if exc_type is not None or self._state == "writing":
             self.abort()
-
-    def follow(self, offset: int = 0, timeout: float = 30.0, chunk: int = 1 << 20):
-        """Yield bytes from ``offset`` as they are written; raises on abort or no progress."""
-        f = open(self.path, "rb")  # an open fd survives the rename on commit
-
-        def gen():
-            pos = offset
-            try:
-                while pos < self.size:
-                    with self._cond:
-                        deadline = time.monotonic() + timeout
-                        while self.written <= pos and self._state in ("writing",):
-                            left = deadline - time.monotonic()
-                            if left <= 0:
-                                raise TimeoutError(f"no bytes for {self.digest} in {timeout}s")
-                            self._cond.wait(left)
-                        if self._state == "aborted":
-                            raise DigestMismatch(f"origin fetch of {self.digest} failed")
-                        avail = self.written
-                    f.seek(pos)
-                    data = f.read(min(chunk, avail - pos))
-                    if not data:
-                        raise OSError(f"short read following {self.digest}")
-                    pos += len(data)
-                    yield data
-            finally:
-                f.close()
-        return gen()
-
-
-def _file_chunks(path: Path, offset: int, chunk: int):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while True:
-            data = f.read(chunk)
-            if not data:
-                return
-            yield data
 
 
 def _sha256_file(path: Path) -> str:

@@ -8,6 +8,11 @@ sha256, so the blob is verified without a second read; only then does the
 last piece reach any reader, so a poisoned torrent ends every stream with
 DigestMismatch instead of a clean end.
 
+The alert thread only does piece bookkeeping (bitmaps, read_piece requests,
+handing pieces to readers); the verdict, the move into the store, the index
+writes and the teardown after a failure run on the download's own worker
+thread.  Readers (node/readers.py) use the public reader methods only.
+
 Piece selection: each reader puts deadlines on the piece it waits for and the
 next one (libtorrent's time-critical pieces); everything else stays
 rarest-first, so a fleet starting together spreads different pieces and
@@ -16,6 +21,7 @@ trades them instead of all asking the seeder for the same window.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -23,6 +29,8 @@ import time
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError
+from layerswarm.bridge.node.readers import LayerStream
+from layerswarm.bridge.node.worker import Worker
 from layerswarm.bridge.node.torrent import alerts as ev
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,9 @@ class Download:
         self._cond = threading.Condition()
         self._have = bytearray(self.n)
         self._reads: dict = {}           # piece -> time read_piece was asked
-        self._wants: dict = {}           # piece -> {reader id: reader}
+        self._wants: dict = {}           # piece -> set of reader tokens waiting for it
+        self._bufs: dict = {}            # reader token -> {piece: bytes} read for that reader
+        self._tokens = itertools.count()
         self._hash_next = 0
         self._sha = hashlib.sha256()
         self._last_progress = time.monotonic()
@@ -55,8 +65,9 @@ class Download:
         self.error: Exception | None = None
         self.verified = False
         self.complete = threading.Event()   # verified and in the store, or failed
-        self.readers = 0
+        self._ending = False                # a failure is being torn down (on the worker)
         self._reserved = 0
+        self._worker = Worker(f"dl-{torrent.digest.short()}")
         self.torrent = None
         self._t0 = time.monotonic()
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
@@ -81,28 +92,34 @@ class Download:
             raise SwarmError(f"cannot add torrent for {self.digest}: {exc}") from None
         return self
 
-    def cancel(self, reason: str = "cancelled") -> None:
-        """Stop an unfinished download and drop its partial bytes."""
+    def abort(self, reason: str) -> None:
+        """Wake every reader with SwarmError(reason) (the host is shutting down)."""
         with self._cond:
-            if self.complete.is_set():
-                return
-        self._fail(SwarmError(f"download of {self.digest} {reason}"), delete=True)
+            self.error = self.error or SwarmError(reason)
+            self._cond.notify_all()
 
     def _fail(self, exc: Exception, delete: bool) -> None:
         with self._cond:
-            if self.complete.is_set():
+            if self.complete.is_set() or self._ending:
                 return
-            self.error = exc
-            self.complete.set()
-            self._cond.notify_all()
+            self._ending = True
+        self._worker.submit(self._teardown, exc, delete)
+
+    def _teardown(self, exc: Exception, delete: bool) -> None:
+        """On the worker: stop the torrent, give back the space, then tell the readers and the owner."""
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
         self.session.remove(self.name, delete_files=delete)
         self.store.release(self._reserved)
-        if delete:
-            # Off the alert thread: wait for libtorrent to let go, then make sure no partial stays.
-            threading.Thread(target=self._drop_partial, daemon=True).start()
+        self._reserved = 0
+        with self._cond:
+            self.error = exc
+            self.complete.set()
+            self._cond.notify_all()
         if self._on_done:
             self._on_done(self)
+        if delete:
+            self._drop_partial()
+        self._worker.stop()
 
     def _drop_partial(self) -> None:
         self.session.wait_removed(self.name)
@@ -113,7 +130,7 @@ class Download:
         except OSError as exc:
             log.warning("could not remove partial %s: %s", self.name, exc)
 
-    # -- alert thread ------------------------------------------------------
+    # -- alert thread: piece bookkeeping only; slow steps go to the worker ---
     def _on_event(self, e) -> None:
         k = e.kind
         if k == ev.PIECE_FINISHED:
@@ -141,7 +158,7 @@ class Download:
             else:
                 self._fail(SwarmError(f"download of {self.digest} failed: {e.data.get('message')}"), delete=True)
         elif k == ev.MOVED:
-            self._adopt()
+            self._worker.submit(self._adopt)
         elif k == ev.MOVE_FAILED:
             self._fail(SwarmError(f"could not move {self.digest} into the store: {e.data.get('message')}"),
                        delete=True)
@@ -171,9 +188,9 @@ class Download:
                 self._cond.notify_all()
                 return
             self._mark("read")
-            for r in list(self._wants.get(p, {}).values()):
-                r._deliver(p, buf)
-            self._wants.pop(p, None)
+            for token in self._wants.pop(p, ()):
+                if token in self._bufs:
+                    self._bufs[token][p] = buf
             if p == self._hash_next:
                 self._sha.update(buf)
                 self._hash_next += 1
@@ -185,7 +202,7 @@ class Download:
         if nxt is not None:
             self._ask(nxt)
         if finalize:
-            self._finalize()
+            self._worker.submit(self._finalize)
 
     def _sample_peers(self) -> None:
         try:
@@ -207,12 +224,13 @@ class Download:
                  {ip: round(b / 1e6, 1) for ip, b in sorted(by_ip.items())})
 
     def _finalize(self) -> None:
+        """On the worker: the whole-blob check's verdict, then libtorrent moves the file into the store."""
         self._log_swarm()
         if self._sha.hexdigest() != self.digest.hex:
             log.error("%s: whole blob does not match its digest: torrent %s is poisoned", self.name, self.lt.info_hash)
             self._fail(DigestMismatch(f"{self.digest}: downloaded bytes do not match the digest"), delete=True)
             if self._on_mismatch:
-                threading.Thread(target=self._on_mismatch, args=(self,), daemon=True).start()
+                self._worker.submit(self._on_mismatch, self)
             return
         # Verified: let libtorrent move its own file (never rename under a live torrent).
         try:
@@ -221,6 +239,10 @@ class Download:
             self._fail(SwarmError(f"could not move {self.digest}: {exc}"), delete=True)
 
     def _adopt(self) -> None:
+        """On the worker: record the moved file in the store (index and torrent written to disk)."""
+        with self._cond:
+            if self.complete.is_set() or self._ending:
+                return
         try:
             self.store.save_torrent(self.digest, self.lt.metainfo)
             self.store.adopt(self.digest, self.lt.size, reserved=self._reserved)
@@ -236,21 +258,68 @@ class Download:
         log.info("%s downloaded, verified, seeding from the store", self.name)
         if self._on_done:
             self._on_done(self)
+        self._worker.stop()
 
-    # -- reader side -------------------------------------------------------
-    def _want(self, reader, p: int) -> None:
+    # -- reader side (LayerStream) ----------------------------------------
+    @property
+    def readers(self) -> int:
         with self._cond:
-            self._wants.setdefault(p, {})[id(reader)] = reader
+            return len(self._bufs)
+
+    def add_reader(self) -> int:
+        """A token for a new reader; pieces it requests are kept for it until it takes them."""
+        with self._cond:
+            token = next(self._tokens)
+            self._bufs[token] = {}
+            return token
+
+    def remove_reader(self, token: int) -> None:
+        with self._cond:
+            self._bufs.pop(token, None)
+            for p in list(self._wants):
+                self._wants[p].discard(token)
+                if not self._wants[p]:
+                    del self._wants[p]
+
+    def request(self, token: int, first: int) -> None:
+        """The reader needs piece ``first`` now and the next ``prefetch`` soon: deadlines and reads."""
+        self._set_window(first)
+        for p in range(first, min(self.n, first + 1 + self.cfg.prefetch)):
+            self._want(token, p)
+
+    def take(self, token: int, p: int, last: bool, wait: float = 0.5) -> bytes | None:
+        """Piece ``p`` for the reader (the last one only once the blob verified), else None after
+        waiting up to ``wait`` seconds.  Raises the download's error."""
+        with self._cond:
+            if self.error is not None:
+                raise self.error
+            bufs = self._bufs.get(token, {})
+            if p in bufs and (not last or self.verified):
+                return bufs.pop(p)
+            if not self.verified:
+                self._cond.wait(wait)
+            return None
+
+    def has_piece(self, p: int) -> bool:
+        with self._cond:
+            return bool(self._have[p]) or self.verified
+
+    def ask_again(self, token: int, p: int) -> None:
+        """A read_piece answer got lost (dropped alert, raced the move): read the piece again."""
+        with self._cond:
+            if p in self._bufs.get(token, {}):
+                return
+            self._reads.pop(p, None)
+        self._want(token, p)
+
+    def _want(self, token: int, p: int) -> None:
+        with self._cond:
+            if p in self._bufs.get(token, {}):
+                return
+            self._wants.setdefault(p, set()).add(token)
             have = self._have[p] or self.verified
         if have:
             self._ask(p)
-
-    def _unwant(self, reader) -> None:
-        with self._cond:
-            for p in list(self._wants):
-                self._wants[p].pop(id(reader), None)
-                if not self._wants[p]:
-                    del self._wants[p]
 
     def _set_window(self, first: int) -> None:
         if self.verified or self.torrent is None:
@@ -267,7 +336,7 @@ class Download:
         except Exception:
             pass
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         """Refresh progress from the session (bytes inside unfinished pieces count too)."""
         now = time.monotonic()
         if now - self._last_poll < 0.5 or self.torrent is None or self.complete.is_set():
@@ -287,135 +356,5 @@ class Download:
         with self._cond:
             return 0.0 if self.complete.is_set() else time.monotonic() - self._last_progress
 
-    def stream(self, offset: int = 0) -> "LayerStream":
+    def stream(self, offset: int = 0) -> LayerStream:
         return LayerStream(self, offset)
-
-
-class LayerStream:
-    """An in-order byte iterator over a layer from ``offset``; ``yielded`` counts bytes given out.
-
-    Buffering is bounded: at most ``prefetch + 1`` pieces per reader.  Raises
-    SwarmError on a stall (the caller continues from ``offset + yielded`` at
-    the origin), DigestMismatch if the whole blob turns out wrong.
-    """
-
-    def __init__(self, dl: Download, offset: int = 0):
-        if not 0 <= offset <= dl.lt.size:
-            raise ValueError(f"offset {offset} outside 0..{dl.lt.size}")
-        self.dl = dl
-        self.size = dl.lt.size
-        self.offset = offset
-        self.yielded = 0
-        self.first_byte_at: float | None = None
-        self._bufs: dict = {}
-        self._closed = False
-        self._file = None
-        with dl._cond:
-            dl.readers += 1
-
-    def _deliver(self, p: int, buf: bytes) -> None:  # under dl._cond
-        if not self._closed:
-            self._bufs[p] = buf
-
-    def __iter__(self):
-        dl, plen = self.dl, self.dl.lt.piece_length
-        pos = self.offset
-        try:
-            while pos < self.size:
-                p = pos // plen
-                dl._set_window(p)
-                for q in range(p, min(dl.n, p + 1 + dl.cfg.prefetch)):
-                    if q not in self._bufs:
-                        dl._want(self, q)
-                buf = self._wait(p, last=(p == dl.n - 1))
-                start = pos - p * plen
-                chunk = buf[start:]
-                pos += len(chunk)
-                with dl._cond:
-                    self._bufs.pop(p, None)
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.monotonic()
-                self.yielded += len(chunk)
-                yield chunk
-        finally:
-            self.close()
-
-    def _wait(self, p: int, last: bool) -> bytes:
-        dl = self.dl
-        asked = began = time.monotonic()
-        while True:
-            with dl._cond:
-                buf = self._bufs.get(p)
-                if dl.error is not None:
-                    raise dl.error
-                if buf is not None and (not last or dl.verified):
-                    return buf
-                verified = dl.verified
-                have = dl._have[p] or verified
-                if not verified:
-                    dl._cond.wait(0.5)
-            if verified:
-                # The blob is whole, checked and in the store: read it from there.
-                return self._read_stored(p)
-            dl._poll()
-            now = time.monotonic()
-            if dl.stalled_for() > dl.cfg.stall_timeout:
-                raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {dl.cfg.stall_timeout:.0f}s")
-            if not have and now - began > dl.cfg.stall_timeout:
-                # Bytes keep arriving (a peer sending junk that fails the hash looks like
-                # progress) but not this reader's piece: give the reader up to the origin.
-                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
-                                 f"{dl.cfg.stall_timeout:.0f}s")
-            if have and self._bufs.get(p) is None and now - asked > dl.cfg.piece_read_timeout:
-                # read_piece answer lost (dropped alert or raced the move): ask again.
-                with dl._cond:
-                    dl._reads.pop(p, None)
-                dl._want(self, p)
-                asked = now
-
-    def _read_stored(self, p: int) -> bytes:
-        if self._file is None:
-            self._file = open(self.dl.store.layer_path(self.dl.digest), "rb")
-        start, end = self.dl.lt.piece_range(p)
-        self._file.seek(start)
-        return self._file.read(end - start)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._file is not None:
-            self._file.close()
-        self.dl._unwant(self)
-        with self.dl._cond:
-            self._bufs.clear()
-            self.dl.readers -= 1
-
-
-class FileStream:
-    """The same reader interface over a blob already in the store."""
-
-    def __init__(self, store, digest, offset: int = 0, chunk: int = 1 << 20):
-        self.f = store.open(digest)
-        self.size = store.size_of(digest)
-        self.offset = offset
-        self.yielded = 0
-        self.chunk = chunk
-        self.first_byte_at = None
-
-    def __iter__(self):
-        try:
-            self.f.seek(self.offset)
-            while True:
-                b = self.f.read(self.chunk)
-                if not b:
-                    return
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.monotonic()
-                self.yielded += len(b)
-                yield b
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.f.close()

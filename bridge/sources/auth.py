@@ -81,10 +81,6 @@ class Authenticator:
             return {"Authorization": "Bearer " + self.upstream.token}
         return {}
 
-    def forget(self, repo: str) -> None:
-        with self._lock:
-            self._tokens.pop(repo, None)
-
     def handle_401(self, resp: requests.Response, repo: str) -> bool:
         """React to a 401; True when a retry with new headers makes sense."""
         ch = parse_challenge(resp.headers.get("WWW-Authenticate"))

@@ -27,9 +27,8 @@ Contract for implementations:
 * ``source`` names where bytes came from for the counters
   (``origin`` / ``store`` / ``peer`` / ``relay``).
 
-A swarm-backed source is meant to wrap :class:`OriginBlobSource` (store hit
--> file; swarm -> iterator; otherwise delegate to the origin source), see
-:class:`ChainBlobSource` for the simplest such composition.
+The swarm-backed source (sources/swarm.py) wraps :class:`OriginBlobSource`:
+store hit -> file; swarm -> iterator; otherwise delegate to the origin source.
 """
 from __future__ import annotations
 
@@ -172,23 +171,6 @@ def _stream(r, skip: int, length: int, verifier) -> Iterator[bytes]:
         raise
     finally:
         r.close()
-
-
-class ChainBlobSource:
-    """Try ``first`` (e.g. a store/swarm source); on ``LookupError`` use ``fallback``.
-
-    ``first.open`` raising ``LookupError`` means "not here, ask the next one".
-    """
-
-    def __init__(self, first: BlobSource, fallback: BlobSource):
-        self.first = first
-        self.fallback = fallback
-
-    def open(self, req: BlobRequest) -> BlobResponse:
-        try:
-            return self.first.open(req)
-        except LookupError:
-            return self.fallback.open(req)
 
 
 EMPTY = Digest.of_bytes(b"")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -95,6 +96,9 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
         if p not in ses.t.reads:
             disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
     assert ses.t.deadlines, "the reader set deadlines ahead of itself"
+    deadline = time.monotonic() + 10   # the verdict and the move run on the download's worker
+    while ses.t.moved_to is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert ses.t.moved_to == store.layers_dir  # verified: libtorrent moves its own file
     (store.layers_dir / name).write_bytes(data)  # what move_storage would have done
     disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
@@ -112,9 +116,30 @@ def test_disk_full_reaches_the_reader_as_store_full(tmp_path):
 
 
 def test_stall_is_detected_in_configured_time(tmp_path):
-    import time
     data, lt_, ses, store, dl = _setup(tmp_path, stall_timeout=1.0)
     t0 = time.monotonic()
     with pytest.raises(SwarmError, match="stalled"):
         next(iter(dl.stream()))
     assert 0.9 < time.monotonic() - t0 < 5
+
+
+def test_alert_thread_never_waits_for_the_move_or_the_store(tmp_path):
+    data, lt_, ses, store, dl = _setup(tmp_path)
+    name = str(lt_.digest)
+    moving, go_on = threading.Event(), threading.Event()
+
+    def slow_move(path):   # a slow disk: the move (and what follows) must not hold up other torrents' alerts
+        moving.set()
+        go_on.wait(10)
+        ses.t.moved_to = path
+    ses.t.move_storage = slow_move
+    disp = ses.dispatcher.dispatch
+    t0 = time.monotonic()
+    for p in range(lt_.num_pieces):
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert time.monotonic() - t0 < 2 and moving.wait(10)
+    go_on.set()
+    (store.layers_dir / name).write_bytes(data)
+    disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
+    assert dl.complete.wait(10) and dl.verified and lt_.digest in store

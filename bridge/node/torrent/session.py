@@ -48,23 +48,11 @@ class Torrent:
     def read_piece(self, piece: int) -> None:
         self._call("read_piece", piece)
 
-    def have_piece(self, piece: int) -> bool:
-        return bool(self._call("have_piece", piece))
-
     def set_piece_deadline(self, piece: int, ms: int) -> None:
         self._call("set_piece_deadline", piece, int(ms))
 
-    def reset_piece_deadline(self, piece: int) -> None:
-        self._call("reset_piece_deadline", piece)
-
-    def clear_piece_deadlines(self) -> None:
-        self._call("clear_piece_deadlines")
-
     def move_storage(self, path: str) -> None:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
-
-    def force_reannounce(self) -> None:
-        self._call("force_reannounce", 0, -1)
 
     def peers(self) -> list:
         """Connected peers: address, whether a seed, payload bytes we got from / sent to each."""
@@ -178,10 +166,6 @@ class TorrentSession:
     def get(self, name: str) -> Torrent | None:
         with self._lock:
             return self._torrents.get(name)
-
-    def names(self) -> list:
-        with self._lock:
-            return list(self._torrents)
 
     def remove(self, name: str, delete_files: bool = False) -> None:
         with self._lock:

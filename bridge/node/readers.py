@@ -1,0 +1,116 @@
+"""In-order byte readers over a layer: from a swarm :class:`~.stream.Download`, or from the store.
+
+Both have the same interface: iterate bytes from ``offset``; ``yielded``
+counts bytes given out; ``first_byte_at`` is when the first came.
+"""
+from __future__ import annotations
+
+import time
+
+from layerswarm.bridge.format.errors import SwarmError
+
+
+class LayerStream:
+    """An in-order byte iterator over a layer from ``offset``; ``yielded`` counts bytes given out.
+
+    Buffering is bounded: at most ``prefetch + 1`` pieces per reader.  Raises
+    SwarmError on a stall (the caller continues from ``offset + yielded`` at
+    the origin), DigestMismatch if the whole blob turns out wrong.
+    """
+
+    def __init__(self, dl, offset: int = 0):
+        if not 0 <= offset <= dl.lt.size:
+            raise ValueError(f"offset {offset} outside 0..{dl.lt.size}")
+        self.dl = dl
+        self.size = dl.lt.size
+        self.offset = offset
+        self.yielded = 0
+        self.first_byte_at: float | None = None
+        self._closed = False
+        self._file = None
+        self._token = dl.add_reader()
+
+    def __iter__(self):
+        dl, plen = self.dl, self.dl.lt.piece_length
+        pos = self.offset
+        try:
+            while pos < self.size:
+                p = pos // plen
+                dl.request(self._token, p)
+                buf = self._wait(p, last=(p == dl.n - 1))
+                chunk = buf[pos - p * plen:]
+                pos += len(chunk)
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.monotonic()
+                self.yielded += len(chunk)
+                yield chunk
+        finally:
+            self.close()
+
+    def _wait(self, p: int, last: bool) -> bytes:
+        dl, cfg = self.dl, self.dl.cfg
+        asked = began = time.monotonic()
+        while True:
+            buf = dl.take(self._token, p, last)
+            if buf is not None:
+                return buf
+            if dl.verified:
+                # The blob is whole, checked and in the store: read it from there.
+                return self._read_stored(p)
+            dl.poll()
+            now = time.monotonic()
+            if dl.stalled_for() > cfg.stall_timeout:
+                raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {cfg.stall_timeout:.0f}s")
+            have = dl.has_piece(p)
+            if not have and now - began > cfg.stall_timeout:
+                # Bytes keep arriving (a peer sending junk that fails the hash looks like
+                # progress) but not this reader's piece: give the reader up to the origin.
+                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
+                                 f"{cfg.stall_timeout:.0f}s")
+            if have and now - asked > cfg.piece_read_timeout:
+                dl.ask_again(self._token, p)
+                asked = now
+
+    def _read_stored(self, p: int) -> bytes:
+        if self._file is None:
+            self._file = open(self.dl.store.layer_path(self.dl.digest), "rb")
+        start, end = self.dl.lt.piece_range(p)
+        self._file.seek(start)
+        return self._file.read(end - start)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+        self.dl.remove_reader(self._token)
+
+
+class FileStream:
+    """The same reader interface over a blob already in the store."""
+
+    def __init__(self, store, digest, offset: int = 0, chunk: int = 1 << 20):
+        self.f = store.open(digest)
+        self.size = store.size_of(digest)
+        self.offset = offset
+        self.yielded = 0
+        self.chunk = chunk
+        self.first_byte_at = None
+
+    def __iter__(self):
+        try:
+            self.f.seek(self.offset)
+            while True:
+                b = self.f.read(self.chunk)
+                if not b:
+                    return
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.monotonic()
+                self.yielded += len(b)
+                yield b
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.f.close()

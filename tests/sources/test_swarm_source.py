@@ -1,0 +1,251 @@
+"""The swarm source's decisions, in-process: store, swarm, lease holder, relay, origin fallbacks."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
+from layerswarm.bridge.format.names import ByteRange
+from tests.sources.fakes import FakeRelays, FakeSwarm, Host, blob, torrent
+
+SIZE = 600_000
+
+
+def test_store_hit_asks_nobody(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    w = h.store.writer(d, len(data))
+    w.write(data)
+    w.commit()
+    res, body = h.get(d, ByteRange(10, 99))
+    assert res.source == "store" and body == data[10:100]
+    assert h.tracker.calls == [] and h.origin.requests == []
+
+
+def test_published_torrent_is_streamed_from_the_swarm(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert res.source == "peer" and body == data
+    assert h.tracker.names() == ["get_metainfo"] and h.origin.requests == []
+    assert h.metrics.bytes == {"peer": len(data)}
+    _, body = h.get(d, ByteRange(1000, 1999))   # a range starts the stream at its offset
+    assert body == data[1000:2000] and h.swarm.calls[-1] == (d, 1000)
+
+
+def test_lease_holder_fetches_from_the_origin_stores_publishes_and_releases(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    res, body = h.get(d)
+    assert res.source == "origin" and body == data
+    h.wait_idle(d)
+    assert h.store.size_of(d) == len(data) and h.published == [d]
+    assert h.tracker.names() == ["get_metainfo", "lease", "release_lease"]
+    assert h.origin.requests == [(d, None, False)]
+    res, _ = h.get(d)
+    assert res.source == "store"
+
+
+def test_tiny_blob_keeps_its_lease_so_late_bridges_relay_from_us(tmp_path):
+    d, data = blob(500)   # below tiny_bytes: no torrent will ever say where it is
+    h = Host(tmp_path, {d: data})
+    _, body = h.get(d)
+    h.wait_idle(d)
+    assert body == data and h.store.size_of(d) == 500 and h.published == []
+    assert "release_lease" not in h.tracker.names()
+
+
+def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, relays=FakeRelays(data))
+    h.tracker.lease_answer = {"role": "relay", "source": {"url": "http://holder.invalid"}}
+    res, body = h.get(d)
+    assert body == data and res.source == "relay" and h.origin.requests == []
+    h.wait_idle(d)
+    assert h.store.size_of(d) == len(data) and "release_lease" not in h.tracker.names()
+
+    d2, data2 = blob(SIZE, b"cut")
+    h2 = Host(tmp_path / "2", {d2: data2}, relays=FakeRelays(data2, fail_at=250_000))
+    h2.tracker.lease_answer = h.tracker.lease_answer
+    res, body = h2.get(d2)
+    h2.wait_idle(d2)
+    assert body == data2 and h2.store.size_of(d2) == len(data2)
+    assert h2.origin.requests == [(d2, 200_000, False)]   # continued at the bytes written so far
+    assert h2.metrics.bytes == {"relay": 200_000, "origin": len(data2) - 200_000}
+
+
+def test_relay_with_wrong_bytes_is_cut_and_never_asked_again(tmp_path):
+    d, data = blob(SIZE)
+    bad, reading = bytes(len(data)), threading.Event()
+    h = Host(tmp_path, {d: data}, relays=FakeRelays(data, bad_bytes=bad, hold_last=reading))
+    h.tracker.lease_answer = {"role": "relay", "source": {"url": "http://liar.invalid"}}
+    body = iter(h.source.open(h.request(d)).body)
+    first = next(body)
+    assert 0 < len(first) < len(data) and first == bad[:len(first)]   # the client has wrong bytes already...
+    reading.set()
+    with pytest.raises(DigestMismatch):           # ...so the answer is cut, never ends cleanly
+        for _ in body:
+            pass
+    h.wait_idle(d)
+    assert h.store.size_of(d) is None and h.relays.is_bad("http://liar.invalid")
+    _, body = h.get(d)                            # same relay offered again: the origin instead
+    assert body == data and len(h.relays.opened) == 1 and h.origin.requests == [(d, None, False)]
+
+
+def test_tracker_down_goes_to_the_origin_then_backs_off(tmp_path):
+    now = [1000.0]
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, clock=lambda: now[0])
+    h.tracker.failing = h.tracker.ALL
+    res, body = h.get(d)
+    h.wait_idle(d)
+    assert body == data and res.source == "origin" and h.tracker.names() == ["get_metainfo"]
+    assert h.store.size_of(d) == len(data) and h.published == []   # no tracker: nothing published
+    d2, data2 = blob(SIZE, b"second")
+    h.origin.blobs[d2] = data2
+    _, body = h.get(d2)                                         # within the back-off: tracker not asked
+    h.wait_idle(d2)
+    assert body == data2 and h.tracker.names() == ["get_metainfo"]
+    now[0] += h.cfg.swarm.tracker_backoff + 1                         # back-off over: asked again
+    d3, data3 = blob(SIZE, b"third")
+    h.origin.blobs[d3] = data3
+    h.tracker.failing = set()
+    _, body = h.get(d3)
+    h.wait_idle(d3)
+    assert body == data3 and h.tracker.names() == ["get_metainfo", "get_metainfo", "lease", "release_lease"]
+
+
+def test_tracker_failing_on_the_lease_falls_back_to_the_origin(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    h.tracker.failing = {"lease"}
+    res, body = h.get(d)
+    h.wait_idle(d)
+    assert body == data and h.store.size_of(d) == len(data) and h.backoff.down()
+    assert h.tracker.names() == ["get_metainfo", "lease"] and h.published == []  # kept locally, no torrent
+
+
+def test_swarm_stall_mid_stream_continues_from_the_origin_at_the_offset(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=350_000))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert body == data and res.source == "origin"
+    assert h.origin.requests == [(d, 350_000, False)] and h.swarm.closed == 1
+    _, body = h.get(d, ByteRange(100_000, 499_999))    # a range continues at its own offset too
+    assert body == data[100_000:500_000] and h.origin.requests[-1] == (d, 450_000, False)
+
+
+def test_swarm_unusable_before_the_first_byte_fetches_instead(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=_raising(SwarmError("no peers (fake)")))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    h.wait_idle(d)
+    # With a torrent published the fetch goes straight to the origin (no lease to wait for).
+    assert body == data and h.tracker.names() == ["get_metainfo"] and h.store.size_of(d) == len(data)
+
+
+def test_poisoned_torrent_cuts_the_answer_and_is_not_used_again(tmp_path):
+    d, data = blob(SIZE)
+    swarm = FakeSwarm(data, fail_at=SIZE - 1000, fail=DigestMismatch("whole blob does not match (fake)"))
+    h = Host(tmp_path, {d: data}, swarm=swarm)
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert isinstance(body, DigestMismatch) and h.origin.requests == []   # a cut, no origin patch-up
+    res, body = h.get(d)
+    assert body == data and len(swarm.calls) == 1       # the same torrent is not streamed again
+
+
+def test_wrong_bytes_from_the_swarm_after_a_stall_are_caught_by_the_whole_blob_hash(tmp_path):
+    d, data = blob(SIZE)
+    bad = bytearray(data)
+    bad[10] ^= 1
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=300_000, bad=bytes(bad)))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert isinstance(body, DigestMismatch)
+
+
+def test_head_never_starts_a_download(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data))
+    h.tracker.published[d] = torrent(data)
+    res = h.source.open(h.request(d, head=True))
+    assert res.size == len(data) and res.body is None and res.file is None
+    assert h.origin.requests == [(d, None, True)] and h.swarm.calls == [] and h.tracker.calls == []
+    assert h.source.active_fetch(d) is None
+
+
+def test_concurrent_requests_share_one_fetch(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    gate = threading.Event()
+    real_open = h.origin.open
+
+    def slow_open(req):
+        gate.wait(5)
+        return real_open(req)
+    h.origin.open = slow_open
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(h.get(d)[1])) for _ in range(3)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert out == [data] * 3 and h.tracker.names().count("lease") == 1 and len(h.origin.requests) == 1
+
+
+def _raising(exc):
+    def swarm(digest, offset, meta):
+        raise exc
+    return swarm
+
+
+def test_origin_failing_before_the_first_byte_answers_from_the_plain_origin(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    calls = []
+    real_open = h.origin.open
+
+    def flaky(req):
+        calls.append(req)
+        if len(calls) <= 3:        # the fetch's three attempts
+            raise UpstreamError("origin down (fake)")
+        return real_open(req)
+    h.origin.open = flaky
+    res, body = h.get(d)
+    assert body == data and len(calls) == 4 and h.store.size_of(d) is None
+
+
+def test_tracker_down_origin_fetches_take_turns_in_the_origin_slots(tmp_path):
+    blobs = dict(blob(SIZE, b"slot%d" % i) for i in range(3))
+    h = Host(tmp_path, blobs, origin_slots=1)
+    h.tracker.failing = h.tracker.ALL
+    h.backoff.failed()
+    lock, running, most = threading.Lock(), [0], [0]
+    real_open = h.origin.open
+
+    def counted(req):   # the slot is held from the origin request until the fetch is stored
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        res = real_open(req)
+
+        def body(inner):
+            yield from inner
+            with lock:
+                running[0] -= 1
+        res.body = body(res.body)
+        return res
+    h.origin.open = counted
+    out = {}
+    threads = [threading.Thread(target=lambda d=d: out.__setitem__(d, h.get(d)[1])) for d in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert out == blobs and most[0] == 1 and h.tracker.calls == []
