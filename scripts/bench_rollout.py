@@ -358,7 +358,9 @@ class Bench:
 
     def start_tracker(self):
         o = self.origin
-        argv = [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT]
+        # The fleet is this run's own sandbox (network namespaces): anonymous writes are fine there.
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT,
+                "--allow-anonymous-writes"]
         p = self.start(o, argv + self.a.tracker_arg, "tracker")
         self.wait_http(p, o, f"http://{o.ip}:{TRACKER_PORT}/healthz", ok=(404,))
         return p
