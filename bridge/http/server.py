@@ -1,9 +1,10 @@
 """The bridge's server: the registry mirror app under an embedded gunicorn, and the host's peer it owns.
 
-One worker process (it will own the host's single libtorrent session),
+One worker process (it owns the host's single libtorrent session),
 ``gthread`` with many threads so long blob streams never starve a manifest
-request, no worker recycling, no preload (the app — and later the session —
-is built in the worker by ``load()``), sendfile on.  SIGTERM: the arbiter
+request, no worker recycling, no preload (the app and the session are built
+in the worker by ``load()``: libtorrent's threads do not survive a fork),
+sendfile on.  SIGTERM: the arbiter
 stops the worker, which gets ``graceful_timeout`` seconds to finish.
 """
 from __future__ import annotations

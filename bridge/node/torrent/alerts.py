@@ -95,7 +95,7 @@ def to_event(a) -> Event | None:
 
 
 class Dispatcher:
-    """Routes events to handlers registered per layer (and to session-wide ones).
+    """Routes events to the handlers registered for their layer (DROPPED goes to every handler).
 
     A handler is any callable taking an Event.  Handlers run on the alert
     thread: they must be quick and never block on the session.
@@ -104,7 +104,6 @@ class Dispatcher:
     def __init__(self):
         self._lock = threading.Lock()
         self._by_name: dict = {}
-        self._global: list = []
 
     def subscribe(self, name: str, handler) -> None:
         with self._lock:
@@ -118,17 +117,12 @@ class Dispatcher:
             if not hs:
                 self._by_name.pop(name, None)
 
-    def subscribe_all(self, handler) -> None:
-        with self._lock:
-            self._global.append(handler)
-
     def dispatch(self, ev: Event) -> None:
         with self._lock:
             if ev.kind == DROPPED:
                 targets = [h for hs in self._by_name.values() for h in hs]
             else:
                 targets = list(self._by_name.get(ev.name, ()))
-            targets += self._global
         for h in targets:
             try:
                 h(ev)
