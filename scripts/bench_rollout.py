@@ -30,6 +30,10 @@ Sizes are MB = 10^6 bytes (``--host-mbps 40`` is 40 MB/s = 320 Mbit/s) and
 layer sizes are MiB. Everything is bounded in time (``--timeout`` per
 scenario, ``--deadline`` for the whole run) and all namespaces, tc rules and
 processes are removed on exit, error, SIGINT/SIGTERM/SIGHUP.
+
+Why one long file: the script re-runs itself inside each namespace for its
+child roles (``_push``, the clients), so everything a child needs travels in
+this one file; the namespace and tc primitives live apart in fleet.py.
 """
 from __future__ import annotations
 
