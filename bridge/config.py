@@ -239,6 +239,8 @@ class SwarmSection:
     cache_max: int | None = option(None, "layer store cap, e.g. 20G (LRU eviction)", parse=parse_size, metavar="SIZE")
     tiny_blob_bytes: int = option(1 << 20, "blobs below this get no torrent", metavar="N")
     relay_timeout: float = option(20.0, "relay source silent this long -> origin", metavar="S")
+    relay_min_rate: int = option(256 << 10, "a relay sending less than this per second (over each relay-timeout "
+                                 "window) is dropped for the origin, e.g. 256K", parse=parse_size, metavar="BYTES")
     lease_ttl: float = option(30.0, "cold-fetch lease TTL asked of the tracker", metavar="S")
     origin_slots: int = option(4, "concurrent origin fetches when the tracker is down", metavar="N")
     origin_jitter: float = option(2.0, "random delay before such a fetch, so a fleet does not stampede",

@@ -69,6 +69,7 @@ class Fetch:
         self.role = None
         self.writer = None
         self.relays_used: set = set()
+        self.origin_size: int | None = None
         self.keep_lease = False
         self.thread = threading.Thread(target=self._run, name=f"fetch-{req.digest.short()}", daemon=True)
 
@@ -139,8 +140,18 @@ class Fetch:
             try:
                 if relay_url:
                     self.kind = "relay"
+                    try:
+                        expected = self._origin_size()
+                    except RegistryError as exc:   # nothing to check the relay against: the origin decides
+                        log.warning("origin cannot confirm the size of %s (%s): not relaying", self.digest, exc)
+                        relay_url = None
+                        continue
                     self.relays_used.add(relay_url)
                     size, chunks = self.deps.relays.open(relay_url, self.digest, self.written)
+                    if size != expected:   # a lie that would make the store evict for nothing: blame it
+                        chunks.close()
+                        self.deps.relays.mark_bad([relay_url])
+                        raise UpstreamError(f"relay claims {size} bytes, the origin {expected}")
                 else:
                     self.kind = "origin"
                     res = self.deps.origin.open(BlobRequest(self.upstream, self.repo, self.digest,
@@ -180,6 +191,14 @@ class Fetch:
                     raise
                 log.warning("origin fetch of %s failed at %d (%s); retrying", self.digest, self.written, exc)
                 time.sleep(0.5 * attempts)
+
+    def _origin_size(self) -> int:
+        """The blob's size as the origin says it (a HEAD, no blob bytes), to check a relay's claim."""
+        if self.origin_size is None:
+            res = self.deps.origin.open(BlobRequest(self.upstream, self.repo, self.digest, None, head=True))
+            res.close()
+            self.origin_size = res.size
+        return self.origin_size
 
     def _start_writer(self, size: int) -> None:
         if self.writer is None:

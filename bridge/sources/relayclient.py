@@ -2,11 +2,14 @@
 
 ``GET <url>/_layerswarm/relay/<digest>?offset=N`` answers the bytes from N
 on and the whole blob's size in ``X-Layerswarm-Size``.  Relays whose bytes
-once failed the digest are remembered and never asked again.
+once failed the digest (or who lied about the size) are remembered and never
+asked again.  A relay that trickles is dropped: over every ``relay_timeout``
+window it must send at least ``min_rate`` bytes per second.
 """
 from __future__ import annotations
 
 import threading
+import time
 from typing import Iterator
 
 import requests
@@ -20,9 +23,11 @@ RELAY_PATH = "/_layerswarm/relay/"
 
 
 class RelayClient:
-    def __init__(self, connect_timeout: float, relay_timeout: float):
+    def __init__(self, connect_timeout: float, relay_timeout: float, min_rate: int = 0, clock=time.monotonic):
         self.connect_timeout = connect_timeout
         self.relay_timeout = relay_timeout   # no bytes this long -> the read fails (fail over)
+        self.min_rate = min_rate             # bytes/s over each relay_timeout window (0: no floor)
+        self.clock = clock
         self._lock = threading.Lock()
         self._bad: set = set()
 
@@ -38,7 +43,7 @@ class RelayClient:
         except (KeyError, ValueError):
             r.close()
             raise UpstreamError("relay answer without a size") from None
-        return size, _body(r)
+        return size, self._body(r)
 
     def is_bad(self, url: str) -> bool:
         with self._lock:
@@ -50,8 +55,21 @@ class RelayClient:
             self._bad.update(urls)
 
 
-def _body(r) -> Iterator[bytes]:
-    try:
-        yield from r.iter_content(CHUNK)
-    finally:
-        r.close()
+    def _body(self, r) -> Iterator[bytes]:
+        """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read)."""
+        window, floor = self.relay_timeout, self.min_rate * self.relay_timeout
+        started, got = self.clock(), 0
+        try:
+            while True:
+                chunk = r.raw.read1(CHUNK)
+                if not chunk:
+                    return
+                got += len(chunk)
+                yield chunk
+                now = self.clock()
+                if now - started >= window:
+                    if got < floor:
+                        raise UpstreamError(f"relay too slow: {got} bytes in {now - started:.0f}s")
+                    started, got = now, 0
+        finally:
+            r.close()

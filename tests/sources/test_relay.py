@@ -74,3 +74,33 @@ def test_bad_relays_are_remembered():
     client = RelayClient(connect_timeout=1, relay_timeout=1)
     client.mark_bad({"http://a.invalid"})
     assert client.is_bad("http://a.invalid") and not client.is_bad("http://b.invalid")
+
+
+class _Trickle:
+    """A relay response whose body arrives a few bytes at a time on a fake clock."""
+
+    def __init__(self, clock, step: float, n: int):
+        self.clock, self.step, self.left, self.closed = clock, step, n, False
+        self.raw = self
+
+    def read1(self, amt):
+        if not self.left:
+            return b""
+        self.left -= 1
+        self.clock[0] += self.step
+        return b"x" * 100
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_trickling_relay_is_dropped():
+    clock = [0.0]
+    client = RelayClient(1, relay_timeout=10, min_rate=1000, clock=lambda: clock[0])
+    r = _Trickle(clock, step=1.0, n=100)          # 100 bytes/s, below the 1000 bytes/s floor
+    with pytest.raises(UpstreamError, match="too slow"):
+        for _ in client._body(r):
+            pass
+    assert r.closed and clock[0] <= 11
+    fast = _Trickle(clock, step=0.01, n=500)      # 10 kB/s: fine
+    assert sum(len(c) for c in client._body(fast)) == 50_000

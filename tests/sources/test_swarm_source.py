@@ -62,7 +62,7 @@ def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
     h = Host(tmp_path, {d: data}, relays=FakeRelays(data))
     h.tracker.lease_answer = {"role": "relay", "source": {"url": "http://holder.invalid"}}
     res, body = h.get(d)
-    assert body == data and res.source == "relay" and h.origin.requests == []
+    assert body == data and res.source == "relay" and h.origin.requests == [(d, None, True)]  # a HEAD: the size
     h.wait_idle(d)
     assert h.store.size_of(d) == len(data) and "release_lease" not in h.tracker.names()
 
@@ -72,7 +72,7 @@ def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
     res, body = h2.get(d2)
     h2.wait_idle(d2)
     assert body == data2 and h2.store.size_of(d2) == len(data2)
-    assert h2.origin.requests == [(d2, 200_000, False)]   # continued at the bytes written so far
+    assert h2.origin.requests == [(d2, None, True), (d2, 200_000, False)]   # continued at the bytes written so far
     assert h2.metrics.bytes == {"relay": 200_000, "origin": len(data2) - 200_000}
 
 
@@ -91,7 +91,17 @@ def test_relay_with_wrong_bytes_is_cut_and_never_asked_again(tmp_path):
     h.wait_idle(d)
     assert h.store.size_of(d) is None and h.relays.is_bad("http://liar.invalid")
     _, body = h.get(d)                            # same relay offered again: the origin instead
-    assert body == data and len(h.relays.opened) == 1 and h.origin.requests == [(d, None, False)]
+    assert body == data and len(h.relays.opened) == 1 and h.origin.requests[-1] == (d, None, False)
+
+
+def test_a_relay_lying_about_the_size_is_blamed_and_the_origin_serves(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, relays=FakeRelays(data + b"x" * 10_000_000))   # claims far more
+    h.tracker.lease_answer = {"role": "relay", "source": {"url": "http://huge.invalid"}}
+    res, body = h.get(d)
+    h.wait_idle(d)
+    assert body == data and h.relays.is_bad("http://huge.invalid")
+    assert h.origin.requests == [(d, None, True), (d, None, False)] and h.metrics.bytes == {"origin": len(data)}
 
 
 def test_tracker_down_goes_to_the_origin_then_backs_off(tmp_path):
