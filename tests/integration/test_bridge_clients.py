@@ -13,6 +13,7 @@ import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.devstack import daemons as devstack
+from tests.fixtures import origin_blob_gets, stats
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def test_dockerd_mirror_pulls_library_image_through_bridge(docker, origin, start
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
     st = daemons.assert_bridge_served(bridge, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert gets == {str(b.digest): 1 for b in img.blobs}, "each blob leaves the origin exactly once"
     assert daemons.blob_bytes_from(st, "origin") >= sum(len(b.data) for b in img.layers)
 
@@ -39,7 +40,7 @@ def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, tracker, st
     docker.set_mirrors([bridge.url])
     docker.pull(f"{name}:v1")
     st = daemons.assert_bridge_served(bridge, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
 
     # Second pull (image removed locally): every blob comes from the bridge's store.
     docker.remove_all_images()
@@ -47,7 +48,7 @@ def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, tracker, st
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
     st2 = daemons.assert_bridge_served(bridge, img, before=st)
     layer_gets = {str(b.digest): gets[str(b.digest)] for b in img.layers}
-    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    now = origin_blob_gets(origin, f"library/{name}")
     assert {d: now[d] for d in layer_gets} == layer_gets, "second pull must not fetch layers from the origin"
     assert daemons.blob_bytes_from(st2, "store") - daemons.blob_bytes_from(st, "store") >= \
         sum(len(b.data) for b in img.layers)
@@ -62,8 +63,8 @@ def test_dockerd_pulls_alias_path_through_bridge(docker, origin, origin2, start_
     docker.pull(ref)
     assert docker.image_inspect(ref)["Id"] == str(img.config.digest)
     daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
-    assert daemons.origin_blob_gets(origin) == {}, "the default upstream is not involved"
+    assert set(origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
+    assert origin_blob_gets(origin) == {}, "the default upstream is not involved"
 
 
 def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, start_bridge, tmp_path, bridge_mode):
@@ -76,7 +77,7 @@ def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, sta
     containerd.pull(f"{host}/{name}:v1", tmp_path / "hosts")
     assert f"{host}/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
     daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
+    assert set(origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
 
 
 def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, start_bridge, tmp_path, bridge_mode):
@@ -91,7 +92,7 @@ def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, st
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
     daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, f"team/{name}")) == {str(b.digest) for b in img.blobs}
+    assert set(origin_blob_gets(origin2, f"team/{name}")) == {str(b.digest) for b in img.blobs}
 
 
 @pytest.mark.parametrize("oci", [True, False], ids=["oci-index", "docker-manifest-list"])
@@ -108,7 +109,7 @@ def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci, b
     info = docker.image_inspect(f"{name}:v1")
     assert info["Id"] == str(amd64.config.digest) and info["Architecture"] == "amd64"
     daemons.assert_bridge_served(bridge, amd64)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert set(gets) == {str(b.digest) for b in amd64.blobs}, "only linux/amd64 blobs are fetched"
 
 
@@ -163,7 +164,7 @@ def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, st
     ranges = proxy.ranges_for(str(layer.digest))
     assert ranges and ranges[0].startswith("bytes=") and ranges[0].endswith("-"), proxy.requests
     assert 0 < int(ranges[0][len("bytes="):-1]) <= 1 << 20
-    st = daemons.stats(bridge)
+    st = stats(bridge)
     assert st["requests"].get("blob GET 206", 0) >= 1, st
 
 
@@ -173,7 +174,7 @@ def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origi
     name = daemons.unique("missing")
     with pytest.raises(devstack.DaemonError):
         docker.docker("pull", f"{name}:v1", timeout=120)
-    st = daemons.stats(bridge)
+    st = stats(bridge)
     # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy
     assert any(k.startswith("manifest ") and k.endswith(" 404") for k in st["requests"]), st
     assert [p for m, p, s, _ in devstack.access_log(origin.log) if name in p], "the bridge asked the origin"
@@ -190,7 +191,7 @@ def test_dockerd_second_host_gets_layers_from_peers(docker, origin, tracker, sta
     docker.set_mirrors([first.url])
     docker.pull(f"{name}:v1")
     daemons.assert_bridge_served(first, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert all(gets.get(str(b.digest)) == 1 for b in img.layers), gets
 
     docker.remove_all_images()
@@ -199,5 +200,5 @@ def test_dockerd_second_host_gets_layers_from_peers(docker, origin, tracker, sta
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
     st = daemons.assert_bridge_served(second, img)
     assert daemons.blob_bytes_from(st, "peer") + daemons.blob_bytes_from(st, "relay") >= layer_bytes, st
-    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    now = origin_blob_gets(origin, f"library/{name}")
     assert all(now.get(str(b.digest)) == 1 for b in img.layers), f"layers left the origin again: {now}"

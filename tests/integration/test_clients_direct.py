@@ -7,6 +7,7 @@ so that a failure in the bridge tests is about the bridge, not the set-up.
 import pytest
 
 from layerswarm.bridge.devstack import daemons as devstack
+from tests.fixtures import origin_blob_gets, require_root
 from tests.integration import daemons
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ def test_dockerd_mirror_plain_registry(docker, origin):
     docker.set_mirrors([origin.url])
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert set(gets) == {str(b.digest) for b in img.blobs}
 
 
@@ -39,7 +40,7 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
     # containerd names the registry it wanted in ?ns= on every request
     paths = [p for m, p, s, _ in devstack.access_log(origin.log) if f"/team/{name}/" in p and m == "GET"]
     assert paths and all(f"ns={host}" in p for p in paths), paths
-    assert set(daemons.origin_blob_gets(origin, f"team/{name}")) == {str(b.digest) for b in img.blobs}
+    assert set(origin_blob_gets(origin, f"team/{name}")) == {str(b.digest) for b in img.blobs}
 
 
 def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
@@ -54,7 +55,7 @@ def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
 
 
 def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
-    daemons.require_root()
+    require_root()
     with pytest.raises(devstack.DaemonError) as exc:
         devstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
     msg = str(exc.value)
