@@ -8,14 +8,14 @@ import pytest
 
 from layerswarm.bridge.devstack import daemons as devstack
 from tests.fixtures import origin_blob_gets, require_root
-from tests.integration import daemons
+from tests.integration import helpers
 
 pytestmark = pytest.mark.slow
 
 
 def test_dockerd_mirror_plain_registry(docker, origin):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"library/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"library/{name}")
     docker.set_mirrors([origin.url])
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
@@ -31,8 +31,8 @@ def test_dockerd_without_mirror_stays_on_loopback(docker):
 
 
 def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"team/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"team/{name}")
     host = "registry.layerswarm.test"
     devstack.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
     containerd.pull(f"{host}/team/{name}:v1", tmp_path / "hosts")
@@ -44,8 +44,8 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
 
 
 def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"some/prefix/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"some/prefix/{name}")
     conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             origin.url.split("://", 1)[1] + "/some/prefix")
     out = tmp_path / "out"

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tests.fixtures import require_root
-from tests.integration import daemons
+from tests.integration import helpers
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_demo_keep_running_then_interrupt(tmp_path):
                 break
         url = re.search(r"(http://127\.0\.0\.1:\d+/_layerswarm/stats)", line).group(1)
         st = json.load(urllib.request.urlopen(url, timeout=10))
-        assert daemons.blob_responses(st) >= 2
+        assert helpers.blob_responses(st) >= 2
         p.send_signal(signal.SIGINT)
         rest, _ = p.communicate(timeout=120)
     finally:
