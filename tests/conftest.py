@@ -1,22 +1,9 @@
-"""Shared fixtures: real processes on loopback (see tests/procs.py)."""
+"""Every test's fixtures come from one module, tests/fixtures.py."""
 from __future__ import annotations
 
-import pytest
-
-from tests import procs
+pytest_plugins = ("tests.fixtures",)
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    p, url = procs.start_redis(tmp_path / "redis")
-    yield url
-    p.stop()
-
-
-@pytest.fixture
-def origin(tmp_path):
-    """A real docker-registry standing in as the origin; yields its base URL."""
-    p, url = procs.start_registry(tmp_path / "origin")
-    p.url = url
-    yield p
-    p.stop()
+def pytest_configure(config):
+    config.addinivalue_line("markers", "tracker_args(*flags): extra flags for the `tracker` process fixture")
+    config.addinivalue_line("markers", "tracker_config(**fields): tracker Config fields for `local_tracker`")

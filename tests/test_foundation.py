@@ -33,6 +33,7 @@ def test_infohash():
         InfoHash.from_hex("zz" * 20)
 
 
+@pytest.mark.slow  # a real docker-registry
 def test_imagegen_push_to_real_registry(origin):
     img = imagegen.make_image((4096, 8192), seed=b"foundation")
     digest = imagegen.push(origin.url, "library/demo", "v1", img)

@@ -53,6 +53,7 @@ def test_matches_libtorrent_create_torrent(tmp_path):
     assert str(theirs.info_hash()) == ours.info_hash.hex
 
 
+@pytest.mark.slow  # mktorrent is a process
 def test_matches_mktorrent(tmp_path):
     p, d, _ = _blob(tmp_path, 600_000)
     out = tmp_path / "m.torrent"

@@ -233,35 +233,47 @@ def layerswarm_argv(*args) -> list:
     return [sys.executable, "-m", "layerswarm.bridge.cli", *map(str, args)]
 
 
-def start_tracker(workdir: Path, port: int | None = None, extra=()) -> Daemon:
+def start_tracker(workdir: Path, port: int | None = None, extra=(), env=None) -> Daemon:
+    """``layerswarm tracker`` on loopback; ``.url``."""
     port = port or free_port()
     p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *extra),
-               Path(workdir) / "tracker.log", name="layerswarm tracker")
+               Path(workdir) / "tracker.log", name="layerswarm tracker", env=env)
     p.url = f"http://127.0.0.1:{port}"
     p.wait_http(p.url + "/healthz")
     return p
 
 
+def bridge_stats(url: str) -> dict:
+    """A bridge's JSON counters (``GET /_layerswarm/stats``, format in http/metrics.py)."""
+    return requests.get(url.rstrip("/") + "/_layerswarm/stats", timeout=10).json()
+
+
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
-                 tracker: str | None = None, port: int | None = None, extra=()) -> Daemon:
-    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.stats()``."""
+                 tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
+                 env=None, name: str = "layerswarm bridge") -> Daemon:
+    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``.
+
+    ``store`` defaults to ``workdir/store``; a restarted bridge passes its old one.
+    """
     workdir = Path(workdir)
     port = port or free_port()
-    store = workdir / "store"
+    store = Path(store) if store else workdir / "store"
     store.mkdir(parents=True, exist_ok=True)
     argv = ["bridge", "--listen", f"127.0.0.1:{port}", "--store-dir", store]
     if upstream:
         argv += ["--upstream", upstream]
-    for name, url in (aliases or {}).items():
-        argv += ["--alias", f"{name}={url}"]
+    for alias, url in (aliases or {}).items():
+        argv += ["--alias", f"{alias}={url}"]
     if tracker:
         # BitTorrent on loopback, on a port of its own
         argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}"]
     argv += list(extra)
-    p = Daemon(layerswarm_argv(*argv), workdir / "bridge.log", name="layerswarm bridge")
+    log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
+    p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
-    p.stats = lambda: requests.get(p.url + "/_layerswarm/stats", timeout=10).json()
+    p.store = store
+    p.stats = lambda: bridge_stats(p.url)
     p.wait_http(p.url + "/v2/")
     return p
 

@@ -55,8 +55,10 @@ Requests/sec:   1392.70
     assert bench_rollout.parse_wrk("Usage: wrk", "u")["errors"] >= 1
 
 
-needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
-                                 reason="needs root, ip and tc")
+def needs_netns(test):
+    """Root, ip and tc; slow: ``ip``/``tc`` are processes, and the host's namespaces change."""
+    return pytest.mark.slow(pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
+                                               reason="needs root, ip and tc")(test))
 
 
 @needs_netns

@@ -3,28 +3,20 @@
 another host like object storage)."""
 from __future__ import annotations
 
-import secrets
-import threading
 import time
-import warnings
 
 import pytest
 import requests
-from flask import Flask, Response, request
 
 from layerswarm.bridge.devstack import imagegen
+from tests.fixtures import TokenRegistry, htpasswd_config
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import crypt
+pytestmark = pytest.mark.slow  # real docker-registry origins, real bridge processes
 
 
 @pytest.fixture(scope="module")
 def basic_origin(registry_factory, tmp_path_factory):
-    d = tmp_path_factory.mktemp("htpasswd")
-    hashed = crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
-    (d / "htpasswd").write_text(f"alice:{hashed}\n")
-    reg = registry_factory(f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {d / 'htpasswd'}\n")
+    reg = registry_factory(htpasswd_config(tmp_path_factory.mktemp("htpasswd"), "alice", "s3cret"))
     s = requests.Session()
     s.auth = ("alice", "s3cret")
     img = imagegen.make_image((120_000,), seed=b"basic")
@@ -68,80 +60,6 @@ def test_upstream_rejects_us_is_401(start_bridge, basic_origin, creds):
     assert r.status_code == 401
 
 
-class BearerWorld:
-    """Token server + Bearer-enforcing registry proxy on 127.0.0.1, blob storage on 127.0.0.2."""
-
-    def __init__(self, origin_url, thread_server, expires_in=60):
-        self.origin = origin_url
-        self.expires_in = expires_in
-        self.tokens = {}
-        self.token_requests = []
-        self.storage_auth = []  # Authorization headers the "object storage" saw
-        self.lock = threading.Lock()
-        self.storage = thread_server(self._storage_app(), host="127.0.0.2")
-        self.registry = thread_server(self._registry_app())
-
-    def _storage_app(self):
-        app = Flask("storage")
-
-        @app.route("/data/<path:p>", methods=["GET", "HEAD"])
-        def data(p):
-            with self.lock:
-                self.storage_auth.append(request.headers.get("Authorization"))
-            h = {k: v for k, v in request.headers.items() if k.lower() == "range"}
-            r = requests.request(request.method, f"{self.origin}/v2/{p}", headers=h, stream=True, timeout=30)
-            out = {k: r.headers[k] for k in ("Content-Length", "Content-Range") if k in r.headers}
-            return Response(r.raw.stream(65536, decode_content=False), r.status_code, out,
-                            content_type="application/octet-stream", direct_passthrough=True)
-        return app
-
-    def _registry_app(self):
-        app = Flask("bearer-registry")
-
-        @app.route("/token")
-        def token():
-            a = request.authorization
-            with self.lock:
-                self.token_requests.append((request.args.get("service"), request.args.get("scope")))
-            if not a or (a.username, a.password) != ("bob", "tokpass"):
-                return Response("{}", 401)
-            tok = secrets.token_hex(16)
-            with self.lock:
-                self.tokens[tok] = (request.args.get("scope"), time.monotonic() + self.expires_in)
-            return {"access_token": tok, "expires_in": self.expires_in}
-
-        def challenge(scope):
-            extra = f',scope="{scope}"' if scope else ""
-            return Response('{"errors":[{"code":"UNAUTHORIZED","message":"token please"}]}', 401,
-                            {"WWW-Authenticate": f'Bearer realm="{self.registry.url}/token",'
-                                                 f'service="test-registry"{extra}',
-                             "Content-Type": "application/json"})
-
-        @app.route("/v2/", defaults={"p": ""}, methods=["GET", "HEAD"])
-        @app.route("/v2/<path:p>", methods=["GET", "HEAD"])
-        def v2(p):
-            repo = p.rsplit("/manifests/", 1)[0].rsplit("/blobs/", 1)[0] if p else ""
-            scope = f"repository:{repo}:pull" if repo else ""
-            auth = request.headers.get("Authorization", "")
-            tok = auth[7:] if auth.startswith("Bearer ") else None
-            with self.lock:
-                ok = tok in self.tokens and self.tokens[tok][1] > time.monotonic() and \
-                    self.tokens[tok][0] == scope
-            if not ok:
-                return challenge(scope)
-            if "/blobs/" in p and request.method == "GET":
-                return Response("", 307, {"Location": f"{self.storage.url}/data/{p}"})
-            h = {"Accept": request.headers.get("Accept", "")}
-            r = requests.request(request.method, f"{self.origin}/v2/{p}", headers=h, timeout=30)
-            out = {k: r.headers[k] for k in ("Content-Type", "Docker-Content-Digest", "Content-Length")
-                   if k in r.headers}
-            resp = Response(r.content, r.status_code, out)
-            if request.method == "HEAD" and "Content-Length" in r.headers:
-                resp.headers["Content-Length"] = r.headers["Content-Length"]
-            return resp
-        return app
-
-
 @pytest.fixture(scope="module")
 def plain_origin(registry_factory):
     reg = registry_factory()
@@ -152,7 +70,7 @@ def plain_origin(registry_factory):
 
 
 def test_bearer_token_flow_and_redirect_without_authorization(start_bridge, thread_server, plain_origin, tmp_path):
-    world = BearerWorld(plain_origin.url, thread_server, expires_in=3)
+    world = TokenRegistry(plain_origin.url, thread_server, expires_in=3)
     img = plain_origin.img
     b = start_bridge("--upstream", "http://127.0.0.1:9", "--alias", f"tok={world.registry.url}",
                      "--config", _toml(world, tmp_path))
@@ -175,7 +93,7 @@ def test_bearer_token_flow_and_redirect_without_authorization(start_bridge, thre
 
 
 def test_bearer_bad_credentials_is_401(start_bridge, thread_server, plain_origin):
-    world = BearerWorld(plain_origin.url, thread_server)
+    world = TokenRegistry(plain_origin.url, thread_server)
     b = start_bridge("--upstream", world.registry.url, "--upstream-user", "bob",
                      env={"LAYERSWARM_UPSTREAM_PASSWORD": "nope"})
     r = requests.get(f"{b.url}/v2/org/app/manifests/v1", timeout=20)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
 import pytest
 
 from layerswarm.bridge import config as bconfig
 from layerswarm.bridge.format.errors import UserError
+from tests.fixtures import run_cli
 
 
 def load(*argv, environ=None):
@@ -100,15 +99,14 @@ def test_store_dir_is_required():
 def test_print_and_check_config_cli(tmp_path):
     tok = tmp_path / "tok"
     tok.write_text("very-secret-token")
-    base = [sys.executable, "-m", "layerswarm.bridge.cli", "bridge", "--store-dir", str(tmp_path),
-            "--upstream", "http://127.0.0.1:9", "--admin-token-file", str(tok), "--token", "pub-secret",
-            "--lt-setting", "seed_choking_algorithm=1"]
-    p = subprocess.run([*base, "--print-config"], capture_output=True, text=True, timeout=60)
+    base = ["bridge", "--store-dir", str(tmp_path), "--upstream", "http://127.0.0.1:9", "--admin-token-file", str(tok),
+            "--token", "pub-secret", "--lt-setting", "seed_choking_algorithm=1"]
+    p = run_cli(*base, "--print-config")
     assert p.returncode == 0, p.stderr
     assert "very-secret-token" not in p.stdout and "pub-secret" not in p.stdout
     assert "[server]" in p.stdout and "[admin]" in p.stdout and "<redacted>" in p.stdout
     assert "seed_choking_algorithm = 1" in p.stdout
-    p = subprocess.run([*base, "--check-config"], capture_output=True, text=True, timeout=60)
+    p = run_cli(*base, "--check-config")
     assert p.returncode == 0 and "OK" in p.stdout
-    p = subprocess.run([*base, "--check-config", "--threads", "x"], capture_output=True, text=True, timeout=60)
+    p = run_cli(*base, "--check-config", "--threads", "x")
     assert p.returncode == 2 and "--threads" in p.stderr and "Traceback" not in p.stderr

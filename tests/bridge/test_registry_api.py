@@ -1,4 +1,4 @@
-"""The bridge as a pass-through mirror: real docker-registry origins, real gunicorn bridge."""
+"""The bridge as a pass-through mirror: real docker-registry origins, real gunicorn bridge (slow)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,10 @@ import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.format.digest import Digest
-from tests.bridge.conftest import Bridge
+from layerswarm.bridge.devstack import daemons as devstack
+from tests.fixtures import stats, upstream_count
+
+pytestmark = pytest.mark.slow
 
 DOCKERD_ACCEPTS = [  # dockerd sends these as six separate Accept headers
     imagegen.MT_DOCKER_MANIFEST, imagegen.MT_DOCKER_LIST, imagegen.MT_OCI_MANIFEST, imagegen.MT_OCI_INDEX,
@@ -36,8 +39,8 @@ def env(registry_factory, tmp_path_factory):
     imagegen.push(origin.url, "library/big", "v1", big)
     other = imagegen.make_image((70_000,), seed=b"second")
     imagegen.push(second.url, "team/tool", "v2", other)
-    b = Bridge(tmp_path_factory.mktemp("bridge"), "--upstream", origin.url,
-               "--alias", f"second={second.url}", "--tag-ttl", "2", "--read-timeout", "20")
+    b = devstack.start_bridge(tmp_path_factory.mktemp("bridge"), upstream=origin.url, aliases={"second": second.url},
+                              extra=("--tag-ttl", "2", "--read-timeout", "20"))
     yield dict(origin=origin, second=second, bridge=b, img=img, idx=idx, oci=oci, dlist=dlist, big=big,
                other=other)
     b.stop()
@@ -97,7 +100,7 @@ def test_manifest_head_and_get_with_six_accept_headers(env):
     assert r.status_code == 200 and r.content == img.manifest
     r = requests.head(f"{b.url}/v2/library/app/manifests/{img.manifest_digest}", timeout=10)
     assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(img.manifest)
-    st = b.stats()
+    st = stats(b)
     assert st["manifests"]["hit"] >= 2
     assert list((b.store / "manifests" / "sha256").glob(img.manifest_digest.hex))
 
@@ -138,7 +141,7 @@ def test_manifest_unknown(env):
 
 def test_blob_get_streams_correct_bytes(env):
     b, img = env["bridge"], env["img"]
-    before = b.stats()["blob_bytes"]["origin"]
+    before = stats(b)["blob_bytes"]["origin"]
     for blob in img.blobs:
         r = get(b, f"/v2/library/app/blobs/{blob.digest}", headers={"Accept-Encoding": "gzip"})
         assert r.status_code == 200, r.text
@@ -146,7 +149,7 @@ def test_blob_get_streams_correct_bytes(env):
         assert "Content-Encoding" not in r.headers
         assert int(r.headers["Content-Length"]) == len(blob.data)
         assert r.headers["Docker-Content-Digest"] == str(blob.digest)
-    assert b.stats()["blob_bytes"]["origin"] - before == sum(len(x.data) for x in img.blobs)
+    assert stats(b)["blob_bytes"]["origin"] - before == sum(len(x.data) for x in img.blobs)
 
 
 def test_blob_unknown(env):
@@ -159,21 +162,21 @@ def test_blob_unknown(env):
 def test_blob_head_never_downloads(env):
     b, origin, big = env["bridge"], env["origin"], env["big"]
     layer = big.layers[0]
-    gets_before = b.upstream_count("GET", "blob")
+    gets_before = upstream_count(b, "GET", "blob")
     r = requests.head(f"{b.url}/v2/library/big/blobs/{layer.digest}", timeout=10,
                       headers={"Accept-Encoding": "gzip"})
     assert r.status_code == 200 and r.content == b""
     assert int(r.headers["Content-Length"]) == len(layer.data)
     assert r.headers["Docker-Content-Digest"] == str(layer.digest)
-    assert b.upstream_count("GET", "blob") == gets_before
-    assert b.upstream_count("HEAD", "blob") >= 1
+    assert upstream_count(b, "GET", "blob") == gets_before
+    assert upstream_count(b, "HEAD", "blob") >= 1
     log = origin.log_text(tail=10**7)
     assert f"HEAD /v2/library/big/blobs/{layer.digest}" in log
     assert f"GET /v2/library/big/blobs/{layer.digest}" not in log
     # HEAD with a Range: 206 headers, still no body
     r = requests.head(f"{b.url}/v2/library/big/blobs/{layer.digest}", headers={"Range": "bytes=10-"}, timeout=10)
     assert r.status_code == 206 and r.headers["Content-Range"] == f"bytes 10-{len(layer.data) - 1}/{len(layer.data)}"
-    assert b.upstream_count("GET", "blob") == gets_before
+    assert upstream_count(b, "GET", "blob") == gets_before
 
 
 def test_range_206_and_416(env):
@@ -249,11 +252,11 @@ def test_alias_and_ns(env):
 ])
 def test_bad_input_rejected_before_upstream(env, path, code):
     b = env["bridge"]
-    before = sum(b.stats()["upstream_requests"].values())
+    before = sum(stats(b)["upstream_requests"].values())
     status, h, body = raw_request(b.url, "GET", path, [])
     assert status == 400, body
     assert json.loads(body)["errors"][0]["code"] == code
-    assert sum(b.stats()["upstream_requests"].values()) == before
+    assert sum(stats(b)["upstream_requests"].values()) == before
 
 
 @pytest.mark.parametrize("path", ["/v2/_catalog", "/v2/library/app/tags/list/x", "/nope", "/v2/library/app"])
@@ -279,7 +282,7 @@ def test_metrics_endpoints(env):
     text = get(b, "/metrics").text
     assert "layerswarm_bridge_requests_total" in text
     assert "layerswarm_bridge_blob_bytes_total" in text
-    st = b.stats()
+    st = stats(b)
     assert st["requests"].get("base GET 200", 0) >= 1
     assert set(st["blob_bytes"]) >= {"origin", "store", "peer", "relay"}
 
@@ -290,9 +293,9 @@ def test_tag_answers_cached_briefly(env):
     imagegen.push(origin.url, "library/retag", "t", img2)
     h = {"Accept": imagegen.MT_DOCKER_MANIFEST}
     assert get(b, "/v2/library/retag/manifests/t", headers=h).content == img2.manifest
-    heads = b.upstream_count("HEAD", "manifest")
+    heads = upstream_count(b, "HEAD", "manifest")
     assert get(b, "/v2/library/retag/manifests/t", headers=h).content == img2.manifest
-    assert b.upstream_count("HEAD", "manifest") == heads  # answered from the tag cache
+    assert upstream_count(b, "HEAD", "manifest") == heads  # answered from the tag cache
     img3 = imagegen.make_image((1000,), seed=b"retag-2")
     imagegen.push(origin.url, "library/retag", "t", img3)
     time.sleep(2.2)  # --tag-ttl 2

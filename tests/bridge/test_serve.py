@@ -1,51 +1,46 @@
-"""The real CLI process (gunicorn) and the BlobSource / peer seams."""
+"""The real CLI process (gunicorn), its argument checks and the BlobSource / peer seams."""
 from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
 import time
 
+import pytest
 import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.http.app import create_app
 from layerswarm.bridge import config as bconfig
 from layerswarm.bridge.sources.blobs import BlobResponse, OriginBlobSource, span
-from tests import procs
-from tests.bridge.conftest import Bridge
+from tests.fixtures import run_cli, stats
 
 
-def test_cli_bridge_pulls_blob_and_stops_on_sigterm(origin, tmp_path):
+@pytest.mark.slow
+def test_cli_bridge_pulls_blob_and_stops_on_sigterm(origin, start_bridge):
     img = imagegen.make_image((6 << 20,), seed=b"cli")
     imagegen.push(origin.url, "library/cli", "v1", img)
-    b = Bridge(tmp_path, "--upstream", origin.url, "--threads", "8")
-    try:
-        r = requests.get(f"{b.url}/v2/library/cli/manifests/v1", headers={"Accept": img.manifest_media_type},
-                         timeout=20)
-        assert r.status_code == 200 and r.headers["Server"].startswith("gunicorn")
-        layer = img.layers[0]
-        r = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", timeout=30)
-        assert hashlib.sha256(r.content).hexdigest() == layer.digest.hex
-        # SIGTERM with a stream in flight: clean exit within seconds
-        s = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", stream=True, timeout=30)
-        next(s.raw.stream(65536))
-        t0 = time.monotonic()
-        b.proc.signal(signal.SIGTERM)
-        rc = b.proc.popen.wait(15)
-        assert time.monotonic() - t0 < 10
-        assert rc == 0, b.proc.log_text()
-        s.close()
-    finally:
-        b.stop()
+    b = start_bridge("--threads", "8", upstream=origin.url)
+    r = requests.get(f"{b.url}/v2/library/cli/manifests/v1", headers={"Accept": img.manifest_media_type},
+                     timeout=20)
+    assert r.status_code == 200 and r.headers["Server"].startswith("gunicorn")
+    layer = img.layers[0]
+    r = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", timeout=30)
+    assert hashlib.sha256(r.content).hexdigest() == layer.digest.hex
+    # SIGTERM with a stream in flight: clean exit within seconds
+    s = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", stream=True, timeout=30)
+    next(s.raw.stream(65536))
+    t0 = time.monotonic()
+    b.signal(signal.SIGTERM)
+    rc = b.popen.wait(15)
+    assert time.monotonic() - t0 < 10
+    assert rc == 0, b.log_text()
+    s.close()
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    p = subprocess.run(procs.layerswarm_argv("bridge", "--store-dir", tmp_path, "--listen", "nope"),
-                       capture_output=True, text=True, timeout=60)
+    p = run_cli("bridge", "--store-dir", tmp_path, "--listen", "nope")
     assert p.returncode == 2 and "HOST:PORT" in p.stderr
-    p = subprocess.run(procs.layerswarm_argv("bridge", "--store-dir", tmp_path, "--alias", "x"),
-                       capture_output=True, text=True, timeout=60)
+    p = run_cli("bridge", "--store-dir", tmp_path, "--alias", "x")
     assert p.returncode == 2 and "NAME=URL" in p.stderr
 
 
@@ -65,6 +60,7 @@ class FileSource:
         return BlobResponse(size, start, end, file=None if req.head else open(path, "rb"), source="store")
 
 
+@pytest.mark.slow  # a real docker-registry origin
 def test_blob_source_seam(origin, tmp_path, thread_server):
     img = imagegen.make_image((700_000, 800_000), seed=b"seam")
     imagegen.push(origin.url, "library/seam", "v1", img)
@@ -86,6 +82,6 @@ def test_blob_source_seam(origin, tmp_path, thread_server):
     other = img.layers[1]  # not in the "store": falls back to the origin
     r = requests.get(u + str(other.digest), timeout=10)
     assert r.status_code == 200 and r.content == other.data
-    st = requests.get(srv.url + "/_layerswarm/stats", timeout=10).json()
+    st = stats(srv)
     assert st["blob_bytes"]["store"] == len(local.data) + 100 + len(local.data) - 1000
     assert st["blob_bytes"]["origin"] == len(other.data)

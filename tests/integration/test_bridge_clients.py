@@ -14,76 +14,77 @@ import requests
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.errors import DaemonError
-from tests.integration import daemons
+from tests.fixtures import origin_blob_gets, stats
+from tests.integration import helpers
 
 pytestmark = pytest.mark.slow
 
 
 def test_dockerd_mirror_pulls_library_image_through_bridge(docker, origin, start_bridge, bridge_mode):
     bridge = start_bridge(upstream=origin.url, **bridge_mode)
-    name = daemons.unique("app")
-    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 2 << 20, 300 << 10))
+    name = helpers.unique("app")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 2 << 20, 300 << 10))
     docker.set_mirrors([bridge.url])
 
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
-    st = daemons.assert_bridge_served(bridge, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    st = helpers.assert_bridge_served(bridge, img)
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert gets == {str(b.digest): 1 for b in img.blobs}, "each blob leaves the origin exactly once"
-    assert daemons.blob_bytes_from(st, "origin") >= sum(len(b.data) for b in img.layers)
+    assert helpers.blob_bytes_from(st, "origin") >= sum(len(b.data) for b in img.layers)
 
 
 def test_dockerd_second_pull_comes_from_bridge_store(docker, origin, tracker, start_bridge):
     bridge = start_bridge(upstream=origin.url, tracker=tracker.url)  # with a tracker the bridge keeps layers
-    name = daemons.unique("again")
-    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 200 << 10))
+    name = helpers.unique("again")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(1 << 20, 200 << 10))
     docker.set_mirrors([bridge.url])
     docker.pull(f"{name}:v1")
-    st = daemons.assert_bridge_served(bridge, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    st = helpers.assert_bridge_served(bridge, img)
+    gets = origin_blob_gets(origin, f"library/{name}")
 
     # Second pull (image removed locally): every blob comes from the bridge's store.
     docker.remove_all_images()
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
-    st2 = daemons.assert_bridge_served(bridge, img, before=st)
+    st2 = helpers.assert_bridge_served(bridge, img, before=st)
     layer_gets = {str(b.digest): gets[str(b.digest)] for b in img.layers}
-    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    now = origin_blob_gets(origin, f"library/{name}")
     assert {d: now[d] for d in layer_gets} == layer_gets, "second pull must not fetch layers from the origin"
-    assert daemons.blob_bytes_from(st2, "store") - daemons.blob_bytes_from(st, "store") >= \
+    assert helpers.blob_bytes_from(st2, "store") - helpers.blob_bytes_from(st, "store") >= \
         sum(len(b.data) for b in img.layers)
 
 
 def test_dockerd_pulls_alias_path_through_bridge(docker, origin, origin2, start_bridge, bridge_mode):
     bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
-    name = daemons.unique("team/app")
-    img = daemons.push_image(origin2.url, name)
+    name = helpers.unique("team/app")
+    img = helpers.push_image(origin2.url, name)
     ref = f"localhost:{bridge.port}/second/{name}:v1"
 
     docker.pull(ref)
     assert docker.image_inspect(ref)["Id"] == str(img.config.digest)
-    daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
-    assert daemons.origin_blob_gets(origin) == {}, "the default upstream is not involved"
+    helpers.assert_bridge_served(bridge, img)
+    assert set(origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
+    assert origin_blob_gets(origin) == {}, "the default upstream is not involved"
 
 
 def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, start_bridge, tmp_path, bridge_mode):
     bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
-    name = daemons.unique("team/app")
-    img = daemons.push_image(origin2.url, name)
+    name = helpers.unique("team/app")
+    img = helpers.push_image(origin2.url, name)
     host = origin2.url.split("://", 1)[1]  # 127.0.0.1:PORT -> ?ns=127.0.0.1:PORT -> alias "second"
     devstack.write_hosts_toml(tmp_path / "hosts", host, bridge.url, fallback=False)
 
     containerd.pull(f"{host}/{name}:v1", tmp_path / "hosts")
     assert f"{host}/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
-    daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
+    helpers.assert_bridge_served(bridge, img)
+    assert set(origin_blob_gets(origin2, name)) == {str(b.digest) for b in img.blobs}
 
 
 def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, start_bridge, tmp_path, bridge_mode):
     bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
-    name = daemons.unique("app")
-    img = daemons.push_image(origin2.url, f"team/{name}", oci=True)
+    name = helpers.unique("app")
+    img = helpers.push_image(origin2.url, f"team/{name}", oci=True)
     conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             f"127.0.0.1:{bridge.port}/second/team")
     out = tmp_path / "out"
@@ -91,14 +92,14 @@ def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, st
     devstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
-    daemons.assert_bridge_served(bridge, img)
-    assert set(daemons.origin_blob_gets(origin2, f"team/{name}")) == {str(b.digest) for b in img.blobs}
+    helpers.assert_bridge_served(bridge, img)
+    assert set(origin_blob_gets(origin2, f"team/{name}")) == {str(b.digest) for b in img.blobs}
 
 
 @pytest.mark.parametrize("oci", [True, False], ids=["oci-index", "docker-manifest-list"])
 def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci, bridge_mode):
     bridge = start_bridge(upstream=origin.url, **bridge_mode)
-    name = daemons.unique("multi")
+    name = helpers.unique("multi")
     amd64 = imagegen.make_image((512 << 10, 256 << 10), seed=secrets.token_bytes(8), oci=oci, arch="amd64")
     arm64 = imagegen.make_image((384 << 10,), seed=secrets.token_bytes(8), oci=oci, arch="arm64")
     index = imagegen.make_index([arm64, amd64], [("linux", "arm64"), ("linux", "amd64")], oci=oci)
@@ -108,15 +109,15 @@ def test_dockerd_pulls_multi_platform_index(docker, origin, start_bridge, oci, b
     docker.pull(f"{name}:v1")
     info = docker.image_inspect(f"{name}:v1")
     assert info["Id"] == str(amd64.config.digest) and info["Architecture"] == "amd64"
-    daemons.assert_bridge_served(bridge, amd64)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    helpers.assert_bridge_served(bridge, amd64)
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert set(gets) == {str(b.digest) for b in amd64.blobs}, "only linux/amd64 blobs are fetched"
 
 
 def test_blob_range_resume_against_bridge_process(origin, start_bridge, bridge_mode):
     bridge = start_bridge(upstream=origin.url, **bridge_mode)
-    name = daemons.unique("range")
-    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20,))
+    name = helpers.unique("range")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20,))
     layer = img.layers[0]
     url = f"{bridge.url}/v2/library/{name}/blobs/{layer.digest}"
     total = len(layer.data)
@@ -150,8 +151,8 @@ def test_blob_range_resume_against_bridge_process(origin, start_bridge, bridge_m
 def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, start_bridge, bridge_mode):
     from tests.integration.cutproxy import CutProxy
     bridge = start_bridge(upstream=origin.url, **bridge_mode)
-    name = daemons.unique("cut")
-    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(4 << 20,))
+    name = helpers.unique("cut")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(4 << 20,))
     layer = img.layers[0]
     proxy = CutProxy(bridge.port, str(layer.digest), cut_after=1 << 20)
     try:
@@ -164,17 +165,17 @@ def test_dockerd_resumes_a_cut_blob_with_range_through_bridge(docker, origin, st
     ranges = proxy.ranges_for(str(layer.digest))
     assert ranges and ranges[0].startswith("bytes=") and ranges[0].endswith("-"), proxy.requests
     assert 0 < int(ranges[0][len("bytes="):-1]) <= 1 << 20
-    st = daemons.stats(bridge)
+    st = stats(bridge)
     assert st["requests"].get("blob GET 206", 0) >= 1, st
 
 
 def test_dockerd_pull_of_unknown_image_fails_and_stays_on_loopback(docker, origin, start_bridge):
     bridge = start_bridge(upstream=origin.url)
     docker.set_mirrors([bridge.url])
-    name = daemons.unique("missing")
+    name = helpers.unique("missing")
     with pytest.raises(DaemonError):
         docker.docker("pull", f"{name}:v1", timeout=120)
-    st = daemons.stats(bridge)
+    st = stats(bridge)
     # dockerd asked the mirror first; its fallback to Docker Hub hit the dead loopback proxy
     assert any(k.startswith("manifest ") and k.endswith(" 404") for k in st["requests"]), st
     assert [p for m, p, s, _ in devstack.access_log(origin.log) if name in p], "the bridge asked the origin"
@@ -184,21 +185,21 @@ def test_dockerd_second_host_gets_layers_from_peers(docker, origin, tracker, sta
     """Two hosts (two bridges, one tracker): the second pull's layers come from the first bridge."""
     first = start_bridge(upstream=origin.url, tracker=tracker.url)
     second = start_bridge(upstream=origin.url, tracker=tracker.url)
-    name = daemons.unique("p2p")
-    img = daemons.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20, 2 << 20))
+    name = helpers.unique("p2p")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(3 << 20, 2 << 20))
     layer_bytes = sum(len(b.data) for b in img.layers)
 
     docker.set_mirrors([first.url])
     docker.pull(f"{name}:v1")
-    daemons.assert_bridge_served(first, img)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    helpers.assert_bridge_served(first, img)
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert all(gets.get(str(b.digest)) == 1 for b in img.layers), gets
 
     docker.remove_all_images()
     docker.set_mirrors([second.url])
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
-    st = daemons.assert_bridge_served(second, img)
-    assert daemons.blob_bytes_from(st, "peer") + daemons.blob_bytes_from(st, "relay") >= layer_bytes, st
-    now = daemons.origin_blob_gets(origin, f"library/{name}")
+    st = helpers.assert_bridge_served(second, img)
+    assert helpers.blob_bytes_from(st, "peer") + helpers.blob_bytes_from(st, "relay") >= layer_bytes, st
+    now = origin_blob_gets(origin, f"library/{name}")
     assert all(now.get(str(b.digest)) == 1 for b in img.layers), f"layers left the origin again: {now}"

@@ -8,18 +8,19 @@ import pytest
 
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.errors import DaemonError
-from tests.integration import daemons
+from tests.fixtures import origin_blob_gets, require_root
+from tests.integration import helpers
 
 pytestmark = pytest.mark.slow
 
 
 def test_dockerd_mirror_plain_registry(docker, origin):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"library/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"library/{name}")
     docker.set_mirrors([origin.url])
     docker.pull(f"{name}:v1")
     assert docker.image_inspect(f"{name}:v1")["Id"] == str(img.config.digest)
-    gets = daemons.origin_blob_gets(origin, f"library/{name}")
+    gets = origin_blob_gets(origin, f"library/{name}")
     assert set(gets) == {str(b.digest) for b in img.blobs}
 
 
@@ -31,8 +32,8 @@ def test_dockerd_without_mirror_stays_on_loopback(docker):
 
 
 def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"team/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"team/{name}")
     host = "registry.layerswarm.test"
     devstack.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
     containerd.pull(f"{host}/team/{name}:v1", tmp_path / "hosts")
@@ -40,12 +41,12 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
     # containerd names the registry it wanted in ?ns= on every request
     paths = [p for m, p, s, _ in devstack.access_log(origin.log) if f"/team/{name}/" in p and m == "GET"]
     assert paths and all(f"ns={host}" in p for p in paths), paths
-    assert set(daemons.origin_blob_gets(origin, f"team/{name}")) == {str(b.digest) for b in img.blobs}
+    assert set(origin_blob_gets(origin, f"team/{name}")) == {str(b.digest) for b in img.blobs}
 
 
 def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
-    name = daemons.unique("direct")
-    img = daemons.push_image(origin.url, f"some/prefix/{name}")
+    name = helpers.unique("direct")
+    img = helpers.push_image(origin.url, f"some/prefix/{name}")
     conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             origin.url.split("://", 1)[1] + "/some/prefix")
     out = tmp_path / "out"
@@ -55,7 +56,7 @@ def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
 
 
 def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
-    daemons.require_root()
+    require_root()
     with pytest.raises(DaemonError) as exc:
         devstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
     msg = str(exc.value)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from tests.integration import daemons
+from tests.fixtures import require_root
+from tests.integration import helpers
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +17,7 @@ def _demo(*args, timeout=600):
 
 
 def test_demo_pulls_generated_image_and_cleans_up(tmp_path):
-    daemons.require_root()
+    require_root()
     work = tmp_path / "demo"
     cp = _demo("--workdir", work, "--layers", "2", "--layer-mib", "2")
     out = cp.stdout + cp.stderr
@@ -56,7 +57,7 @@ def _procs_mentioning(text: str) -> list:
 
 
 def test_demo_temp_workdir_removed(tmp_path):
-    daemons.require_root()
+    require_root()
     env_tmp = tmp_path / "tmp"
     env_tmp.mkdir()
     cp = subprocess.run([sys.executable, "-m", "layerswarm.bridge.cli", "demo", "--layers", "1", "--layer-mib", "0.5"],
@@ -67,7 +68,7 @@ def test_demo_temp_workdir_removed(tmp_path):
 
 
 def test_demo_failure_is_one_clear_line(tmp_path):
-    daemons.require_root()
+    require_root()
     # An upstream nobody listens on: the pull fails, the demo says so and exits non-zero.
     cp = _demo("--workdir", tmp_path / "demo", "--upstream", "http://127.0.0.1:9", "--image", "nothing:here",
                timeout=300)
@@ -82,7 +83,7 @@ def test_demo_keep_running_then_interrupt(tmp_path):
     import signal
     import time
     import urllib.request
-    daemons.require_root()
+    require_root()
     work = tmp_path / "demo"
     p = subprocess.Popen([sys.executable, "-m", "layerswarm.bridge.cli", "demo", "--workdir", str(work), "--keep-running",
                           "--layers", "1", "--layer-mib", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -107,7 +108,7 @@ def test_demo_keep_running_then_interrupt(tmp_path):
                 break
         url = re.search(r"(http://127\.0\.0\.1:\d+/_layerswarm/stats)", line).group(1)
         st = json.load(urllib.request.urlopen(url, timeout=10))
-        assert daemons.blob_responses(st) >= 2
+        assert helpers.blob_responses(st) >= 2
         p.send_signal(signal.SIGINT)
         rest, _ = p.communicate(timeout=120)
     finally:

@@ -13,7 +13,7 @@ from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.node.stream import Download
 from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
-from tests.peer.conftest import blob_bytes
+from tests.fixtures import blob_bytes
 
 
 def test_dispatcher_routes_by_name_and_survives_bad_handlers():

@@ -1,24 +1,25 @@
-"""Peers in one process on loopback against a fake tracker: publish, seed, stream, verify."""
+"""Peers in one process on loopback against the real tracker app: publish, seed, stream, verify."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
-from layerswarm.bridge.config import StreamSection
-from tests.peer.conftest import add, blob_bytes
+import requests
+
+from tests.fixtures import add_blob as add, blob_bytes, run_cli
 
 
-def test_seed_then_stream_from_swarm(fake_tracker, make_peer):
+def test_seed_then_stream_from_swarm(local_tracker, make_peer):
     data = blob_bytes(5_000_000)
     d = Digest.of_bytes(data)
-    seeder = make_peer("seeder", fake_tracker.url)
+    seeder = make_peer("seeder", local_tracker.url)
     info = add(seeder, data)
-    assert info.source == "own" and str(d) in fake_tracker.metainfo
-    leech = make_peer("leech", fake_tracker.url)
+    assert info.source == "own"
+    assert requests.get(f"{local_tracker.url}/metainfo/{d}", timeout=10).status_code == 200
+    leech = make_peer("leech", local_tracker.url)
     s = leech.stream(d)
     out = b"".join(s)
     assert out == data and s.yielded == len(data)
@@ -26,21 +27,21 @@ def test_seed_then_stream_from_swarm(fake_tracker, make_peer):
     assert any(x.digest == d for x in leech.seeding())
 
 
-def test_stream_from_offset(fake_tracker, make_peer):
+def test_stream_from_offset(local_tracker, make_peer):
     data = blob_bytes(3_000_000, b"off")
     d = Digest.of_bytes(data)
-    add(make_peer("seeder", fake_tracker.url), data)
-    leech = make_peer("leech", fake_tracker.url)
+    add(make_peer("seeder", local_tracker.url), data)
+    leech = make_peer("leech", local_tracker.url)
     assert b"".join(leech.stream(d, offset=1_234_567)) == data[1_234_567:]
 
 
-def test_stall_without_peers_raises_swarm_error(fake_tracker, make_peer, tmp_path):
+def test_stall_without_peers_raises_swarm_error(local_tracker, make_peer, tmp_path):
     data = blob_bytes(2_000_000, b"stall")
     d = Digest.of_bytes(data)
-    seeder = make_peer("seeder", fake_tracker.url)
+    seeder = make_peer("seeder", local_tracker.url)
     add(seeder, data)
     seeder.close()  # the only seeder is gone: metainfo published, nobody to fetch from
-    leech = make_peer("leech", fake_tracker.url, stream=StreamSection(stall_timeout=2))
+    leech = make_peer("leech", local_tracker.url, stall_timeout=2)
     s = leech.stream(d)
     t0 = time.monotonic()
     with pytest.raises(SwarmError, match="stalled"):
@@ -48,14 +49,14 @@ def test_stall_without_peers_raises_swarm_error(fake_tracker, make_peer, tmp_pat
     assert time.monotonic() - t0 < 10 and s.yielded == 0
 
 
-def test_restart_seeds_without_recheck(fake_tracker, make_peer, tmp_path):
+def test_restart_seeds_without_recheck(local_tracker, make_peer, tmp_path):
     from layerswarm.bridge.node.torrent import alerts as ev
     data = blob_bytes(2_000_000, b"restart")
     d = Digest.of_bytes(data)
-    first = make_peer("host", fake_tracker.url)
+    first = make_peer("host", local_tracker.url)
     add(first, data)
     first.close()
-    again = make_peer("host", fake_tracker.url)
+    again = make_peer("host", local_tracker.url)
     states = []
     again.session.dispatcher.subscribe(str(d), lambda e: e.kind == ev.STATE and states.append(e.data["state"]))
     infos = again.seed_stored()
@@ -64,12 +65,12 @@ def test_restart_seeds_without_recheck(fake_tracker, make_peer, tmp_path):
     time.sleep(1.0)
     assert not any("checking" in s for s in states), states
     assert again.session.get(str(d)).status()["is_seeding"]
-    leech = make_peer("leech", fake_tracker.url)
+    leech = make_peer("leech", local_tracker.url)
     assert b"".join(leech.stream(d)) == data
 
 
-def test_eviction_stops_seeding(fake_tracker, make_peer):
-    p = make_peer("small", fake_tracker.url, cache_max=5_000_000)
+def test_eviction_stops_seeding(local_tracker, make_peer):
+    p = make_peer("small", local_tracker.url, cache_max=5_000_000)
     a = blob_bytes(2_000_000, b"ea")
     add(p, a)
     add(p, blob_bytes(2_000_000, b"eb"))
@@ -79,19 +80,21 @@ def test_eviction_stops_seeding(fake_tracker, make_peer):
     assert da not in {s.digest for s in p.seeding()} and len(p.seeding()) == 2
 
 
-def test_poisoned_torrent_raises_digest_mismatch_and_reports(fake_tracker, make_peer, tmp_path):
+@pytest.mark.tracker_config(quarantine_reports=1)
+def test_poisoned_torrent_raises_digest_mismatch_and_reports(local_tracker, make_peer, tmp_path):
     from layerswarm.bridge.format import layertorrent as tf
     real = blob_bytes(1_000_000, b"real")
     evil = blob_bytes(1_000_000, b"evil")
     d = Digest.of_bytes(real)
     h = tf.PieceHasher(len(evil))
     h.update(evil)
-    poisoned = tf.build_metainfo(d, len(evil), h.pieces(), [fake_tracker.url + "/announce"])
-    fake_tracker.metainfo[str(d)] = poisoned.metainfo
-    bad = make_peer("bad", fake_tracker.url)
+    poisoned = tf.build_metainfo(d, len(evil), h.pieces(), [local_tracker.url + "/announce"])
+    meta_url = f"{local_tracker.url}/metainfo/{d}"
+    assert requests.put(meta_url, data=poisoned.metainfo, timeout=10).status_code == 201
+    bad = make_peer("bad", local_tracker.url)
     (bad.store.layers_dir / str(d)).write_bytes(evil)  # the evil seeder serves pieces that match the torrent
-    bad.session.add(poisoned.metainfo, bad.store.layers_dir, seed_mode=True, trackers=[fake_tracker.url + "/announce"])
-    leech = make_peer("victim", fake_tracker.url)
+    bad.session.add(poisoned.metainfo, bad.store.layers_dir, seed_mode=True, trackers=[local_tracker.url + "/announce"])
+    leech = make_peer("victim", local_tracker.url)
     s = leech.stream(d)
     with pytest.raises(DigestMismatch):
         for _ in s:
@@ -101,43 +104,34 @@ def test_poisoned_torrent_raises_digest_mismatch_and_reports(fake_tracker, make_
     while list(leech.store.downloads_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert d not in leech.store and not list(leech.store.downloads_dir.iterdir())
-    while not fake_tracker.reports and time.monotonic() < deadline:
+    # One report quarantines: the victim reported exactly the published (poisoned) torrent.
+    while requests.get(meta_url, timeout=10).status_code != 404 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert fake_tracker.reports and fake_tracker.reports[0][1]["info_hash"] == poisoned.info_hash.hex
+    assert requests.get(meta_url, timeout=10).status_code == 404
+    assert requests.put(meta_url, data=poisoned.metainfo, timeout=10).status_code == 409
 
 
-def test_seed_via_bridge_admin_endpoint(fake_tracker, make_peer, tmp_path):
+def test_seed_via_bridge_admin_endpoint(local_tracker, make_peer, thread_server, tmp_path):
     import flask
-    from werkzeug.serving import make_server
     from layerswarm.bridge.http import admin
-    from tests.peer.conftest import run_seed
-    p = make_peer("bridge", fake_tracker.url)
+    p = make_peer("bridge", local_tracker.url)
     app = flask.Flask("t")
     app.register_blueprint(admin.make_blueprint(p, None))
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        data = blob_bytes(700_000, b"viabridge")
-        f = tmp_path / "blob"
-        f.write_bytes(data)
-        r = run_seed(f, "--tracker", fake_tracker.url, "--bridge", f"http://127.0.0.1:{srv.server_port}")
-        assert r.returncode == 0, r.stderr
-        d = Digest.of_bytes(data)
-        assert str(d) in r.stdout and d in p.store and d in {s.digest for s in p.seeding()}
-    finally:
-        srv.shutdown()
+    srv = thread_server(app)
+    data = blob_bytes(700_000, b"viabridge")
+    f = tmp_path / "blob"
+    f.write_bytes(data)
+    r = run_cli("seed", f, "--tracker", local_tracker.url, "--bridge", srv.url)
+    assert r.returncode == 0, r.stderr
+    d = Digest.of_bytes(data)
+    assert str(d) in r.stdout and d in p.store and d in {s.digest for s in p.seeding()}
 
 
-def test_admin_token_reaches_the_admin_views(fake_tracker, tmp_path):
+def test_admin_token_reaches_the_admin_views(local_tracker, tmp_path):
     """``layerswarm bridge --admin-token T``: admin views answer 401 without it, and nothing is stored."""
-    import argparse
-    from layerswarm.bridge import config as bconfig
-    from layerswarm.bridge.http import server
-    parser = argparse.ArgumentParser()
-    bconfig.add_arguments(parser)
-    args = parser.parse_args(["--store-dir", str(tmp_path / "store"), "--tracker", fake_tracker.url,
-                              "--peer-listen", "127.0.0.1:0", "--admin-token", "s3cret"])
-    app = server.build_app(bconfig.from_args(args))
+    from tests.fixtures import bridge_app
+    app = bridge_app("--store-dir", tmp_path / "store", "--tracker", local_tracker.url,
+                     "--peer-listen", "127.0.0.1:0", "--admin-token", "s3cret")
     peer = app.extensions["layerswarm"].peer
     try:
         c = app.test_client()

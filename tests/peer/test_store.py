@@ -10,7 +10,7 @@ import pytest
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, StoreFull
 from layerswarm.bridge.node.store import LayerStore
-from tests.peer.conftest import blob_bytes
+from tests.fixtures import blob_bytes
 
 
 def _put(store, data):

@@ -11,17 +11,17 @@ import pytest
 import requests
 
 from layerswarm.bridge.format.digest import Digest
-from tests import procs
-from tests.peer.conftest import blob_bytes
+from layerswarm.bridge.devstack import daemons as devstack
+from tests.fixtures import blob_bytes, free_port
 
 pytestmark = pytest.mark.slow
 SIZE = 64 << 20
 
 
 def _start_seeder(tmp_path, tracker_url, store, *sources, tag="seeder"):
-    port = procs.free_port()
-    p = procs.Proc(procs.layerswarm_argv("seed", *sources, "--tracker", tracker_url, "--store-dir", store,
-                                         "--listen", f"127.0.0.1:{port}"), tmp_path / f"{tag}.log", name=tag)
+    p = devstack.Daemon(devstack.layerswarm_argv("seed", *sources, "--tracker", tracker_url, "--store-dir", store,
+                                                 "--listen", f"127.0.0.1:{free_port()}"), tmp_path / f"{tag}.log",
+                        name=tag)
     p.wait_until(lambda: "Ctrl-C to stop" in p.log_text(), what="seeding")
     return p
 
@@ -69,7 +69,7 @@ def test_seeder_three_peers_aria2c_and_restart(tracker, make_peer, tmp_path):
     out = tmp_path / "aria"
     r = subprocess.run(["aria2c", "--seed-time=0", f"--dir={out}", "--enable-dht=false", "--enable-dht6=false",
                         "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--console-log-level=warn",
-                        "--summary-interval=0", f"--listen-port={procs.free_port()}", "--bt-stop-timeout=90",
+                        "--summary-interval=0", f"--listen-port={free_port()}", "--bt-stop-timeout=90",
                         str(tfile)], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert hashlib.sha256((out / str(d)).read_bytes()).hexdigest() == d.hex

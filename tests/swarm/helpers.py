@@ -1,8 +1,9 @@
-"""Small helpers for the swarm fault tests: images, client reads, waiting, store checks."""
+"""Small helpers for the swarm tests: images, client reads, concurrent pulls, store checks, raw seeders."""
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import requests
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.format.digest import Digest
-from tests import procs
+from tests.fixtures import free_port, stats
 
 REPO = "library/app"
 
@@ -36,20 +37,6 @@ def get(url: str, digest, headers=None, timeout: float = 120) -> tuple:
             return r.status_code, bytes(body), None
     except Exception as exc:  # noqa: BLE001 - the caller asserts on it
         return None, bytes(body), exc
-
-
-def wait_for(check, timeout: float = 60, what: str = "condition", step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def stats(bridge) -> dict:
-    return requests.get(bridge.url + "/_layerswarm/stats", timeout=10).json()
 
 
 def fetched(bridge, kind: str) -> int:
@@ -85,13 +72,34 @@ def assert_store_clean(store: Path, stored=(), wait: float = 10) -> None:
 
 def start_ltseed(fleet, tag: str, torrent: bytes, name: str, data: bytes, rate: int = 0):
     """A raw libtorrent seeder (tests/swarm/ltseed.py) for ``data`` under ``torrent``, killed with the fleet."""
-    tmp = fleet.tmp
-    d = tmp / f"ltseed-{tag}"
+    d = fleet.tmp / f"ltseed-{tag}"
     d.mkdir()
     (d / name).write_bytes(data)
     (d / "t.torrent").write_bytes(torrent)
-    p = procs.Proc([sys.executable, "-m", "tests.swarm.ltseed", d / "t.torrent", d, procs.free_port(), rate],
-                   tmp / f"ltseed-{tag}.log", name=f"ltseed-{tag}")
-    fleet.others.append(p)
-    p.wait_until(lambda: "seeding" in p.log_text(), what="seeding")
-    return p
+    return fleet.start([sys.executable, "-m", "tests.swarm.ltseed", d / "t.torrent", d, free_port(), rate],
+                       f"ltseed-{tag}", ready=lambda log: "seeding" in log)
+
+
+def pull_blob(url: str, repo: str, digest, timeout: float = 180) -> bytes:
+    r = requests.get(f"{url}/v2/{repo}/blobs/{digest}", timeout=timeout)
+    r.raise_for_status()
+    return r.content
+
+
+def pull_all(bridges, repo, digests, timeout=180):
+    """Every bridge GETs every digest at the same moment; returns {(bridge idx, digest): bytes or exc}."""
+    results = {}
+    barrier = threading.Barrier(len(bridges) * len(digests))
+
+    def one(i, b, d):
+        barrier.wait()
+        try:
+            results[(i, d)] = pull_blob(b.url, repo, d, timeout)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            results[(i, d)] = exc
+    threads = [threading.Thread(target=one, args=(i, b, d)) for i, b in enumerate(bridges) for d in digests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 30)
+    return results

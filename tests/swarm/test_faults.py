@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from layerswarm.bridge.format.digest import Digest
-from tests.swarm.conftest import origin_blob_gets
-from tests.swarm.helpers import assert_store_clean, fetched, get, push_layer, stats, store_files, wait_for
+from tests.fixtures import origin_blob_gets, stats, wait_for
+from tests.swarm.helpers import assert_store_clean, fetched, get, push_layer, store_files
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +229,7 @@ def test_bridge_killed_mid_fetch_restarts_clean(fleet, origin, proxy):
     assert_store_clean(b2.store, [blob.digest])
 
 
-# -- 8. the store's disk is full (small_disk: an 8 MiB tmpfs, conftest) --------
+# -- 8. the store's disk is full (small_disk: an 8 MiB tmpfs, fixtures) --------
 def test_disk_full_store_passes_origin_bytes_through(small_disk, fleet, origin):
     blob = push_layer(origin.url, 12 * MB, b"disk-full")
     b = fleet.start_bridge("h0", store=small_disk)

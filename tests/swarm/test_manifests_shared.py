@@ -5,6 +5,7 @@ import pytest
 import requests
 
 from layerswarm.bridge.devstack import imagegen
+from tests.fixtures import stats
 
 pytestmark = pytest.mark.slow
 
@@ -25,5 +26,5 @@ def test_manifest_by_digest_fetched_once_per_fleet(fleet, origin):
         assert r.status_code == 200 and r.content == img.manifest
         assert r.headers["Content-Type"] == img.manifest_media_type
     assert _origin_manifest_gets(origin, digest) == 1
-    shared = [fleet.stats(b)["manifests"]["shared"] for b in bridges]
+    shared = [stats(b)["manifests"]["shared"] for b in bridges]
     assert sorted(shared) == [0, 1, 1]

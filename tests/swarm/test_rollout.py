@@ -3,7 +3,8 @@ import pytest
 
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.format.digest import Digest
-from tests.swarm.conftest import origin_blob_gets, pull_all, pull_blob
+from tests.fixtures import origin_blob_gets, stats
+from tests.swarm.helpers import pull_all, pull_blob
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def test_cold_rollout_each_layer_leaves_origin_once(fleet, origin):
     for d in digests:
         assert after.get(str(d), 0) - before.get(str(d), 0) == 1, (d, after)
     # The others got their bytes from a relay (a fetch in progress) or the swarm, not the origin.
-    fetched = [fleet.stats(b)["fetched"] for b in bridges]
+    fetched = [stats(b)["fetched"] for b in bridges]
     total = sum(len(b.data) for b in img.blobs)
     assert sum(f["origin"] for f in fetched) == total
     assert sum(f["relay"] + f["peer"] for f in fetched) >= 2 * total - (1 << 20)
@@ -31,4 +32,4 @@ def test_cold_rollout_each_layer_leaves_origin_once(fleet, origin):
     for d in digests:
         assert Digest.of_bytes(pull_blob(late.url, "library/app", d)) == d
     assert origin_blob_gets(origin).get(str(img.layers[0].digest)) == after[str(img.layers[0].digest)]
-    assert fleet.stats(late)["fetched"]["peer"] >= len(img.layers[0].data)
+    assert stats(late)["fetched"]["peer"] >= len(img.layers[0].data)

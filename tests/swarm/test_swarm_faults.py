@@ -13,9 +13,8 @@ import pytest
 import requests
 
 from layerswarm.bridge.format import layertorrent as tf
-from tests import procs
-from tests.swarm.helpers import (assert_store_clean, fetched, get, push_layer, start_ltseed, stats,
-                                 store_files, wait_for)
+from tests.fixtures import free_port, stats, wait_for
+from tests.swarm.helpers import assert_store_clean, fetched, get, push_layer, start_ltseed, store_files
 from tests.swarm.test_faults import MB, _bg, _gets, _ok, _result
 
 pytestmark = pytest.mark.slow
@@ -71,18 +70,15 @@ def test_seeder_killed_mid_transfer_continues_from_origin(fleet, origin, tracker
 
 # -- 5. a peer serving corrupt pieces ---------------------------------------------
 def _aria2_seed(fleet, torrent: bytes, name: str, data: bytes):
-    tmp_path = fleet.tmp
-    d = tmp_path / "aria-bad"
+    d = fleet.tmp / "aria-bad"
     d.mkdir()
     (d / name).write_bytes(data)
     (d / "t.torrent").write_bytes(torrent)
-    p = procs.Proc(["aria2c", "--bt-seed-unverified=true", "--check-integrity=false", "--seed-time=30",
-                    f"--dir={d}", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
-                    "--enable-peer-exchange=false", f"--listen-port={procs.free_port()}",
-                    "--console-log-level=notice", "--summary-interval=1", d / "t.torrent"],
-                   tmp_path / "aria-bad.log", name="aria2c-bad")
-    fleet.others.append(p)
-    p.wait_until(lambda: "SEED" in p.log_text() or "seeding" in p.log_text().lower(), what="seeding")
+    p = fleet.start(["aria2c", "--bt-seed-unverified=true", "--check-integrity=false", "--seed-time=30",
+                     f"--dir={d}", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+                     "--enable-peer-exchange=false", f"--listen-port={free_port()}",
+                     "--console-log-level=notice", "--summary-interval=1", d / "t.torrent"],
+                    "aria2c-bad", ready=lambda log: "SEED" in log or "seeding" in log.lower())
     return p
 
 

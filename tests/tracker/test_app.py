@@ -14,27 +14,27 @@ from tests.tracker.helpers import announce_qs, bad_torrent_for, layer
 IH = b"\x00\xff%&=+ \x80" + b"\x01" * 12  # bytes that text decoding or form parsing would mangle
 
 
-def ann(client, qs, path="/announce"):
-    r = client.get(f"{path}?{qs}", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+def ann(tracker_client, qs, path="/announce"):
+    r = tracker_client.get(f"{path}?{qs}", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert r.status_code == 200
     return bencodepy.decode(r.data)
 
 
-def test_announce_binary_safe_compact_and_dict(client):
-    first = ann(client, announce_qs(IH, b"\xfe" * 20, 6881, event="started"))
+def test_announce_binary_safe_compact_and_dict(tracker_client):
+    first = ann(tracker_client, announce_qs(IH, b"\xfe" * 20, 6881, event="started"))
     assert first[b"interval"] == 60 and first[b"min interval"] == 30 and first[b"peers"] == b""
-    r = ann(client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0))
+    r = ann(tracker_client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0))
     assert r[b"peers"] == bytes([127, 0, 0, 1]) + (6881).to_bytes(2, "big")
     assert (r[b"complete"], r[b"incomplete"]) == (1, 1)
-    r = ann(client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0, compact=0))
+    r = ann(tracker_client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0, compact=0))
     assert r[b"peers"] == [{b"ip": b"127.0.0.1", b"peer id": b"\xfe" * 20, b"port": 6881}]
-    r = ann(client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0, compact=0, no_peer_id=1))
+    r = ann(tracker_client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0, compact=0, no_peer_id=1))
     assert r[b"peers"] == [{b"ip": b"127.0.0.1", b"port": 6881}]
 
 
-def test_announce_passkey_path_and_ip_param_ignored(client):
-    ann(client, announce_qs(IH, b"a" * 20, 7000, ip="10.9.9.9"), path="/announce/pk123")
-    r = ann(client, announce_qs(IH, b"b" * 20, 7001), path="/announce/other")
+def test_announce_passkey_path_and_ip_param_ignored(tracker_client):
+    ann(tracker_client, announce_qs(IH, b"a" * 20, 7000, ip="10.9.9.9"), path="/announce/pk123")
+    r = ann(tracker_client, announce_qs(IH, b"b" * 20, 7001), path="/announce/other")
     assert r[b"peers"] == bytes([127, 0, 0, 1]) + (7000).to_bytes(2, "big")  # address from the connection
 
 
@@ -59,59 +59,59 @@ def test_ip_param_when_allowed():
     (announce_qs(IH, b"p" * 20, 1) + "&port=2", b"port given more than once"),
     (announce_qs(IH, b"p" * 20, 1) + "&x=" + "a" * 5000, b"query string too long"),
 ])
-def test_announce_bad_input_is_a_failure_reason(client, qs, reason):
-    assert ann(client, qs) == {b"failure reason": reason}
+def test_announce_bad_input_is_a_failure_reason(tracker_client, qs, reason):
+    assert ann(tracker_client, qs) == {b"failure reason": reason}
 
 
-def test_numwant_clamped(client):
+def test_numwant_clamped(tracker_client):
     for n in range(250):
-        ann(client, announce_qs(IH, b"%020d" % n, 1000 + n))
-    r = ann(client, announce_qs(IH, b"z" * 20, 999, numwant=100000))
+        ann(tracker_client, announce_qs(IH, b"%020d" % n, 1000 + n))
+    r = ann(tracker_client, announce_qs(IH, b"z" * 20, 999, numwant=100000))
     assert len(r[b"peers"]) == 6 * 200
 
 
-def test_scrape(client):
-    ann(client, announce_qs(IH, b"a" * 20, 7000, left=0))
+def test_scrape(tracker_client):
+    ann(tracker_client, announce_qs(IH, b"a" * 20, 7000, left=0))
     other = os.urandom(20)
     from urllib.parse import quote_from_bytes
-    r = bencodepy.decode(client.get(f"/scrape?info_hash={quote_from_bytes(IH, safe='')}"
+    r = bencodepy.decode(tracker_client.get(f"/scrape?info_hash={quote_from_bytes(IH, safe='')}"
                                     f"&info_hash={quote_from_bytes(other, safe='')}").data)
     assert r[b"files"][IH] == {b"complete": 1, b"downloaded": 0, b"incomplete": 0}
     assert r[b"files"][other][b"complete"] == 0
-    assert IH in bencodepy.decode(client.get("/scrape").data)[b"files"]
-    assert b"failure reason" in bencodepy.decode(client.get("/scrape?info_hash=short").data)
+    assert IH in bencodepy.decode(tracker_client.get("/scrape").data)[b"files"]
+    assert b"failure reason" in bencodepy.decode(tracker_client.get("/scrape?info_hash=short").data)
 
 
-def test_healthz_and_unknown_routes(client):
-    assert client.get("/healthz").data == b"ok\n"
-    r = client.get("/nope")
+def test_healthz_and_unknown_routes(tracker_client):
+    assert tracker_client.get("/healthz").data == b"ok\n"
+    r = tracker_client.get("/nope")
     assert r.status_code == 404 and r.json["error"]
-    assert b"failure reason" in bencodepy.decode(client.post("/announce").data)
+    assert b"failure reason" in bencodepy.decode(tracker_client.post("/announce").data)
 
 
-def test_metainfo_publish_serve_auth_conflict(client, auth):
+def test_metainfo_publish_serve_auth_conflict(tracker_client, publish_auth):
     data, t = layer()
     url = f"/metainfo/{t.digest}"
-    assert client.get(url).status_code == 404
-    assert client.put(url, data=t.metainfo).status_code == 401
-    assert client.put(url, data=t.metainfo, headers={"Authorization": "Bearer wrong"}).status_code == 403
-    r = client.put(url, data=t.metainfo, headers=auth)
+    assert tracker_client.get(url).status_code == 404
+    assert tracker_client.put(url, data=t.metainfo).status_code == 401
+    assert tracker_client.put(url, data=t.metainfo, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    r = tracker_client.put(url, data=t.metainfo, headers=publish_auth)
     assert r.status_code == 201 and r.json["info_hash"] == t.info_hash.hex
-    assert client.put(url, data=t.metainfo, headers=auth).status_code == 200
+    assert tracker_client.put(url, data=t.metainfo, headers=publish_auth).status_code == 200
     bad = bad_torrent_for(t.digest, t.size)
-    r = client.put(url, data=bad, headers=auth)
+    r = tracker_client.put(url, data=bad, headers=publish_auth)
     assert r.status_code == 409 and r.json["info_hash"] == t.info_hash.hex
-    r = client.get(url)
+    r = tracker_client.get(url)
     assert r.status_code == 200 and r.data == t.metainfo and r.mimetype == "application/x-bittorrent"
-    h = client.head(url)
+    h = tracker_client.head(url)
     assert h.status_code == 200 and h.data == b"" and int(h.headers["Content-Length"]) == len(t.metainfo)
     # invalid: wrong digest in name, garbage, bad digest in URL
     other = layer(1000)[1]
-    assert client.put(f"/metainfo/{other.digest}", data=t.metainfo, headers=auth).status_code == 400
-    r = client.put(f"/metainfo/{other.digest}", data=b"garbage", headers=auth)
+    assert tracker_client.put(f"/metainfo/{other.digest}", data=t.metainfo, headers=publish_auth).status_code == 400
+    r = tracker_client.put(f"/metainfo/{other.digest}", data=b"garbage", headers=publish_auth)
     assert r.status_code == 400 and "invalid layer torrent" in r.json["error"]
-    assert client.get("/metainfo/sha256:xyz").status_code == 400
-    assert client.get("/metainfo/..%2f..%2fetc").status_code in (400, 404)
+    assert tracker_client.get("/metainfo/sha256:xyz").status_code == 400
+    assert tracker_client.get("/metainfo/..%2f..%2fetc").status_code in (400, 404)
 
 
 def test_metainfo_too_large():
@@ -120,62 +120,62 @@ def test_metainfo_too_large():
     assert c.put(f"/metainfo/{t.digest}", data=t.metainfo).status_code == 413
 
 
-def test_reports_need_the_publish_token(client, auth):
+def test_reports_need_the_publish_token(tracker_client, publish_auth):
     """An outsider's made-up host ids quarantine nothing: with a publish token, reports need it."""
     _, good = layer()
     url = f"/metainfo/{good.digest}"
-    assert client.put(url, data=good.metainfo, headers=auth).status_code == 201
+    assert tracker_client.put(url, data=good.metainfo, headers=publish_auth).status_code == 201
     rep = {"info_hash": good.info_hash.hex, "reason": "lies"}
     for host in ("a", "b", "c", "d"):
-        assert client.post(url + "/reports", json={**rep, "host": host}).status_code == 401
-    assert client.get(url).data == good.metainfo
+        assert tracker_client.post(url + "/reports", json={**rep, "host": host}).status_code == 401
+    assert tracker_client.get(url).data == good.metainfo
 
 
 def test_poisoned_torrent_quarantined_by_reports_in_open_mode(caplog):
     """Without a publish token (anonymous writes, loopback only) distinct hosts' reports quarantine."""
-    client, auth = create_app({"quarantine_reports": 2}).test_client(), {}
+    tracker_client, publish_auth = create_app({"quarantine_reports": 2}).test_client(), {}
     _, good = layer()
     url = f"/metainfo/{good.digest}"
     bad = bad_torrent_for(good.digest, good.size)
-    assert client.put(url, data=bad, headers=auth).status_code == 201  # poison wins the race
-    bad_ih = client.get(url).headers["X-Layerswarm-Info-Hash"]
+    assert tracker_client.put(url, data=bad, headers=publish_auth).status_code == 201  # poison wins the race
+    bad_ih = tracker_client.get(url).headers["X-Layerswarm-Info-Hash"]
     rep = {"info_hash": bad_ih, "reason": "piece 0 hash mismatch"}
-    assert client.post(url + "/reports", json={**rep, "host": "node-1"}).json == {"quarantined": False}
-    assert client.post(url + "/reports", json={**rep, "host": "node-1"}).json == {"quarantined": False}
-    assert client.get(url).status_code == 200
+    assert tracker_client.post(url + "/reports", json={**rep, "host": "node-1"}).json == {"quarantined": False}
+    assert tracker_client.post(url + "/reports", json={**rep, "host": "node-1"}).json == {"quarantined": False}
+    assert tracker_client.get(url).status_code == 200
     with caplog.at_level(logging.WARNING):
-        assert client.post(url + "/reports", json={**rep, "host": "node-2"}).json == {"quarantined": True}
+        assert tracker_client.post(url + "/reports", json={**rep, "host": "node-2"}).json == {"quarantined": True}
     assert "QUARANTINED" in caplog.text
-    assert client.get(url).status_code == 404
-    assert client.put(url, data=bad, headers=auth).status_code == 409  # never again
-    assert client.put(url, data=good.metainfo, headers=auth).status_code == 201
-    assert client.get(url).data == good.metainfo
-    assert client.post(url + "/reports", json={"info_hash": "zz", "host": "x"}).status_code == 400
-    assert client.post(url + "/reports", json={**rep, "host": "bad host!"}).status_code == 400
+    assert tracker_client.get(url).status_code == 404
+    assert tracker_client.put(url, data=bad, headers=publish_auth).status_code == 409  # never again
+    assert tracker_client.put(url, data=good.metainfo, headers=publish_auth).status_code == 201
+    assert tracker_client.get(url).data == good.metainfo
+    assert tracker_client.post(url + "/reports", json={"info_hash": "zz", "host": "x"}).status_code == 400
+    assert tracker_client.post(url + "/reports", json={**rep, "host": "bad host!"}).status_code == 400
 
 
-def test_trusted_report_quarantines_at_once(client, auth):
+def test_trusted_report_quarantines_at_once(tracker_client, publish_auth):
     _, good = layer()
     url = f"/metainfo/{good.digest}"
-    client.put(url, data=good.metainfo, headers=auth)
+    tracker_client.put(url, data=good.metainfo, headers=publish_auth)
     body = {"info_hash": good.info_hash.hex, "host": "ops", "reason": "operator"}
-    assert client.post(url + "/reports", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
-    assert client.post(url + "/reports", json=body, headers=auth).json == {"quarantined": True}
-    assert client.get(url).status_code == 404
+    assert tracker_client.post(url + "/reports", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
+    assert tracker_client.get(url).status_code == 404
 
 
-def test_manifests(client, auth):
+def test_manifests(tracker_client, publish_auth):
     body = b'{"schemaVersion":2}'
     d = "sha256:" + hashlib.sha256(body).hexdigest()
     ct = "application/vnd.oci.image.manifest.v1+json"
-    assert client.put(f"/manifests/{d}", data=body, headers={"Content-Type": ct}).status_code == 401
-    assert client.put(f"/manifests/{d}", data=body + b" ", headers={**auth, "Content-Type": ct}).status_code == 400
-    assert client.put(f"/manifests/{d}", data=body, headers={**auth, "Content-Type": ct}).status_code == 201
-    assert client.put(f"/manifests/{d}", data=body, headers={**auth, "Content-Type": ct}).status_code == 200
-    r = client.get(f"/manifests/{d}")
+    assert tracker_client.put(f"/manifests/{d}", data=body, headers={"Content-Type": ct}).status_code == 401
+    assert tracker_client.put(f"/manifests/{d}", data=body + b" ", headers={**publish_auth, "Content-Type": ct}).status_code == 400
+    assert tracker_client.put(f"/manifests/{d}", data=body, headers={**publish_auth, "Content-Type": ct}).status_code == 201
+    assert tracker_client.put(f"/manifests/{d}", data=body, headers={**publish_auth, "Content-Type": ct}).status_code == 200
+    r = tracker_client.get(f"/manifests/{d}")
     assert r.data == body and r.headers["Content-Type"] == ct and r.headers["Docker-Content-Digest"] == d
-    assert client.head(f"/manifests/{d}").data == b""
-    assert client.get("/manifests/sha256:" + "0" * 64).status_code == 404
+    assert tracker_client.head(f"/manifests/{d}").data == b""
+    assert tracker_client.get("/manifests/sha256:" + "0" * 64).status_code == 404
     c = create_app({"max_manifest": 10}).test_client()
     assert c.put(f"/manifests/{d}", data=body).status_code == 413
 
@@ -188,75 +188,75 @@ def test_manifests(client, auth):
     (b'not json', "application/vnd.oci.image.manifest.v1+json"),
     (b'[1, 2]', "application/vnd.oci.image.manifest.v1+json"),
 ])
-def test_manifest_with_a_made_up_or_mismatched_type_is_refused(client, auth, body, ct):
+def test_manifest_with_a_made_up_or_mismatched_type_is_refused(tracker_client, publish_auth, body, ct):
     d = "sha256:" + hashlib.sha256(body).hexdigest()
-    assert client.put(f"/manifests/{d}", data=body, headers={**auth, "Content-Type": ct}).status_code == 400
-    assert client.get(f"/manifests/{d}").status_code == 404
+    assert tracker_client.put(f"/manifests/{d}", data=body, headers={**publish_auth, "Content-Type": ct}).status_code == 400
+    assert tracker_client.get(f"/manifests/{d}").status_code == 404
 
 
-def test_torrent_with_an_ssl_cert_is_refused_in_open_mode(client, auth):
+def test_torrent_with_an_ssl_cert_is_refused_in_open_mode(tracker_client, publish_auth):
     from layerswarm.bridge.format.layertorrent import build_metainfo
     _, t = layer()
     secure = build_metainfo(t.digest, t.size, t.pieces, ssl_cert=b"-----BEGIN CERTIFICATE-----\nx\n")
-    r = client.put(f"/metainfo/{t.digest}", data=secure.metainfo, headers=auth)
+    r = tracker_client.put(f"/metainfo/{t.digest}", data=secure.metainfo, headers=publish_auth)
     assert r.status_code == 400 and "ssl-cert" in r.json["error"]
-    assert client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=auth).status_code == 201
+    assert tracker_client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth).status_code == 201
 
 
-def test_leases_http(client, auth):
+def test_leases_http(tracker_client, publish_auth):
     _, t = layer()
     lu = f"/leases/{t.digest}"
-    assert client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"}).status_code == 401
-    assert client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"},
+    assert tracker_client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"}).status_code == 401
+    assert tracker_client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001"},
                        headers={"Authorization": "Bearer wrong"}).status_code == 403
-    r = client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001", "ttl": 20}, headers=auth)
+    r = tracker_client.post(lu, json={"host": "a", "url": "http://127.0.0.1:5001", "ttl": 20}, headers=publish_auth)
     assert r.status_code == 201 and r.json == {"role": "holder", "ttl": 20.0}
-    r = client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=auth)
+    r = tracker_client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=publish_auth)
     assert r.status_code == 200 and r.json == {"role": "relay", "source": {"host": "a", "url": "http://127.0.0.1:5001"}}
-    assert client.put(lu, json={"host": "a", "ttl": 30}, headers=auth).status_code == 200
-    assert client.put(lu, json={"host": "b", "ttl": 30}, headers=auth).status_code == 409
-    assert client.post(lu, json={"host": "c", "url": "ftp://x"}, headers=auth).status_code == 400
-    assert client.post(lu, json={"host": "c", "url": "http://x", "ttl": -1}, headers=auth).status_code == 400
-    assert client.delete(f"{lu}?host=a", headers=auth).json == {"released": True}
-    assert client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=auth).status_code == 201
-    client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=auth)
-    assert client.post(lu, json={"host": "d", "url": "http://127.0.0.1:5004"}, headers=auth).json == {"role": "published"}
+    assert tracker_client.put(lu, json={"host": "a", "ttl": 30}, headers=publish_auth).status_code == 200
+    assert tracker_client.put(lu, json={"host": "b", "ttl": 30}, headers=publish_auth).status_code == 409
+    assert tracker_client.post(lu, json={"host": "c", "url": "ftp://x"}, headers=publish_auth).status_code == 400
+    assert tracker_client.post(lu, json={"host": "c", "url": "http://x", "ttl": -1}, headers=publish_auth).status_code == 400
+    assert tracker_client.delete(f"{lu}?host=a", headers=publish_auth).json == {"released": True}
+    assert tracker_client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=publish_auth).status_code == 201
+    tracker_client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth)
+    assert tracker_client.post(lu, json={"host": "d", "url": "http://127.0.0.1:5004"}, headers=publish_auth).json == {"role": "published"}
 
 
-def test_swarms_html_escaped_and_metrics(client, auth):
+def test_swarms_html_escaped_and_metrics(tracker_client, publish_auth):
     _, t = layer()
-    client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=auth)
-    ann(client, announce_qs(t.info_hash.raw, b"s" * 20, 7000, left=0))
-    ann(client, announce_qs(b"<script>x</script>!!", b"l" * 20, 7001))
-    rows = {r["info_hash"]: r for r in client.get("/swarms").json}
+    tracker_client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth)
+    ann(tracker_client, announce_qs(t.info_hash.raw, b"s" * 20, 7000, left=0))
+    ann(tracker_client, announce_qs(b"<script>x</script>!!", b"l" * 20, 7001))
+    rows = {r["info_hash"]: r for r in tracker_client.get("/swarms").json}
     row = rows[t.info_hash.hex]
     assert row["digest"] == str(t.digest) and row["size"] == t.size and row["seeders"] == 1
     assert rows[b"<script>x</script>!!".hex()]["digest"] is None
-    html = client.get("/").data.decode()
+    html = tracker_client.get("/").data.decode()
     assert str(t.digest) in html and "<script>" not in html
-    m = client.get("/metrics").data.decode()
+    m = tracker_client.get("/metrics").data.decode()
     assert "layerswarm_tracker_announces_total" in m and "layerswarm_tracker_published_torrents 1.0" in m
 
 
-def test_internal_error_is_generic(app, client):
+def test_internal_error_is_generic(tracker_app, tracker_client):
     class Boom(Exception):
         pass
 
     def explode(*a, **kw):
         raise Boom("secret internals")
-    app.extensions["layerswarm"].store.announce = explode
-    app.extensions["layerswarm"].store.swarms = explode
-    r = ann(client, announce_qs(IH, b"a" * 20, 7000))
+    tracker_app.extensions["layerswarm"].store.announce = explode
+    tracker_app.extensions["layerswarm"].store.swarms = explode
+    r = ann(tracker_client, announce_qs(IH, b"a" * 20, 7000))
     assert r == {b"failure reason": b"internal tracker error"}
-    r = client.get("/swarms")
+    r = tracker_client.get("/swarms")
     assert r.status_code == 500 and b"secret" not in r.data and b"Traceback" not in r.data
 
 
 @pytest.mark.parametrize("url", ["ftp://h", "http://", "http://u:p@h:1", "http://h:1/?x=1", "http://h:1/#f",
                                  "http://h:99999", "http://h 1", "http://h:1/\n", "//h:1", "h:1", 5, None])
-def test_lease_relay_url_must_be_a_plain_base_url(client, auth, url):
+def test_lease_relay_url_must_be_a_plain_base_url(tracker_client, publish_auth, url):
     _, t = layer()
-    r = client.post(f"/leases/{t.digest}", json={"host": "a", "url": url}, headers=auth)
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "a", "url": url}, headers=publish_auth)
     assert r.status_code == 400 and "url" in r.json["error"]
 
 
@@ -269,8 +269,8 @@ def test_full_lease_table_answers_503_and_existing_leases_keep_working():
     assert c.post(f"/leases/{a.digest}", json={"host": "h2", "url": "http://127.0.0.1:2"}).json["role"] == "relay"
 
 
-def test_metainfo_body_capped_at_the_largest_valid_torrent(client, auth):
+def test_metainfo_body_capped_at_the_largest_valid_torrent(tracker_client, publish_auth):
     from layerswarm.bridge.format.layertorrent import MAX_METAINFO_BYTES
     _, t = layer()
-    r = client.put(f"/metainfo/{t.digest}", data=b"x" * (MAX_METAINFO_BYTES + 1), headers=auth)
+    r = tracker_client.put(f"/metainfo/{t.digest}", data=b"x" * (MAX_METAINFO_BYTES + 1), headers=publish_auth)
     assert r.status_code == 413

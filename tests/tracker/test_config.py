@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
 import pytest
 
 from layerswarm.bridge.format.errors import UserError
 from layerswarm.tracker import config as tconfig
+from tests.fixtures import run_cli
 
 
 def load(*argv, environ=None):
@@ -43,10 +42,8 @@ def test_bad_values_name_the_flag(argv, words):
 def test_print_config_redacts_the_publish_token(tmp_path):
     tok = tmp_path / "t"
     tok.write_text("publish-secret\n")
-    p = subprocess.run([sys.executable, "-m", "layerswarm.bridge.cli", "tracker", "--publish-token-file", str(tok),
-                        "--print-config"], capture_output=True, text=True, timeout=60)
+    p = run_cli("tracker", "--publish-token-file", tok, "--print-config")
     assert p.returncode == 0, p.stderr
     assert "publish-secret" not in p.stdout and 'publish_token = "<redacted>"' in p.stdout
-    p = subprocess.run([sys.executable, "-m", "layerswarm.bridge.cli", "tracker", "--check-config"],
-                       capture_output=True, text=True, timeout=60)
+    p = run_cli("tracker", "--check-config")
     assert p.returncode == 0 and "OK" in p.stdout

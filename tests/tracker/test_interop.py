@@ -1,4 +1,4 @@
-"""Standard BitTorrent clients and tools against our tracker and metainfo registry."""
+"""Standard BitTorrent clients and tools (processes) against our tracker process and metainfo registry."""
 from __future__ import annotations
 
 import hashlib
@@ -7,11 +7,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
+from layerswarm.bridge.devstack.daemons import Daemon
 from layerswarm.bridge.format.layertorrent import parse_metainfo, piece_length, torrent_for_file
-from tests.procs import Proc, free_port
-from tests.tracker.test_processes import start_tracker
+from tests.fixtures import free_port
+
+pytestmark = pytest.mark.slow
 
 
 def make_blob(dirpath: Path, size: int) -> Path:
@@ -31,9 +34,9 @@ def lt_session(port: int):
     })
 
 
-def test_libtorrent_seeds_aria2c_downloads_via_our_tracker(tmp_path):
+def test_libtorrent_seeds_aria2c_downloads_via_our_tracker(tracker, tmp_path):
     import libtorrent as lt
-    tracker, url = start_tracker(tmp_path, "--interval", "5")
+    url = tracker.url
     seed_dir, out_dir = tmp_path / "seed", tmp_path / "out"
     seed_dir.mkdir()
     out_dir.mkdir()
@@ -66,7 +69,7 @@ def test_libtorrent_seeds_aria2c_downloads_via_our_tracker(tmp_path):
             h.force_reannounce()
             time.sleep(0.5)
 
-        aria = Proc(["aria2c", "--seed-time=0", "--enable-dht=false", "--enable-dht6=false",
+        aria = Daemon(["aria2c", "--seed-time=0", "--enable-dht=false", "--enable-dht6=false",
                      "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--interface=127.0.0.1",
                      f"--listen-port={free_port()}", "--bt-stop-timeout=90", "--summary-interval=0",
                      "--console-log-level=warn", "--allow-overwrite=true", f"--dir={out_dir}", torrent_file],
@@ -81,40 +84,33 @@ def test_libtorrent_seeds_aria2c_downloads_via_our_tracker(tmp_path):
         if aria:
             aria.stop()
         del ses
-        tracker.stop()
 
 
-def test_transmission_show_reads_registry_torrent(tmp_path):
-    tracker, url = start_tracker(tmp_path)
-    try:
-        blob = make_blob(tmp_path, 700_000)
-        built = torrent_for_file(blob, trackers=[f"{url}/announce"])
-        requests.put(f"{url}/metainfo/{built.digest}", data=built.metainfo, timeout=10)
-        f = tmp_path / "x.torrent"
-        f.write_bytes(requests.get(f"{url}/metainfo/{built.digest}", timeout=10).content)
-        out = subprocess.run(["transmission-show", f], capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stderr
-        assert built.info_hash.hex in out.stdout.lower()
-        assert str(built.digest) in out.stdout and f"{url}/announce" in out.stdout
-        assert "Private" in out.stdout or "private" in out.stdout
-    finally:
-        tracker.stop()
+def test_transmission_show_reads_registry_torrent(tracker, tmp_path):
+    url = tracker.url
+    blob = make_blob(tmp_path, 700_000)
+    built = torrent_for_file(blob, trackers=[f"{url}/announce"])
+    requests.put(f"{url}/metainfo/{built.digest}", data=built.metainfo, timeout=10)
+    f = tmp_path / "x.torrent"
+    f.write_bytes(requests.get(f"{url}/metainfo/{built.digest}", timeout=10).content)
+    out = subprocess.run(["transmission-show", f], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert built.info_hash.hex in out.stdout.lower()
+    assert str(built.digest) in out.stdout and f"{url}/announce" in out.stdout
+    assert "Private" in out.stdout or "private" in out.stdout
 
 
-def test_mktorrent_torrent_is_accepted(tmp_path):
-    tracker, url = start_tracker(tmp_path)
-    try:
-        blob = make_blob(tmp_path, 1_500_000)
-        log2 = piece_length(blob.stat().st_size).bit_length() - 1
-        out = tmp_path / "mk.torrent"
-        r = subprocess.run(["mktorrent", "-p", "-d", "-l", str(log2), "-a", f"{url}/announce", "-o", out, blob],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        mk = parse_metainfo(out.read_bytes())
-        ours = torrent_for_file(blob)
-        assert mk.info_hash == ours.info_hash
-        put = requests.put(f"{url}/metainfo/{mk.digest}", data=out.read_bytes(), timeout=10)
-        assert put.status_code == 201, put.text
-        assert put.json()["info_hash"] == ours.info_hash.hex
-    finally:
-        tracker.stop()
+def test_mktorrent_torrent_is_accepted(tracker, tmp_path):
+    url = tracker.url
+    blob = make_blob(tmp_path, 1_500_000)
+    log2 = piece_length(blob.stat().st_size).bit_length() - 1
+    out = tmp_path / "mk.torrent"
+    r = subprocess.run(["mktorrent", "-p", "-d", "-l", str(log2), "-a", f"{url}/announce", "-o", out, blob],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    mk = parse_metainfo(out.read_bytes())
+    ours = torrent_for_file(blob)
+    assert mk.info_hash == ours.info_hash
+    put = requests.put(f"{url}/metainfo/{mk.digest}", data=out.read_bytes(), timeout=10)
+    assert put.status_code == 201, put.text
+    assert put.json()["info_hash"] == ours.info_hash.hex

@@ -1,4 +1,4 @@
-"""The real `layerswarm tracker` and `layerswarm inspect` processes."""
+"""The `layerswarm tracker` and `layerswarm inspect` commands: real processes (slow) and in-process runs."""
 from __future__ import annotations
 
 import subprocess
@@ -6,20 +6,14 @@ import sys
 from pathlib import Path
 
 import bencodepy
+import pytest
 import requests
 
-from tests.procs import Proc, free_port, layerswarm_argv
+from layerswarm.bridge.devstack import daemons as devstack
+from tests.fixtures import free_port, run_cli
 from tests.tracker.helpers import announce_qs, layer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_tracker(tmp: Path, *flags, name="tracker"):
-    port = free_port()
-    p = Proc(layerswarm_argv("tracker", "--port", port, *flags), tmp / f"{name}.log", name=name)
-    url = f"http://127.0.0.1:{port}"
-    p.wait_http(url + "/healthz")
-    return p, url
 
 
 def announce(url, ih, pid, port, **kw):
@@ -27,9 +21,11 @@ def announce(url, ih, pid, port, **kw):
     return bencodepy.decode(r.content)
 
 
+@pytest.mark.slow
 def test_two_trackers_share_one_redis_swarm(tmp_path, redis_url):
-    a, url_a = start_tracker(tmp_path, "--store", redis_url, "--workers", "2", "--threads", "4", name="a")
-    b, url_b = start_tracker(tmp_path, "--store", redis_url, name="b")
+    a = devstack.start_tracker(tmp_path / "a", extra=("--store", redis_url, "--workers", "2", "--threads", "4"))
+    b = devstack.start_tracker(tmp_path / "b", extra=("--store", redis_url))
+    url_a, url_b = a.url, b.url
     try:
         _, t = layer()
         ih = t.info_hash.raw
@@ -43,7 +39,7 @@ def test_two_trackers_share_one_redis_swarm(tmp_path, redis_url):
         rows = requests.get(f"{url_b}/swarms", timeout=10).json()
         assert any(r["digest"] == str(t.digest) and r["seeders"] == 1 and r["leechers"] == 1 for r in rows)
         # inspect against the other replica prints the swarm
-        out = subprocess.run(layerswarm_argv("inspect", str(t.digest), "--tracker", url_a),
+        out = subprocess.run(devstack.layerswarm_argv("inspect", str(t.digest), "--tracker", url_a),
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith(str(t.digest)))
@@ -53,28 +49,24 @@ def test_two_trackers_share_one_redis_swarm(tmp_path, redis_url):
         b.stop()
 
 
-def test_inspect_errors_are_one_line(tmp_path):
+def test_inspect_errors_are_one_line():
     dead = f"http://127.0.0.1:{free_port()}"
-    out = subprocess.run(layerswarm_argv("inspect", "--tracker", dead), capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    out = run_cli("inspect", "--tracker", dead)
     assert out.returncode != 0 and "unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(layerswarm_argv("inspect", "sha256:nothex", "--tracker", dead), capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
+    out = run_cli("inspect", "sha256:nothex", "--tracker", dead)
     assert out.returncode != 0 and "sha256" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_memory_store_refuses_several_workers(tmp_path):
-    out = subprocess.run(layerswarm_argv("tracker", "--port", free_port(), "--workers", "2"),
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+def test_memory_store_refuses_several_workers():
+    out = run_cli("tracker", "--port", free_port(), "--workers", "2")
     assert out.returncode != 0 and "--store redis" in out.stderr
 
 
+@pytest.mark.slow
 def test_publish_token_from_env(tmp_path):
-    port = free_port()
-    p = Proc(layerswarm_argv("tracker", "--port", port), tmp_path / "t.log", env={"LAYERSWARM_PUBLISH_TOKEN": "tok"})
-    url = f"http://127.0.0.1:{port}"
+    p = devstack.start_tracker(tmp_path, env={"LAYERSWARM_PUBLISH_TOKEN": "tok"})
+    url = p.url
     try:
-        p.wait_http(url + "/healthz")
         _, t = layer(1000)
         assert requests.put(f"{url}/metainfo/{t.digest}", data=t.metainfo, timeout=10).status_code == 401
         assert requests.put(f"{url}/metainfo/{t.digest}", data=t.metainfo, timeout=10,
@@ -86,6 +78,7 @@ def test_publish_token_from_env(tmp_path):
         p.stop()
 
 
+@pytest.mark.slow
 def test_bench_script_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts/bench_tracker.py"), "--duration", "1",
                           "--targets", "hello,memory", "--connections", "4", "--swarms", "10",

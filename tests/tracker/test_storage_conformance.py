@@ -25,88 +25,88 @@ def ih() -> bytes:
     return os.urandom(20)
 
 
-def test_announce_hands_others_never_self(store):
+def test_announce_hands_others_never_self(tracker_store):
     h = ih()
-    peers, counts = store.announce(req(h, 1, event="started"), TTL, NOW)
+    peers, counts = tracker_store.announce(req(h, 1, event="started"), TTL, NOW)
     assert peers == [] and (counts.complete, counts.incomplete) == (0, 1)
-    peers, counts = store.announce(req(h, 2, event="started"), TTL, NOW)
+    peers, counts = tracker_store.announce(req(h, 2, event="started"), TTL, NOW)
     assert [(p[:20], a) for p, a in peers] == [(b"-T0001-%013d" % 1, pack_addr("127.0.0.1", 10001))]
     assert (counts.complete, counts.incomplete) == (0, 2)
     # re-announce does not duplicate
-    peers, counts = store.announce(req(h, 2), TTL, NOW + 1)
+    peers, counts = tracker_store.announce(req(h, 2), TTL, NOW + 1)
     assert len(peers) == 1 and counts.incomplete == 2
 
 
-def test_seeders_get_only_leechers(store):
+def test_seeders_get_only_leechers(tracker_store):
     h = ih()
     for n in range(5):
-        store.announce(req(h, n, left=0), TTL, NOW)
-    store.announce(req(h, 100, left=5), TTL, NOW)
-    peers, counts = store.announce(req(h, 6, left=0), TTL, NOW)
+        tracker_store.announce(req(h, n, left=0), TTL, NOW)
+    tracker_store.announce(req(h, 100, left=5), TTL, NOW)
+    peers, counts = tracker_store.announce(req(h, 6, left=0), TTL, NOW)
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 100]
     assert (counts.complete, counts.incomplete) == (6, 1)
-    peers, _ = store.announce(req(h, 101, left=5), TTL, NOW)
+    peers, _ = tracker_store.announce(req(h, 101, left=5), TTL, NOW)
     assert len(peers) == 7  # a leecher gets seeders and the other leecher
 
 
-def test_numwant_bounds_reply_in_large_swarm(store):
+def test_numwant_bounds_reply_in_large_swarm(tracker_store):
     h = ih()
     for n in range(300):
-        store.announce(req(h, n), TTL, NOW)
-    peers, counts = store.announce(req(h, 999, numwant=30), TTL, NOW)
+        tracker_store.announce(req(h, n), TTL, NOW)
+    peers, counts = tracker_store.announce(req(h, 999, numwant=30), TTL, NOW)
     assert len(peers) == 30 and len(set(peers)) == 30 and counts.incomplete == 301
     assert all(p[:20] != b"-T0001-%013d" % 999 for p, _ in peers)
-    peers, _ = store.announce(req(h, 999, numwant=0), TTL, NOW)
+    peers, _ = tracker_store.announce(req(h, 999, numwant=0), TTL, NOW)
     assert peers == []
 
 
-def test_stopped_and_completed(store):
+def test_stopped_and_completed(tracker_store):
     h = ih()
-    store.announce(req(h, 1, event="started"), TTL, NOW)
-    store.announce(req(h, 2, event="started"), TTL, NOW)
-    _, c = store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)
+    tracker_store.announce(req(h, 1, event="started"), TTL, NOW)
+    tracker_store.announce(req(h, 2, event="started"), TTL, NOW)
+    _, c = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)
     assert (c.complete, c.incomplete, c.downloaded) == (1, 1, 1)
-    _, c = store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)  # repeated: counted once
+    _, c = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)  # repeated: counted once
     assert c.downloaded == 1
-    peers, c = store.announce(req(h, 2, event="stopped"), TTL, NOW)
+    peers, c = tracker_store.announce(req(h, 2, event="stopped"), TTL, NOW)
     assert peers == [] and (c.complete, c.incomplete) == (1, 0)
-    assert store.scrape([h], NOW)[h].downloaded == 1
+    assert tracker_store.scrape([h], NOW)[h].downloaded == 1
     # a known leecher stopping with nothing left completed too (aria2c --seed-time=0 does this)
-    store.announce(req(h, 3, event="started"), TTL, NOW)
-    _, c = store.announce(req(h, 3, left=0, event="stopped"), TTL, NOW)
+    tracker_store.announce(req(h, 3, event="started"), TTL, NOW)
+    _, c = tracker_store.announce(req(h, 3, left=0, event="stopped"), TTL, NOW)
     assert c.downloaded == 2 and c.complete == 1
-    _, c = store.announce(req(h, 4, left=0, event="started"), TTL, NOW)  # a seeder from the start did not
+    _, c = tracker_store.announce(req(h, 4, left=0, event="started"), TTL, NOW)  # a seeder from the start did not
     assert c.downloaded == 2
 
 
-def test_a_replayed_peer_id_from_another_address_cannot_remove_a_seeder(store):
+def test_a_replayed_peer_id_from_another_address_cannot_remove_a_seeder(tracker_store):
     h = ih()
-    store.announce(req(h, 1, left=0, event="started"), TTL, NOW)
-    _, c = store.announce(req(h, 1, left=0, event="stopped", ip="127.0.0.66"), TTL, NOW)
+    tracker_store.announce(req(h, 1, left=0, event="started"), TTL, NOW)
+    _, c = tracker_store.announce(req(h, 1, left=0, event="stopped", ip="127.0.0.66"), TTL, NOW)
     assert c.complete == 1
-    peers, _ = store.announce(req(h, 2), TTL, NOW)
+    peers, _ = tracker_store.announce(req(h, 2), TTL, NOW)
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 1]
 
 
-def test_peers_expire_after_ttl(store):
+def test_peers_expire_after_ttl(tracker_store):
     h = ih()
-    store.announce(req(h, 1), TTL, NOW)
-    store.announce(req(h, 2), TTL, NOW + 100)
-    peers, c = store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
+    tracker_store.announce(req(h, 1), TTL, NOW)
+    tracker_store.announce(req(h, 2), TTL, NOW + 100)
+    peers, c = tracker_store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 2] and c.incomplete == 2
-    assert store.scrape([h], NOW + TTL + 200)[h].incomplete == 0
+    assert tracker_store.scrape([h], NOW + TTL + 200)[h].incomplete == 0
 
 
-def test_scrape_and_swarms(store):
+def test_scrape_and_swarms(tracker_store):
     a, b, unknown = ih(), ih(), ih()
-    store.announce(req(a, 1, left=0), TTL, NOW)
-    store.announce(req(b, 1), TTL, NOW)
-    store.announce(req(b, 2), TTL, NOW)
-    got = store.scrape([a, b, unknown], NOW)
+    tracker_store.announce(req(a, 1, left=0), TTL, NOW)
+    tracker_store.announce(req(b, 1), TTL, NOW)
+    tracker_store.announce(req(b, 2), TTL, NOW)
+    got = tracker_store.scrape([a, b, unknown], NOW)
     assert (got[a].complete, got[b].incomplete, got[unknown].incomplete) == (1, 2, 0)
-    everything = store.scrape(None, NOW)
+    everything = tracker_store.scrape(None, NOW)
     assert a in everything and b in everything
-    sw = {s.info_hash: s for s in store.swarms(NOW)}
+    sw = {s.info_hash: s for s in tracker_store.swarms(NOW)}
     assert sw[b].leechers == 2 and sw[a].seeders == 1 and sw[a].last_announce == NOW
 
 
@@ -115,85 +115,85 @@ def rec(d: Digest, ih_hex: str) -> MetainfoRecord:
                           data=b"torrent-" + ih_hex.encode(), published_at=NOW)
 
 
-def test_metainfo_first_write_wins_and_quarantine(store):
+def test_metainfo_first_write_wins_and_quarantine(tracker_store):
     d = Digest.of_bytes(os.urandom(8))
     good, bad = "aa" * 20, "bb" * 20
-    assert store.put_metainfo(rec(d, bad)) == (CREATED, InfoHash.from_hex(bad))
-    assert store.put_metainfo(rec(d, bad))[0] == EXISTS
-    assert store.put_metainfo(rec(d, good)) == (CONFLICT, InfoHash.from_hex(bad))
-    assert store.get_metainfo(d).data == b"torrent-" + bad.encode()
-    assert (d, InfoHash.from_hex(bad), 10) in store.list_metainfo()
+    assert tracker_store.put_metainfo(rec(d, bad)) == (CREATED, InfoHash.from_hex(bad))
+    assert tracker_store.put_metainfo(rec(d, bad))[0] == EXISTS
+    assert tracker_store.put_metainfo(rec(d, good)) == (CONFLICT, InfoHash.from_hex(bad))
+    assert tracker_store.get_metainfo(d).data == b"torrent-" + bad.encode()
+    assert (d, InfoHash.from_hex(bad), 10) in tracker_store.list_metainfo()
     # reports about another torrent change nothing; two distinct hosts quarantine (threshold 2)
-    assert store.report(d, InfoHash.from_hex(good), "h1", False, 2) is False
-    assert store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False
-    assert store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False  # same host again
-    assert store.get_metainfo(d) is not None
-    assert store.report(d, InfoHash.from_hex(bad), "h2", False, 2) is True
-    assert store.get_metainfo(d) is None and all(m[0] != d for m in store.list_metainfo())
-    assert store.put_metainfo(rec(d, bad))[0] == REJECTED  # never again
-    assert store.put_metainfo(rec(d, good))[0] == CREATED
+    assert tracker_store.report(d, InfoHash.from_hex(good), "h1", False, 2) is False
+    assert tracker_store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False
+    assert tracker_store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False  # same host again
+    assert tracker_store.get_metainfo(d) is not None
+    assert tracker_store.report(d, InfoHash.from_hex(bad), "h2", False, 2) is True
+    assert tracker_store.get_metainfo(d) is None and all(m[0] != d for m in tracker_store.list_metainfo())
+    assert tracker_store.put_metainfo(rec(d, bad))[0] == REJECTED  # never again
+    assert tracker_store.put_metainfo(rec(d, good))[0] == CREATED
 
 
-def test_trusted_report_quarantines_at_once(store):
+def test_trusted_report_quarantines_at_once(tracker_store):
     d = Digest.of_bytes(os.urandom(8))
-    store.put_metainfo(rec(d, "cc" * 20))
-    assert store.report(d, InfoHash.from_hex("cc" * 20), "ops", True, 100) is True
-    assert store.get_metainfo(d) is None
+    tracker_store.put_metainfo(rec(d, "cc" * 20))
+    assert tracker_store.report(d, InfoHash.from_hex("cc" * 20), "ops", True, 100) is True
+    assert tracker_store.get_metainfo(d) is None
 
 
-def test_manifests_immutable(store):
+def test_manifests_immutable(tracker_store):
     d = Digest.of_bytes(b"{}")
-    assert store.get_manifest(d) is None
-    assert store.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", b"{}") is True
-    assert store.put_manifest(d, "text/plain", b"{}") is False
-    assert store.get_manifest(d) == ("application/vnd.oci.image.manifest.v1+json", b"{}")
+    assert tracker_store.get_manifest(d) is None
+    assert tracker_store.put_manifest(d, "application/vnd.oci.image.manifest.v1+json", b"{}") is True
+    assert tracker_store.put_manifest(d, "text/plain", b"{}") is False
+    assert tracker_store.get_manifest(d) == ("application/vnd.oci.image.manifest.v1+json", b"{}")
 
 
-def test_lease_holder_relay_tree(store):
+def test_lease_holder_relay_tree(tracker_store):
     d = Digest.of_bytes(os.urandom(8))
     import time
     now = time.time()  # Redis lease keys expire by wall clock
     url = "http://{}:5000".format
-    assert store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
+    assert tracker_store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
     src = {}
     for h in "bcdefg":
-        ans = store.acquire_lease(d, h, url(h), 30, 2, now)
+        ans = tracker_store.acquire_lease(d, h, url(h), 30, 2, now)
         assert ans["role"] == "relay"
         src[h] = ans["source"]["host"]
         assert ans["source"]["url"] == url(src[h])
     # breadth-first, at most 2 children each: a<-b,c ; b<-d,e ; c<-f,g
     assert src == {"b": "a", "c": "a", "d": "b", "e": "b", "f": "c", "g": "c"}
-    assert store.acquire_lease(d, "e", url("e"), 30, 2, now)["source"]["host"] == "b"  # stable answer
-    assert store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
+    assert tracker_store.acquire_lease(d, "e", url("e"), 30, 2, now)["source"]["host"] == "b"  # stable answer
+    assert tracker_store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
 
 
-def test_lease_renew_release_expire(store):
+def test_lease_renew_release_expire(tracker_store):
     d = Digest.of_bytes(os.urandom(8))
     import time
     now = time.time()
-    store.acquire_lease(d, "a", "http://a", 30, 3, now)
-    assert store.renew_lease(d, "a", 30, now + 10) is True
-    assert store.renew_lease(d, "b", 30, now + 10) is False
-    store.acquire_lease(d, "b", "http://b", 30, 3, now)
-    assert store.release_lease(d, "b", now) is True  # a relay leaves
-    assert store.release_lease(d, "a", now) is True  # holder gone: next asker holds it
-    assert store.acquire_lease(d, "b", "http://b", 30, 3, now)["role"] == "holder"
+    tracker_store.acquire_lease(d, "a", "http://a", 30, 3, now)
+    assert tracker_store.renew_lease(d, "a", 30, now + 10) is True
+    assert tracker_store.renew_lease(d, "b", 30, now + 10) is False
+    tracker_store.acquire_lease(d, "b", "http://b", 30, 3, now)
+    assert tracker_store.release_lease(d, "b", now) is True  # a relay leaves
+    assert tracker_store.release_lease(d, "a", now) is True  # holder gone: next asker holds it
+    assert tracker_store.acquire_lease(d, "b", "http://b", 30, 3, now)["role"] == "holder"
     # expired lease (holder crashed): a new requester becomes the holder
-    assert store.acquire_lease(d, "c", "http://c", 30, 3, now + 31)["role"] == "holder"
-    assert store.renew_lease(d, "b", 30, now + 32) is False
+    assert tracker_store.acquire_lease(d, "c", "http://c", 30, 3, now + 31)["role"] == "holder"
+    assert tracker_store.renew_lease(d, "b", 30, now + 32) is False
 
 
-def test_concurrent_lease_and_publish_have_one_winner(store):
-    """Races resolved in the store (Lua / WATCH on Redis, the lock in memory)."""
+def test_concurrent_lease_and_publish_have_one_winner(tracker_store):
+    """Races resolved in the tracker_store (Lua / WATCH on Redis, the lock in memory)."""
     import time
     from concurrent.futures import ThreadPoolExecutor
     d = Digest.of_bytes(os.urandom(8))
     now = time.time()
     with ThreadPoolExecutor(8) as pool:
-        roles = list(pool.map(lambda i: store.acquire_lease(d, f"h{i}", f"http://h{i}", 30, 2, now)["role"],
+        roles = list(pool.map(lambda i: tracker_store.acquire_lease(d, f"h{i}", f"http://h{i}", 30, 2, now)["role"],
                               range(24)))
         assert roles.count("holder") == 1
-        results = list(pool.map(lambda i: store.put_metainfo(rec(d, "%040x" % (i + 1)))[0], range(16)))
+        results = list(pool.map(lambda i: tracker_store.put_metainfo(rec(d, "%040x" % (i + 1)))[0], range(16)))
         assert results.count(CREATED) == 1 and results.count(CONFLICT) == 15
 
 
@@ -201,7 +201,7 @@ SMALL = Limits(max_swarms=3, idle_swarm_ttl=50, max_torrents=2, max_manifests=2,
                max_reports=2, max_report_hosts=3)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 def small(request):
     """A store of each backend with tiny limits: what outsiders (or a token holder) can grow is bounded."""
     url = "memory" if request.param == "memory" else request.getfixturevalue("redis_url")

@@ -1,24 +1,13 @@
-"""Real registry clients and our processes for the integration tests.
+"""What only the integration tests need: fresh images per test and assertions on the bridge's counters.
 
-The daemon-starting code lives in ``bridge.localstack`` (the demo uses it
-too); this module adds what only tests need: skips when the environment
-cannot run a daemon, assertions on the origin's access log and on the
-bridge's counters.
+Processes start in tests/fixtures.py (through ``layerswarm.bridge.devstack.daemons``).
 """
 from __future__ import annotations
 
-import os
 import secrets
 
-import pytest
-
 from layerswarm.bridge.devstack import imagegen
-from layerswarm.bridge.devstack import daemons as devstack
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("dockerd/containerd need root")
+from tests.fixtures import stats
 
 
 def unique(name: str) -> str:
@@ -30,21 +19,6 @@ def push_image(registry_url: str, repo: str, tag: str = "v1", layer_sizes=(256 <
     img = imagegen.make_image(layer_sizes, seed=secrets.token_bytes(8), oci=oci)
     imagegen.push(registry_url, repo, tag, img)
     return img
-
-
-def origin_blob_gets(origin, repo: str | None = None) -> dict:
-    """digest -> number of successful (200/206) blob GETs the origin served."""
-    out: dict = {}
-    for path, status, _ in devstack.blob_gets(origin.log, repo):
-        if status in (200, 206):
-            d = path.split("?", 1)[0].rsplit("/", 1)[1]
-            out[d] = out.get(d, 0) + 1
-    return out
-
-
-def stats(bridge) -> dict:
-    """The bridge's JSON counters (GET /_layerswarm/stats, format in bridge/http/metrics.py)."""
-    return bridge.stats()
 
 
 def blob_responses(st: dict) -> int:
