@@ -1,11 +1,12 @@
 """The tests' one house: every process, server and peer a test starts, and the helpers to look at them.
 
 Processes (tracker, bridge, docker-registry origin, redis, dockerd, containerd) start through
-``layerswarm.bridge.devstack.daemons`` on free loopback ports, each with its own directory and log,
+``layerswarm.bridge.devstack`` (daemons.py, clients.py) on free loopback ports, each with its own directory and log,
 and stop at teardown; only slow tests use them.  The fast loop uses the real apps in this process:
 the tracker app and bridge apps served on a loopback port from a thread, peers with their own
 libtorrent session on loopback.  ``tests/conftest.py`` loads this module as a plugin, so every
-fixture here is available to every test.
+fixture here is available to every test.  It is long on purpose: one place to look for how any
+test starts anything.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import requests
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
+from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.digest import Digest
 
@@ -487,7 +489,7 @@ def _without_images(d):
 
 @pytest.fixture(scope="session")
 def dockerd_session(tmp_path_factory):
-    yield from _root_daemon(devstack.start_dockerd, tmp_path_factory.mktemp("dockerd"))
+    yield from _root_daemon(clients.start_dockerd, tmp_path_factory.mktemp("dockerd"))
 
 
 @pytest.fixture
@@ -502,7 +504,7 @@ def docker(dockerd_session):
 
 @pytest.fixture(scope="session")
 def containerd_session(tmp_path_factory):
-    yield from _root_daemon(devstack.Containerd, tmp_path_factory.mktemp("containerd"))
+    yield from _root_daemon(clients.Containerd, tmp_path_factory.mktemp("containerd"))
 
 
 @pytest.fixture

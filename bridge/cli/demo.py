@@ -28,6 +28,7 @@ from pathlib import Path
 import requests
 
 from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.errors import DaemonError, UserError
 
@@ -162,7 +163,7 @@ def _run(args, workdir: Path, stack: _Stack) -> int:
                    + (f", tracker {tracker_url}" if tracker_url else "") + f" (log {bridge.log})")
 
     # 4. dockerd
-    docker = stack.add(devstack.start_dockerd(workdir / "dockerd", mirrors=[bridge.url]))
+    docker = stack.add(clients.start_dockerd(workdir / "dockerd", mirrors=[bridge.url]))
     _say("dockerd", f"dockerd on {docker.host} with registry-mirrors [{bridge.url}] (log {docker.log})")
 
     # 5. pull

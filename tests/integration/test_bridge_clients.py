@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.errors import DaemonError
 from tests.fixtures import origin_blob_gets, stats
@@ -73,7 +74,7 @@ def test_containerd_hosts_dir_through_bridge_ns(containerd, origin, origin2, sta
     name = helpers.unique("team/app")
     img = helpers.push_image(origin2.url, name)
     host = origin2.url.split("://", 1)[1]  # 127.0.0.1:PORT -> ?ns=127.0.0.1:PORT -> alias "second"
-    devstack.write_hosts_toml(tmp_path / "hosts", host, bridge.url, fallback=False)
+    clients.write_hosts_toml(tmp_path / "hosts", host, bridge.url, fallback=False)
 
     containerd.pull(f"{host}/{name}:v1", tmp_path / "hosts")
     assert f"{host}/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
@@ -85,11 +86,11 @@ def test_skopeo_registries_conf_mirror_prefix_through_bridge(origin, origin2, st
     bridge = start_bridge(upstream=origin.url, aliases={"second": origin2.url}, **bridge_mode)
     name = helpers.unique("app")
     img = helpers.push_image(origin2.url, f"team/{name}", oci=True)
-    conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
+    conf = clients.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             f"127.0.0.1:{bridge.port}/second/team")
     out = tmp_path / "out"
     # The primary registry is behind the dead proxy: only the mirror can answer.
-    devstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
+    clients.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
     helpers.assert_bridge_served(bridge, img)

@@ -6,6 +6,7 @@ so that a failure in the bridge tests is about the bridge, not the set-up.
 """
 import pytest
 
+from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.format.errors import DaemonError
 from tests.fixtures import origin_blob_gets, require_root
@@ -35,7 +36,7 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
     name = helpers.unique("direct")
     img = helpers.push_image(origin.url, f"team/{name}")
     host = "registry.layerswarm.test"
-    devstack.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
+    clients.write_hosts_toml(tmp_path / "hosts", host, origin.url, fallback=False)
     containerd.pull(f"{host}/team/{name}:v1", tmp_path / "hosts")
     assert f"{host}/team/{name}:v1" in containerd.ctr("images", "ls", "-q").split()
     # containerd names the registry it wanted in ?ns= on every request
@@ -47,10 +48,10 @@ def test_containerd_hosts_dir_plain_registry(containerd, origin, tmp_path):
 def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
     name = helpers.unique("direct")
     img = helpers.push_image(origin.url, f"some/prefix/{name}")
-    conf = devstack.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
+    conf = clients.write_registries_conf(tmp_path / "registries.conf", "registry.layerswarm.test",
                                             origin.url.split("://", 1)[1] + "/some/prefix")
     out = tmp_path / "out"
-    devstack.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
+    clients.skopeo_copy(conf, f"docker://registry.layerswarm.test/{name}:v1", f"dir:{out}", tmp_path / "sk")
     for b in img.blobs:
         assert (out / b.digest.hex).read_bytes() == b.data
 
@@ -58,6 +59,6 @@ def test_skopeo_mirror_with_path_prefix_plain_registry(origin, tmp_path):
 def test_dockerd_that_cannot_start_fails_with_its_log(tmp_path):
     require_root()
     with pytest.raises(DaemonError) as exc:
-        devstack.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
+        clients.DockerDaemon(tmp_path / "bad", extra_config={"no-such-directive": True})
     msg = str(exc.value)
     assert "dockerd exited" in msg and "no-such-directive" in msg, msg
