@@ -1,0 +1,1 @@
+"""The test suite: unit tests per room, end-to-end tests with real processes (slow), one fixtures module."""

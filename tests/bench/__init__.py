@@ -1,0 +1,1 @@
+"""The benchmarks' own machinery: the simulated fleet and a small rollout run."""

@@ -1,0 +1,1 @@
+"""The bridge's client API: registry views, auth, routing, configuration, upstream failures."""

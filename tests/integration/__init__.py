@@ -1,0 +1,1 @@
+"""End-to-end: real dockerd, containerd and skopeo pulling through real bridges."""

@@ -1,0 +1,1 @@
+"""Fleets of real bridges: rollouts, faults, shared manifests."""

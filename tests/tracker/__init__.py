@@ -1,0 +1,1 @@
+"""The tracker: protocol, access table, configuration, storage conformance, real processes."""
