@@ -5,31 +5,20 @@ the bridge verifies, publishes and seeds it with its own session and store.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 
 from flask import Blueprint, jsonify, request
 
 from layerswarm.bridge.format.digest import Digest
-
 from layerswarm.bridge.format.errors import DigestMismatch, InvalidDigest, StoreFull, TrackerUnavailable, UserError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-def make_blueprint(peer, admin_token: str | None) -> Blueprint:
-    """The admin views of ``peer``; with ``admin_token`` set, each needs ``Authorization: Bearer <token>``."""
+def make_blueprint(peer) -> Blueprint:
+    """The admin views of ``peer`` (who may call them: http/access.py, checked by the app)."""
     bp = Blueprint("layerswarm_peer", __name__, url_prefix="/_layerswarm")
-
-    @bp.before_request
-    def _auth():
-        if admin_token:
-            auth = request.authorization
-            got = auth.token if auth is not None and auth.type == "bearer" and auth.token else ""
-            if not hmac.compare_digest(got.encode(), admin_token.encode()):
-                return jsonify(error="admin token required"), 401
-        return None
 
     @bp.post("/seed")
     def seed():

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.format import errors
-from layerswarm.bridge.http import admin
+from layerswarm.bridge.http import access, admin
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
 from layerswarm.bridge.http.relay import relay_blueprint
@@ -66,9 +66,20 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
 
     app.register_blueprint(registry_bp)
     if peer is not None:
-        app.register_blueprint(admin.make_blueprint(peer, config.admin.admin_token))
+        app.register_blueprint(admin.make_blueprint(peer))
     if hasattr(blob_source, "active_fetch"):   # the swarm source: other bridges relay from our fetches
         app.register_blueprint(relay_blueprint(peer.store, blob_source.active_fetch, config.first_byte_timeout))
+
+    @app.before_request
+    def who_may_call():
+        if request.url_rule is None:   # unknown paths and methods: answered 404/405 below
+            return None
+        why = access.refusal(request.url_rule.rule, request.method, request.authorization, config.admin.admin_token)
+        if why is None:
+            return None
+        if request.path.startswith("/v2"):
+            raise errors.RegistryError("DENIED", why, 403)
+        return jsonify(error=why), (401 if why == "admin token required" else 403)
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -116,7 +116,7 @@ def test_seed_via_bridge_admin_endpoint(local_tracker, make_peer, thread_server,
     from layerswarm.bridge.http import admin
     p = make_peer("bridge", local_tracker.url)
     app = flask.Flask("t")
-    app.register_blueprint(admin.make_blueprint(p, None))
+    app.register_blueprint(admin.make_blueprint(p))
     srv = thread_server(app)
     data = blob_bytes(700_000, b"viabridge")
     f = tmp_path / "blob"

@@ -1,0 +1,47 @@
+"""Who may call each bridge endpoint, in one table enforced before every view (open mode).
+
+Callers: a *client* (a registry client of this host: whoever reaches the
+client listener, which stays on loopback by default), the *operator* (the
+admin token, when one is set: the views that change or list the store) and a
+*fleet* host (another bridge streaming a blob we fetch: the relay).  In open
+mode a fleet host is whoever reaches the port; secure fleet mode will ask for
+a fleet certificate there.
+"""
+from __future__ import annotations
+
+import hmac
+
+CLIENT = "client"
+OPERATOR = "operator"
+FLEET = "fleet"
+
+_READ = {"GET": CLIENT, "HEAD": CLIENT}
+# URL rule -> method -> who may call it.  Registry writes reach the view, which answers
+# 405 UNSUPPORTED (a read-only mirror), so clients get the spec's error.
+TABLE = {
+    "/v2": _READ,
+    "/v2/": _READ,
+    "/v2/<path:rest>": {**_READ, "POST": CLIENT, "PUT": CLIENT, "PATCH": CLIENT, "DELETE": CLIENT},
+    "/metrics": _READ,
+    "/healthz": _READ,
+    "/_layerswarm/stats": _READ,
+    "/_layerswarm/seed": {"POST": OPERATOR},
+    "/_layerswarm/status": {"GET": OPERATOR, "HEAD": OPERATOR},
+    "/_layerswarm/layers/<digest>": {"GET": OPERATOR, "HEAD": OPERATOR},
+    "/_layerswarm/relay/<digest>": {"GET": FLEET, "HEAD": FLEET},
+}
+
+
+def refusal(rule: str, method: str, authorization, admin_token: str | None) -> str | None:
+    """Why the caller may not call ``method rule`` (None: it may).  Every endpoint must have a row."""
+    if method == "OPTIONS":
+        return None   # Flask's automatic answer: the allowed methods, nothing else
+    role = TABLE.get(rule, {}).get(method)
+    if role is None:
+        return f"{method} {rule} is not in the access table"
+    if role != OPERATOR or not admin_token:
+        return None
+    token = authorization.token if authorization is not None and authorization.type == "bearer" else None
+    if token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return None
+    return "admin token required"
