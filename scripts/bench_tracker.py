@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--swarms", type=int, default=1000)
     ap.add_argument("--hot", type=int, default=50, help="%% of announces to the one hot swarm")
     ap.add_argument("--redis-workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=16, help="gunicorn threads per worker")
+    ap.add_argument("--threads", type=int, default=16, help="gunicorn threads of the hello-world baseline")
     ap.add_argument("--targets", default="hello,memory,redis,opentracker")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args(argv)
@@ -133,13 +133,13 @@ def main(argv=None) -> int:
                           "--backlog", "2048", "--no-control-socket", "-b", f"127.0.0.1:{port}", "--chdir", tmp,
                           "hello:app"], tmp / "hello.log")
             elif target == "memory":
-                p = Proc(layerswarm_argv("tracker", "--port", port, "--threads", args.threads), tmp / "memory.log")
+                p = Proc(layerswarm_argv("tracker", "--port", port), tmp / "memory.log")
             elif target == "redis":
                 rp = start_redis(tmp / "redis")
                 url = rp.url
                 procs.append(rp)
-                p = Proc(layerswarm_argv("tracker", "--port", port, "--store", url, "--workers", args.redis_workers,
-                                         "--threads", args.threads), tmp / "redis-tracker.log")
+                p = Proc(layerswarm_argv("tracker", "--port", port, "--store", url, "--workers", args.redis_workers),
+                         tmp / "redis-tracker.log")
             elif target == "opentracker":
                 conf = tmp / "opentracker.conf"
                 conf.write_text(f"listen.tcp 127.0.0.1:{port}\nlisten.udp 127.0.0.1:{port}\n"

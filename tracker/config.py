@@ -38,10 +38,12 @@ class ServerSection:
     host: str = option("127.0.0.1", "address to listen on", metavar="ADDR")
     port: int = option(6969, "port to listen on", metavar="PORT")
     workers: int = option(1, "gunicorn worker processes (more than 1 needs a redis:// store)", metavar="N")
-    threads: int = option(16, "threads per worker", metavar="N")
+    # gevent workers: a slow client costs a greenlet, not one of a few threads (a trickle of
+    # bytes held every thread of a gthread worker; tests/tracker/test_slow_clients.py).
+    connections: int = option(4096, "concurrent connections per worker", metavar="N")
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "workers", "threads")
+        _at_least_one(self, "workers", "connections")
         if not 1 <= self.port <= 65535:
             raise InvalidOption("port", f"not a TCP port: {self.port}")
 

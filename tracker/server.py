@@ -1,10 +1,17 @@
-"""Production serving: gunicorn embedded, gthread workers.
+"""Production serving: gunicorn embedded, gevent workers.
 
-The app is built in each worker (no preload), so every worker opens its own
-Redis pool after the fork.  The memory store lives in one process, so it
-runs with exactly one worker; Redis lets several workers share state.
+gevent, not threads: a client that sends its request a byte at a time holds
+a greenlet, not one of a handful of threads, so a crowd of slow connections
+cannot stall announces (the bridge cannot do this: libtorrent's blocking
+calls would stop every greenlet; the tracker has none).  The app is built in
+each worker after gevent patched the standard library (no preload), so every
+worker opens its own Redis pool after the fork.  The memory store lives in
+one process, so it runs with exactly one worker; Redis lets several workers
+share state.
 """
 from __future__ import annotations
+
+import resource
 
 from gunicorn.app.base import BaseApplication
 
@@ -22,8 +29,8 @@ class TrackerServer(BaseApplication):
         for key, value in {
             "bind": [f"{host}:{c.port}"],
             "workers": c.workers,
-            "threads": c.threads,
-            "worker_class": "gthread",
+            "worker_class": "gevent",
+            "worker_connections": c.connections,
             "keepalive": 5,
             "backlog": 2048,
             "timeout": 60,
@@ -43,5 +50,14 @@ class TrackerServer(BaseApplication):
         return create_app(self.cfg_tracker)
 
 
+def _raise_open_file_limit(wanted: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit toward what the workers may hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(cfg: Config) -> None:
+    _raise_open_file_limit(cfg.server.connections + 1024)
     TrackerServer(cfg).run()

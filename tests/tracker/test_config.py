@@ -18,11 +18,11 @@ def load(*argv, environ=None):
 
 def test_sources_merge_by_field_name(tmp_path):
     f = tmp_path / "tracker.toml"
-    f.write_text('[announce]\ninterval = 30\n[registry]\nrelay_fanout = 3\n[server]\nthreads = 4\n')
-    cfg = load("--config", f, "--threads", 8, environ={"LAYERSWARM_TRACKER_INTERVAL": "45",
+    f.write_text('[announce]\ninterval = 30\n[registry]\nrelay_fanout = 3\n[server]\nconnections = 4\n')
+    cfg = load("--config", f, "--connections", 8, environ={"LAYERSWARM_TRACKER_INTERVAL": "45",
                                                       "LAYERSWARM_PUBLISH_TOKEN": "tok"})
     assert cfg.announce.interval == 45 and cfg.announce.effective_peer_ttl == 90
-    assert cfg.registry.relay_fanout == 3 and cfg.server.threads == 8 and cfg.admin.publish_token == "tok"
+    assert cfg.registry.relay_fanout == 3 and cfg.server.connections == 8 and cfg.admin.publish_token == "tok"
     assert cfg.announce.effective_min_interval == 22
 
 

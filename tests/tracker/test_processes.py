@@ -23,7 +23,7 @@ def announce(url, ih, pid, port, **kw):
 
 @pytest.mark.slow
 def test_two_trackers_share_one_redis_swarm(tmp_path, redis_url):
-    a = devstack.start_tracker(tmp_path / "a", extra=("--store", redis_url, "--workers", "2", "--threads", "4"))
+    a = devstack.start_tracker(tmp_path / "a", extra=("--store", redis_url, "--workers", "2", "--connections", "64"))
     b = devstack.start_tracker(tmp_path / "b", extra=("--store", redis_url))
     url_a, url_b = a.url, b.url
     try:

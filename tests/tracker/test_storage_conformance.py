@@ -224,8 +224,9 @@ def test_swarms_are_bounded_and_idle_counters_expire(small):
 
 def test_torrents_manifests_and_reports_are_bounded(small):
     digests = [Digest.of_bytes(os.urandom(8)) for _ in range(3)]
-    for i, d in enumerate(digests):
-        assert small.put_metainfo(rec(d, f"{i + 1:02x}" * 20))[0] == CREATED
+    for i, d in enumerate(digests):   # published one after another: the first is the oldest
+        r = rec(d, f"{i + 1:02x}" * 20)
+        assert small.put_metainfo(MetainfoRecord(r.digest, r.info_hash, r.size, r.format, r.data, NOW + i))[0] == CREATED
     assert small.get_metainfo(digests[0]) is None and small.get_metainfo(digests[2]) is not None
     assert len(small.list_metainfo()) == 2
     bodies = [os.urandom(16) for _ in range(3)]
