@@ -40,9 +40,6 @@ def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
     }
 
 
-_peer = None  # the worker's Peer (owns the libtorrent session), closed at worker exit
-
-
 def build_peer(cfg: bconfig.BridgeConfig):
     """The host's one Peer: libtorrent session + layer store + tracker client."""
     import threading
@@ -57,16 +54,15 @@ def build_peer(cfg: bconfig.BridgeConfig):
 
 def build_app(cfg: bconfig.BridgeConfig):
     """The WSGI app for ``cfg``: a swarm-backed mirror with --tracker, else pass-through."""
-    global _peer
     from layerswarm.bridge.http.app import create_app
-    if cfg.swarm.tracker:
-        _peer = build_peer(cfg)
-    return create_app(cfg, peer=_peer)
+    return create_app(cfg, peer=build_peer(cfg) if cfg.swarm.tracker else None)
 
 
 def _worker_exit(server, worker) -> None:
-    if _peer is not None:
-        _peer.close()
+    """The worker's app owns the host's Peer (the libtorrent session): close it on the way out."""
+    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("layerswarm")
+    if state is not None and state.peer is not None:
+        state.peer.close()
 
 
 def serve(cfg: bconfig.BridgeConfig) -> None:
