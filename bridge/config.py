@@ -39,14 +39,13 @@ an open proxy.
 """
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from layerswarm.bridge.format.errors import InvalidOption, UserError
 from layerswarm.bridge.format.names import COMPONENT_RE
-from layerswarm.bridge.format.options import Schema, option
+from layerswarm.bridge.format.options import Schema, env_secret, option, read_secret
 from layerswarm.bridge.format.units import parse_size
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -364,18 +363,10 @@ def from_args(args=None, environ=None, **values) -> BridgeConfig:
 def _secret(table: dict, key: str, where: str) -> str | None:
     if table.get(key) is not None:
         return str(table[key])
-    env = table.get(key + "_env")
-    if env:
-        if env not in os.environ:
-            raise UserError(f"{where}: environment variable {env} (for {key}) is not set")
-        return os.environ[env]
-    path = table.get(key + "_file")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise UserError(f"{where}: cannot read {key}_file {path!r}: {exc.strerror}") from None
+    if table.get(key + "_env"):
+        return env_secret(table[key + "_env"], f"{where} {key}_env")
+    if table.get(key + "_file"):
+        return read_secret(table[key + "_file"], f"{where} {key}_file")
     return None
 
 

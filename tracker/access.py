@@ -11,8 +11,7 @@ and is open to anyone, as this table says.
 """
 from __future__ import annotations
 
-import hmac
-
+from layerswarm.bridge.format.tokens import bearer, matches
 from layerswarm.tracker.errors import Forbidden, Unauthorized
 
 ANYONE = "anyone"
@@ -36,17 +35,6 @@ TABLE = {
 }
 
 
-def bearer(authorization) -> str | None:
-    """The token of an ``Authorization: Bearer`` header (werkzeug's parsed form), else None."""
-    if authorization is None or authorization.type != "bearer" or not authorization.token:
-        return None
-    return authorization.token
-
-
-def _matches(token: str | None, expected: str) -> bool:
-    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
-
-
 def check(rule: str, method: str, authorization, publish_token: str | None, admin_token: str | None) -> str:
     """Raise Unauthorized/Forbidden unless the caller may call ``method rule``; returns the role needed.
 
@@ -61,6 +49,6 @@ def check(rule: str, method: str, authorization, publish_token: str | None, admi
         return role   # open endpoint, or a tracker without that token (open mode)
     if token is None:
         raise Unauthorized(f"{role} token required (Authorization: Bearer ...)")
-    if not _matches(token, expected):
+    if not matches(token, expected):
         raise Forbidden(f"wrong {role} token")
     return role

@@ -188,14 +188,12 @@ class Schema:
         if key.endswith("_file") and key[:-5] in self.toml_names:
             opt = self._known(key[:-5], where)
             if opt.meta["secret"]:
-                self._set(opt, _read_secret(value, f"{where} {key}"), f"{where} {key}", got, origin)
+                self._set(opt, read_secret(value, f"{where} {key}"), f"{where} {key}", got, origin)
                 return
         if key.endswith("_env") and key[:-4] in self.toml_names:
             opt = self._known(key[:-4], where)
             if opt.meta["secret"]:
-                if value not in os.environ:
-                    raise UserError(f"{where} {key}: environment variable {value} is not set")
-                self._set(opt, os.environ[value], f"{where} {key}", got, origin)
+                self._set(opt, env_secret(value, f"{where} {key}"), f"{where} {key}", got, origin)
                 return
         if section is not None and key not in self.toml_names and isinstance(value, dict):
             tables = getattr(self.sections[section], "__tables__", None)
@@ -213,7 +211,7 @@ class Schema:
             names = (self.env_prefix + opt.name.upper(),) + opt.meta["env"]
             for name in names:
                 if opt.meta["secret"] and environ.get(name + "_FILE"):
-                    self._set(opt, _read_secret(environ[name + "_FILE"], f"environment {name}_FILE"),
+                    self._set(opt, read_secret(environ[name + "_FILE"], f"environment {name}_FILE"),
                               f"environment {name}_FILE", got, origin)
                     break
                 if environ.get(name) not in (None, ""):
@@ -224,7 +222,7 @@ class Schema:
         ns = vars(args)
         for opt in self.opts.values():
             if opt.name + "__file" in ns:
-                self._set(opt, _read_secret(ns[opt.name + "__file"], f"flag {opt.flags[0]}-file"),
+                self._set(opt, read_secret(ns[opt.name + "__file"], f"flag {opt.flags[0]}-file"),
                           f"flag {opt.flags[0]}-file", got, origin)
             if opt.name in ns:
                 self._set(opt, ns[opt.name], f"flag {opt.flags[0]}", got, origin)
@@ -338,7 +336,15 @@ def _coerce(opt: _Opt, value):
     return value
 
 
-def _read_secret(path, source: str) -> str:
+def env_secret(name, source: str) -> str:
+    """A secret named by an environment variable (``password_env = "VAR"``)."""
+    if name not in os.environ:
+        raise UserError(f"{source}: environment variable {name} is not set")
+    return os.environ[name]
+
+
+def read_secret(path, source: str) -> str:
+    """A secret kept in a file (``*_file``): its text without surrounding white space."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read().strip()

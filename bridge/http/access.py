@@ -9,7 +9,7 @@ a fleet certificate there.
 """
 from __future__ import annotations
 
-import hmac
+from layerswarm.bridge.format.tokens import bearer, matches
 
 CLIENT = "client"
 OPERATOR = "operator"
@@ -41,7 +41,6 @@ def refusal(rule: str, method: str, authorization, admin_token: str | None) -> s
         return f"{method} {rule} is not in the access table"
     if role != OPERATOR or not admin_token:
         return None
-    token = authorization.token if authorization is not None and authorization.type == "bearer" else None
-    if token and hmac.compare_digest(token.encode(), admin_token.encode()):
+    if matches(bearer(authorization), admin_token):
         return None
     return "admin token required"
