@@ -5,7 +5,8 @@ merge into :class:`BridgeConfig` by field name; ``layerswarm bridge
 --print-config`` shows the result with secrets redacted.  Example file::
 
     [server]
-    listen = "127.0.0.1:5000"
+    listen = "127.0.0.1:5000"            # the client API: loopback unless clients live elsewhere
+    fleet_listen = "0.0.0.0:5001"        # the relay other bridges stream from
     store_dir = "/var/lib/layerswarm"
 
     [upstreams]
@@ -39,6 +40,7 @@ an open proxy.
 """
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -97,6 +99,20 @@ def _host_port(name: str, value: str, flag: str) -> None:
         raise InvalidOption(name, f"wants HOST:PORT, got {value!r} ({flag})")
 
 
+def _local_address_toward(url: str | None) -> str | None:
+    """The local address the OS picks to reach ``url``'s host (a UDP connect sends nothing)."""
+    host = urlsplit(url).hostname if url else None
+    if not host:
+        return None
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
 def _base_url(name: str, value: str | None) -> None:
     if value is None:
         return
@@ -116,14 +132,24 @@ class ServerSection:
     """The client API: the registry mirror dockerd, containerd and podman point at."""
 
     listen: str = option("127.0.0.1:5000", "address the registry mirror serves on", metavar="HOST:PORT")
+    # Like the BitTorrent port, the relay answers other hosts; it has its own loop and threads,
+    # so a crowd there cannot starve the client API.
+    fleet_listen: str = option("0.0.0.0:5001", "address other fleet hosts stream relayed layers from "
+                               "(served only with --tracker)", metavar="HOST:PORT")
     store_dir: str | None = option(None, "local store (manifest cache, layers); required", metavar="DIR")
-    threads: int = option(64, "server threads (long blob streams each hold one)", metavar="N")
+    threads: int = option(64, "client API threads (each streamed blob holds one; store hits need none)",
+                          metavar="N")
+    fleet_threads: int = option(32, "fleet listener threads (each relayed stream holds one)", metavar="N")
+    idle_timeout: float = option(30.0, "a connection without a whole request this long is closed", metavar="S")
+    write_timeout: float = option(60.0, "a client that takes nothing of a response this long is dropped",
+                                  metavar="S")
     graceful_timeout: float = option(5.0, "seconds in-flight requests get after SIGTERM", metavar="S")
     access_log: bool = option(False, "log every request")
 
     def __post_init__(self) -> None:
         _host_port("listen", self.listen, "--listen")
-        _positive(self, "threads")
+        _host_port("fleet_listen", self.fleet_listen, "--fleet-listen")
+        _positive(self, "threads", "fleet_threads", "idle_timeout", "write_timeout")
 
 
 @dataclass
@@ -232,8 +258,9 @@ class SwarmSection:
     tracker: str | None = option(None, "layerswarm tracker base URL, e.g. http://tracker:6969", metavar="URL")
     publish_token: str | None = option(None, "publish token for the tracker", secret=True,
                                        flags=("--token",), toml=("token",), metavar="T")
-    advertise_url: str | None = option(None, "this bridge's URL as other bridges reach it for relaying "
-                                       "(default http://<listen>)", metavar="URL")
+    advertise_url: str | None = option(None, "this bridge's fleet listener as other bridges reach it "
+                                       "(default http://<fleet-listen>; on a wildcard address, the address "
+                                       "this host reaches the tracker from)", metavar="URL")
     host_id: str | None = option(None, "unique name of this host (default <hostname>-<port>)", metavar="ID")
     cache_max: int | None = option(None, "layer store cap, e.g. 20G (LRU eviction)", parse=parse_size, metavar="SIZE")
     tiny_blob_bytes: int = option(1 << 20, "blobs below this get no torrent", metavar="N")
@@ -325,12 +352,16 @@ class BridgeConfig:
     def host_id(self) -> str:
         return self.swarm.host_id or f"{socket.gethostname()}-{self.server.listen.rpartition(':')[2]}"
 
-    @property
+    @functools.cached_property
     def advertise_url(self) -> str:
+        """The fleet listener's URL for leases: the tracker accepts only the caller's own address."""
         if self.swarm.advertise_url:
             return self.swarm.advertise_url
-        host, _, port = self.server.listen.rpartition(":")
-        return f"http://{socket.gethostname() if host in ('0.0.0.0', '::', '') else host}:{port}"
+        host, _, port = self.server.fleet_listen.rpartition(":")
+        host = host.strip("[]")
+        if host in ("0.0.0.0", "::", ""):
+            host = _local_address_toward(self.swarm.tracker) or socket.gethostname()
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def tracker_timeout(self) -> float:

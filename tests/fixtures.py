@@ -17,6 +17,7 @@ import io
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -118,6 +119,33 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------------- in-process servers
 
+@contextlib.contextmanager
+def slow_connections(host: str, port: int, n: int = 500, every: float = 10.0, head: bytes = b"GET /v2/"):
+    """``n`` connections that each send ``head`` and then one more byte every ``every`` seconds (slow loris).
+
+    Yields the open sockets; a socket the server closed stays in the list (its sends fail quietly)."""
+    socks, stop = [], threading.Event()
+    try:
+        for _ in range(n):
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(head)
+            socks.append(s)
+
+        def drip():
+            while not stop.wait(every):
+                for s in socks:
+                    try:
+                        s.sendall(b"A")
+                    except OSError:
+                        pass
+        threading.Thread(target=drip, name="slow-loris", daemon=True).start()
+        yield socks
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+
+
 class ThreadServer:
     """A WSGI app on a real loopback socket, served from a thread."""
 
@@ -168,29 +196,43 @@ def add_blob(peer, data: bytes):
                          Digest.of_bytes(data))
 
 
-def bridge_app(*argv):
-    """The bridge's WSGI app for ``layerswarm bridge ARGV`` (flags as on the command line), in this process."""
+def bridge_config(*argv):
+    """The bridge's configuration for ``layerswarm bridge ARGV`` (flags as on the command line)."""
     from layerswarm.bridge import config as bconfig
     from layerswarm.bridge.cli import bridge as bridge_cmd
-    from layerswarm.bridge.http import server
     parser = argparse.ArgumentParser()
     bridge_cmd.add_arguments(parser)
-    return server.build_app(bconfig.from_args(parser.parse_args([str(a) for a in argv])))
+    return bconfig.from_args(parser.parse_args([str(a) for a in argv]))
 
 
-class LocalBridge(ThreadServer):
-    """A bridge app served on loopback in this process; ``.store`` is its store directory."""
+def bridge_app(*argv):
+    """The bridge's client app for ``layerswarm bridge ARGV``, in this process (with its peer given --tracker)."""
+    from layerswarm.bridge.http import server
+    from layerswarm.bridge.http.app import create_app
+    cfg = bridge_config(*argv)
+    return create_app(cfg, peer=server.build_peer(cfg) if cfg.swarm.tracker else None)
+
+
+class LocalBridge:
+    """A bridge served by its real listeners on loopback in this process: ``.url`` (client API),
+    ``.fleet_url`` (the relay, with --tracker), ``.store``, ``.peer``, ``.app``."""
 
     def __init__(self, store: Path, *argv):
+        from layerswarm.bridge.http import server
         self.store = Path(store)
-        super().__init__(bridge_app("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", *argv))
-
-    @property
-    def peer(self):
-        return self.app.extensions["layerswarm"].peer
+        cfg = bridge_config("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+                            "--fleet-listen", "127.0.0.1:0", *argv)
+        self.peer = server.build_peer(cfg) if cfg.swarm.tracker else None
+        self.listeners = server.build_listeners(cfg, self.peer)
+        server.start_listeners(cfg, self.listeners)
+        self.app = self.listeners[0].app
+        self.port = self.listeners[0].port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.fleet_url = f"http://127.0.0.1:{self.listeners[1].port}" if self.peer is not None else None
 
     def stop(self) -> None:
-        super().stop()
+        for listener in self.listeners:
+            listener.stop()
         if self.peer is not None:
             self.peer.close()
 

@@ -11,10 +11,9 @@ share state.
 """
 from __future__ import annotations
 
-import resource
-
 from gunicorn.app.base import BaseApplication
 
+from layerswarm.bridge.format.rlimits import raise_open_file_limit
 from layerswarm.tracker.config import Config
 
 
@@ -50,14 +49,6 @@ class TrackerServer(BaseApplication):
         return create_app(self.cfg_tracker)
 
 
-def _raise_open_file_limit(wanted: int) -> None:
-    """Every connection is a file descriptor: lift the soft limit toward what the workers may hold."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def serve(cfg: Config) -> None:
-    _raise_open_file_limit(cfg.server.connections + 1024)
+    raise_open_file_limit(cfg.server.connections + 1024)
     TrackerServer(cfg).run()

@@ -239,7 +239,8 @@ def bridge_stats(url: str) -> dict:
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
                  tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
                  env=None, name: str = "layerswarm bridge") -> Daemon:
-    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``.
+    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
+    ``.fleet_url`` (its fleet listener: the relay other bridges stream from).
 
     ``store`` defaults to ``workdir/store``; a restarted bridge passes its old one.
     """
@@ -252,14 +253,18 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         argv += ["--upstream", upstream]
     for alias, url in (aliases or {}).items():
         argv += ["--alias", f"{alias}={url}"]
+    fleet_port = None
     if tracker:
-        # BitTorrent on loopback, on a port of its own
-        argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}"]
+        # BitTorrent and the fleet listener on loopback, on ports of their own
+        fleet_port = free_port()
+        argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
+                 "--fleet-listen", f"127.0.0.1:{fleet_port}"]
     argv += list(extra)
     log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
     p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
+    p.fleet_url = f"http://127.0.0.1:{fleet_port}" if fleet_port else None
     p.store = store
     p.stats = lambda: bridge_stats(p.url)
     p.wait_http(p.url + "/v2/")

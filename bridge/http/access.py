@@ -1,11 +1,11 @@
-"""Who may call each bridge endpoint, in one table enforced before every view (open mode).
+"""Who may call each bridge endpoint, one table per listener, enforced before every view (open mode).
 
 Callers: a *client* (a registry client of this host: whoever reaches the
 client listener, which stays on loopback by default), the *operator* (the
 admin token, when one is set: the views that change or list the store) and a
-*fleet* host (another bridge streaming a blob we fetch: the relay).  In open
-mode a fleet host is whoever reaches the port; secure fleet mode will ask for
-a fleet certificate there.
+*fleet* host (another bridge streaming a blob we fetch: the relay, served
+only on the fleet listener).  In open mode a fleet host is whoever reaches
+the fleet port; secure fleet mode will ask for a fleet certificate there.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ FLEET = "fleet"
 _READ = {"GET": CLIENT, "HEAD": CLIENT}
 # URL rule -> method -> who may call it.  Registry writes reach the view, which answers
 # 405 UNSUPPORTED (a read-only mirror), so clients get the spec's error.
-TABLE = {
+CLIENT_TABLE = {
     "/v2": _READ,
     "/v2/": _READ,
     "/v2/<path:rest>": {**_READ, "POST": CLIENT, "PUT": CLIENT, "PATCH": CLIENT, "DELETE": CLIENT},
@@ -28,15 +28,19 @@ TABLE = {
     "/_layerswarm/seed": {"POST": OPERATOR},
     "/_layerswarm/status": {"GET": OPERATOR, "HEAD": OPERATOR},
     "/_layerswarm/layers/<digest>": {"GET": OPERATOR, "HEAD": OPERATOR},
+}
+# The fleet listener: what other hosts call, and nothing of the client API.
+FLEET_TABLE = {
     "/_layerswarm/relay/<digest>": {"GET": FLEET, "HEAD": FLEET},
+    "/healthz": {"GET": FLEET, "HEAD": FLEET},
 }
 
 
-def refusal(rule: str, method: str, authorization, admin_token: str | None) -> str | None:
+def refusal(table: dict, rule: str, method: str, authorization, admin_token: str | None) -> str | None:
     """Why the caller may not call ``method rule`` (None: it may).  Every endpoint must have a row."""
     if method == "OPTIONS":
         return None   # Flask's automatic answer: the allowed methods, nothing else
-    role = TABLE.get(rule, {}).get(method)
+    role = table.get(rule, {}).get(method)
     if role is None:
         return f"{method} {rule} is not in the access table"
     if role != OPERATOR or not admin_token:

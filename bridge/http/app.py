@@ -1,4 +1,4 @@
-"""The bridge's Flask app factory: all wiring of the client API in one place.
+"""The bridge's Flask app factories: the client API and the fleet listener's app, all wiring in one place.
 
 ``create_app(config, peer=None, blob_source=None)`` builds, once per app:
 upstream clients (one per configured upstream), the router, the manifest
@@ -44,10 +44,6 @@ class BridgeState:
 def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None = None) -> Flask:
     """The registry mirror for ``config``: with a ``peer`` (the host's Peer) blobs come from the swarm
     and its admin views are mounted; ``blob_source`` replaces the blob source (tests)."""
-    # Explicit paths: Flask cannot locate a module inside the editable-installed
-    # ``layerswarm`` namespace on its own (and the app reads no instance files).
-    here = os.path.dirname(os.path.abspath(__file__))
-    app = Flask(__name__, root_path=here, instance_path=here)
     metrics = Metrics()
     ups = config.upstreams
     clients = {name: UpstreamClient(cfg, ups.connect_timeout, ups.read_timeout,
@@ -62,24 +58,11 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
         manifests=ManifestService(ManifestStore(config.server.store_dir), ups.tag_ttl, ups.max_manifest_bytes,
                                   metrics, shared=getattr(peer, "tracker", None)),
         origin_blobs=origin, blobs=blob_source or origin, peer=peer)
-    app.extensions["layerswarm"] = state
+    app = _app(state, access.CLIENT_TABLE)
 
     app.register_blueprint(registry_bp)
     if peer is not None:
         app.register_blueprint(admin.make_blueprint(peer))
-    if hasattr(blob_source, "active_fetch"):   # the swarm source: other bridges relay from our fetches
-        app.register_blueprint(relay_blueprint(peer.store, blob_source.active_fetch, config.first_byte_timeout))
-
-    @app.before_request
-    def who_may_call():
-        if request.url_rule is None:   # unknown paths and methods: answered 404/405 below
-            return None
-        why = access.refusal(request.url_rule.rule, request.method, request.authorization, config.admin.admin_token)
-        if why is None:
-            return None
-        if request.path.startswith("/v2"):
-            raise errors.RegistryError("DENIED", why, 403)
-        return jsonify(error=why), (401 if why == "admin token required" else 403)
 
     @app.get("/metrics")
     def prometheus_metrics():
@@ -90,6 +73,40 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     def stats():
         g.route = "stats"
         return jsonify(metrics.snapshot())
+
+    return app
+
+
+def create_fleet_app(state: BridgeState) -> Flask:
+    """What other hosts call, on the fleet listener: the relay of our blobs and fetches, and a health check.
+
+    It shares the client app's state (one metrics registry, one peer) but none of its views."""
+    app = _app(state, access.FLEET_TABLE)
+    fetches = getattr(state.blobs, "active_fetch", lambda digest: None)
+    app.register_blueprint(relay_blueprint(state.peer.store, fetches, state.config.first_byte_timeout))
+    return app
+
+
+def _app(state: BridgeState, table: dict) -> Flask:
+    """A Flask app over ``state`` whose every request passes ``table`` first; registry-style errors."""
+    # Explicit paths: Flask cannot locate a module inside the editable-installed
+    # ``layerswarm`` namespace on its own (and the app reads no instance files).
+    here = os.path.dirname(os.path.abspath(__file__))
+    app = Flask(__name__, root_path=here, instance_path=here)
+    app.extensions["layerswarm"] = state
+    config, metrics = state.config, state.metrics
+
+    @app.before_request
+    def who_may_call():
+        if request.url_rule is None:   # unknown paths and methods: answered 404/405 below
+            return None
+        why = access.refusal(table, request.url_rule.rule, request.method, request.authorization,
+                             config.admin.admin_token)
+        if why is None:
+            return None
+        if request.path.startswith("/v2"):
+            raise errors.RegistryError("DENIED", why, 403)
+        return jsonify(error=why), (401 if why == "admin token required" else 403)
 
     @app.get("/healthz")
     def healthz():

@@ -97,7 +97,7 @@ def _blob(st, up, repo, parsed: ApiPath, head: bool) -> Response:
         f = res.file
         f.seek(res.start)
         if res.end == res.size - 1:
-            # Whole tail of the file: gunicorn sendfile()s from the current offset
+            # Whole tail of the file: the listener sendfile()s from the current offset
             # for Content-Length bytes.
             body = wrap_file(request.environ, f, 1 << 20)
             metrics.served("blob", res.length)

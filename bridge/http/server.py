@@ -1,48 +1,27 @@
-"""The bridge's server: the registry mirror app under an embedded gunicorn, and the host's peer it owns.
+"""The bridge's server: one process that owns the host's peer and serves two listeners.
 
-One worker process (it owns the host's single libtorrent session),
-``gthread`` with many threads so long blob streams never starve a manifest
-request, no worker recycling, no preload (the app and the session are built
-in the worker by ``load()``: libtorrent's threads do not survive a fork),
-sendfile on.  SIGTERM: the arbiter
-stops the worker, which gets ``graceful_timeout`` seconds to finish.
+The client API (``--listen``, loopback by default) and, with a tracker, the
+fleet listener (``--fleet-listen``: the relay other bridges stream from) each
+get their own loop and thread pool (``wsgi.Listener``: why not gunicorn is
+said there), so a crowd on one cannot starve the other.  One process: the
+libtorrent session lives here.  SIGTERM/SIGINT: stop accepting, give
+in-flight requests ``graceful_timeout`` seconds, close the peer.
 """
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.format.rlimits import raise_open_file_limit
+from layerswarm.bridge.http.wsgi import Listener
 
 log = logging.getLogger("layerswarm.serve")
 
 
-def gunicorn_options(cfg: bconfig.BridgeConfig) -> dict:
-    return {
-        "bind": [cfg.server.listen],
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": cfg.server.threads,
-        "max_requests": 0,
-        "preload_app": False,
-        "sendfile": True,
-        # Heartbeat of the worker's main loop, not a per-request limit: long
-        # blob streams run in threads and never block it.
-        "timeout": 60,
-        "graceful_timeout": max(1, int(cfg.server.graceful_timeout)),
-        "keepalive": 5,
-        "worker_connections": max(1000, cfg.server.threads * 4),
-        "accesslog": "-" if cfg.server.access_log else None,
-        "errorlog": "-",
-        "loglevel": "info",
-        "proc_name": "layerswarm-bridge",
-        "control_socket_disable": True,  # gunicorn >= 25: no control socket in the cwd
-        "worker_exit": _worker_exit,
-    }
-
-
 def build_peer(cfg: bconfig.BridgeConfig):
     """The host's one Peer: libtorrent session + layer store + tracker client."""
-    import threading
     from layerswarm.bridge.node.peer import Peer
     peer = Peer.open(cfg.server.store_dir, cfg.swarm.tracker, publish_token=cfg.swarm.publish_token,
                      host_id=cfg.host_id, cache_max=cfg.swarm.cache_max, session=cfg.session, stream=cfg.stream,
@@ -52,33 +31,53 @@ def build_peer(cfg: bconfig.BridgeConfig):
     return peer
 
 
-def build_app(cfg: bconfig.BridgeConfig):
-    """The WSGI app for ``cfg``: a swarm-backed mirror with --tracker, else pass-through."""
-    from layerswarm.bridge.http.app import create_app
-    return create_app(cfg, peer=build_peer(cfg) if cfg.swarm.tracker else None)
+def build_listeners(cfg: bconfig.BridgeConfig, peer=None) -> list:
+    """The client listener, and the fleet listener when the host has a peer (not started)."""
+    from layerswarm.bridge.http.app import create_app, create_fleet_app
+    app = create_app(cfg, peer=peer)
+    s = cfg.server
+    common = dict(write_timeout=s.write_timeout, idle_timeout=s.idle_timeout, grace=s.graceful_timeout,
+                  access_log=s.access_log)
+    listeners = [Listener("client", app, s.listen, s.threads, **common)]
+    if peer is not None:
+        listeners.append(Listener("fleet", create_fleet_app(app.extensions["layerswarm"]), s.fleet_listen,
+                                  s.fleet_threads, **common))
+    return listeners
 
 
-def _worker_exit(server, worker) -> None:
-    """The worker's app owns the host's Peer (the libtorrent session): close it on the way out."""
-    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("layerswarm")
-    if state is not None and state.peer is not None:
-        state.peer.close()
+def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:
+    """Bind and start ``listeners``; a port 0 in the configuration becomes the port bound (so the
+    advertised fleet URL names it)."""
+    for listener in listeners:
+        listener.start()
+        field = "listen" if listener.name == "client" else "fleet_listen"
+        host = getattr(cfg.server, field).rpartition(":")[0]
+        setattr(cfg.server, field, f"{host}:{listener.port}")
 
 
 def serve(cfg: bconfig.BridgeConfig) -> None:
     """Run the bridge in the foreground until SIGTERM/SIGINT."""
-    from gunicorn.app.base import BaseApplication
-
-    class BridgeServer(BaseApplication):
-        def load_config(self):
-            for k, v in gunicorn_options(cfg).items():
-                if k in self.cfg.settings and v is not None:
-                    self.cfg.set(k, v)
-
-        def load(self):
-            return build_app(cfg)
-
-    ups = cfg.upstreams
-    log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen, ups.default.url,
-             sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)
-    BridgeServer().run()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # Slow clients each hold a descriptor until their idle timeout; the session holds peers' too.
+    raise_open_file_limit(8192 + cfg.session.connections_limit)
+    peer = build_peer(cfg) if cfg.swarm.tracker else None
+    listeners = []
+    try:
+        listeners = build_listeners(cfg, peer)
+        start_listeners(cfg, listeners)
+        ups = cfg.upstreams
+        log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen,
+                 ups.default.url, sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)
+        if peer is not None:
+            log.info("fleet listener on %s, advertised to the tracker as %s", cfg.server.fleet_listen,
+                     cfg.advertise_url)
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping: in-flight requests get %gs", cfg.server.graceful_timeout)
+    finally:
+        for listener in listeners:
+            listener.stop()
+        if peer is not None:
+            peer.close()

@@ -103,7 +103,9 @@ class TrackerClient:
         r = self._req("POST", f"/leases/{digest}", json={"host": self.host_id, "url": url, "ttl": ttl},
                       headers=self._auth())
         if r.status_code not in (200, 201):
-            raise TrackerUnavailable(f"lease request answered {r.status_code}")
+            # The tracker's reason matters: a refused relay URL (--advertise-url not this host's
+            # address) looks like a tracker outage otherwise.
+            raise TrackerUnavailable(f"lease request answered {r.status_code} {_error_text(r)}")
         return r.json()
 
     def renew_lease(self, digest: Digest, ttl: float) -> None:

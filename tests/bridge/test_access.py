@@ -1,4 +1,4 @@
-"""Who may call each bridge endpoint: the table in bridge/http/access.py, walked cell by cell."""
+"""Who may call each bridge endpoint: the tables in bridge/http/access.py (one per listener), walked cell by cell."""
 from __future__ import annotations
 
 import pytest
@@ -9,16 +9,37 @@ from layerswarm.bridge.http import access
 ADMIN = "bridge-admin-secret"
 CALLERS = {"client": {}, "operator": {"Authorization": f"Bearer {ADMIN}"},
            "wrong token": {"Authorization": "Bearer not-it"}}
-CELLS = [(rule, method, caller) for rule, methods in access.TABLE.items() for method in methods for caller in CALLERS]
+TABLES = {"client": access.CLIENT_TABLE, "fleet": access.FLEET_TABLE}
+CELLS = [(port, rule, method, caller) for port, table in TABLES.items() for rule, methods in table.items()
+         for method in methods for caller in CALLERS]
 HEX = "ab" * 32
+
+
+def _rules(app) -> set:
+    return {(r.rule, m) for r in app.url_map.iter_rules() if r.endpoint != "static" for m in r.methods - {"OPTIONS"}}
 
 
 def test_every_endpoint_has_a_row(local_tracker, local_bridge):
     b = local_bridge("--tracker", local_tracker.url, "--admin-token", ADMIN)
-    rules = {(r.rule, m) for r in b.app.url_map.iter_rules() if r.endpoint != "static"
-             for m in r.methods - {"OPTIONS"}}
-    missing = sorted((rule, m) for rule, m in rules if m not in access.TABLE.get(rule, {}))
-    assert not missing, missing
+    for listener in b.listeners:
+        table = TABLES[listener.name]
+        missing = sorted((rule, m) for rule, m in _rules(listener.app) if m not in table.get(rule, {}))
+        assert not missing, (listener.name, missing)
+
+
+def _path(rule: str) -> str:
+    return rule.replace("<path:rest>", f"library/x/blobs/sha256:{HEX}").replace("<digest>", f"sha256:{HEX}")
+
+
+def test_the_relay_is_only_on_the_fleet_listener_and_the_client_api_only_on_the_client_listener(
+        local_tracker, local_bridge):
+    b = local_bridge("--tracker", local_tracker.url)
+    for rule in access.FLEET_TABLE:
+        if rule != "/healthz":
+            assert requests.get(b.url + _path(rule), timeout=10).status_code == 404, rule
+    for rule, methods in access.CLIENT_TABLE.items():
+        if rule != "/healthz" and "GET" in methods:
+            assert requests.get(b.fleet_url + _path(rule), timeout=10).status_code == 404, rule
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +57,13 @@ def running(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule,method,caller", CELLS, ids=[f"{m} {r} as {c}" for r, m, c in CELLS])
-def test_table_cell_against_the_running_bridge(running, rule, method, caller):
-    path = (rule.replace("<path:rest>", f"library/x/blobs/sha256:{HEX}").replace("<digest>", f"sha256:{HEX}"))
+@pytest.mark.parametrize("port,rule,method,caller", CELLS, ids=[f"{m} {r} on {p} as {c}" for p, r, m, c in CELLS])
+def test_table_cell_against_the_running_bridge(running, port, rule, method, caller):
     params = {"size": 10} if rule.endswith("/seed") else None
-    r = requests.request(method, running.url + path, headers=CALLERS[caller], params=params, data=b"0123456789"
+    base = running.url if port == "client" else running.fleet_url
+    r = requests.request(method, base + _path(rule), headers=CALLERS[caller], params=params, data=b"0123456789"
                          if method in ("POST", "PUT", "PATCH") else None, timeout=20)
-    role = access.TABLE[rule][method]
+    role = TABLES[port][rule][method]
     allowed = role != access.OPERATOR or caller == "operator"
     if allowed:
         assert r.status_code not in (401, 403), (r.status_code, r.text[:200])

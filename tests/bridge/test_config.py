@@ -24,7 +24,14 @@ def test_defaults_written_once_and_derived_timeouts():
     assert cfg.first_byte_timeout == 30 + 5 + 5
     assert cfg.follow_timeout == max(20.0, 30.0) * 2
     assert cfg.tracker_timeout == 10
-    assert cfg.advertise_url.endswith(":5000")
+    assert cfg.advertise_url.endswith(":5001")   # the fleet listener, not the client API
+
+
+def test_advertised_fleet_url_is_the_address_toward_the_tracker_on_a_wildcard_listener():
+    assert load("--store-dir", "/s", "--tracker", "http://127.0.0.3:6969").advertise_url == "http://127.0.0.1:5001"
+    assert load("--store-dir", "/s", "--fleet-listen", "127.0.0.9:7000").advertise_url == "http://127.0.0.9:7000"
+    assert load("--store-dir", "/s", "--fleet-listen", "[::1]:7000").advertise_url == "http://[::1]:7000"
+    assert load("--store-dir", "/s", "--advertise-url", "http://b1:7").advertise_url == "http://b1:7"
 
 
 def test_precedence_flag_env_file_default(tmp_path):

@@ -1,4 +1,4 @@
-"""The bridge as a pass-through mirror: real docker-registry origins, real gunicorn bridge (slow)."""
+"""The bridge as a pass-through mirror: real docker-registry origins, a real bridge process (slow)."""
 from __future__ import annotations
 
 import json

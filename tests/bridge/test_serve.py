@@ -1,4 +1,4 @@
-"""The real CLI process (gunicorn), its argument checks and the BlobSource / peer seams."""
+"""The real CLI process (its own HTTP listeners), its argument checks and the BlobSource / peer seams."""
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +22,7 @@ def test_cli_bridge_pulls_blob_and_stops_on_sigterm(origin, start_bridge):
     b = start_bridge("--threads", "8", upstream=origin.url)
     r = requests.get(f"{b.url}/v2/library/cli/manifests/v1", headers={"Accept": img.manifest_media_type},
                      timeout=20)
-    assert r.status_code == 200 and r.headers["Server"].startswith("gunicorn")
+    assert r.status_code == 200 and r.headers["Server"] == "layerswarm-bridge"
     layer = img.layers[0]
     r = requests.get(f"{b.url}/v2/library/cli/blobs/{layer.digest}", timeout=30)
     assert hashlib.sha256(r.content).hexdigest() == layer.digest.hex
