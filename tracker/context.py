@@ -1,7 +1,8 @@
 """The long-lived objects of one tracker app, created once in the factory."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -15,6 +16,9 @@ class Tracker:
     config: Config
     store: Store
     metrics: Metrics
+    # Name lookups for relay URLs: a few at a time, so a slow resolver cannot tie up every request.
+    # Built with the app, so in a gevent worker its threads are greenlets.
+    resolver: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, "relay-url-resolve"))
 
     def publisher_authenticated(self) -> bool:
         """True when writes need the publish token (access.py checked it before the view ran)."""

@@ -216,7 +216,8 @@ def test_leases_http(tracker_client, publish_auth):
     assert tracker_client.put(lu, json={"host": "a", "ttl": 30}, headers=publish_auth).status_code == 200
     assert tracker_client.put(lu, json={"host": "b", "ttl": 30}, headers=publish_auth).status_code == 409
     assert tracker_client.post(lu, json={"host": "c", "url": "ftp://x"}, headers=publish_auth).status_code == 400
-    assert tracker_client.post(lu, json={"host": "c", "url": "http://x", "ttl": -1}, headers=publish_auth).status_code == 400
+    assert tracker_client.post(lu, json={"host": "c", "url": "http://127.0.0.1:5003", "ttl": -1},
+                               headers=publish_auth).status_code == 400
     assert tracker_client.delete(f"{lu}?host=a", headers=publish_auth).json == {"released": True}
     assert tracker_client.post(lu, json={"host": "b", "url": "http://127.0.0.1:5002"}, headers=publish_auth).status_code == 201
     tracker_client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth)
@@ -258,6 +259,49 @@ def test_lease_relay_url_must_be_a_plain_base_url(tracker_client, publish_auth, 
     _, t = layer()
     r = tracker_client.post(f"/leases/{t.digest}", json={"host": "a", "url": url}, headers=publish_auth)
     assert r.status_code == 400 and "url" in r.json["error"]
+
+
+@pytest.mark.parametrize("caller, url", [
+    ("127.0.0.1", "http://127.0.0.1:5001"), ("127.0.0.1", "https://127.0.0.1/bridge"),
+    ("127.0.0.1", "http://localhost:5001"), ("127.0.0.1", "http://[::ffff:127.0.0.1]:5001"),
+    ("::ffff:10.0.0.7", "http://10.0.0.7:5001"), ("::1", "http://[::1]:5001")])
+def test_lease_relay_url_on_the_callers_own_host_is_taken(tracker_client, publish_auth, caller, url):
+    _, t = layer()
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "a", "url": url}, headers=publish_auth,
+                            environ_base={"REMOTE_ADDR": caller})
+    assert r.status_code == 201, r.json
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "b", "url": "http://127.0.0.1:5002"},
+                            headers=publish_auth)
+    assert r.json["source"] == {"host": "a", "url": url}
+
+
+@pytest.mark.parametrize("caller, url", [
+    ("127.0.0.1", "http://10.0.0.7:5001"), ("127.0.0.1", "http://127.0.0.2:5001"),
+    ("127.0.0.1", "http://[::1]:5001"), ("10.0.0.7", "http://localhost:5001"),
+    ("127.0.0.1", "http://no-such-host.invalid:5001"), ("127.0.0.1", "http://a..b:1"),
+    ("127.0.0.1", "http://169.254.169.254/latest")])
+def test_lease_relay_url_on_another_host_is_refused_and_not_stored(tracker_client, publish_auth, caller, url):
+    _, t = layer()
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "evil", "url": url}, headers=publish_auth,
+                            environ_base={"REMOTE_ADDR": caller})
+    assert r.status_code == 400 and "caller's address" in r.json["error"], r.json
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "b", "url": "http://127.0.0.1:5002"},
+                            headers=publish_auth)
+    assert r.status_code == 201 and r.json["role"] == "holder"   # the refused asker holds nothing
+
+
+def test_lease_relay_url_name_that_resolves_too_slowly_is_refused(tracker_client, publish_auth, monkeypatch):
+    import socket
+    import time
+
+    from layerswarm.tracker.views import leases
+    monkeypatch.setattr(leases, "RESOLVE_TIMEOUT", 0.2)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: time.sleep(3) or [])   # a resolver that hangs
+    _, t = layer()
+    started = time.monotonic()
+    r = tracker_client.post(f"/leases/{t.digest}", json={"host": "a", "url": "http://slow.example:1"},
+                            headers=publish_auth)
+    assert r.status_code == 400 and time.monotonic() - started < 2.5
 
 
 def test_full_lease_table_answers_503_and_existing_leases_keep_working():

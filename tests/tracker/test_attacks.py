@@ -53,6 +53,18 @@ def test_an_outsider_cannot_take_renew_or_drop_a_lease(tracker):
     assert r.json() == {"role": "relay", "source": {"host": "b1", "url": "http://127.0.0.1:5001"}}
 
 
+def test_a_token_holder_cannot_steer_the_fleet_to_another_address(tracker):
+    _, t = layer()
+    lu = f"{tracker.url}/leases/{t.digest}"
+    # this test calls from 127.0.0.1: 127.0.0.2 is another host (an internal service, say)
+    r = requests.post(lu, json={"host": "evil", "url": "http://127.0.0.2:5001"}, headers=AUTH, timeout=10)
+    assert r.status_code == 400 and "caller's address" in r.json()["error"]
+    r = requests.post(lu, json={"host": "b1", "url": "http://localhost:5001"}, headers=AUTH, timeout=10)
+    assert r.status_code == 201 and r.json()["role"] == "holder"   # the refused asker got no lease
+    r = requests.post(lu, json={"host": "b2", "url": "http://127.0.0.1:5002"}, headers=AUTH, timeout=10)
+    assert r.json() == {"role": "relay", "source": {"host": "b1", "url": "http://localhost:5001"}}
+
+
 def test_a_replayed_peer_id_from_another_address_cannot_remove_a_seeder(tracker):
     ih, pid = hashlib.sha1(b"replay").digest(), b"-LS0001-seederseeder"
     ann = f"{tracker.url}/announce?"

@@ -2,6 +2,9 @@
 stream from it or from an earlier relay (a tree with bounded fan-out)."""
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -13,6 +16,7 @@ from layerswarm.tracker.storage.base import LeaseTableFull
 from layerswarm.tracker.views.common import host_id, json_body, parse_digest
 
 bp = Blueprint("leases", __name__)
+RESOLVE_TIMEOUT = 2.0   # seconds for a relay URL's host name to resolve; slower names are refused
 
 
 def relay_url(value) -> str:
@@ -27,6 +31,40 @@ def relay_url(value) -> str:
             or any(c.isspace() or ord(c) < 32 for c in value)):
         raise ClientError("url must be the bridge's http(s) base URL (no credentials, query or fragment)")
     return value
+
+
+def _address(text: str):
+    """``text`` as an IP address (IPv4-mapped IPv6 as its IPv4 address); ValueError if it is not one."""
+    ip = ipaddress.ip_address(text)
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+def _resolve(name: str) -> set:
+    """The addresses ``name`` resolves to here; empty if it does not resolve within RESOLVE_TIMEOUT."""
+    future = tracker().resolver.submit(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=RESOLVE_TIMEOUT)
+    except (concurrent.futures.TimeoutError, OSError, UnicodeError):   # UnicodeError: not a valid name
+        future.cancel()
+        return set()
+    return {_address(info[4][0]) for info in infos}
+
+
+def check_url_is_callers(url: str, remote_addr) -> None:
+    """Refuse a relay URL whose host is not the caller: other bridges will connect to it, so a
+    caller naming another address would steer the fleet's requests wherever it likes."""
+    host = urlsplit(url).hostname
+    try:
+        caller = _address(remote_addr)
+    except ValueError:
+        raise ClientError("url: the caller's address is unknown, so no relay URL can be checked") from None
+    try:
+        ok = _address(host) == caller
+    except ValueError:   # a name
+        ok = caller in _resolve(host)
+    if not ok:
+        raise ClientError(f"url host {host} is not the caller's address {caller} "
+                          "(nor a name resolving to it here): a bridge advertises itself only")
 
 
 def _ttl(body: dict, cfg) -> float:
@@ -44,6 +82,7 @@ def acquire(digest):
     host = host_id(body.get("host"))
     url = relay_url(body.get("url"))
     ttl = _ttl(body, t.config)
+    check_url_is_callers(url, request.remote_addr)
     if t.store.get_metainfo(d) is not None:
         t.metrics.leases.labels("published").inc()
         return jsonify(role="published"), 200
