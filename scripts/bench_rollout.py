@@ -63,6 +63,7 @@ MIB = 1 << 20
 REG_PORT = 5000
 TRACKER_PORT = 6969
 BRIDGE_PORT = 5000
+FLEET_PORT = 5001   # the bridges' fleet listener: relays between hosts (counted per host)
 IMAGE_REPO = "bench/app"
 IMAGE_TAG = "v1"
 ACCEPT = ", ".join([
@@ -376,8 +377,10 @@ class Bench:
         if tracker and "--tracker" in flags and self.tracker is not None:
             argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
         # optional flags other engineers may add; pass them only when the bridge has them
-        for flag, value in (("--host-id", host.name), ("--advertise-url", f"http://{host.ip}:{BRIDGE_PORT}"),
-                            ("--public-url", f"http://{host.ip}:{BRIDGE_PORT}")):
+        relay_port = FLEET_PORT if "--fleet-listen" in flags else BRIDGE_PORT
+        for flag, value in (("--host-id", host.name), ("--fleet-listen", f"{host.ip}:{FLEET_PORT}"),
+                            ("--advertise-url", f"http://{host.ip}:{relay_port}"),
+                            ("--public-url", f"http://{host.ip}:{relay_port}")):
             if flag in flags:
                 argv += [flag, value]
         return argv + self.a.bridge_arg
@@ -389,7 +392,8 @@ class Bench:
         self.origin = f.add_host("origin", 2, self.origin_Bps, self.host_Bps, counted_port=REG_PORT)
         self.cache_host = f.add_host("cache", 3, self.host_Bps, self.host_Bps, counted_port=REG_PORT)
         self.seeder = f.add_host("seeder", 4, self.host_Bps, self.host_Bps)
-        self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=BRIDGE_PORT)
+        relay_port = FLEET_PORT if "--fleet-listen" in self.cli["flags"]["bridge"] else BRIDGE_PORT
+        self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=relay_port)
                       for i in range(1, max(a.n) + 1)]
         self.registry = self.start_registry(self.origin, "origin-registry", f"0.0.0.0:{REG_PORT}")
         self.origin_url = f"http://{self.origin.ip}:{REG_PORT}"
@@ -627,6 +631,8 @@ class Bench:
                                        "--port", TRACKER_PORT] + a.tracker_arg, "lab-tracker")
             self.wait_http(tracker, lab, f"http://127.0.0.1:{TRACKER_PORT}/healthz", ok=(404,))
             argv += ["--tracker", f"http://127.0.0.1:{TRACKER_PORT}"]
+            if "--fleet-listen" in self.cli["flags"]["bridge"]:
+                argv += ["--fleet-listen", f"127.0.0.1:{FLEET_PORT + 1}"]
             if "--host-id" in self.cli["flags"]["bridge"]:
                 argv += ["--host-id", "lab"]
         br = self.start(lab, argv + a.bridge_arg, "lab-bridge")
