@@ -4,7 +4,8 @@
 on and the whole blob's size in ``X-Layerswarm-Size``.  Relays whose bytes
 once failed the digest (or who lied about the size) are remembered and never
 asked again.  A relay that trickles is dropped: over every ``relay_timeout``
-window it must send at least ``min_rate`` bytes per second.
+window it must send at least ``min_rate`` bytes per second, and the whole
+rest within ``relay_timeout`` + rest / ``min_rate`` seconds.
 """
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ class RelayClient:
         except (KeyError, ValueError):
             r.close()
             raise UpstreamError("relay answer without a size") from None
-        return size, self._body(r)
+        # The overall deadline: the whole rest at the floor rate, plus one window of slack.
+        deadline = (self.clock() + self.relay_timeout + max(0, size - offset) / self.min_rate
+                    if self.min_rate else None)
+        return size, self._body(r, deadline)
 
     def is_bad(self, url: str) -> bool:
         with self._lock:
@@ -54,8 +58,7 @@ class RelayClient:
         with self._lock:
             self._bad.update(urls)
 
-
-    def _body(self, r) -> Iterator[bytes]:
+    def _body(self, r, deadline: float | None) -> Iterator[bytes]:
         """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read)."""
         window, floor = self.relay_timeout, self.min_rate * self.relay_timeout
         started, got = self.clock(), 0
@@ -67,6 +70,8 @@ class RelayClient:
                 got += len(chunk)
                 yield chunk
                 now = self.clock()
+                if deadline is not None and now > deadline:
+                    raise UpstreamError("relay missed its overall deadline")
                 if now - started >= window:
                     if got < floor:
                         raise UpstreamError(f"relay too slow: {got} bytes in {now - started:.0f}s")

@@ -69,3 +69,12 @@ def test_table_cell_against_the_running_bridge(running, port, rule, method, call
         assert r.status_code not in (401, 403), (r.status_code, r.text[:200])
     else:
         assert r.status_code == 401, (r.status_code, r.text[:200])
+
+
+@pytest.mark.slow
+def test_the_running_bridge_serves_the_relay_only_on_its_fleet_port(running):
+    relay = f"/_layerswarm/relay/sha256:{HEX}"
+    assert requests.get(running.url + relay, timeout=20).status_code == 404           # not a route there
+    assert requests.get(running.fleet_url + relay, timeout=20).status_code == 404     # a route: blob not held
+    assert requests.get(running.fleet_url + "/_layerswarm/relay/nope", timeout=20).status_code == 400
+    assert requests.get(running.fleet_url + "/v2/", timeout=20).status_code == 404

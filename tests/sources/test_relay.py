@@ -99,8 +99,19 @@ def test_a_trickling_relay_is_dropped():
     client = RelayClient(1, relay_timeout=10, min_rate=1000, clock=lambda: clock[0])
     r = _Trickle(clock, step=1.0, n=100)          # 100 bytes/s, below the 1000 bytes/s floor
     with pytest.raises(UpstreamError, match="too slow"):
-        for _ in client._body(r):
+        for _ in client._body(r, None):
             pass
     assert r.closed and clock[0] <= 11
     fast = _Trickle(clock, step=0.01, n=500)      # 10 kB/s: fine
-    assert sum(len(c) for c in client._body(fast)) == 50_000
+    assert sum(len(c) for c in client._body(fast, None)) == 50_000
+
+
+def test_a_relay_past_its_overall_deadline_is_dropped():
+    """Fast enough in every window, but the whole blob would take longer than size / floor rate."""
+    clock = [0.0]
+    client = RelayClient(1, relay_timeout=10, min_rate=1000, clock=lambda: clock[0])
+    r = _Trickle(clock, step=0.05, n=10_000)       # 2 kB/s: above the floor in every window
+    with pytest.raises(UpstreamError, match="overall deadline"):
+        for _ in client._body(r, deadline=30.0):
+            pass
+    assert r.closed and 30 <= clock[0] <= 31
