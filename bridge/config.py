@@ -1,4 +1,4 @@
-"""The bridge's one configuration: six sections, each option declared once (format/options.py).
+"""The bridge's one configuration: seven sections, each option declared once (format/options.py).
 
 Flags, ``LAYERSWARM_*`` environment variables and the TOML file (``--config``)
 merge into :class:`BridgeConfig` by field name; ``layerswarm bridge
@@ -335,6 +335,37 @@ class AdminSection:
 
 
 @dataclass
+class FleetSection:
+    """Secure fleet mode: the fleet CA and this host's certificate (off when no CA is given)."""
+
+    fleet_ca: str | None = option(None, "the fleet CA: secure fleet mode (TLS with certificates between hosts, "
+                                  "SSL torrents)", metavar="PEM")
+    fleet_cert: str | None = option(None, "this host's certificate from the fleet CA", metavar="PEM")
+    fleet_key: str | None = option(None, "its private key", metavar="PEM")
+    client_tls_cert: str | None = option(None, "serve the client API over HTTPS with this certificate "
+                                         "(default plain HTTP: it is on loopback)", metavar="PEM")
+    client_tls_key: str | None = option(None, "its private key", metavar="PEM")
+
+    def __post_init__(self) -> None:
+        given = [bool(self.fleet_ca), bool(self.fleet_cert), bool(self.fleet_key)]
+        if any(given) and not all(given):
+            raise InvalidOption("fleet_ca", "--fleet-ca, --fleet-cert and --fleet-key go together")
+        if bool(self.client_tls_cert) != bool(self.client_tls_key):
+            raise InvalidOption("client_tls_cert", "--client-tls-cert and --client-tls-key go together")
+
+    @property
+    def secure(self) -> bool:
+        return bool(self.fleet_ca)
+
+    def tls(self):
+        """This host's fleet TLS material (format/pki.py: FleetTLS), None in open mode."""
+        if not self.secure:
+            return None
+        from layerswarm.bridge.format.pki import FleetTLS
+        return FleetTLS(self.fleet_ca, self.fleet_cert, self.fleet_key)
+
+
+@dataclass
 class BridgeConfig:
     server: ServerSection = field(default_factory=ServerSection)
     upstreams: UpstreamsSection = field(default_factory=UpstreamsSection)
@@ -342,6 +373,7 @@ class BridgeConfig:
     stream: StreamSection = field(default_factory=StreamSection)
     session: SessionSection = field(default_factory=SessionSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    fleet: FleetSection = field(default_factory=FleetSection)
 
     def __post_init__(self) -> None:
         if not self.server.store_dir:

@@ -33,7 +33,7 @@ def _at_least_one(section, *names) -> None:
 
 @dataclass(frozen=True)
 class ServerSection:
-    """Where and how the tracker serves (gunicorn gthread)."""
+    """Where and how the tracker serves (gunicorn gevent), and its TLS in secure fleet mode."""
 
     host: str = option("127.0.0.1", "address to listen on", metavar="ADDR")
     port: int = option(6969, "port to listen on", metavar="PORT")
@@ -41,11 +41,29 @@ class ServerSection:
     # gevent workers: a slow client costs a greenlet, not one of a few threads (a trickle of
     # bytes held every thread of a gthread worker; tests/tracker/test_slow_clients.py).
     connections: int = option(4096, "concurrent connections per worker", metavar="N")
+    tls_cert: str | None = option(None, "HTTPS certificate (secure fleet mode: a host certificate from the "
+                                  "fleet CA)", metavar="PEM")
+    tls_key: str | None = option(None, "its private key", metavar="PEM")
+    fleet_ca: str | None = option(None, "the fleet CA: secure fleet mode (every caller shows a certificate "
+                                  "from it; needs --tls-cert and --tls-key)", metavar="PEM")
+    deny_serials: str | None = option(None, "file of certificate serial numbers (hex, one per line) refused "
+                                      "even though the fleet CA signed them", metavar="FILE")
 
     def __post_init__(self) -> None:
         _at_least_one(self, "workers", "connections")
         if not 1 <= self.port <= 65535:
             raise InvalidOption("port", f"not a TCP port: {self.port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidOption("tls_cert", "--tls-cert and --tls-key go together")
+        if self.fleet_ca and not self.tls_cert:
+            raise InvalidOption("fleet_ca", "secure fleet mode needs the tracker's own --tls-cert and --tls-key")
+        if self.deny_serials and not self.fleet_ca:
+            raise InvalidOption("deny_serials", "is a secure fleet mode option (--fleet-ca)")
+
+    @property
+    def secure(self) -> bool:
+        """Secure fleet mode: callers are fleet hosts with certificates from the fleet CA."""
+        return bool(self.fleet_ca)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""The fleet's certificates: a fleet CA, host certificates that fit every use, identities, TLS contexts.
+
+One host certificate serves everywhere a host meets another: the tracker's
+and the fleet listener's HTTPS server certificate, the client certificate of
+every host-to-host call, and libtorrent's SSL torrents (which check the peer's
+subjectAltName against the torrent name or ``*``, hence ``DNS:*``).  ECDSA
+P-256.  The host's identity is the subject CN.
+
+Contexts re-read their files when they change (cert-manager rotates them in
+place): :class:`FleetTLS` reloads the certificate chain into the same
+``SSLContext``, so new handshakes use the new certificate without a restart.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+import threading
+import time
+
+from layerswarm.bridge.format.errors import UserError
+
+CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
+
+
+def create_ca(name: str = "layerswarm fleet CA", days: int = 3650) -> tuple[bytes, bytes]:
+    """A new fleet CA: (certificate PEM, private key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return _pem(cert), _key_pem(key)
+
+
+def issue(ca_cert_pem: bytes, ca_key_pem: bytes, name: str, dns=(), ips=(), days: int = 365) -> tuple[bytes, bytes]:
+    """A host certificate signed by the fleet CA: CN=``name``; SAN = ``name`` (a DNS name or an
+    address), ``dns``, ``ips`` and ``*``; TLS server and client use.  (certificate PEM, key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not name or any(c in name for c in "\n\r\0/"):
+        raise UserError(f"host name {name!r} is not a usable certificate name")
+    sans, seen = [], set()
+    for entry in (name, *dns, *ips, "*"):
+        try:
+            san = x509.IPAddress(ipaddress.ip_address(entry))
+        except ValueError:
+            san = x509.DNSName(entry)
+        if san not in seen:
+            seen.add(san)
+            sans.append(san)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_agreement=True, key_cert_sign=False,
+                                         crl_sign=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, encipher_only=False, decipher_only=False),
+                           critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return _pem(cert), _key_pem(key)
+
+
+def identity(peercert: dict | None) -> str | None:
+    """The host a verified peer certificate (``SSLSocket.getpeercert()``) names: its subject CN."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+def serial(peercert: dict | None) -> str | None:
+    """The certificate's serial number as upper-case hex (as ``getpeercert()`` gives it)."""
+    value = (peercert or {}).get("serialNumber")
+    return (value.upper().lstrip("0") or "0") if value else None
+
+
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class FleetTLS:
+    """A host's fleet TLS material (CA, certificate, key files) and the contexts built from it.
+
+    ``server_context()`` asks every client for a certificate from the fleet CA (``require``: refuse
+    a handshake without one; else the views decide); ``client_context()`` presents ours and
+    verifies the server against the fleet CA.  Both re-read the certificate and key when the files
+    change, checked at most every ``check_every`` seconds by :meth:`maybe_reload`.
+    """
+
+    def __init__(self, ca_file: str, cert_file: str, key_file: str, check_every: float = 5.0):
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+        self.check_every = check_every
+        self._contexts: list = []
+        self._lock = threading.Lock()
+        self._stamp = self._mtimes()
+        self._checked = time.monotonic()
+        self.ca_pem = _read(ca_file, "fleet CA")
+        _read(cert_file, "fleet certificate")
+        _read(key_file, "fleet key")
+
+    def server_context(self, require: bool = True) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
+        return self._load(ctx)
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)   # verifies the server's certificate and name
+        return self._load(ctx)
+
+    def _load(self, ctx: ssl.SSLContext) -> ssl.SSLContext:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_verify_locations(cafile=self.ca_file)
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"fleet TLS files ({self.cert_file}, {self.key_file}, CA {self.ca_file}): {exc}") from None
+        with self._lock:
+            self._contexts.append(ctx)
+        return ctx
+
+    def maybe_reload(self) -> bool:
+        """Re-read certificate and key into every context if the files changed (True if they did)."""
+        now = time.monotonic()
+        if now - self._checked < self.check_every:
+            return False
+        self._checked = now
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            try:
+                for ctx in self._contexts:
+                    ctx.load_cert_chain(self.cert_file, self.key_file)
+                    ctx.load_verify_locations(cafile=self.ca_file)   # adds a new CA; the old one stays trusted
+            except (OSError, ssl.SSLError):
+                return False   # a rotation half-written: try again at the next check
+            self._stamp = stamp
+        return True
+
+    def _mtimes(self) -> tuple:
+        out = []
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
