@@ -93,3 +93,30 @@ def test_a_rotated_certificate_is_used_for_new_handshakes(fleet):
 def test_missing_files_are_a_readable_error(tmp_path):
     with pytest.raises(UserError, match="fleet CA"):
         pki.FleetTLS(str(tmp_path / "nope.pem"), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+
+
+def test_ca_cli_makes_a_fleet_that_handshakes(tmp_path):
+    from tests.fixtures import run_cli
+    d = tmp_path / "fleet"
+    assert run_cli("ca", "init", d).returncode == 0
+    assert oct((d / "ca-key.pem").stat().st_mode & 0o777) == "0o600"
+    assert run_cli("ca", "issue", d, "tracker-1", "--ip", "127.0.0.1").returncode == 0
+    assert run_cli("ca", "issue", d, "bridge-1").returncode == 0
+    server = pki.FleetTLS(str(d / "ca.pem"), str(d / "tracker-1.pem"), str(d / "tracker-1-key.pem"))
+    client = pki.FleetTLS(str(d / "ca.pem"), str(d / "bridge-1.pem"), str(d / "bridge-1-key.pem"))
+    seen, server_cert = _handshake(server.server_context(), client.client_context())
+    assert pki.identity(seen["client"]) == "bridge-1" and pki.identity(server_cert) == "tracker-1"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["init", "{d}"], "refusing to replace"),
+    (["issue", "{d}/../nowhere", "h"], "run `layerswarm ca init"),
+    (["issue", "{d}", "h", "--ip", "not-an-ip"], "not an IP address"),
+    (["issue", "{d}", "h", "--days", "0"], "--days must be positive"),
+])
+def test_ca_cli_refuses_clearly(tmp_path, argv, message):
+    from tests.fixtures import run_cli
+    d = tmp_path / "fleet"
+    assert run_cli("ca", "init", d).returncode == 0
+    p = run_cli("ca", *[a.format(d=d) for a in argv])
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "seed": ("layerswarm.bridge.cli.seed", "seed prebuilt layers (docker save tar, OCI layout, blob, image ref)"),
     "inspect": ("layerswarm.bridge.cli.inspect", "show swarms of layers known to a tracker"),
     "demo": ("layerswarm.bridge.cli.demo", "run the embedded local stack and pull a demo image through it"),
+    "ca": ("layerswarm.bridge.cli.ca", "make a fleet CA and host certificates for secure fleet mode"),
 }
 
 
