@@ -259,7 +259,7 @@ class SwarmSection:
     publish_token: str | None = option(None, "publish token for the tracker", secret=True,
                                        flags=("--token",), toml=("token",), metavar="T")
     advertise_url: str | None = option(None, "this bridge's fleet listener as other bridges reach it "
-                                       "(default http://<fleet-listen>; on a wildcard address, the address "
+                                       "(default http(s)://<fleet-listen>; on a wildcard address, the address "
                                        "this host reaches the tracker from)", metavar="URL")
     host_id: str | None = option(None, "unique name of this host (default <hostname>-<port>)", metavar="ID")
     cache_max: int | None = option(None, "layer store cap, e.g. 20G (LRU eviction)", parse=parse_size, metavar="SIZE")
@@ -345,6 +345,7 @@ class FleetSection:
     client_tls_cert: str | None = option(None, "serve the client API over HTTPS with this certificate "
                                          "(default plain HTTP: it is on loopback)", metavar="PEM")
     client_tls_key: str | None = option(None, "its private key", metavar="PEM")
+    _tls: object = field(default=None, init=False, repr=False, compare=False)   # built once, on first use
 
     def __post_init__(self) -> None:
         given = [bool(self.fleet_ca), bool(self.fleet_cert), bool(self.fleet_key)]
@@ -358,11 +359,11 @@ class FleetSection:
         return bool(self.fleet_ca)
 
     def tls(self):
-        """This host's fleet TLS material (format/pki.py: FleetTLS), None in open mode."""
-        if not self.secure:
-            return None
-        from layerswarm.bridge.format.pki import FleetTLS
-        return FleetTLS(self.fleet_ca, self.fleet_cert, self.fleet_key)
+        """This host's one fleet TLS material (format/pki.py: FleetTLS), None in open mode."""
+        if self.secure and self._tls is None:
+            from layerswarm.bridge.format.pki import FleetTLS
+            self._tls = FleetTLS(self.fleet_ca, self.fleet_cert, self.fleet_key)
+        return self._tls
 
 
 @dataclass
@@ -393,7 +394,8 @@ class BridgeConfig:
         host = host.strip("[]")
         if host in ("0.0.0.0", "::", ""):
             host = _local_address_toward(self.swarm.tracker) or socket.gethostname()
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        scheme = "https" if self.fleet.secure else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
     @property
     def tracker_timeout(self) -> float:

@@ -131,6 +131,11 @@ class FleetTLS:
         _read(cert_file, "fleet certificate")
         _read(key_file, "fleet key")
 
+    def requests_options(self) -> dict:
+        """``verify``/``cert`` for a requests session: the fleet CA only (never the public bundle),
+        our certificate; the files are read per connection, so rotation needs nothing more."""
+        return {"verify": self.ca_file, "cert": (self.cert_file, self.key_file)}
+
     def server_context(self, require: bool = True) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL

@@ -5,10 +5,13 @@ client listener, which stays on loopback by default), the *operator* (the
 admin token, when one is set: the views that change or list the store) and a
 *fleet* host (another bridge streaming a blob we fetch: the relay, served
 only on the fleet listener).  In open mode a fleet host is whoever reaches
-the fleet port; secure fleet mode will ask for a fleet certificate there.
+the fleet port; in secure fleet mode it is a host with a certificate from the
+fleet CA (the fleet listener's TLS refuses anyone else, and the table checks
+again).
 """
 from __future__ import annotations
 
+from layerswarm.bridge.format.pki import identity
 from layerswarm.bridge.format.tokens import bearer, matches
 
 CLIENT = "client"
@@ -36,13 +39,19 @@ FLEET_TABLE = {
 }
 
 
-def refusal(table: dict, rule: str, method: str, authorization, admin_token: str | None) -> str | None:
-    """Why the caller may not call ``method rule`` (None: it may).  Every endpoint must have a row."""
+def refusal(table: dict, rule: str, method: str, authorization, admin_token: str | None,
+            peercert: dict | None = None, secure: bool = False) -> str | None:
+    """Why the caller may not call ``method rule`` (None: it may).  Every endpoint must have a row.
+
+    ``peercert``: the caller's verified TLS certificate, if any; ``secure``: secure fleet mode, where
+    a fleet host is whoever shows a certificate from the fleet CA (the fleet listener's TLS asks)."""
     if method == "OPTIONS":
         return None   # Flask's automatic answer: the allowed methods, nothing else
     role = table.get(rule, {}).get(method)
     if role is None:
         return f"{method} {rule} is not in the access table"
+    if role == FLEET and secure and identity(peercert) is None:
+        return "a fleet certificate required"
     if role != OPERATOR or not admin_token:
         return None
     if matches(bearer(authorization), admin_token):

@@ -101,7 +101,8 @@ def _app(state: BridgeState, table: dict) -> Flask:
         if request.url_rule is None:   # unknown paths and methods: answered 404/405 below
             return None
         why = access.refusal(table, request.url_rule.rule, request.method, request.authorization,
-                             config.admin.admin_token)
+                             config.admin.admin_token, request.environ.get("layerswarm.peercert"),
+                             config.fleet.secure)
         if why is None:
             return None
         if request.path.startswith("/v2"):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 
 from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.format.errors import UserError
 from layerswarm.bridge.format.rlimits import raise_open_file_limit
 from layerswarm.bridge.http.wsgi import Listener
 
@@ -35,14 +37,36 @@ def build_listeners(cfg: bconfig.BridgeConfig, peer=None) -> list:
     """The client listener, and the fleet listener when the host has a peer (not started)."""
     from layerswarm.bridge.http.app import create_app, create_fleet_app
     app = create_app(cfg, peer=peer)
-    s = cfg.server
+    s, tls = cfg.server, cfg.fleet.tls()
     common = dict(write_timeout=s.write_timeout, idle_timeout=s.idle_timeout, grace=s.graceful_timeout,
                   access_log=s.access_log)
-    listeners = [Listener("client", app, s.listen, s.threads, **common)]
+    listeners = [Listener("client", app, s.listen, s.threads, ssl_context=_client_api_context(cfg), **common)]
     if peer is not None:
+        # Secure fleet mode: only hosts with a certificate from the fleet CA get past the handshake.
         listeners.append(Listener("fleet", create_fleet_app(app.extensions["layerswarm"]), s.fleet_listen,
-                                  s.fleet_threads, **common))
+                                  s.fleet_threads, ssl_context=tls.server_context(require=True) if tls else None,
+                                  **common))
     return listeners
+
+
+def _client_api_context(cfg: bconfig.BridgeConfig):
+    """HTTPS for the client API only when the user gives it a certificate (it is on loopback)."""
+    f = cfg.fleet
+    if not f.client_tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(f.client_tls_cert, f.client_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"client API certificate {f.client_tls_cert}: {exc}") from None
+    return ctx
+
+
+def _reload_certificates(tls, stop: threading.Event) -> None:
+    """Rotated fleet certificate files (cert-manager writes them in place) reach new handshakes."""
+    while not stop.wait(tls.check_every):
+        if tls.maybe_reload():
+            log.info("fleet certificate files changed: new connections use them")
 
 
 def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:
@@ -57,9 +81,9 @@ def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:
 
 def serve(cfg: bconfig.BridgeConfig) -> None:
     """Run the bridge in the foreground until SIGTERM/SIGINT."""
+    cfg.fleet.tls()   # unreadable certificate files: a clear error before anything starts
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     # Slow clients each hold a descriptor until their idle timeout; the session holds peers' too.
     raise_open_file_limit(8192 + cfg.session.connections_limit)
     peer = build_peer(cfg) if cfg.swarm.tracker else None
@@ -67,17 +91,23 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
     try:
         listeners = build_listeners(cfg, peer)
         start_listeners(cfg, listeners)
+        if cfg.fleet.secure:
+            threading.Thread(target=_reload_certificates, args=(cfg.fleet.tls(), stop), name="tls-reload",
+                             daemon=True).start()
         ups = cfg.upstreams
         log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen,
                  ups.default.url, sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)
         if peer is not None:
-            log.info("fleet listener on %s, advertised to the tracker as %s", cfg.server.fleet_listen,
-                     cfg.advertise_url)
+            log.info("fleet listener on %s (%s), advertised to the tracker as %s", cfg.server.fleet_listen,
+                     "secure: fleet certificates only" if cfg.fleet.secure else "open mode", cfg.advertise_url)
         while not stop.wait(1.0):
             pass
         log.info("stopping: in-flight requests get %gs", cfg.server.graceful_timeout)
     finally:
+        stop.set()
         for listener in listeners:
             listener.stop()
         if peer is not None:
             peer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -17,12 +17,16 @@ log = logging.getLogger(__name__)
 class TrackerClient:
     """The host's calls to the tracker: metainfo, manifests, reports, leases, scrape."""
 
-    def __init__(self, url: str, token: str | None = None, host_id: str = "", timeout: float = 10.0):
+    def __init__(self, url: str, token: str | None = None, host_id: str = "", timeout: float = 10.0, tls=None):
+        """``tls``: the host's FleetTLS in secure fleet mode (HTTPS with our certificate, the fleet CA only)."""
         self.url = url.rstrip("/")
         self.token = token
         self.host_id = host_id
         self.timeout = timeout
         self._http = requests.Session()
+        if tls is not None:
+            for key, value in tls.requests_options().items():
+                setattr(self._http, key, value)
 
     @property
     def announce_url(self) -> str:

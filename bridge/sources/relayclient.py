@@ -24,18 +24,27 @@ RELAY_PATH = "/_layerswarm/relay/"
 
 
 class RelayClient:
-    def __init__(self, connect_timeout: float, relay_timeout: float, min_rate: int = 0, clock=time.monotonic):
+    def __init__(self, connect_timeout: float, relay_timeout: float, min_rate: int = 0, clock=time.monotonic,
+                 tls=None):
+        """``tls``: the host's FleetTLS in secure fleet mode (relays are other hosts' fleet listeners)."""
         self.connect_timeout = connect_timeout
         self.relay_timeout = relay_timeout   # no bytes this long -> the read fails (fail over)
         self.min_rate = min_rate             # bytes/s over each relay_timeout window (0: no floor)
         self.clock = clock
         self._lock = threading.Lock()
         self._bad: set = set()
+        self._http = requests.Session()
+        if tls is not None:
+            for key, value in tls.requests_options().items():
+                setattr(self._http, key, value)
 
     def open(self, url: str, digest: Digest, offset: int) -> tuple:
         """(blob size, iterator of the bytes from ``offset``); UpstreamError when the relay cannot serve."""
-        r = requests.get(f"{url.rstrip('/')}{RELAY_PATH}{digest}", params={"offset": offset},
-                         stream=True, timeout=(self.connect_timeout, self.relay_timeout))
+        try:
+            r = self._http.get(f"{url.rstrip('/')}{RELAY_PATH}{digest}", params={"offset": offset},
+                               stream=True, timeout=(self.connect_timeout, self.relay_timeout))
+        except requests.RequestException as exc:
+            raise UpstreamError(f"relay unreachable: {exc.__class__.__name__}") from None
         if r.status_code != 200:
             r.close()
             raise UpstreamError(f"relay answered {r.status_code}")

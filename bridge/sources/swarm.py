@@ -212,7 +212,8 @@ class SwarmBlobSource:
 
 def swarm_source(peer, origin, cfg: BridgeConfig, metrics=None) -> SwarmBlobSource:
     """The swarm source of a host's :class:`~layerswarm.bridge.node.peer.Peer`."""
-    relays = RelayClient(cfg.upstreams.connect_timeout, cfg.swarm.relay_timeout, cfg.swarm.relay_min_rate)
+    relays = RelayClient(cfg.upstreams.connect_timeout, cfg.swarm.relay_timeout, cfg.swarm.relay_min_rate,
+                         tls=cfg.fleet.tls())
     return SwarmBlobSource(store=peer.store, swarm=peer.stream,
                            tracker=TrackerBackoff(peer.tracker, cfg.swarm.tracker_backoff), origin=origin,
                            relays=relays, publish=peer.publish_writer, trackers=[peer.tracker.announce_url],

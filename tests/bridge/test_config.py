@@ -117,3 +117,9 @@ def test_print_and_check_config_cli(tmp_path):
     assert p.returncode == 0 and "OK" in p.stdout
     p = run_cli(*base, "--check-config", "--threads", "x")
     assert p.returncode == 2 and "--threads" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_secure_mode_advertises_https():
+    cfg = load("--store-dir", "/s", "--fleet-listen", "127.0.0.9:7000", "--fleet-ca", "/ca", "--fleet-cert", "/c",
+               "--fleet-key", "/k")
+    assert cfg.fleet.secure and cfg.advertise_url == "https://127.0.0.9:7000"
