@@ -164,6 +164,18 @@ def test_trusted_report_quarantines_at_once(tracker_client, publish_auth):
     assert tracker_client.get(url).status_code == 404
 
 
+def test_a_reports_reason_is_logged_bounded_on_one_line(tracker_client, publish_auth, caplog):
+    _, t = layer()
+    url = f"/metainfo/{t.digest}"
+    tracker_client.put(url, data=t.metainfo, headers=publish_auth)
+    forged = "bad piece\n2030-01-01 WARNING forged\x1b[31m\u2028\u202e\ud800"
+    body = {"info_hash": t.info_hash.hex, "host": "h1", "reason": forged + "x" * 1000}
+    with caplog.at_level(logging.WARNING):
+        assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
+    (line,) = [rec.getMessage() for rec in caplog.records if "QUARANTINED" in rec.getMessage()]
+    assert line.endswith(": bad piece2030-01-01 WARNING forged[31m" + "x" * (500 - len(forged)))
+
+
 def test_manifests(tracker_client, publish_auth):
     body = b'{"schemaVersion":2}'
     d = "sha256:" + hashlib.sha256(body).hexdigest()

@@ -21,7 +21,7 @@ from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
 from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
-from layerswarm.tracker.views.common import host_id, json_body, parse_digest, read_body
+from layerswarm.tracker.views.common import host_id, json_body, log_text, parse_digest, read_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metainfo", __name__)
@@ -77,7 +77,7 @@ def report(digest):
     except InvalidInfoHash as exc:
         raise ClientError(str(exc)) from None
     host = host_id(body.get("host"))
-    reason = str(body.get("reason", ""))[:500]
+    reason = log_text(body.get("reason", ""), 500)
     t.metrics.reports.inc()
     log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
     published = t.store.get_metainfo(d)
