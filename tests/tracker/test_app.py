@@ -147,7 +147,7 @@ def test_poisoned_torrent_quarantined_by_reports_in_open_mode(caplog):
         assert tracker_client.post(url + "/reports", json={**rep, "host": "node-2"}).json == {"quarantined": True}
     assert "QUARANTINED" in caplog.text
     assert tracker_client.get(url).status_code == 404
-    assert tracker_client.put(url, data=bad, headers=publish_auth).status_code == 409  # never again
+    assert tracker_client.put(url, data=bad, headers=publish_auth).status_code == 409  # no token: nothing lifts it
     assert tracker_client.put(url, data=good.metainfo, headers=publish_auth).status_code == 201
     assert tracker_client.get(url).data == good.metainfo
     assert tracker_client.post(url + "/reports", json={"info_hash": "zz", "host": "x"}).status_code == 400
@@ -162,6 +162,41 @@ def test_trusted_report_quarantines_at_once(tracker_client, publish_auth):
     assert tracker_client.post(url + "/reports", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
     assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
     assert tracker_client.get(url).status_code == 404
+
+
+def test_a_publish_with_the_token_lifts_a_quarantine(tracker_client, publish_auth, caplog):
+    """Every bridge holds the token: one report quarantines, and a bridge that built the torrent from
+    verified bytes brings it back by publishing it; reports can quarantine it again."""
+    _, good = layer()
+    url = f"/metainfo/{good.digest}"
+    assert tracker_client.put(url, data=good.metainfo, headers=publish_auth).status_code == 201
+    body = {"info_hash": good.info_hash.hex, "host": "flaky", "reason": "piece 3 hash mismatch"}
+    assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
+    assert tracker_client.get(url).status_code == 404
+    assert tracker_client.put(url, data=good.metainfo).status_code == 401
+    with caplog.at_level(logging.WARNING):
+        r = tracker_client.put(url, data=good.metainfo, headers=publish_auth)
+    assert r.status_code == 201 and r.json["info_hash"] == good.info_hash.hex
+    lifted = [rec for rec in caplog.records if "quarantine lifted" in rec.getMessage()]
+    assert len(lifted) == 1 and lifted[0].levelno == logging.WARNING
+    assert str(good.digest) in lifted[0].getMessage() and good.info_hash.hex in lifted[0].getMessage()
+    assert tracker_client.get(url).data == good.metainfo
+    assert tracker_client.put(url, data=good.metainfo, headers=publish_auth).status_code == 200
+    assert b'metainfo_puts_total{result="unquarantined"} 1.0' in tracker_client.get("/metrics").data
+    assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
+    assert tracker_client.get(url).status_code == 404
+
+
+def test_a_reports_reason_is_logged_bounded_on_one_line(tracker_client, publish_auth, caplog):
+    _, t = layer()
+    url = f"/metainfo/{t.digest}"
+    tracker_client.put(url, data=t.metainfo, headers=publish_auth)
+    forged = "bad piece\n2030-01-01 WARNING forged\x1b[31m\u2028\u202e\ud800"
+    body = {"info_hash": t.info_hash.hex, "host": "h1", "reason": forged + "x" * 1000}
+    with caplog.at_level(logging.WARNING):
+        assert tracker_client.post(url + "/reports", json=body, headers=publish_auth).json == {"quarantined": True}
+    (line,) = [rec.getMessage() for rec in caplog.records if "QUARANTINED" in rec.getMessage()]
+    assert line.endswith(": bad piece2030-01-01 WARNING forged[31m" + "x" * (500 - len(forged)))
 
 
 def test_manifests(tracker_client, publish_auth):

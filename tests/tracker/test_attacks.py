@@ -41,6 +41,26 @@ def test_made_up_reports_cannot_withdraw_a_torrent(tracker):
     assert requests.get(url, timeout=10).content == t.metainfo
 
 
+def test_a_quarantine_ends_with_a_publish_by_a_token_holder_only(tracker):
+    """Every bridge holds the token: one report quarantines (logged with its reason), and a bridge that
+    built the torrent from verified bytes publishes it again; an outsider's publish lifts nothing."""
+    t = _published(tracker)
+    url = f"{tracker.url}/metainfo/{t.digest}"
+    rep = {"info_hash": t.info_hash.hex, "host": "flaky-disk", "reason": "piece 2 mismatch\nforged line"}
+    assert requests.post(url + "/reports", json=rep, headers=AUTH, timeout=10).json() == {"quarantined": True}
+    assert requests.get(url, timeout=10).status_code == 404
+    assert requests.put(url, data=t.metainfo, timeout=10).status_code == 401
+    assert requests.get(url, timeout=10).status_code == 404
+    assert requests.put(url, data=t.metainfo, headers=AUTH, timeout=10).status_code == 201
+    assert requests.get(url, timeout=10).content == t.metainfo
+    assert requests.post(url + "/reports", json=rep, headers=AUTH, timeout=10).json() == {"quarantined": True}
+    assert requests.get(url, timeout=10).status_code == 404
+    log = tracker.log.read_text()
+    quarantined = f"QUARANTINED torrent {t.info_hash.hex} for {t.digest} (trusted=True, last report from flaky-disk)"
+    assert log.count(quarantined + ": piece 2 mismatchforged line\n") == 2
+    assert log.count(f"quarantine lifted by a publish with the token: {t.digest} info_hash={t.info_hash.hex}") == 1
+
+
 def test_an_outsider_cannot_take_renew_or_drop_a_lease(tracker):
     _, t = layer()
     lu = f"{tracker.url}/leases/{t.digest}"

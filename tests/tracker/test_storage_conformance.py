@@ -9,7 +9,8 @@ import pytest
 from layerswarm.bridge.format.digest import Digest, InfoHash
 from layerswarm.tracker.protocol import AnnounceRequest, pack_addr
 from layerswarm.tracker.storage import open_store
-from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, REJECTED, LeaseTableFull, Limits, MetainfoRecord
+from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, UNQUARANTINED, LeaseTableFull, Limits,
+                                             MetainfoRecord)
 
 NOW = 1_000_000.0
 TTL = 120.0
@@ -139,6 +140,38 @@ def test_trusted_report_quarantines_at_once(tracker_store):
     tracker_store.put_metainfo(rec(d, "cc" * 20))
     assert tracker_store.report(d, InfoHash.from_hex("cc" * 20), "ops", True, 100) is True
     assert tracker_store.get_metainfo(d) is None
+
+
+def test_a_publish_that_lifts_the_quarantine_serves_the_torrent_again(tracker_store):
+    d = Digest.of_bytes(os.urandom(8))
+    wrongly, bad = InfoHash.from_hex("dd" * 20), InfoHash.from_hex("ee" * 20)
+    tracker_store.put_metainfo(rec(d, bad.hex))
+    assert tracker_store.report(d, bad, "ops", True, 2) is True
+    tracker_store.put_metainfo(rec(d, wrongly.hex))
+    assert tracker_store.report(d, wrongly, "h1", False, 2) is False
+    assert tracker_store.report(d, wrongly, "ops", True, 2) is True     # two torrents quarantined for d
+    assert tracker_store.put_metainfo(rec(d, wrongly.hex))[0] == REJECTED
+    assert tracker_store.put_metainfo(rec(d, wrongly.hex), lift_quarantine=True) == (UNQUARANTINED, wrongly)
+    assert tracker_store.get_metainfo(d).data == b"torrent-" + wrongly.hex.encode()
+    assert (d, wrongly, 10) in tracker_store.list_metainfo()
+    assert tracker_store.put_metainfo(rec(d, wrongly.hex))[0] == EXISTS
+    assert tracker_store.put_metainfo(rec(d, bad.hex))[0] == REJECTED  # the other one stays quarantined
+    # reports count from zero: h1's report went with the quarantine
+    assert tracker_store.report(d, wrongly, "h2", False, 2) is False
+    assert tracker_store.report(d, wrongly, "h3", False, 2) is True
+    assert tracker_store.put_metainfo(rec(d, wrongly.hex))[0] == REJECTED
+
+
+def test_lifting_a_quarantine_while_another_torrent_holds_the_digest_changes_nothing(tracker_store):
+    d = Digest.of_bytes(os.urandom(8))
+    old, new = InfoHash.from_hex("ab" * 20), InfoHash.from_hex("cd" * 20)
+    tracker_store.put_metainfo(rec(d, old.hex))
+    assert tracker_store.report(d, old, "ops", True, 2) is True
+    assert tracker_store.put_metainfo(rec(d, new.hex))[0] == CREATED
+    assert tracker_store.put_metainfo(rec(d, old.hex), lift_quarantine=True) == (CONFLICT, new)
+    assert tracker_store.get_metainfo(d).info_hash == new
+    assert tracker_store.report(d, new, "ops", True, 2) is True
+    assert tracker_store.put_metainfo(rec(d, old.hex))[0] == REJECTED   # still quarantined
 
 
 def test_manifests_immutable(tracker_store):

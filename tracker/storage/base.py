@@ -54,6 +54,7 @@ class LeaseTableFull(Exception):
 
 # put_metainfo outcomes
 CREATED, EXISTS, CONFLICT, REJECTED = "created", "exists", "conflict", "quarantined"
+UNQUARANTINED = "unquarantined"   # created, and its quarantine lifted
 
 
 def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int, now: float,
@@ -109,8 +110,15 @@ class Store(abc.ABC):
 
     # -- metainfo -----------------------------------------------------------
     @abc.abstractmethod
-    def put_metainfo(self, rec: MetainfoRecord) -> tuple:
-        """First valid write wins: (CREATED|EXISTS|CONFLICT|REJECTED, current info_hash or None)."""
+    def put_metainfo(self, rec: MetainfoRecord, lift_quarantine: bool = False) -> tuple:
+        """First valid write wins: (CREATED|EXISTS|CONFLICT|REJECTED|UNQUARANTINED, current info_hash or None).
+
+        A quarantined torrent is REJECTED, unless ``lift_quarantine`` (a host
+        that verified the blob built it): then it is stored as if new and its
+        quarantine entry goes (UNQUARANTINED).  Its report records went when it
+        was quarantined, so reports count from zero again.  While another
+        torrent holds the digest it is a CONFLICT and stays quarantined.
+        """
 
     @abc.abstractmethod
     def get_metainfo(self, digest: Digest) -> MetainfoRecord | None: ...
@@ -124,8 +132,9 @@ class Store(abc.ABC):
         """Record a bad-torrent report; quarantine when trusted or ``threshold`` distinct hosts.
 
         Returns True when the published torrent with ``info_hash`` is (now)
-        quarantined: no longer served, never accepted again, and the digest
-        free for a new publish.
+        quarantined: no longer served, refused when published again (unless
+        the publish lifts the quarantine, see :meth:`put_metainfo`), and the
+        digest free for a new publish.
         """
 
     # -- manifests ----------------------------------------------------------

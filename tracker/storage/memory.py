@@ -13,8 +13,8 @@ import threading
 from collections import OrderedDict
 
 from layerswarm.tracker.protocol import SwarmCounts
-from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, LeaseTableFull, Limits,
-                                             MetainfoRecord, Store, SwarmInfo, lease_step)
+from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, UNQUARANTINED, LeaseTableFull,
+                                             Limits, MetainfoRecord, Store, SwarmInfo, lease_step)
 
 PURGE_BATCH = 64        # expired peers dropped per announce on a swarm
 SWEEP_EVERY = 30.0      # seconds between sweeps of swarms nobody announces to
@@ -182,13 +182,18 @@ class MemoryStore(Store):
                     for ih, sw in self._swarms.items()]
 
     # -- metainfo -----------------------------------------------------------
-    def put_metainfo(self, rec: MetainfoRecord):
+    def put_metainfo(self, rec: MetainfoRecord, lift_quarantine=False):
         with self._lock:
-            if (rec.digest, rec.info_hash.raw) in self._quarantined:
+            key = (rec.digest, rec.info_hash.raw)
+            quarantined = key in self._quarantined
+            if quarantined and not lift_quarantine:
                 return REJECTED, None
             cur = self._metainfo.get(rec.digest)
             if cur is None:
                 _bounded_put(self._metainfo, rec.digest, rec, self.limits.max_torrents)
+                if quarantined:
+                    del self._quarantined[key]
+                    return UNQUARANTINED, rec.info_hash
                 return CREATED, rec.info_hash
             return (EXISTS if cur.info_hash == rec.info_hash else CONFLICT), cur.info_hash
 

@@ -103,7 +103,8 @@ return {ns, nl, tonumber(c[1] or '0'), c[2] or '0'}
 """
 
 _PUT_METAINFO = _BOUND + """
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'quarantined', ''} end
+local quarantined = redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1
+if quarantined and ARGV[8] ~= '1' then return {'quarantined', ''} end
 local cur = redis.call('HGET', KEYS[1], 'info_hash')
 if cur then
   if cur == ARGV[1] then return {'exists', cur} end
@@ -112,6 +113,11 @@ end
 redis.call('HSET', KEYS[1], 'info_hash', ARGV[1], 'size', ARGV[2], 'format', ARGV[3], 'data', ARGV[4],
            'published_at', ARGV[5])
 bound(KEYS[3], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), 'ls:m:')
+if quarantined then
+  redis.call('SREM', KEYS[2], ARGV[1])   -- the set goes with its last member
+  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[4], ARGV[6]) end
+  return {'unquarantined', ARGV[1]}
+end
 return {'created', ARGV[1]}
 """
 
@@ -207,12 +213,12 @@ class RedisStore(Store):
         return out
 
     # -- metainfo -----------------------------------------------------------
-    def put_metainfo(self, rec: MetainfoRecord):
+    def put_metainfo(self, rec: MetainfoRecord, lift_quarantine=False):
         d = str(rec.digest)
         status, cur = self._call(
-            self._put_metainfo, keys=[f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX],
+            self._put_metainfo, keys=[f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX, QUARANTINE_INDEX],
             args=[rec.info_hash.hex, rec.size, rec.format, rec.data, repr(rec.published_at), d,
-                  self.limits.max_torrents])
+                  self.limits.max_torrents, "1" if lift_quarantine else "0"])
         status = status.decode()
         return status, (InfoHash.from_hex(cur.decode()) if cur else None)
 

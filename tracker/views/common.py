@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from flask import request
 
@@ -11,6 +12,7 @@ from layerswarm.bridge.format.errors import InvalidDigest
 from layerswarm.tracker.errors import ClientError, TooLarge
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")
+_UNLOGGABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}   # Unicode categories: controls, format, separators
 
 
 def parse_digest(text: str) -> Digest:
@@ -41,3 +43,9 @@ def host_id(value) -> str:
     if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
         raise ClientError("host must be 1-255 characters of [A-Za-z0-9._:@/-]")
     return value
+
+
+def log_text(value, limit: int) -> str:
+    """Caller-given text for a log line: at most ``limit`` characters, without control or format
+    characters and line separators (a newline would forge a log line, a lone surrogate breaks the handler)."""
+    return "".join(ch for ch in str(value)[:limit] if unicodedata.category(ch) not in _UNLOGGABLE)

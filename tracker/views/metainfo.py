@@ -3,6 +3,9 @@
 A torrent cannot be checked against a sha256 without the blob, so it is
 trusted on publish (token-gated, first valid write wins) and withdrawn when
 bridges that verified the real blob report that its pieces do not match.
+A publish with the token comes from a bridge that built the torrent from
+verified bytes, so it lifts that torrent's quarantine (one flaky host's
+report does not withdraw a good torrent for good).
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, parse_metainfo
 from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
-from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, MetainfoRecord
-from layerswarm.tracker.views.common import host_id, json_body, parse_digest, read_body
+from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, UNQUARANTINED, MetainfoRecord
+from layerswarm.tracker.views.common import host_id, json_body, log_text, parse_digest, read_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metainfo", __name__)
@@ -43,9 +46,11 @@ def put_metainfo(digest):
         raise ClientError("invalid layer torrent: ssl-cert is only accepted from a secure fleet")
     rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=FORMAT_VERSION,
                          data=lt.metainfo, published_at=time.time())
-    status, current = t.store.put_metainfo(rec)
+    status, current = t.store.put_metainfo(rec, lift_quarantine=t.publisher_authenticated())
     t.metrics.metainfo_puts.labels(status).inc()
-    if status == CREATED:
+    if status == UNQUARANTINED:
+        log.warning("quarantine lifted by a publish with the token: %s info_hash=%s", d, lt.info_hash)
+    if status in (CREATED, UNQUARANTINED):
         log.info("published %s info_hash=%s size=%d", d, lt.info_hash, lt.size)
         return jsonify(digest=str(d), info_hash=lt.info_hash.hex, size=lt.size), 201
     if status == EXISTS:
@@ -77,7 +82,7 @@ def report(digest):
     except InvalidInfoHash as exc:
         raise ClientError(str(exc)) from None
     host = host_id(body.get("host"))
-    reason = str(body.get("reason", ""))[:500]
+    reason = log_text(body.get("reason", ""), 500)
     t.metrics.reports.inc()
     log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
     published = t.store.get_metainfo(d)
