@@ -238,9 +238,11 @@ def bridge_stats(url: str) -> dict:
 
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
                  tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
-                 env=None, name: str = "layerswarm bridge") -> Daemon:
+                 env=None, name: str = "layerswarm bridge", fleet=None) -> Daemon:
     """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
-    ``.fleet_url`` (its fleet listener: the relay other bridges stream from).
+    ``.fleet_url`` (its fleet listener: the relay other bridges stream from).  ``fleet``: a
+    ``certs.FleetFiles`` for secure fleet mode (this bridge's certificate is issued for ``name``,
+    and ``.fleet_url`` is https).
 
     ``store`` defaults to ``workdir/store``; a restarted bridge passes its old one.
     """
@@ -259,12 +261,18 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         fleet_port = free_port()
         argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
                  "--fleet-listen", f"127.0.0.1:{fleet_port}"]
+        if fleet is not None:
+            host = name.replace(" ", "-")
+            if not fleet.cert(host).exists():
+                fleet.issue(host)
+            argv += fleet.args(host)
     argv += list(extra)
     log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
     p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
-    p.fleet_url = f"http://127.0.0.1:{fleet_port}" if fleet_port else None
+    scheme = "https" if fleet is not None else "http"
+    p.fleet_url = f"{scheme}://127.0.0.1:{fleet_port}" if fleet_port else None
     p.store = store
     p.stats = lambda: bridge_stats(p.url)
     p.wait_http(p.url + "/v2/")
