@@ -73,31 +73,36 @@ class WatchedFile:
     def __init__(self, path: str, what: str, check_every: float = 2.0):
         self.path, self.what, self.check_every = path, what, check_every
         self._lock = threading.Lock()
-        self._stamp = None
-        self._checked = float("-inf")
-        self.data = b""
-        if not self.refresh():
-            raise UserError(f"cannot read the {what} {path}")
+        self._checked = time.monotonic()
+        try:
+            self._stamp, self.data = self._read(None)
+        except OSError as exc:
+            raise UserError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+    def _read(self, stamp) -> tuple:
+        """(stamp, contents), contents None when the stamp is ``stamp``; OSError when unreadable."""
+        st = os.stat(self.path)
+        new = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if new == stamp:
+            return stamp, None
+        with open(self.path, "rb") as f:
+            return new, f.read()
 
     def refresh(self) -> bool:
-        """Re-read the file if it changed since the last look (or never was read); True if it was."""
+        """Re-read the file if it changed since the last look; True if it was."""
         with self._lock:
             now = time.monotonic()
             if now - self._checked < self.check_every:
                 return False
             self._checked = now
             try:
-                st = os.stat(self.path)
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                if stamp == self._stamp:
-                    return False
-                with open(self.path, "rb") as f:
-                    self.data = f.read()
+                stamp, data = self._read(self._stamp)
             except OSError as exc:
-                if self._stamp is not None:
-                    log.warning("cannot re-read the %s %s (keeping the last one): %s", self.what, self.path, exc)
+                log.warning("cannot re-read the %s %s (keeping the last one): %s", self.what, self.path, exc)
                 return False
-            self._stamp = stamp
+            if data is None:
+                return False
+            self._stamp, self.data = stamp, data
             return True
 
     def current(self) -> bytes:

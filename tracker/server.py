@@ -26,6 +26,7 @@ from gunicorn.app.base import BaseApplication
 from layerswarm.bridge.format.pki import FleetTLS
 from layerswarm.bridge.format.rlimits import raise_open_file_limit
 from layerswarm.tracker.config import Config
+from layerswarm.tracker.fleet import Fleet
 
 
 class TrackerServer(BaseApplication):
@@ -102,6 +103,9 @@ def _quiet_failed_handshakes() -> None:
 def serve(cfg: Config) -> None:
     raise_open_file_limit(cfg.server.connections + 1024)
     c = cfg.server
-    if c.tls_cert:   # unreadable or mismatched files: say so once here, not in every worker
+    # unreadable or mismatched files: say so once here, not from every worker that fails to boot
+    if c.tls_cert:
         FleetTLS(c.fleet_ca, c.tls_cert, c.tls_key).server_context()
+    if c.secure:
+        Fleet(c.fleet_ca, c.deny_serials)
     TrackerServer(cfg).run()

@@ -154,6 +154,18 @@ def test_an_open_https_tracker_context_asks_for_no_certificate(tmp_path):
     assert ctx.verify_mode == ssl.CERT_OPTIONAL
 
 
+def test_unreadable_or_mismatched_files_are_refused_before_serving(tmp_path):
+    from layerswarm.tracker import config as tconfig
+    from layerswarm.tracker.server import serve
+    fleet = FleetPKI(tmp_path)
+    host, other = fleet.host("tracker"), fleet.host("other")
+    files = {"tls_cert": str(host.cert), "tls_key": str(host.key), "fleet_ca": str(fleet.ca)}
+    for wrong, match in (({"deny_serials": str(tmp_path / "missing")}, "deny list"),
+                         ({"tls_key": str(other.key)}, "mismatch"), ({"fleet_ca": str(tmp_path / "no-ca")}, "CA")):
+        with pytest.raises(UserError, match=match):
+            serve(tconfig.load(environ={}, **{**files, **wrong}))
+
+
 # --------------------------------------------------------------------------- against a running tracker
 
 def _as(pki_files, host):
