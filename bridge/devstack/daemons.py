@@ -101,8 +101,10 @@ class Daemon:
         raise DaemonError(f"{self.name} not {what} after {timeout:.0f}s (last: {last!r}); "
                           f"log {self.log}:\n{self.log_text()}")
 
-    def wait_http(self, url: str, timeout: float = START_TIMEOUT, ok=(200, 401)) -> None:
-        self.wait_until(lambda: requests.get(url, timeout=2).status_code in ok, timeout, f"serving {url}")
+    def wait_http(self, url: str, timeout: float = START_TIMEOUT, ok=(200, 401), verify=True) -> None:
+        """``verify``: as for requests (a CA file for a server with a certificate from a private CA)."""
+        self.wait_until(lambda: requests.get(url, timeout=2, verify=verify).status_code in ok, timeout,
+                        f"serving {url}")
 
     def signal(self, sig) -> None:
         try:
@@ -221,13 +223,17 @@ def layerswarm_argv(*args) -> list:
     return [sys.executable, "-m", "layerswarm.bridge.cli", *map(str, args)]
 
 
-def start_tracker(workdir: Path, port: int | None = None, extra=(), env=None) -> Daemon:
-    """``layerswarm tracker`` on loopback; ``.url``."""
+def start_tracker(workdir: Path, port: int | None = None, extra=(), env=None, tls=None) -> Daemon:
+    """``layerswarm tracker`` on loopback; ``.url``.
+
+    ``tls``: (certificate, key, fleet CA) files: a secure fleet tracker, ``.url`` https://.
+    """
     port = port or free_port()
-    p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *extra),
+    tls_args = ["--tls-cert", tls[0], "--tls-key", tls[1], "--fleet-ca", tls[2]] if tls else []
+    p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *tls_args, *extra),
                Path(workdir) / "tracker.log", name="layerswarm tracker", env=env)
-    p.url = f"http://127.0.0.1:{port}"
-    p.wait_http(p.url + "/healthz")
+    p.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    p.wait_http(p.url + "/healthz", verify=str(tls[2]) if tls else True)
     return p
 
 
