@@ -32,6 +32,7 @@ from werkzeug.serving import make_server
 
 from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
+from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - tests import them from here
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port
@@ -116,41 +117,6 @@ def run_cli(*args) -> subprocess.CompletedProcess:
         for s, h in handlers.items():
             signal.signal(s, h)
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
-
-
-class FleetPKI:
-    """A fleet CA and host certificates on disk (format/pki.py), for secure fleet mode tests."""
-
-    def __init__(self, directory: Path, ca_name: str = "test fleet CA"):
-        from layerswarm.bridge.format import pki
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.ca_pem, self._ca_key = pki.create_ca(ca_name)
-        self.ca = self.dir / "ca.pem"
-        self.ca.write_bytes(self.ca_pem)
-
-    def host(self, name: str, dns=(), ips=("127.0.0.1",)) -> "HostCert":
-        """A new certificate for ``name`` (a new serial each time), written to ``<dir>/<name>.pem``."""
-        from cryptography import x509
-        from layerswarm.bridge.format import pki
-        cert, key = pki.issue(self.ca_pem, self._ca_key, name, dns=dns, ips=ips)
-        paths = HostCert(self.dir / f"{name}.pem", self.dir / f"{name}-key.pem",
-                         f"{x509.load_pem_x509_certificate(cert).serial_number:X}")
-        paths.cert.write_bytes(cert)
-        paths.key.write_bytes(key)
-        return paths
-
-
-@dataclasses.dataclass(frozen=True)
-class HostCert:
-    cert: Path
-    key: Path
-    serial: str   # upper-case hex, as on a deny list
-
-    @property
-    def pair(self) -> tuple:
-        """For requests' ``cert=``."""
-        return str(self.cert), str(self.key)
 
 
 class PeerSocket:

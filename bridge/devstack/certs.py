@@ -1,50 +1,45 @@
 """A fleet CA and host certificates on disk for the local stack and the tests (secure fleet mode)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
 from layerswarm.bridge.format import pki
 
 
-@dataclass
-class FleetFiles:
-    """Where a local fleet's certificates are: ``ca``, and ``cert(name)`` / ``key(name)`` per host."""
-
-    dir: Path
+@dataclasses.dataclass(frozen=True)
+class HostCert:
+    cert: Path
+    key: Path
+    serial: str   # upper-case hex, as on a deny list
 
     @property
-    def ca(self) -> Path:
-        return self.dir / pki.CA_CERT
-
-    def cert(self, name: str) -> Path:
-        return self.dir / f"{name}.pem"
-
-    def key(self, name: str) -> Path:
-        return self.dir / f"{name}-key.pem"
-
-    def args(self, name: str, prefix: str = "--fleet") -> list:
-        """``--fleet-ca CA --fleet-cert C --fleet-key K`` for host ``name``."""
-        return [f"{prefix}-ca", self.ca, f"{prefix}-cert", self.cert(name), f"{prefix}-key", self.key(name)]
-
-    def issue(self, name: str, ips=("127.0.0.1",), dns=()) -> "FleetFiles":
-        ca = (self.ca.read_bytes(), (self.dir / pki.CA_KEY).read_bytes())
-        cert, key = pki.issue(*ca, name, dns=dns, ips=ips)
-        self.cert(name).write_bytes(cert)
-        self.key(name).write_bytes(key)
-        self.key(name).chmod(0o600)
-        return self
+    def pair(self) -> tuple:
+        """For requests' ``cert=``."""
+        return str(self.cert), str(self.key)
 
 
-def make_fleet(workdir: Path, *hosts: str, ca_name: str = "layerswarm test fleet") -> FleetFiles:
-    """A new fleet CA in ``workdir`` and a certificate (on 127.0.0.1) for each of ``hosts``."""
-    d = Path(workdir)
-    d.mkdir(parents=True, exist_ok=True)
-    cert, key = pki.create_ca(ca_name)
-    (d / pki.CA_KEY).write_bytes(key)
-    (d / pki.CA_KEY).chmod(0o600)
-    (d / pki.CA_CERT).write_bytes(cert)
-    files = FleetFiles(d)
-    for h in hosts:
-        files.issue(h)
-    return files
+class FleetPKI:
+    """A fleet CA (``.ca``: its certificate file; ``.ca_pem``) and host certificates in ``directory``."""
+
+    def __init__(self, directory: Path, ca_name: str = "test fleet CA"):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_pem, self._ca_key = pki.create_ca(ca_name)
+        self.ca = self.dir / pki.CA_CERT
+        self.ca.write_bytes(self.ca_pem)
+
+    def host(self, name: str, dns=(), ips=("127.0.0.1",)) -> HostCert:
+        """A new certificate for ``name`` (a new serial each time), written to ``<dir>/<name>.pem``."""
+        from cryptography import x509
+        cert, key = pki.issue(self.ca_pem, self._ca_key, name, dns=dns, ips=ips)
+        paths = HostCert(self.dir / f"{name}.pem", self.dir / f"{name}-key.pem",
+                         f"{x509.load_pem_x509_certificate(cert).serial_number:X}")
+        paths.cert.write_bytes(cert)
+        paths.key.write_bytes(key)
+        paths.key.chmod(0o600)
+        return paths
+
+    def args(self, host: HostCert) -> list:
+        """A bridge's (or seed's, inspect's) ``--fleet-ca/--fleet-cert/--fleet-key`` for ``host``."""
+        return ["--fleet-ca", self.ca, "--fleet-cert", host.cert, "--fleet-key", host.key]

@@ -247,8 +247,8 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
                  env=None, name: str = "layerswarm bridge", fleet=None) -> Daemon:
     """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
     ``.fleet_url`` (its fleet listener: the relay other bridges stream from).  ``fleet``: a
-    ``certs.FleetFiles`` for secure fleet mode (this bridge's certificate is issued for ``name``,
-    and ``.fleet_url`` is https).
+    ``certs.FleetPKI`` for secure fleet mode (a certificate is issued for ``name``; ``.fleet_url``
+    is https).
 
     ``store`` defaults to ``workdir/store``; a restarted bridge passes its old one.
     """
@@ -268,10 +268,7 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
                  "--fleet-listen", f"127.0.0.1:{fleet_port}"]
         if fleet is not None:
-            host = name.replace(" ", "-")
-            if not fleet.cert(host).exists():
-                fleet.issue(host)
-            argv += fleet.args(host)
+            argv += fleet.args(fleet.host(name.replace(" ", "-")))
     argv += list(extra)
     log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
     p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from layerswarm.bridge.devstack.certs import make_fleet
+from layerswarm.bridge.devstack.certs import FleetPKI
 
 HEX = "cd" * 32
 
@@ -12,10 +12,12 @@ HEX = "cd" * 32
 @pytest.fixture
 def fleet_dir(tmp_path):
     """A fleet CA with certificates for this bridge (on 127.0.0.1) and another host; an outsider from another CA."""
-    fleet = make_fleet(tmp_path / "fleet", "bridge-1", "bridge-2")
-    other = make_fleet(tmp_path / "other", "stranger", ca_name="not our fleet")
+    fleet = FleetPKI(tmp_path / "fleet")
+    fleet.host("bridge-1")
+    fleet.host("bridge-2")
+    FleetPKI(tmp_path / "other", "not our fleet").host("stranger")
     for suffix in (".pem", "-key.pem"):
-        (fleet.dir / f"stranger{suffix}").write_bytes((other.dir / f"stranger{suffix}").read_bytes())
+        (fleet.dir / f"stranger{suffix}").write_bytes((tmp_path / "other" / f"stranger{suffix}").read_bytes())
     return fleet.dir
 
 
