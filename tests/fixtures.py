@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import io
 import os
@@ -32,7 +31,7 @@ from werkzeug.serving import make_server
 
 from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
-from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - tests import them from here
+from layerswarm.bridge.devstack.certs import FleetPKI
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port
