@@ -4,14 +4,15 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 
 
 class SlowClients:
     """``n`` connections to ``host:port`` that each send ``head`` and then one more byte every ``every`` seconds.
 
     A context manager; iterating it gives the sockets.  A socket the server closed stays in the crowd
-    (its sends fail quietly) unless ``reconnect``: then it is replaced at the next drip, as an attacker
-    would, so a server that closes incomplete requests after a while still faces ``n`` of them.
+    (its sends fail quietly) unless ``reconnect``: then it is replaced within a second, as an attacker's
+    would be, so a server that closes incomplete requests after a while still faces ``n`` of them.
     """
 
     def __init__(self, host: str, port: int, n: int = 500, every: float = 10.0, head: bytes = b"GET /v2/",
@@ -67,18 +68,27 @@ class SlowClients:
         return {by_fd[fd] for fd, _ in poll.poll(0)} | {i for i, s in enumerate(self.socks) if s.fileno() < 0}
 
     def _drip(self) -> None:
-        while not self._stop.wait(self.every):
+        # A closed connection is replaced within a second (reconnect), not at the next drip.
+        step = min(self.every, 1.0) if self.reconnect else self.every
+        last = time.monotonic()
+        while not self._stop.wait(step):
             with self._lock:
                 if self.reconnect:
-                    for i in self._finished():
-                        self.socks[i].close()
-                        try:
-                            self.socks[i] = self._connect()
-                            self.reconnects += 1
-                        except OSError:
-                            pass   # stays closed; tried again at the next drip
+                    self._replace_finished()
+                if time.monotonic() - last < self.every - 0.01:
+                    continue
+                last = time.monotonic()
                 for s in self.socks:
                     try:
                         s.sendall(b"A")
                     except OSError:
                         pass
+
+    def _replace_finished(self) -> None:
+        for i in self._finished():
+            self.socks[i].close()
+            try:
+                self.socks[i] = self._connect()
+                self.reconnects += 1
+            except OSError:
+                pass   # stays closed; tried again at the next step
