@@ -16,14 +16,16 @@ Phases: baseline (no slow clients); ``--slow`` connections (a request head, then
 port, on its fleet port, then ``--slow`` on each of the three at once; and baseline again (how far
 a shared machine drifted during the run).  The bridge closes a connection without a whole request
 after its idle timeout (30 s), the tracker after 5 s (gunicorn's keepalive bounds reading a request);
-the crowd replaces those within a second, as an attacker would, so it is as many as asked throughout.  In each
+the crowd replaces those within a second, as an attacker would, so it is as many as asked throughout
+(it runs in a process of its own: its bursts of reconnects must not take the measuring client's GIL).  In each
 phase the targets take turns for ``--requests`` sequential requests each, then ``--threads``
 threads send as many again at once; a client pauses ``--gap`` ms after each request (latency is the
 point, and a load that filled both cores would measure the machine).
 
 Prints p50/p99/max (ms) per phase and target, p99(phase)/p99(the lower baseline), the slow connections
 held, and the machine's CPU busy % during the measurement (from /proc/stat): above 85 % the phase is
-marked machine-bound (*), its figures then say more about the machine than about the servers.
+marked machine-bound (*), its figures then say more about the machine than about the servers.  The
+host's listen-queue overflows and SYN retransmits during each phase explain any ~1 s outlier.
 
     .venv/bin/python scripts/bench_slowclients.py [--slow 500] [--every 10] [--requests 200] \\
         [--threads 4] [--gap 10] [--json out.json]
@@ -35,6 +37,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -144,23 +147,74 @@ def summary(samples: list) -> dict:
             "p99_ms": ms(pct(ok, 99)), "max_ms": ms(max(ok) if ok else None)}
 
 
+def tcp_counters() -> dict:
+    """The host's TCP counters that say a listen queue overflowed (a SYN dropped: the client retries after 1 s)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            counters = dict(zip(names.split()[1:], map(int, values.split()[1:])))
+            return {k: counters.get(k, 0) for k in ("ListenOverflows", "TCPSynRetrans")}
+    return {}
+
+
+class Crowd:
+    """The slow clients of a phase, in a process of their own: replacing hundreds of connections at
+    once must not hold the measuring client's GIL."""
+
+    def __init__(self, addresses: list, n: int, every: float):
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_crowd, args=(child, addresses, n, every), name="slow-crowd", daemon=True)
+        self.proc.start()
+        ready = self.conn.recv()
+        if ready != "up":
+            self.close()
+            raise RuntimeError(f"slow clients: {ready}")
+
+    def held(self) -> tuple:
+        """(connections held, connections replaced so far)."""
+        self.conn.send("held")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.conn.send("stop")
+            self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _crowd(conn, addresses: list, n: int, every: float) -> None:
+    try:
+        with contextlib.ExitStack() as stack:
+            crowds = [stack.enter_context(SlowClients("127.0.0.1", port, n, every, head, reconnect=True))
+                      for port, head in addresses]
+            conn.send("up")
+            while conn.recv() == "held":
+                conn.send((sum(c.held() for c in crowds), sum(c.reconnects for c in crowds)))
+    except Exception as exc:  # noqa: BLE001 - told to the parent
+        conn.send(repr(exc))
+
+
 def run_phase(name: str, crowded: tuple, ports: dict, targets: dict, a) -> dict:
-    with contextlib.ExitStack() as stack:
-        crowds = [stack.enter_context(SlowClients("127.0.0.1", ports[p], a.slow, a.every, HEADS[p], reconnect=True))
-                  for p in crowded]
-        if crowds:
+    crowd = Crowd([(ports[p], HEADS[p]) for p in crowded], a.slow, a.every) if crowded else None
+    try:
+        if crowd:
             time.sleep(a.every + 1)   # every slow client has dripped once
-        held = sum(c.held() for c in crowds)
-        t0 = time.monotonic()
+        held, _ = crowd.held() if crowd else (0, 0)
+        t0, tcp0 = time.monotonic(), tcp_counters()
         measured = measure(targets, a.requests, a.threads, a.gap / 1000)
-        seconds = time.monotonic() - t0
-        held_after = sum(c.held() for c in crowds)
-        reconnects = sum(c.reconnects for c in crowds)
+        seconds, tcp1 = time.monotonic() - t0, tcp_counters()
+        held_after, reconnects = crowd.held() if crowd else (0, 0)
+    finally:
+        if crowd:
+            crowd.close()
     busy = {mode: b for mode, (b, _) in measured.items()}
     return {"phase": name, "crowded": list(crowded), "slow_per_port": a.slow if crowded else 0,
             "slow_held": [held, held_after], "slow_reconnects": reconnects, "seconds": round(seconds, 1),
             "cpu_busy_pct": busy, "machine_bound": {mode: b > MACHINE_BOUND for mode, b in busy.items()},
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "tcp": {k: tcp1[k] - tcp0[k] for k in tcp0},
             "targets": {t: {mode: summary(out[t]) for mode, (_, out) in measured.items()} for t in targets}}
 
 
@@ -190,7 +244,7 @@ def report(phases: list, a) -> None:
           f"held: slow connections open at its start ({a.slow} per crowded port, a byte every {a.every:g} s)")
     for ph in phases:
         print(f"  {ph['phase']:<15} {ph['seconds']:>5} s, load {ph['loadavg']}, held {ph['slow_held'][0]} -> "
-              f"{ph['slow_held'][1]}, replaced {ph['slow_reconnects']}")
+              f"{ph['slow_held'][1]}, replaced {ph['slow_reconnects']}, host TCP {ph['tcp']}")
 
 
 def main() -> int:
