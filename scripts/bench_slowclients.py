@@ -24,8 +24,11 @@ point, and a load that filled both cores would measure the machine).
 
 Prints p50/p99/max (ms) per phase and target, p99(phase)/p99(the lower baseline), the slow connections
 held, and the machine's CPU busy % during the measurement (from /proc/stat): above 85 % the phase is
-marked machine-bound (*), its figures then say more about the machine than about the servers.  The
-host's listen-queue overflows and SYN retransmits during each phase explain any ~1 s outlier.
+marked machine-bound (*), its figures then say more about the machine than about the servers.  Per
+phase it also names the requests whose connect took over 0.5 s (a SYN a full listen queue dropped is
+retried after 1 s) and counts the host's listen-queue overflows and SYN retransmits (host-wide:
+other processes count too); ``--json`` has every target's slowest requests with their connect time
+and when they came, in seconds after the crowd connected.
 
     .venv/bin/python scripts/bench_slowclients.py [--slow 500] [--every 10] [--requests 200] \\
         [--threads 4] [--gap 10] [--json out.json]
@@ -49,7 +52,7 @@ from urllib.parse import quote_from_bytes
 
 import requests
 
-from bench_rollout import ACCEPT, http_get, machine_cpu, pct   # scripts/ beside this one
+from bench_rollout import ACCEPT, machine_cpu, pct   # scripts/ beside this one
 from layerswarm.bridge.devstack import daemons, imagegen
 from layerswarm.bridge.devstack.slowclients import SlowClients
 from layerswarm.bridge.format.digest import Digest
@@ -89,13 +92,14 @@ def start_stack(tmp: Path):
     digest = Digest.of_bytes(data)
     ports = {"tracker": _port(tracker.url), "client": bridge.port, "fleet": _port(bridge.fleet_url)}
     peer = quote_from_bytes(b"-LS0001-benchslowcli", safe="")
-    targets = {
-        "announce": (f"{tracker.url}/announce?info_hash={quote_from_bytes(bytes(range(20)), safe='')}"
-                     f"&peer_id={peer}&port=7000&uploaded=0&downloaded=0&left=100&compact=1", {}, None),
-        "v2": (f"{bridge.url}/v2/", {}, None),
-        "manifest": (f"{bridge.url}/v2/bench/slow/manifests/v1", {"Accept": ACCEPT}, None),
-        "blob": (f"{bridge.url}/v2/bench/slow/blobs/{digest}", {}, BLOB_BYTES),
-        "relay": (f"{bridge.fleet_url}/_layerswarm/relay/{digest}", {}, BLOB_BYTES),
+    announce = (f"/announce?info_hash={quote_from_bytes(bytes(range(20)), safe='')}&peer_id={peer}&port=7000"
+                "&uploaded=0&downloaded=0&left=100&compact=1")
+    targets = {   # name -> (port, path, headers, body size or None)
+        "announce": (ports["tracker"], announce, {}, None),
+        "v2": (ports["client"], "/v2/", {}, None),
+        "manifest": (ports["client"], "/v2/bench/slow/manifests/v1", {"Accept": ACCEPT}, None),
+        "blob": (ports["client"], f"/v2/bench/slow/blobs/{digest}", {}, BLOB_BYTES),
+        "relay": (ports["fleet"], f"/_layerswarm/relay/{digest}", {}, BLOB_BYTES),
     }
     return made, ports, targets
 
@@ -104,17 +108,24 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def one_request(target) -> float | None:
-    """Seconds for one GET on a new connection, None when it failed."""
-    url, headers, size = target
+def one_request(target) -> tuple | None:
+    """(start, seconds, seconds to connect) of one GET on a new connection to loopback; None when it failed."""
+    port, path, headers, size = target
     t = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        status, _, body, _ = http_get(url, headers=headers, timeout=60, max_redirects=0)
+        conn.connect()
+        connected = time.monotonic()
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
     except (OSError, http.client.HTTPException):
         return None
-    if status != 200 or (size is not None and len(body) != size):
+    finally:
+        conn.close()
+    if resp.status != 200 or (size is not None and len(body) != size):
         return None
-    return time.monotonic() - t
+    return t, time.monotonic() - t, connected - t
 
 
 def measure(targets: dict, n: int, threads: int, gap: float) -> dict:
@@ -140,11 +151,15 @@ def measure(targets: dict, n: int, threads: int, gap: float) -> dict:
     return result
 
 
-def summary(samples: list) -> dict:
-    ok = [s for s in samples if s is not None]
+def summary(samples: list, since: float) -> dict:
+    """Percentiles of one target in one mode, and its slowest requests (``at_s``: seconds after ``since``)."""
+    ok = [x for x in samples if x is not None]
+    seconds = [x[1] for x in ok]
     ms = (lambda v: None if v is None else round(v * 1000, 2))
-    return {"n": len(samples), "errors": len(samples) - len(ok), "p50_ms": ms(pct(ok, 50)),
-            "p99_ms": ms(pct(ok, 99)), "max_ms": ms(max(ok) if ok else None)}
+    slowest = [{"at_s": round(t - since, 1), "ms": ms(total), "connect_ms": ms(connect)}
+               for t, total, connect in sorted(ok, key=lambda x: -x[1])[:3]]
+    return {"n": len(samples), "errors": len(samples) - len(ok), "p50_ms": ms(pct(seconds, 50)),
+            "p99_ms": ms(pct(seconds, 99)), "max_ms": ms(max(seconds, default=None)), "slowest": slowest}
 
 
 def tcp_counters() -> dict:
@@ -199,6 +214,7 @@ def _crowd(conn, addresses: list, n: int, every: float) -> None:
 
 def run_phase(name: str, crowded: tuple, ports: dict, targets: dict, a) -> dict:
     crowd = Crowd([(ports[p], HEADS[p]) for p in crowded], a.slow, a.every) if crowded else None
+    since = time.monotonic()   # the crowd is connected
     try:
         if crowd:
             time.sleep(a.every + 1)   # every slow client has dripped once
@@ -215,7 +231,7 @@ def run_phase(name: str, crowded: tuple, ports: dict, targets: dict, a) -> dict:
             "slow_held": [held, held_after], "slow_reconnects": reconnects, "seconds": round(seconds, 1),
             "cpu_busy_pct": busy, "machine_bound": {mode: b > MACHINE_BOUND for mode, b in busy.items()},
             "loadavg": [round(x, 2) for x in os.getloadavg()], "tcp": {k: tcp1[k] - tcp0[k] for k in tcp0},
-            "targets": {t: {mode: summary(out[t]) for mode, (_, out) in measured.items()} for t in targets}}
+            "targets": {t: {mode: summary(out[t], since) for mode, (_, out) in measured.items()} for t in targets}}
 
 
 def ratio(phase: dict, bases: list, target: str, mode: str) -> float | None:
@@ -243,8 +259,12 @@ def report(phases: list, a) -> None:
     print(f"\nbusy: the machine's CPU during the measurement (* above {MACHINE_BOUND:g} %: machine-bound); "
           f"held: slow connections open at its start ({a.slow} per crowded port, a byte every {a.every:g} s)")
     for ph in phases:
+        # A connect that waited for the SYN's retransmit (1 s): a listen queue was full.
+        dropped = [f"{t} at {x['at_s']} s: {x['ms']:.0f} ms" for t in TARGETS for v in ph["targets"][t].values()
+                   for x in v["slowest"] if x["connect_ms"] > 500]
+        note = "; connect over 0.5 s: " + ", ".join(dropped) if dropped else ""
         print(f"  {ph['phase']:<15} {ph['seconds']:>5} s, load {ph['loadavg']}, held {ph['slow_held'][0]} -> "
-              f"{ph['slow_held'][1]}, replaced {ph['slow_reconnects']}, host TCP {ph['tcp']}")
+              f"{ph['slow_held'][1]}, replaced {ph['slow_reconnects']}, host TCP {ph['tcp']}{note}")
 
 
 def main() -> int:
@@ -263,7 +283,7 @@ def main() -> int:
             for target in targets.values():   # warm: tag cache, imports, page cache
                 for _ in range(5):
                     if one_request(target) is None:
-                        raise SystemExit(f"{target[0]} does not answer 200 before any load")
+                        raise SystemExit(f"port {target[0]} {target[1]} does not answer 200 before any load")
             phases = []
             for name, crowded in PHASES:
                 print(f"phase {name} ...", file=sys.stderr, flush=True)
