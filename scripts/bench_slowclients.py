@@ -69,7 +69,7 @@ PHASES = (("baseline", ()), ("tracker", ("tracker",)), ("client", ("client",)), 
 
 
 def start_stack(tmp: Path):
-    """(daemons to stop, ports by name, targets: name -> (url, headers, body size or None))."""
+    """(daemons to stop, ports by name, targets: name -> (port, path, headers, body size or None))."""
     made = []
     try:
         origin = daemons.start_registry(tmp / "origin")
