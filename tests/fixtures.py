@@ -1,10 +1,11 @@
 """The tests' one house: every process, server and peer a test starts, and the helpers to look at them.
 
 Processes (tracker, bridge, docker-registry origin, redis, dockerd, containerd) start through
-``layerswarm.bridge.devstack`` (daemons.py, clients.py) on free loopback ports, each with its own directory and log,
-and stop at teardown; only slow tests use them.  The fast loop uses the real apps in this process:
-the tracker app and bridge apps served on a loopback port from a thread, peers with their own
-libtorrent session on loopback.  ``tests/conftest.py`` loads this module as a plugin, so every
+``layerswarm.bridge.devstack`` (daemons.py, clients.py) on free loopback ports, each with its own
+directory and log, and stop at teardown; only slow tests use them (and the slow-loris crowds of
+devstack/slowclients.py).  The fast loop uses the real apps in this process: the tracker app and
+bridge apps served on a loopback port from a thread, peers with their own libtorrent session on
+loopback.  ``tests/conftest.py`` loads this module as a plugin, so every
 fixture here is available to every test.  It is long on purpose: one place to look for how any
 test starts anything.
 """
@@ -17,7 +18,6 @@ import io
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -136,33 +136,6 @@ def fleet_environ(name: str, **kw) -> dict:
 
 
 # --------------------------------------------------------------------------- in-process servers
-
-@contextlib.contextmanager
-def slow_connections(host: str, port: int, n: int = 500, every: float = 10.0, head: bytes = b"GET /v2/"):
-    """``n`` connections that each send ``head`` and then one more byte every ``every`` seconds (slow loris).
-
-    Yields the open sockets; a socket the server closed stays in the list (its sends fail quietly)."""
-    socks, stop = [], threading.Event()
-    try:
-        for _ in range(n):
-            s = socket.create_connection((host, port), timeout=5)
-            s.sendall(head)
-            socks.append(s)
-
-        def drip():
-            while not stop.wait(every):
-                for s in socks:
-                    try:
-                        s.sendall(b"A")
-                    except OSError:
-                        pass
-        threading.Thread(target=drip, name="slow-loris", daemon=True).start()
-        yield socks
-    finally:
-        stop.set()
-        for s in socks:
-            s.close()
-
 
 class ThreadServer:
     """A WSGI app on a real loopback socket, served from a thread."""

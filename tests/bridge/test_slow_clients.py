@@ -9,8 +9,9 @@ import requests
 
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack import imagegen
+from layerswarm.bridge.devstack.slowclients import SlowClients
 from layerswarm.bridge.format.digest import Digest
-from tests.fixtures import blob_bytes, slow_connections
+from tests.fixtures import blob_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,7 @@ def test_requests_answered_while_500_slow_clients_hold_a_port(stack, crowded):
     client_port, fleet_port = bridge.port, int(bridge.fleet_url.rsplit(":", 1)[1])
     ports = {"client": [client_port], "fleet": [fleet_port], "both": [client_port, fleet_port]}[crowded]
     n = 500 // len(ports)
-    with slow_connections("127.0.0.1", ports[0], n), slow_connections("127.0.0.1", ports[-1], n if
-                                                                        len(ports) > 1 else 0):
+    with SlowClients("127.0.0.1", ports[0], n), SlowClients("127.0.0.1", ports[-1], n if len(ports) > 1 else 0):
         time.sleep(11)   # every slow client has dripped once
         r = requests.get(f"{bridge.url}/v2/library/slow/manifests/v1", timeout=60,
                          headers={"Accept": imagegen.MT_OCI_MANIFEST + "," + imagegen.MT_DOCKER_MANIFEST})
@@ -55,7 +55,7 @@ def test_requests_answered_while_500_slow_clients_hold_a_port(stack, crowded):
 def test_a_request_not_complete_within_the_idle_timeout_is_closed(tmp_path):
     bridge = devstack.start_bridge(tmp_path / "bridge", upstream="http://127.0.0.1:9", extra=["--idle-timeout", "3"])
     try:
-        with slow_connections("127.0.0.1", bridge.port, 3, every=1) as socks:
+        with SlowClients("127.0.0.1", bridge.port, 3, every=1) as socks:
             t0 = time.monotonic()
             for s in socks:
                 s.settimeout(30)

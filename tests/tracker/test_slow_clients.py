@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from layerswarm.bridge.devstack import daemons as devstack
-from tests.fixtures import slow_connections
+from layerswarm.bridge.devstack.slowclients import SlowClients
 from tests.tracker.helpers import announce_qs
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ def test_announce_answered_while_500_slow_clients_hold_connections(tmp_path):
     t = devstack.start_tracker(tmp_path / "tracker")
     try:
         port = int(t.url.rsplit(":", 1)[1])
-        with slow_connections("127.0.0.1", port, head=b"GET /announce?info_hash="):
+        with SlowClients("127.0.0.1", port, head=b"GET /announce?info_hash="):
             time.sleep(11)   # every slow client has dripped once
             r = requests.get(f"{t.url}/announce?{announce_qs(b'i' * 20, b'p' * 20, 7000)}", timeout=30)
             assert r.status_code == 200 and b"interval" in bencodepy.decode(r.content)
