@@ -94,7 +94,7 @@ class Listener:
         # shutdown_timeout: what is left after _shutdown() cut the streams only needs to unwind.
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context, backlog=self.backlog).start()
 
     def stop(self) -> None:
         """Stop accepting, give in-flight requests the grace time, then cut what is left."""
