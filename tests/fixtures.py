@@ -182,11 +182,14 @@ class LocalTracker(ThreadServer):
             super().stop()
 
 
-def new_peer(store_dir, tracker_url: str, host_id: str, stall_timeout: float = 20, **kw):
-    """A Peer on loopback (any free BitTorrent port): the one place tests build one."""
+def new_peer(store_dir, tracker_url: str, host_id: str, stall_timeout: float = 20, session: dict | None = None, **kw):
+    """A Peer on loopback (any free BitTorrent ports): the one place tests build one; ``session``:
+    more SessionSection fields."""
     from layerswarm.bridge.config import SessionSection, StreamSection
     from layerswarm.bridge.node.peer import Peer
-    return Peer.open(str(store_dir), tracker_url, host_id=host_id, session=SessionSection(peer_listen="127.0.0.1:0"),
+    return Peer.open(str(store_dir), tracker_url, host_id=host_id,
+                     session=SessionSection(peer_listen="127.0.0.1:0", peer_ssl_listen="127.0.0.1:0",
+                                             **(session or {})),
                      stream=StreamSection(stall_timeout=stall_timeout), **kw)
 
 
