@@ -147,13 +147,13 @@ def slow_connections(host: str, port: int, n: int = 500, every: float = 10.0, he
 
 
 class ThreadServer:
-    """A WSGI app on a real loopback socket, served from a thread."""
+    """A WSGI app on a real loopback socket, served from a thread (HTTPS with ``ssl_context``)."""
 
-    def __init__(self, app, host: str = "127.0.0.1"):
+    def __init__(self, app, host: str = "127.0.0.1", ssl_context=None):
         self.app = app
-        self.server = make_server(host, 0, app, threaded=True)
+        self.server = make_server(host, 0, app, threaded=True, ssl_context=ssl_context)
         self.port = self.server.server_port
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 

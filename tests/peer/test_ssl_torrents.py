@@ -20,7 +20,8 @@ from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format import pki
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import SwarmError
-from tests.fixtures import blob_bytes, free_port, wait_for
+from layerswarm.bridge.node.torrent import alerts as ev
+from tests.fixtures import ThreadServer, blob_bytes, free_port, wait_for
 from tests.tracker.helpers import announce_qs
 
 KEEP_CONNECTIONS = {"lt_settings": {"close_redundant_connections": False}}   # seeds stay connected: inspectable
@@ -34,13 +35,13 @@ class Fleet:
         self.ca = pki.create_ca()
         (root / "ca.pem").write_bytes(self.ca[0])
 
-    def host(self, name: str, ca=None) -> pki.FleetTLS:
-        self.write(name, ca)
+    def host(self, name: str, ca=None, **san) -> pki.FleetTLS:
+        self.write(name, ca, **san)
         return pki.FleetTLS(str(self.root / "ca.pem"), str(self.root / f"{name}.pem"),
                             str(self.root / f"{name}-key.pem"), check_every=0.2)
 
-    def write(self, name: str, ca=None) -> None:
-        cert, key = pki.issue(*(ca or self.ca), name)
+    def write(self, name: str, ca=None, **san) -> None:
+        cert, key = pki.issue(*(ca or self.ca), name, **san)
         (self.root / f"{name}-key.pem").write_bytes(key)
         (self.root / f"{name}.pem").write_bytes(cert)
 
@@ -89,6 +90,28 @@ def test_two_fleet_hosts_trade_a_layer_over_tls(local_tracker, make_peer, fleet)
     # libtorrent announces an SSL torrent with the SSL port: that is where fleet peers connect.
     listed = announce(local_tracker.url, torrent, 9, b"-test-listing")
     assert seeder.session.ssl_listen_port in listed and seeder.session.listen_port not in listed
+
+
+def test_announces_go_through_the_torrents_tls_to_a_fleet_only_tracker(make_peer, fleet):
+    """The tracker asks every caller for a fleet certificate: libtorrent announces each SSL torrent
+    with the host's certificate from the first announce on, and checks the tracker against the CA."""
+    from layerswarm.tracker.app import create_app
+    tls = fleet.host("tracker", ips=["127.0.0.1"])
+    tracker = ThreadServer(create_app({"interval": 5}), ssl_context=tls.server_context(require=True))
+    try:
+        with pytest.raises(requests.exceptions.SSLError):   # no certificate: no answer at all
+            requests.get(f"{tracker.url}/healthz", verify=tls.ca_file, timeout=10)
+        data = blob_bytes(2_000_000, b"mtls")
+        seeder = make_peer("seeder", tracker.url, tls=fleet.host("seeder"))
+        torrent = seed_unpublished(seeder, data)
+        leech = make_peer("leech", tracker.url, tls=fleet.host("leech"))
+        replies = []
+        leech.session.dispatcher.subscribe(str(torrent.digest), lambda e: e.kind == ev.TRACKER_REPLY
+                                           and replies.append(e.data["num_peers"]))
+        assert b"".join(leech.stream(torrent.digest, metainfo=torrent)) == data
+        assert replies and max(replies) >= 1   # the seeder came from the tracker's answer
+    finally:
+        tracker.stop()
 
 
 def test_torrents_of_another_mode_or_ca_are_refused(local_tracker, make_peer, fleet, tmp_path):
