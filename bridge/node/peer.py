@@ -68,7 +68,8 @@ class Peer:
         ssl_cert = tf.root_cert(tls.ca_pem) if tls is not None else None
         store = LayerStore(store_dir, cache_max)
         tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout, tls=tls)
-        return cls(store, tracker, TorrentSession(session or SessionSection(), tls), stream or StreamSection(), ssl_cert)
+        return cls(store, tracker, TorrentSession(session or SessionSection(), tls), stream or StreamSection(),
+                   ssl_cert)
 
     # -- seeding -----------------------------------------------------------
     def seed_stored(self) -> list:

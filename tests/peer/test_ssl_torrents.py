@@ -2,13 +2,13 @@
 
 Two peers with certificates from one fleet CA trade a layer over TLS; outsiders
 (no certificate, another CA's, a plain BitTorrent client) get nothing.  The
-in-process tracker is in open mode, which refuses SSL torrents on publish: the
-seeder seeds without publishing and the others are handed the torrent (the
-tracker still matches peers by info-hash on announce).
+in-process tracker app is in open mode, which refuses SSL torrents on publish:
+the seeder seeds without publishing and the others are handed the torrent (the
+tracker still matches peers by info-hash on announce, over plain HTTP or, served
+with a fleet server context, over mutual TLS).
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
