@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker.io containerd runc docker-registry skopeo redis-server aria2 transmission-cli
               mktorrent opentracker wrk hyperfine iproute2 procps python3-venv python3-dev gcc
-              ca-certificates)
+              ca-certificates tcpdump)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

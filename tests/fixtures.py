@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -115,6 +116,58 @@ def run_cli(*args) -> subprocess.CompletedProcess:
         for s, h in handlers.items():
             signal.signal(s, h)
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
+class FleetPKI:
+    """A fleet CA and host certificates on disk (format/pki.py), for secure fleet mode tests."""
+
+    def __init__(self, directory: Path, ca_name: str = "test fleet CA"):
+        from layerswarm.bridge.format import pki
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_pem, self._ca_key = pki.create_ca(ca_name)
+        self.ca = self.dir / "ca.pem"
+        self.ca.write_bytes(self.ca_pem)
+
+    def host(self, name: str, dns=(), ips=("127.0.0.1",)) -> "HostCert":
+        """A new certificate for ``name`` (a new serial each time), written to ``<dir>/<name>.pem``."""
+        from cryptography import x509
+        from layerswarm.bridge.format import pki
+        cert, key = pki.issue(self.ca_pem, self._ca_key, name, dns=dns, ips=ips)
+        paths = HostCert(self.dir / f"{name}.pem", self.dir / f"{name}-key.pem",
+                         f"{x509.load_pem_x509_certificate(cert).serial_number:X}")
+        paths.cert.write_bytes(cert)
+        paths.key.write_bytes(key)
+        return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class HostCert:
+    cert: Path
+    key: Path
+    serial: str   # upper-case hex, as on a deny list
+
+    @property
+    def pair(self) -> tuple:
+        """For requests' ``cert=``."""
+        return str(self.cert), str(self.key)
+
+
+class PeerSocket:
+    """Stands in for ``environ['gunicorn.socket']`` of a TLS connection in the Flask test client:
+    ``getpeercert()`` is what a verified fleet certificate would give."""
+
+    def __init__(self, name: str, serial: str = "1A2B", dns=(), ips=("127.0.0.1",)):
+        sans = tuple(("DNS", d) for d in (name, *dns, "*")) + tuple(("IP Address", a) for a in ips)
+        self.cert = {"subject": ((("commonName", name),),), "serialNumber": serial, "subjectAltName": sans}
+
+    def getpeercert(self) -> dict:
+        return self.cert
+
+
+def fleet_environ(name: str, **kw) -> dict:
+    """``environ_base`` for the Flask test client: a caller showing a fleet certificate for ``name``."""
+    return {"gunicorn.socket": PeerSocket(name, **kw), "REMOTE_ADDR": "127.0.0.1"}
 
 
 # --------------------------------------------------------------------------- in-process servers
@@ -411,6 +464,27 @@ def tracker_client(tracker_app):
     return tracker_app.test_client()
 
 
+ADMIN_TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture
+def secure_app(tmp_path):
+    """The tracker's Flask app in secure fleet mode (memory store, not served): ``.pki`` (FleetPKI),
+    ``.deny`` (its deny list file, empty, read at every request), publish token ``PUBLISH_TOKEN`` (not taken in a secure
+    fleet), admin token ``ADMIN_TOKEN``, 2 reports quarantine.  Callers show a certificate with
+    ``environ_base=fleet_environ(name)``."""
+    from layerswarm.tracker.app import create_app
+    fleet = FleetPKI(tmp_path / "fleet")
+    deny = tmp_path / "deny-serials"
+    deny.write_text("")
+    app = create_app({"tls_cert": str(tmp_path / "unused.pem"), "tls_key": str(tmp_path / "unused-key.pem"),
+                      "fleet_ca": str(fleet.ca), "deny_serials": str(deny), "publish_token": PUBLISH_TOKEN,
+                      "admin_token": ADMIN_TOKEN, "quarantine_reports": 2, "interval": 60})
+    app.pki, app.deny = fleet, deny
+    app.extensions["layerswarm"].fleet.deny.check_every = 0   # a changed deny list counts at once
+    return app
+
+
 @pytest.fixture
 def publish_auth():
     return {"Authorization": f"Bearer {PUBLISH_TOKEN}"}
@@ -495,6 +569,34 @@ def tracker(tmp_path, request):
     marker = request.node.get_closest_marker("tracker_args")
     extra = ("--interval", "5", "--lease-ttl", "10", *(marker.args if marker else ()))
     p = devstack.start_tracker(tmp_path / "tracker", extra=extra)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet_pki(tmp_path_factory):
+    """A fleet CA with certificates for a tracker (``.tracker``) and two bridges (``.bridge1``, ``.bridge2``)."""
+    f = FleetPKI(tmp_path_factory.mktemp("fleet"))
+    f.tracker = f.host("tracker")
+    f.bridge1 = f.host("bridge-1", dns=("bridge-1.test",))
+    f.bridge2 = f.host("bridge-2", dns=("bridge-2.test",), ips=("127.0.0.2",))
+    return f
+
+
+@pytest.fixture(scope="module")
+def secure_tracker(fleet_pki, tmp_path_factory):
+    """The real ``layerswarm tracker`` in secure fleet mode (``fleet_pki``'s CA and tracker certificate),
+    with an empty deny list at ``.deny``, the admin token ``.admin_token`` and a publish token
+    ``.publish_token`` (which a secure fleet does not take); ``.url`` is https://."""
+    tmp = tmp_path_factory.mktemp("secure-tracker")
+    deny, admin, publish = tmp / "deny-serials", tmp / "admin-token", tmp / "publish-token"
+    deny.write_text("# serials refused although the fleet CA signed them\n")
+    admin.write_text("admin-secret")
+    publish.write_text("publish-secret")
+    p = devstack.start_tracker(tmp, tls=(fleet_pki.tracker.cert, fleet_pki.tracker.key, fleet_pki.ca),
+                               extra=["--deny-serials", deny, "--admin-token-file", admin,
+                                      "--publish-token-file", publish, "--interval", "5", "--lease-ttl", "10"])
+    p.deny, p.admin_token, p.publish_token = deny, "admin-secret", "publish-secret"
     yield p
     p.stop()
 

@@ -112,8 +112,8 @@ class AnnounceSection:
 class RegistrySection:
     """The layer registry: torrents and manifests by digest, reports, cold-fetch leases."""
 
-    quarantine_reports: int = option(3, "distinct hosts whose bad-torrent reports quarantine a torrent",
-                                     metavar="N")
+    quarantine_reports: int = option(3, "distinct hosts (a secure fleet: certificate names) whose bad-torrent "
+                                     "reports quarantine a torrent", metavar="N")
     lease_ttl: int = option(30, "default cold-fetch lease TTL", metavar="S")
     lease_ttl_max: int = option(600, "longest lease TTL a bridge may ask for", metavar="S")
     # Each relay streams a cold layer at the origin's rate to this many children: 2 keeps that
@@ -144,12 +144,14 @@ class AdminSection:
     """Who may write (publish, report, lease) and who may inspect (tracker/access.py has the table)."""
 
     publish_token: str | None = option(None, "bearer token required to publish torrents and manifests, report "
-                                       "bad torrents and take leases (unset: anonymous writes)", secret=True,
+                                       "bad torrents and take leases (unset: anonymous writes; a secure fleet "
+                                       "takes certificates instead)", secret=True,
                                        env=("LAYERSWARM_PUBLISH_TOKEN",), metavar="T")
     allow_anonymous_writes: bool = option(False, "serve without a publish token on a non-loopback address "
                                           "(anyone on the network can then publish, report and lease)")
     admin_token: str | None = option(None, "bearer token required for the inspection views (/, /swarms, "
-                                     "/metrics); unset: open", secret=True, metavar="T")
+                                     "/metrics); unset: open (a secure fleet: fleet certificates only)",
+                                     secret=True, metavar="T")
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class Config:
     admin: AdminSection = field(default_factory=AdminSection)
 
     def __post_init__(self) -> None:
-        if not self.admin.publish_token and not self.admin.allow_anonymous_writes and not _loopback(self.server.host):
+        # in a secure fleet a certificate, not the publish token, lets a caller write
+        if (not self.server.secure and not self.admin.publish_token and not self.admin.allow_anonymous_writes
+                and not _loopback(self.server.host)):
             raise InvalidOption("host", f"{self.server.host} is not a loopback address: set a publish token "
                                 "(--publish-token-file) or pass --allow-anonymous-writes")
         if self.server.workers > 1 and self.state.store == "memory":

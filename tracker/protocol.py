@@ -88,6 +88,7 @@ class AnnounceRequest:
     numwant: int
     compact: bool
     no_peer_id: bool
+    owner: bytes = b""   # secure fleet mode: the announcing host's certificate CN
 
     @property
     def seeder(self) -> bool:
@@ -95,12 +96,13 @@ class AnnounceRequest:
 
     @property
     def peer_key(self) -> bytes:
-        """How stores key a peer: its peer_id *and* address, so a peer_id replayed from another
-        address (an ``event=stopped`` from an outsider) cannot touch this peer's entry."""
-        return self.peer_id + self.addr[:-2]
+        """How stores key a peer: its peer_id, address and owner (secure mode), so a peer_id replayed
+        from another address, or by another fleet host behind the same address (an
+        ``event=stopped``, say), cannot touch this peer's entry."""
+        return self.peer_id + self.addr[:-2] + self.owner
 
 
-def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
+def parse_announce(qs: bytes, remote_addr: str, cfg, owner: str = "") -> AnnounceRequest:
     q = parse_query(qs, cfg.announce.max_query)
     info_hash = _hash20(q, b"info_hash")
     peer_id = _hash20(q, b"peer_id")
@@ -125,7 +127,8 @@ def parse_announce(qs: bytes, remote_addr: str, cfg) -> AnnounceRequest:
         left=_int(q, b"left"), uploaded=_int(q, b"uploaded", default=0),
         downloaded=_int(q, b"downloaded", default=0), event=event,
         numwant=min(numwant, cfg.announce.numwant_max),
-        compact=compact_raw != b"0", no_peer_id=_one(q, b"no_peer_id", required=False) == b"1")
+        compact=compact_raw != b"0", no_peer_id=_one(q, b"no_peer_id", required=False) == b"1",
+        owner=owner.encode())
 
 
 def parse_scrape(qs: bytes, cfg) -> list | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 
+from layerswarm.bridge.cli import fleetopts
 from layerswarm.bridge.cli.tables import format_table
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import InvalidDigest, TrackerUnavailable, UserError
@@ -15,6 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tracker", default=os.environ.get("LAYERSWARM_TRACKER", "http://127.0.0.1:6969"),
                    help="tracker base URL (env LAYERSWARM_TRACKER, default %(default)s)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the tracker")
+    fleetopts.add_arguments(p)
 
 
 def fetch_rows(tracker: TrackerClient, digests: list) -> list:
@@ -55,7 +57,7 @@ def run(args) -> int:
         except InvalidDigest as exc:
             raise UserError(str(exc)) from None
     try:
-        rows = fetch_rows(TrackerClient(args.tracker, timeout=args.timeout), digests)
+        rows = fetch_rows(TrackerClient(args.tracker, timeout=args.timeout, tls=fleetopts.tls(args)), digests)
     except TrackerUnavailable as exc:
         raise UserError(str(exc)) from None
     print(render(rows) if rows else "no swarms")

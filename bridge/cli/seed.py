@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from layerswarm.bridge.cli import fleetopts
 from layerswarm.bridge.cli.tables import format_table
 from layerswarm.bridge.format.errors import DigestMismatch, InvalidOption, LayerswarmError, StoreFull, UserError
 from layerswarm.bridge.format.units import human_size, parse_size
@@ -42,6 +43,7 @@ def add_arguments(p) -> None:
     p.add_argument("--registry-token", default=None, help="Bearer token for docker:// references")
     p.add_argument("--exit", action="store_true", help="publish and exit instead of seeding in the foreground")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fleetopts.add_arguments(p)
 
 
 # -- run ----------------------------------------------------------------------
@@ -79,7 +81,7 @@ def run(args) -> int:
     if not args.tracker:
         raise UserError("--tracker URL is required (or set LAYERSWARM_TRACKER)")
     from layerswarm.bridge.node.trackerclient import TrackerClient
-    tracker = TrackerClient(args.tracker, args.token)
+    tracker = TrackerClient(args.tracker, args.token, tls=fleetopts.tls(args))
     if not tracker.healthy():
         raise UserError(f"tracker {args.tracker} unreachable")
     layers = collect(args)

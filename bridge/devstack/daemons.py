@@ -101,8 +101,10 @@ class Daemon:
         raise DaemonError(f"{self.name} not {what} after {timeout:.0f}s (last: {last!r}); "
                           f"log {self.log}:\n{self.log_text()}")
 
-    def wait_http(self, url: str, timeout: float = START_TIMEOUT, ok=(200, 401)) -> None:
-        self.wait_until(lambda: requests.get(url, timeout=2).status_code in ok, timeout, f"serving {url}")
+    def wait_http(self, url: str, timeout: float = START_TIMEOUT, ok=(200, 401), verify=True) -> None:
+        """``verify``: as for requests (a CA file for a server with a certificate from a private CA)."""
+        self.wait_until(lambda: requests.get(url, timeout=2, verify=verify).status_code in ok, timeout,
+                        f"serving {url}")
 
     def signal(self, sig) -> None:
         try:
@@ -221,13 +223,17 @@ def layerswarm_argv(*args) -> list:
     return [sys.executable, "-m", "layerswarm.bridge.cli", *map(str, args)]
 
 
-def start_tracker(workdir: Path, port: int | None = None, extra=(), env=None) -> Daemon:
-    """``layerswarm tracker`` on loopback; ``.url``."""
+def start_tracker(workdir: Path, port: int | None = None, extra=(), env=None, tls=None) -> Daemon:
+    """``layerswarm tracker`` on loopback; ``.url``.
+
+    ``tls``: (certificate, key, fleet CA) files: a secure fleet tracker, ``.url`` https://.
+    """
     port = port or free_port()
-    p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *extra),
+    tls_args = ["--tls-cert", tls[0], "--tls-key", tls[1], "--fleet-ca", tls[2]] if tls else []
+    p = Daemon(layerswarm_argv("tracker", "--host", "127.0.0.1", "--port", port, *tls_args, *extra),
                Path(workdir) / "tracker.log", name="layerswarm tracker", env=env)
-    p.url = f"http://127.0.0.1:{port}"
-    p.wait_http(p.url + "/healthz")
+    p.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    p.wait_http(p.url + "/healthz", verify=str(tls[2]) if tls else True)
     return p
 
 
@@ -238,9 +244,11 @@ def bridge_stats(url: str) -> dict:
 
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
                  tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
-                 env=None, name: str = "layerswarm bridge") -> Daemon:
+                 env=None, name: str = "layerswarm bridge", fleet=None) -> Daemon:
     """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
-    ``.fleet_url`` (its fleet listener: the relay other bridges stream from).
+    ``.fleet_url`` (its fleet listener: the relay other bridges stream from).  ``fleet``: a
+    ``certs.FleetFiles`` for secure fleet mode (this bridge's certificate is issued for ``name``,
+    and ``.fleet_url`` is https).
 
     ``store`` defaults to ``workdir/store``; a restarted bridge passes its old one.
     """
@@ -259,12 +267,18 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
         fleet_port = free_port()
         argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
                  "--fleet-listen", f"127.0.0.1:{fleet_port}"]
+        if fleet is not None:
+            host = name.replace(" ", "-")
+            if not fleet.cert(host).exists():
+                fleet.issue(host)
+            argv += fleet.args(host)
     argv += list(extra)
     log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
     p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
-    p.fleet_url = f"http://127.0.0.1:{fleet_port}" if fleet_port else None
+    scheme = "https" if fleet is not None else "http"
+    p.fleet_url = f"{scheme}://127.0.0.1:{fleet_port}" if fleet_port else None
     p.store = store
     p.stats = lambda: bridge_stats(p.url)
     p.wait_http(p.url + "/v2/")

@@ -117,17 +117,18 @@ class FleetTLS:
     ``server_context()`` asks every client for a certificate from the fleet CA (``require``: refuse
     a handshake without one; else the views decide); ``client_context()`` presents ours and
     verifies the server against the fleet CA.  Both re-read the certificate and key when the files
-    change, checked at most every ``check_every`` seconds by :meth:`maybe_reload`.
+    change, checked at most every ``check_every`` seconds by :meth:`maybe_reload`.  Without a CA
+    (``ca_file`` None: an open-mode HTTPS server) the server context asks for no certificate.
     """
 
-    def __init__(self, ca_file: str, cert_file: str, key_file: str, check_every: float = 5.0):
+    def __init__(self, ca_file: str | None, cert_file: str, key_file: str, check_every: float = 5.0):
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
         self.check_every = check_every
         self._contexts: list = []
         self._lock = threading.Lock()
         self._stamp = self._mtimes()
         self._checked = time.monotonic()
-        self.ca_pem = _read(ca_file, "fleet CA")
+        self.ca_pem = _read(ca_file, "fleet CA") if ca_file else None
         _read(cert_file, "fleet certificate")
         _read(key_file, "fleet key")
 
@@ -155,7 +156,8 @@ class FleetTLS:
 
     def server_context(self, require: bool = True) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
+        if self.ca_file:
+            ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
         return self._load(ctx)
 
     def client_context(self) -> ssl.SSLContext:
@@ -165,7 +167,8 @@ class FleetTLS:
     def _load(self, ctx: ssl.SSLContext) -> ssl.SSLContext:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            ctx.load_verify_locations(cafile=self.ca_file)
+            if self.ca_file:
+                ctx.load_verify_locations(cafile=self.ca_file)
             ctx.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"fleet TLS files ({self.cert_file}, {self.key_file}, CA {self.ca_file}): {exc}") from None
@@ -186,7 +189,8 @@ class FleetTLS:
             try:
                 for ctx in self._contexts:
                     ctx.load_cert_chain(self.cert_file, self.key_file)
-                    ctx.load_verify_locations(cafile=self.ca_file)   # adds a new CA; the old one stays trusted
+                    if self.ca_file:   # adds a new CA; the old one stays trusted
+                        ctx.load_verify_locations(cafile=self.ca_file)
             except (OSError, ssl.SSLError):
                 return False   # a rotation half-written: try again at the next check
             self._stamp = stamp
@@ -194,7 +198,7 @@ class FleetTLS:
 
     def _mtimes(self) -> tuple:
         out = []
-        for path in (self.ca_file, self.cert_file, self.key_file):
+        for path in filter(None, (self.ca_file, self.cert_file, self.key_file)):
             try:
                 st = os.stat(path)
                 out.append((st.st_mtime_ns, st.st_size, st.st_ino))

@@ -4,27 +4,19 @@ from __future__ import annotations
 import pytest
 import requests
 
-from layerswarm.bridge.format import pki
+from layerswarm.bridge.devstack.certs import make_fleet
 
 HEX = "cd" * 32
 
 
 @pytest.fixture
 def fleet_dir(tmp_path):
-    """A fleet CA with certificates for this bridge (on 127.0.0.1), another host, and an outsider's CA."""
-    d = tmp_path / "fleet"
-    d.mkdir()
-    ca = pki.create_ca()
-    (d / "ca.pem").write_bytes(ca[0])
-    for name, ips in (("bridge-1", ["127.0.0.1"]), ("bridge-2", [])):
-        cert, key = pki.issue(*ca, name, ips=ips)
-        (d / f"{name}.pem").write_bytes(cert)
-        (d / f"{name}-key.pem").write_bytes(key)
-    other = pki.create_ca("not our fleet")
-    cert, key = pki.issue(*other, "stranger")
-    (d / "stranger.pem").write_bytes(cert)
-    (d / "stranger-key.pem").write_bytes(key)
-    return d
+    """A fleet CA with certificates for this bridge (on 127.0.0.1) and another host; an outsider from another CA."""
+    fleet = make_fleet(tmp_path / "fleet", "bridge-1", "bridge-2")
+    other = make_fleet(tmp_path / "other", "stranger", ca_name="not our fleet")
+    for suffix in (".pem", "-key.pem"):
+        (fleet.dir / f"stranger{suffix}").write_bytes((other.dir / f"stranger{suffix}").read_bytes())
+    return fleet.dir
 
 
 def _secure_bridge(local_bridge, local_tracker, d):

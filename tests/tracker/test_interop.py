@@ -114,3 +114,36 @@ def test_mktorrent_torrent_is_accepted(tracker, tmp_path):
     put = requests.put(f"{url}/metainfo/{mk.digest}", data=out.read_bytes(), timeout=10)
     assert put.status_code == 201, put.text
     assert put.json()["info_hash"] == ours.info_hash.hex
+
+
+def test_libtorrent_announces_an_ssl_torrent_to_a_secure_tracker_with_its_certificate(secure_tracker, fleet_pki,
+                                                                                      tmp_path):
+    """libtorrent announces an SSL torrent through the torrent's own TLS context: its certificate
+    must reach the tracker's views for the announce to count (else a bencoded failure)."""
+    import libtorrent as lt
+    as_bridge = {"verify": str(fleet_pki.ca), "cert": fleet_pki.bridge1.pair, "timeout": 10}
+    blob = make_blob(tmp_path, 1_000_000)
+    built = torrent_for_file(blob, trackers=[f"{secure_tracker.url}/announce"], ssl_cert=fleet_pki.ca_pem)
+    r = requests.put(f"{secure_tracker.url}/metainfo/{built.digest}", data=built.metainfo, **as_bridge)
+    assert r.status_code == 201, r.text
+    ses = lt.session({
+        "listen_interfaces": f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}s", "enable_dht": False,
+        "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False, "alert_mask": 0})
+    try:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(lt.bdecode(built.metainfo))
+        atp.save_path = str(tmp_path)
+        atp.flags = (atp.flags | lt.torrent_flags.paused) & ~lt.torrent_flags.auto_managed
+        h = ses.add_torrent(atp)   # paused: its first announce must carry the certificate
+        h.set_ssl_certificate(str(fleet_pki.bridge1.cert), str(fleet_pki.bridge1.key), "")
+        h.resume()
+        deadline = time.monotonic() + 60
+
+        def seeding() -> bool:
+            return any(row["info_hash"] == built.info_hash.hex and row["seeders"] == 1
+                       for row in requests.get(f"{secure_tracker.url}/swarms", **as_bridge).json())
+        while not seeding():
+            assert time.monotonic() < deadline, "libtorrent's announce never counted"
+            time.sleep(0.5)
+    finally:
+        del ses

@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, Response, request
 
 from layerswarm.tracker import protocol
-from layerswarm.tracker.context import tracker
+from layerswarm.tracker.context import fleet_host, tracker
 from layerswarm.tracker.errors import ClientError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,13 @@ bp = Blueprint("bittorrent", __name__)
 BENCODE = "text/plain"
 
 
-def announce_bytes(t, query_string: bytes, remote_addr: str, now: float | None = None) -> bytes:
-    """The whole announce: parse, store, encode.  Shared by the Flask view and the fast path."""
+def announce_bytes(t, query_string: bytes, remote_addr: str, owner: str = "", now: float | None = None) -> bytes:
+    """The whole announce: parse, store, encode.  Shared by the Flask view and the fast path.
+
+    ``owner``: the announcing fleet host (secure mode), part of the key of its peers."""
     cfg = t.config
     try:
-        req = protocol.parse_announce(query_string, remote_addr, cfg)
+        req = protocol.parse_announce(query_string, remote_addr, cfg, owner)
         peers, counts = t.store.announce(req, cfg.announce.effective_peer_ttl, now or time.time())
     except ClientError as exc:
         t.metrics.failures.labels("announce").inc()
@@ -39,7 +41,9 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, now: float | None =
 @bp.get("/announce")
 @bp.get("/announce/<passkey>")  # passkeys stay under /announce: libtorrent's loopback SSRF rule
 def announce(passkey=None):
-    return Response(announce_bytes(tracker(), request.query_string, request.remote_addr), mimetype=BENCODE)
+    host = fleet_host()
+    return Response(announce_bytes(tracker(), request.query_string, request.remote_addr, host.name if host else ""),
+                    mimetype=BENCODE)
 
 
 @bp.get("/scrape")

@@ -9,6 +9,7 @@ from flask import request
 from layerswarm.bridge.format.digest import Digest
 
 from layerswarm.bridge.format.errors import InvalidDigest
+from layerswarm.tracker.context import fleet_host
 from layerswarm.tracker.errors import ClientError, TooLarge
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")
@@ -39,7 +40,12 @@ def json_body() -> dict:
     return body
 
 
-def host_id(value) -> str:
+def caller_id(value) -> str:
+    """Who calls: in a secure fleet its certificate's CN (whatever ``host`` it sent: a host cannot
+    speak for another), else the ``host`` it sent."""
+    host = fleet_host()
+    if host is not None:
+        return host.name
     if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
         raise ClientError("host must be 1-255 characters of [A-Za-z0-9._:@/-]")
     return value

@@ -3,17 +3,17 @@ stream from it or from an earlier relay (a tree with bounded fan-out)."""
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import socket
 import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify, request
 
-from layerswarm.tracker.context import tracker
+from layerswarm.tracker.context import fleet_host, tracker
 from layerswarm.tracker.errors import ClientError, Conflict
+from layerswarm.tracker.fleet import address
 from layerswarm.tracker.storage.base import LeaseTableFull
-from layerswarm.tracker.views.common import host_id, json_body, parse_digest
+from layerswarm.tracker.views.common import caller_id, json_body, parse_digest
 
 bp = Blueprint("leases", __name__)
 RESOLVE_TIMEOUT = 2.0   # seconds for a relay URL's host name to resolve; slower names are refused
@@ -33,12 +33,6 @@ def relay_url(value) -> str:
     return value
 
 
-def _address(text: str):
-    """``text`` as an IP address (IPv4-mapped IPv6 as its IPv4 address); ValueError if it is not one."""
-    ip = ipaddress.ip_address(text)
-    return getattr(ip, "ipv4_mapped", None) or ip
-
-
 def _resolve(name: str) -> set:
     """The addresses ``name`` resolves to here; empty if it does not resolve within RESOLVE_TIMEOUT."""
     future = tracker().resolver.submit(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM)
@@ -47,7 +41,7 @@ def _resolve(name: str) -> set:
     except (concurrent.futures.TimeoutError, OSError, UnicodeError):   # UnicodeError: not a valid name
         future.cancel()
         return set()
-    return {_address(info[4][0]) for info in infos}
+    return {address(info[4][0]) for info in infos}
 
 
 def check_url_is_callers(url: str, remote_addr) -> None:
@@ -55,16 +49,28 @@ def check_url_is_callers(url: str, remote_addr) -> None:
     caller naming another address would steer the fleet's requests wherever it likes."""
     host = urlsplit(url).hostname
     try:
-        caller = _address(remote_addr)
+        caller = address(remote_addr)
     except ValueError:
         raise ClientError("url: the caller's address is unknown, so no relay URL can be checked") from None
     try:
-        ok = _address(host) == caller
+        ok = address(host) == caller
     except ValueError:   # a name
         ok = caller in _resolve(host)
     if not ok:
         raise ClientError(f"url host {host} is not the caller's address {caller} "
                           "(nor a name resolving to it here): a bridge advertises itself only")
+
+
+def check_url_is_fleet_hosts(url: str, host) -> None:
+    """Secure mode: the relay URL is HTTPS (hosts talk TLS to each other) on one of the names or
+    addresses the caller's certificate holds; the certificate, not the connection's address,
+    says which host this is, and a bridge streaming from the URL checks that certificate."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise ClientError("url must be https:// in a secure fleet (relays answer over TLS)")
+    if not host.owns(parts.hostname):
+        raise ClientError(f"url host {parts.hostname} is not in the caller's certificate (subjectAltName "
+                          "DNS names and addresses): a bridge advertises itself only")
 
 
 def _ttl(body: dict, cfg) -> float:
@@ -79,10 +85,14 @@ def acquire(digest):
     t = tracker()
     d = parse_digest(digest)
     body = json_body()
-    host = host_id(body.get("host"))
+    host = caller_id(body.get("host"))
     url = relay_url(body.get("url"))
     ttl = _ttl(body, t.config)
-    check_url_is_callers(url, request.remote_addr)
+    caller = fleet_host()
+    if caller is not None:
+        check_url_is_fleet_hosts(url, caller)
+    else:
+        check_url_is_callers(url, request.remote_addr)
     if t.store.get_metainfo(d) is not None:
         t.metrics.leases.labels("published").inc()
         return jsonify(role="published"), 200
@@ -100,7 +110,7 @@ def renew(digest):
     t = tracker()
     d = parse_digest(digest)
     body = json_body()
-    host = host_id(body.get("host"))
+    host = caller_id(body.get("host"))
     ttl = _ttl(body, t.config)
     if not t.store.renew_lease(d, host, ttl, time.time()):
         raise Conflict("not the lease holder (expired or taken)")
@@ -110,5 +120,5 @@ def renew(digest):
 @bp.delete("/leases/<digest>")
 def release(digest):
     d = parse_digest(digest)
-    host = host_id(request.args.get("host"))
+    host = caller_id(request.args.get("host"))
     return jsonify(released=tracker().store.release_lease(d, host, time.time()))

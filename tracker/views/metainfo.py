@@ -24,7 +24,7 @@ from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
 from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, UNQUARANTINED, MetainfoRecord
-from layerswarm.tracker.views.common import host_id, json_body, log_text, parse_digest, read_body
+from layerswarm.tracker.views.common import caller_id, json_body, log_text, parse_digest, read_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metainfo", __name__)
@@ -41,9 +41,10 @@ def put_metainfo(digest):
     except InvalidMetainfo as exc:
         t.metrics.metainfo_puts.labels("invalid").inc()
         raise ClientError(f"invalid layer torrent: {exc}") from None
-    if lt.ssl_cert is not None:   # open mode knows no fleet CA: an ssl-cert would make the swarm unusable
+    refused = _ssl_cert_refused(lt.ssl_cert, t.fleet)
+    if refused:
         t.metrics.metainfo_puts.labels("invalid").inc()
-        raise ClientError("invalid layer torrent: ssl-cert is only accepted from a secure fleet")
+        raise ClientError(f"invalid layer torrent: {refused}")
     rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=FORMAT_VERSION,
                          data=lt.metainfo, published_at=time.time())
     status, current = t.store.put_metainfo(rec, lift_quarantine=t.publisher_authenticated())
@@ -58,6 +59,19 @@ def put_metainfo(digest):
     if status == CONFLICT:
         raise Conflict("a different torrent is already published for this digest", info_hash=current.hex)
     raise Conflict("this torrent was quarantined for this digest after bad-piece reports")
+
+
+def _ssl_cert_refused(ssl_cert: bytes | None, fleet) -> str | None:
+    """Why a torrent's ``ssl-cert`` does not fit this tracker, or None.  Its peers accept only
+    certificates from that CA: in a secure fleet it must be the fleet CA (byte for byte, but for
+    trailing whitespace), and open mode knows no CA, so an ssl-cert would make the swarm unusable."""
+    if fleet is None:
+        return "ssl-cert is only accepted from a secure fleet" if ssl_cert is not None else None
+    if ssl_cert is None:
+        return "a secure fleet's torrents carry the fleet CA (ssl-cert)"
+    if ssl_cert.rstrip() != fleet.ca_pem().rstrip():
+        return "ssl-cert is not this fleet's CA"
+    return None
 
 
 @bp.route("/metainfo/<digest>", methods=["GET", "HEAD"])
@@ -81,7 +95,7 @@ def report(digest):
         ih = InfoHash.from_hex(body.get("info_hash"))
     except InvalidInfoHash as exc:
         raise ClientError(str(exc)) from None
-    host = host_id(body.get("host"))
+    host = caller_id(body.get("host"))
     reason = log_text(body.get("reason", ""), 500)
     t.metrics.reports.inc()
     log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
