@@ -21,36 +21,24 @@ from layerswarm.bridge.format import pki
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import SwarmError
 from layerswarm.bridge.node.torrent import alerts as ev
-from tests.fixtures import ThreadServer, blob_bytes, free_port, wait_for
+from tests.fixtures import FleetPKI, HostCert, ThreadServer, blob_bytes, free_port, wait_for
 from tests.tracker.helpers import announce_qs
 
 KEEP_CONNECTIONS = {"lt_settings": {"close_redundant_connections": False}}   # seeds stay connected: inspectable
 
 
-class Fleet:
-    """A fleet CA on disk and host certificates from it (or from an outsider CA)."""
-
-    def __init__(self, root):
-        self.root = root
-        self.ca = pki.create_ca()
-        (root / "ca.pem").write_bytes(self.ca[0])
-
-    def host(self, name: str, ca=None, **san) -> pki.FleetTLS:
-        self.write(name, ca, **san)
-        return pki.FleetTLS(str(self.root / "ca.pem"), str(self.root / f"{name}.pem"),
-                            str(self.root / f"{name}-key.pem"), check_every=0.2)
-
-    def write(self, name: str, ca=None, **san) -> None:
-        cert, key = pki.issue(*(ca or self.ca), name, **san)
-        (self.root / f"{name}-key.pem").write_bytes(key)
-        (self.root / f"{name}.pem").write_bytes(cert)
-
-
 @pytest.fixture
 def fleet(tmp_path):
-    d = tmp_path / "fleet"
-    d.mkdir()
-    return Fleet(d)
+    return FleetPKI(tmp_path / "fleet")
+
+
+def host_tls(fleet: FleetPKI, host: HostCert) -> pki.FleetTLS:
+    """A host's fleet TLS material, its files checked for rotation every 0.2 s."""
+    return pki.FleetTLS(str(fleet.ca), str(host.cert), str(host.key), check_every=0.2)
+
+
+def secure_peer(make_peer, fleet: FleetPKI, name: str, tracker_url: str, **kw):
+    return make_peer(name, tracker_url, tls=host_tls(fleet, fleet.host(name)), **kw)
 
 
 def seed_unpublished(peer, data: bytes) -> tf.LayerTorrent:
@@ -73,11 +61,11 @@ def announce(tracker_url: str, torrent: tf.LayerTorrent, port: int, peer_id: byt
 
 def test_two_fleet_hosts_trade_a_layer_over_tls(local_tracker, make_peer, fleet):
     data = blob_bytes(6_000_000, b"ssl")
-    seeder = make_peer("seeder", local_tracker.url, tls=fleet.host("seeder"), session=KEEP_CONNECTIONS)
+    seeder = secure_peer(make_peer, fleet, "seeder", local_tracker.url, session=KEEP_CONNECTIONS)
     torrent = seed_unpublished(seeder, data)
-    assert torrent.format == 2 and torrent.ssl_cert == tf.root_cert(fleet.ca[0])
+    assert torrent.format == 2 and torrent.ssl_cert == tf.root_cert(fleet.ca_pem)
     assert seeder.status()["secure"] and seeder.status()["ssl_listen_port"] not in (None, 0, seeder.session.listen_port)
-    leech = make_peer("leech", local_tracker.url, tls=fleet.host("leech"), session=KEEP_CONNECTIONS)
+    leech = secure_peer(make_peer, fleet, "leech", local_tracker.url, session=KEEP_CONNECTIONS)
     assert b"".join(leech.stream(torrent.digest, metainfo=torrent)) == data
     # Both ends see one TLS connection carrying the payload.
     name = str(torrent.digest)
@@ -96,15 +84,15 @@ def test_announces_go_through_the_torrents_tls_to_a_fleet_only_tracker(make_peer
     """The tracker asks every caller for a fleet certificate: libtorrent announces each SSL torrent
     with the host's certificate from the first announce on, and checks the tracker against the CA."""
     from layerswarm.tracker.app import create_app
-    tls = fleet.host("tracker", ips=["127.0.0.1"])
+    tls = host_tls(fleet, fleet.host("tracker"))
     tracker = ThreadServer(create_app({"interval": 5}), ssl_context=tls.server_context(require=True))
     try:
         with pytest.raises(requests.exceptions.SSLError):   # no certificate: no answer at all
             requests.get(f"{tracker.url}/healthz", verify=tls.ca_file, timeout=10)
         data = blob_bytes(2_000_000, b"mtls")
-        seeder = make_peer("seeder", tracker.url, tls=fleet.host("seeder"))
+        seeder = secure_peer(make_peer, fleet, "seeder", tracker.url)
         torrent = seed_unpublished(seeder, data)
-        leech = make_peer("leech", tracker.url, tls=fleet.host("leech"))
+        leech = secure_peer(make_peer, fleet, "leech", tracker.url)
         replies = []
         leech.session.dispatcher.subscribe(str(torrent.digest), lambda e: e.kind == ev.TRACKER_REPLY
                                            and replies.append(e.data["num_peers"]))
@@ -120,9 +108,9 @@ def test_torrents_of_another_mode_or_ca_are_refused(local_tracker, make_peer, fl
     h = tf.PieceHasher(len(data))
     h.update(data)
     open_t = tf.build_metainfo(d, len(data), h.pieces(), [local_tracker.url + "/announce"])
-    ours = tf.for_fleet(open_t, tf.root_cert(fleet.ca[0]))
+    ours = tf.for_fleet(open_t, tf.root_cert(fleet.ca_pem))
     theirs = tf.for_fleet(open_t, tf.root_cert(pki.create_ca()[0]))
-    secure = make_peer("secure", local_tracker.url, tls=fleet.host("secure"))
+    secure = secure_peer(make_peer, fleet, "secure", local_tracker.url)
     plain = make_peer("plain", local_tracker.url)
     for peer, torrent, why in ((secure, open_t, "open-mode torrent"), (secure, theirs, "another CA"),
                                (plain, ours, "open-mode fleet")):
@@ -140,13 +128,13 @@ def test_restart_and_mode_switch_reseed_the_store(local_tracker, make_peer, flee
     """After a restart the SSL torrent gets the certificate again; a store reopened in the other
     mode is seeded under the other format's info-hash, rebuilt from the kept piece hashes."""
     data = blob_bytes(3_000_000, b"again")
-    tls = fleet.host("host")
+    tls = host_tls(fleet, fleet.host("host"))
     first = make_peer("host", local_tracker.url, tls=tls)
     torrent = seed_unpublished(first, data)
     first.close()
     again = make_peer("host", local_tracker.url, tls=tls)
     assert [(i.info_hash, i.source) for i in again.seed_stored()] == [(torrent.info_hash.hex, "record")]
-    leech = make_peer("leech", local_tracker.url, tls=fleet.host("leech"))
+    leech = secure_peer(make_peer, fleet, "leech", local_tracker.url)
     assert b"".join(leech.stream(torrent.digest, metainfo=torrent)) == data
     again.close()
     opened = make_peer("host", local_tracker.url)   # the same store, now in open mode
@@ -177,7 +165,7 @@ def _outsider(torrent: tf.LayerTorrent, save, pair=None):
 def test_outsiders_get_no_byte(local_tracker, make_peer, fleet, tmp_path):
     """No certificate, another CA's certificate, plain aria2c: each tries the seeder's SSL and plain ports."""
     data = blob_bytes(4_000_000, b"outsiders")
-    seeder = make_peer("seeder", local_tracker.url, tls=fleet.host("seeder"))
+    seeder = secure_peer(make_peer, fleet, "seeder", local_tracker.url)
     torrent = seed_unpublished(seeder, data)
     ports = (seeder.session.ssl_listen_port, seeder.session.listen_port)
     # The tracker lists the SSL port; list the plain one too, so every outsider is sent to both.
@@ -209,23 +197,42 @@ def test_outsiders_get_no_byte(local_tracker, make_peer, fleet, tmp_path):
         assert st.total_wanted_done == 0 and st.total_payload_download == 0 and not st.is_seeding
     assert seeder.session.get(str(torrent.digest)).status()["total_upload"] == 0
     # The seeder was reachable all along: a fleet host gets the layer from it.
-    leech = make_peer("leech", local_tracker.url, tls=fleet.host("leech"))
+    leech = secure_peer(make_peer, fleet, "leech", local_tracker.url)
     assert b"".join(leech.stream(torrent.digest, metainfo=torrent)) == data
 
 
 @pytest.mark.slow   # waits for the rotation to be noticed
-def test_a_rotated_certificate_reaches_every_torrent(local_tracker, make_peer, fleet):
+def test_a_rotated_certificate_reaches_every_torrent(local_tracker, make_peer, fleet, tmp_path):
     """A host whose certificate files held another CA's certificate serves nobody; once the files
     hold a fleet certificate the running session shows it on its torrents: no restart."""
     data = blob_bytes(3_000_000, b"rotate")
-    seeder = make_peer("seeder", local_tracker.url, tls=fleet.host("seeder", ca=pki.create_ca("wrong CA")))
+    wrong = FleetPKI(tmp_path / "wrong", "wrong CA").host("seeder")
+    seeder = make_peer("seeder", local_tracker.url, tls=host_tls(fleet, wrong))
     torrent = seed_unpublished(seeder, data)
-    early = make_peer("early", local_tracker.url, tls=fleet.host("early"), stall_timeout=60)
+    early = secure_peer(make_peer, fleet, "early", local_tracker.url, stall_timeout=60)
     dl = early.download(torrent.digest, torrent)
     time.sleep(4)
     assert dl.torrent.status()["done"] == 0
-    fleet.write("seeder")   # cert-manager rewrites the files in place
+    good = fleet.host("seeder")
+    wrong.key.write_bytes(good.key.read_bytes())   # cert-manager rewrites the files in place
+    wrong.cert.write_bytes(good.cert.read_bytes())
     wait_for(dl.complete.is_set, timeout=60, what="the early leech's download after the rotation")
     assert dl.verified and early.store.path_if_present(torrent.digest).read_bytes() == data
-    late = make_peer("late", local_tracker.url, tls=fleet.host("late"))
+    late = secure_peer(make_peer, fleet, "late", local_tracker.url)
     assert b"".join(late.stream(torrent.digest, metainfo=torrent)) == data
+
+
+@pytest.mark.slow   # a tracker process
+def test_a_secure_fleet_publishes_and_trades_through_the_secure_tracker(secure_tracker, fleet_pki, make_peer,
+                                                                       monkeypatch):
+    """The whole path against the real tracker in secure fleet mode: the seeder publishes its SSL
+    torrent over mutual TLS, the leech fetches it from there, both announce with their certificates."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.certs.where())   # a public bundle must not displace the CA
+    data = blob_bytes(3_000_000, b"fleet")
+    seeder = make_peer("bridge-1", secure_tracker.url, tls=host_tls(fleet_pki, fleet_pki.bridge1))
+    info = seeder.add_blob([data], len(data), Digest.of_bytes(data))
+    published = seeder.tracker.get_metainfo(info.digest)
+    assert info.source == "own" and published.format == 2 and published.info_hash.hex == info.info_hash
+    leech = make_peer("bridge-2", secure_tracker.url, tls=host_tls(fleet_pki, fleet_pki.bridge2))
+    assert b"".join(leech.stream(info.digest)) == data
+    assert [s.source for s in leech.seeding()] == ["downloaded"]
