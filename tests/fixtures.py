@@ -276,8 +276,8 @@ class LocalBridge:
     def __init__(self, store: Path, *argv):
         from layerswarm.bridge.http import server
         self.store = Path(store)
-        cfg = bridge_config("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
-                            "--fleet-listen", "127.0.0.1:0", *argv)
+        cfg = bridge_config("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", "--peer-ssl-listen", "127.0.0.1:0",
+                            "--listen", "127.0.0.1:0", "--fleet-listen", "127.0.0.1:0", *argv)
         self.peer = server.build_peer(cfg) if cfg.swarm.tracker else None
         self.listeners = server.build_listeners(cfg, self.peer)
         server.start_listeners(cfg, self.listeners)
