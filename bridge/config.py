@@ -305,6 +305,8 @@ class SessionSection:
     """The host's libtorrent session."""
 
     peer_listen: str = option("0.0.0.0:6881", "BitTorrent listen address", metavar="HOST:PORT")
+    peer_ssl_listen: str = option("0.0.0.0:6882", "BitTorrent SSL listen address (secure fleet mode: the SSL "
+                                  "torrents' peers connect here)", metavar="HOST:PORT")
     # TCP only by default: measured on loopback (scripts/bench_peer.py --utp), uTP made a
     # 4-leecher 200 MB swarm 5x slower (11.4 s vs 2.4 s).
     utp: bool = option(False, "also use uTP (default TCP only: faster on LANs)")
@@ -325,6 +327,7 @@ class SessionSection:
 
     def __post_init__(self) -> None:
         _host_port("peer_listen", self.peer_listen, "--peer-listen")
+        _host_port("peer_ssl_listen", self.peer_ssl_listen, "--peer-ssl-listen")
 
 
 @dataclass

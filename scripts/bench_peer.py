@@ -11,13 +11,23 @@ through a real tracker on loopback, in the same run:
 Every peer is its own process; all start on one "go".  ``--utp`` runs the
 same with uTP instead of TCP (the transport choice in the [session] configuration).
 
+``--ssl`` measures instead what secure fleet mode's SSL torrents cost: one
+seeder and one peer trade the layer, plain and over TLS (certificates from a
+fleet CA made for the run), alternating ``--repeat`` times; it prints the
+median wall time and CPU time (user + system, all threads) of each side and
+the SSL / plain ratios.  The torrents are handed to the peers (the open-mode
+tracker refuses SSL torrents on publish; it still matches peers on announce).
+
     .venv/bin/python scripts/bench_peer.py [--peers 4 8] [--size-mib 256] [--rss-mib 1024] [--json out.json]
+    .venv/bin/python scripts/bench_peer.py --ssl [--size-mib 256] [--repeat 5]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +96,52 @@ def role_ours(a):
         stop.set()
         print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0]}), flush=True)
         sys.stdin.readline()  # keep seeding until the parent says the run is over
+    finally:
+        peer.close()
+
+
+def _pair_peer(a, name):
+    """A peer of the SSL cost run: secure (a certificate from the run's fleet CA) when --fleet is given."""
+    from layerswarm.bridge.config import SessionSection, StreamSection
+    from layerswarm.bridge.format.pki import FleetTLS
+    from layerswarm.bridge.node.peer import Peer
+    tls = FleetTLS(f"{a.fleet}/ca.pem", f"{a.fleet}/{name}.pem", f"{a.fleet}/{name}-key.pem") if a.fleet else None
+    return Peer.open(a.workdir, a.tracker, host_id=name, tls=tls, stream=StreamSection(stall_timeout=60),
+                     session=SessionSection(peer_listen="127.0.0.1:0", peer_ssl_listen="127.0.0.1:0", utp=a.utp))
+
+
+def role_pair_seeder(a):
+    """Seed the layer in this peer's mode without publishing; answer each stdin line with our CPU time."""
+    from layerswarm.bridge.format import layertorrent as tf
+    peer = _pair_peer(a, "seeder")
+    size = os.path.getsize(a.file)
+    w = peer.store.writer(None, size)
+    with open(a.file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            w.write(chunk)
+    torrent = tf.for_fleet(w.finish([peer.tracker.announce_url]), peer.ssl_cert)
+    w.commit(torrent.metainfo)
+    peer.seed_torrent(torrent, "own")
+    path = os.path.join(a.workdir, "layer.torrent")
+    with open(path, "wb") as f:
+        f.write(torrent.metainfo)
+    print(json.dumps({"ready": True, "torrent": path}), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps({"cpu": time.process_time()}), flush=True)
+    peer.close()
+
+
+def role_pair_leech(a):
+    from layerswarm.bridge.format import layertorrent as tf
+    peer = _pair_peer(a, "leech")
+    with open(a.torrent, "rb") as f:
+        torrent = tf.parse_metainfo(f.read())
+    try:
+        _wait_go()
+        cpu0, t0 = time.process_time(), time.monotonic()
+        n = sum(len(c) for c in peer.stream(torrent.digest, metainfo=torrent))
+        print(json.dumps({"time": time.monotonic() - t0, "cpu": time.process_time() - cpu0, "bytes": n}),
+              flush=True)
     finally:
         peer.close()
 
@@ -181,9 +237,102 @@ def swarm_run(a, tmp: Path, role: str, n: int, digest: str, tag: str) -> list:
             k.end()
 
 
+def make_fleet(d: Path) -> None:
+    """A fleet CA and certificates for the SSL cost run's two peers."""
+    from layerswarm.bridge.format import pki
+    d.mkdir()
+    ca = pki.create_ca()
+    (d / "ca.pem").write_bytes(ca[0])
+    for name in ("seeder", "leech"):
+        cert, key = pki.issue(*ca, name)
+        (d / f"{name}.pem").write_bytes(cert)
+        (d / f"{name}-key.pem").write_bytes(key)
+
+
+def ssl_cost(a, tmp: Path, layer: Path) -> dict:
+    """The same layer between two peers, plain and SSL, alternating; medians and SSL / plain ratios."""
+    fleet = tmp / "fleet"
+    make_fleet(fleet)
+    modes = {"plain": {}, "ssl": {"fleet": fleet}}
+    seeders, runs = {}, {m: [] for m in modes}
+    try:
+        for mode, extra in modes.items():
+            seeders[mode] = Child("pair-seeder", a, str(tmp / f"seeder-{mode}"), file=layer, **extra)
+            modes[mode]["torrent"] = seeders[mode].line()["torrent"]
+        for i in range(a.repeat):
+            for mode in (("plain", "ssl") if i % 2 == 0 else ("ssl", "plain")):
+                seeder, workdir = seeders[mode], tmp / f"leech-{mode}-{i}"
+                seeder.send()
+                cpu0 = seeder.line()["cpu"]
+                leech = Child("pair-leech", a, str(workdir), **modes[mode])
+                try:
+                    leech.line()
+                    leech.send()
+                    r = leech.line()
+                finally:
+                    leech.end()
+                if "error" in r:
+                    raise SystemExit(f"{mode} run failed: {r['error']}")
+                seeder.send()
+                r["seeder_cpu"] = seeder.line()["cpu"] - cpu0
+                runs[mode].append(r)
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        for seeder in seeders.values():
+            seeder.end()
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("time", "cpu", "seeder_cpu")} for m, rs in runs.items()}
+    out = {"size_mib": a.size_mib, "repeat": a.repeat, "median": med,
+           "ratio": {k: round(med["ssl"][k] / med["plain"][k], 2) for k in ("time", "cpu", "seeder_cpu")}}
+    out["ratio"]["cpu_both"] = round((med["ssl"]["cpu"] + med["ssl"]["seeder_cpu"])
+                                     / (med["plain"]["cpu"] + med["plain"]["seeder_cpu"]), 2)
+    for m in modes:
+        print(f"{m:5}: {med[m]['time']:.2f}s wall, CPU leech {med[m]['cpu']:.2f}s + seeder {med[m]['seeder_cpu']:.2f}s "
+              f"(median of {a.repeat}, {a.size_mib} MiB)", flush=True)
+    r = out["ratio"]
+    print(f"SSL / plain: wall {r['time']:.2f}x, CPU leech {r['cpu']:.2f}x, seeder {r['seeder_cpu']:.2f}x, "
+          f"both {r['cpu_both']:.2f}x", flush=True)
+    return out
+
+
 def p99(xs):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+
+
+def swarm_and_rss(a, tmp: Path, layer: Path, results: dict) -> None:
+    """Our peers vs raw sessions for each N, then the memory run (the default benchmark)."""
+    seeder = Child("seeder", a, str(tmp / "seeder"), file=layer)
+    digest = seeder.line()["digest"]
+    try:
+        for n in a.peers:
+            raw = swarm_run(a, tmp, "raw", n, digest, "r")
+            ours = swarm_run(a, tmp, "ours", n, digest, "o")
+            raw_t = max(r["time"] for r in raw)
+            our_t = max(r["time"] for r in ours)
+            run = {"peers": n, "raw_makespan_s": round(raw_t, 2), "our_makespan_s": round(our_t, 2),
+                   "throughput_ratio": round(raw_t / our_t, 3),
+                   "our_ttfb_p99_s": round(p99([r["ttfb"] for r in ours]), 3),
+                   "raw_first_piece_p99_s": round(p99([r["ttfb"] for r in raw]), 3),
+                   "our_mib_s_per_peer": round(a.size_mib / (sum(r["time"] for r in ours) / n), 1)}
+            results["runs"].append(run)
+            print(f"N={n}: raw {raw_t:.2f}s  ours {our_t:.2f}s  throughput ratio {run['throughput_ratio']:.2f} "
+                  f"(goal >= 0.8)  p99 TTFB {run['our_ttfb_p99_s']:.3f}s (goal <= 1s)", flush=True)
+    finally:
+        seeder.end()
+    if a.rss_mib:
+        big = tmp / "big.bin"
+        write_layer(big, a.rss_mib)
+        layer.unlink()
+        seeder = Child("seeder", a, str(tmp / "seeder-big"), file=big)
+        try:
+            d = seeder.line()["digest"]
+            big.unlink()
+            r = swarm_run(a, tmp, "ours", 1, d, "rss")[0]
+        finally:
+            seeder.end()
+        mib = r["rss_anon_kib"] / 1024
+        results["rss"] = {"layer_mib": a.rss_mib, "peak_rss_anon_mib": round(mib, 1), "time_s": round(r["time"], 2)}
+        print(f"RSS: peak RssAnon {mib:.1f} MiB streaming {a.rss_mib} MiB (goal <= 150 MiB)", flush=True)
 
 
 def main():
@@ -193,16 +342,21 @@ def main():
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--digest", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
+    ap.add_argument("--fleet", help=argparse.SUPPRESS)
+    ap.add_argument("--torrent", help=argparse.SUPPRESS)
     ap.add_argument("--window-mib", type=float, default=8, help="deadline window ahead of each reader")
     ap.add_argument("--timeout", type=float, default=120, help="per peer")
     ap.add_argument("--peers", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rss-mib", type=int, default=1024, help="layer size for the memory run (0 = skip)")
     ap.add_argument("--utp", action="store_true", help="uTP instead of TCP for every session")
+    ap.add_argument("--ssl", action="store_true", help="measure SSL torrents vs plain between two peers instead")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each mode with --ssl")
     ap.add_argument("--json", help="write results here")
     a = ap.parse_args()
     if a.role:
-        {"seeder": role_seeder, "ours": role_ours, "raw": role_raw}[a.role](a)
+        {"seeder": role_seeder, "ours": role_ours, "raw": role_raw, "pair-seeder": role_pair_seeder,
+         "pair-leech": role_pair_leech}[a.role](a)
         return
 
     results = {"size_mib": a.size_mib, "transport": "utp" if a.utp else "tcp", "runs": []}
@@ -216,38 +370,10 @@ def main():
             tracker.wait_http(a.tracker + "/healthz")
             layer = tmp / "layer.bin"
             write_layer(layer, a.size_mib)
-            seeder = Child("seeder", a, str(tmp / "seeder"), file=layer)
-            digest = seeder.line()["digest"]
-            try:
-                for n in a.peers:
-                    raw = swarm_run(a, tmp, "raw", n, digest, "r")
-                    ours = swarm_run(a, tmp, "ours", n, digest, "o")
-                    raw_t = max(r["time"] for r in raw)
-                    our_t = max(r["time"] for r in ours)
-                    run = {"peers": n, "raw_makespan_s": round(raw_t, 2), "our_makespan_s": round(our_t, 2),
-                           "throughput_ratio": round(raw_t / our_t, 3),
-                           "our_ttfb_p99_s": round(p99([r["ttfb"] for r in ours]), 3),
-                           "raw_first_piece_p99_s": round(p99([r["ttfb"] for r in raw]), 3),
-                           "our_mib_s_per_peer": round(a.size_mib / (sum(r["time"] for r in ours) / n), 1)}
-                    results["runs"].append(run)
-                    print(f"N={n}: raw {raw_t:.2f}s  ours {our_t:.2f}s  throughput ratio {run['throughput_ratio']:.2f} "
-                          f"(goal >= 0.8)  p99 TTFB {run['our_ttfb_p99_s']:.3f}s (goal <= 1s)", flush=True)
-            finally:
-                seeder.end()
-            if a.rss_mib:
-                big = tmp / "big.bin"
-                write_layer(big, a.rss_mib)
-                layer.unlink()
-                seeder = Child("seeder", a, str(tmp / "seeder-big"), file=big)
-                try:
-                    d = seeder.line()["digest"]
-                    big.unlink()
-                    r = swarm_run(a, tmp, "ours", 1, d, "rss")[0]
-                finally:
-                    seeder.end()
-                mib = r["rss_anon_kib"] / 1024
-                results["rss"] = {"layer_mib": a.rss_mib, "peak_rss_anon_mib": round(mib, 1), "time_s": round(r["time"], 2)}
-                print(f"RSS: peak RssAnon {mib:.1f} MiB streaming {a.rss_mib} MiB (goal <= 150 MiB)", flush=True)
+            if a.ssl:
+                results = ssl_cost(a, tmp, layer)
+            else:
+                swarm_and_rss(a, tmp, layer, results)
         finally:
             tracker.stop()
     if a.json:

@@ -138,13 +138,13 @@ def fleet_environ(name: str, **kw) -> dict:
 # --------------------------------------------------------------------------- in-process servers
 
 class ThreadServer:
-    """A WSGI app on a real loopback socket, served from a thread."""
+    """A WSGI app on a real loopback socket, served from a thread (HTTPS with ``ssl_context``)."""
 
-    def __init__(self, app, host: str = "127.0.0.1"):
+    def __init__(self, app, host: str = "127.0.0.1", ssl_context=None):
         self.app = app
-        self.server = make_server(host, 0, app, threaded=True)
+        self.server = make_server(host, 0, app, threaded=True, ssl_context=ssl_context)
         self.port = self.server.server_port
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -173,11 +173,14 @@ class LocalTracker(ThreadServer):
             super().stop()
 
 
-def new_peer(store_dir, tracker_url: str, host_id: str, stall_timeout: float = 20, **kw):
-    """A Peer on loopback (any free BitTorrent port): the one place tests build one."""
+def new_peer(store_dir, tracker_url: str, host_id: str, stall_timeout: float = 20, session: dict | None = None, **kw):
+    """A Peer on loopback (any free BitTorrent ports): the one place tests build one; ``session``:
+    more SessionSection fields."""
     from layerswarm.bridge.config import SessionSection, StreamSection
     from layerswarm.bridge.node.peer import Peer
-    return Peer.open(str(store_dir), tracker_url, host_id=host_id, session=SessionSection(peer_listen="127.0.0.1:0"),
+    return Peer.open(str(store_dir), tracker_url, host_id=host_id,
+                     session=SessionSection(peer_listen="127.0.0.1:0", peer_ssl_listen="127.0.0.1:0",
+                                             **(session or {})),
                      stream=StreamSection(stall_timeout=stall_timeout), **kw)
 
 
@@ -211,8 +214,8 @@ class LocalBridge:
     def __init__(self, store: Path, *argv):
         from layerswarm.bridge.http import server
         self.store = Path(store)
-        cfg = bridge_config("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
-                            "--fleet-listen", "127.0.0.1:0", *argv)
+        cfg = bridge_config("--store-dir", self.store, "--peer-listen", "127.0.0.1:0", "--peer-ssl-listen", "127.0.0.1:0",
+                            "--listen", "127.0.0.1:0", "--fleet-listen", "127.0.0.1:0", *argv)
         self.peer = server.build_peer(cfg) if cfg.swarm.tracker else None
         self.listeners = server.build_listeners(cfg, self.peer)
         server.start_listeners(cfg, self.listeners)

@@ -90,6 +90,18 @@ def test_a_rotated_certificate_is_used_for_new_handshakes(fleet):
     assert not client.maybe_reload()
 
 
+def test_host_pair_is_the_certificate_and_its_own_key(fleet):
+    d, ca = fleet
+    tls = _write(d, "host", ca, "bridge-1")
+    assert tls.host_pair() == ((d / "host.pem").read_bytes(), (d / "host-key.pem").read_bytes())
+    (d / "host-key.pem").write_bytes(pki.issue(*ca, "bridge-2")[1])   # a rotation half-written
+    with pytest.raises(UserError, match="not the key of the certificate"):
+        tls.host_pair()
+    (d / "host-key.pem").write_bytes(b"")
+    with pytest.raises(UserError, match="host-key.pem"):
+        tls.host_pair()
+
+
 def test_missing_files_are_a_readable_error(tmp_path):
     with pytest.raises(UserError, match="fleet CA"):
         pki.FleetTLS(str(tmp_path / "nope.pem"), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))

@@ -6,7 +6,8 @@ import pytest
 
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
-from layerswarm.bridge.format.errors import InvalidMetainfo
+from layerswarm.bridge.format import pki
+from layerswarm.bridge.format.errors import InvalidMetainfo, UserError
 
 
 def _blob(tmp_path, size, seed=b"s"):
@@ -89,3 +90,75 @@ def test_rejects_garbage_and_wrong_digest(tmp_path):
             tf.parse_metainfo(bad)
     with pytest.raises(InvalidMetainfo, match="does not match"):
         tf.parse_metainfo(good, Digest.of_bytes(b"other"))
+
+
+def test_open_mode_torrents_are_byte_identical_to_format_1(tmp_path):
+    """Open mode writes exactly what it wrote before secure mode existed (golden values)."""
+    import hashlib
+    data = hashlib.shake_256(b"golden").digest(700_000)
+    h = tf.PieceHasher(len(data))
+    h.update(data)
+    t = tf.build_metainfo(h.digest(), len(data), h.pieces(), ["http://127.0.0.1:1/announce"])
+    assert t.format == tf.FORMAT_VERSION == 1 and t.ssl_cert is None
+    assert hashlib.sha256(t.metainfo).hexdigest() == "78789502f0eba8e5ece3388475fd21a0779189d07806ec7d9e96ee7dea2aa57b"
+    assert t.info_hash.hex == "a2b3242af20ef8da5eae265485caa80961d0b4af"
+
+
+@pytest.fixture(scope="module")
+def fleet_ca():
+    return pki.create_ca()[0]
+
+
+def test_secure_torrent_carries_the_fleet_ca_and_every_host_builds_it(tmp_path, fleet_ca):
+    p, d, _ = _blob(tmp_path, 700_000)
+    root = tf.root_cert(fleet_ca)
+    assert root == fleet_ca   # the CA as written by create_ca is canonical already
+    secure = tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"], ssl_cert=root)
+    meta = bencodepy.decode(secure.metainfo)
+    assert meta[b"info"][b"ssl-cert"] == root and meta[b"layerswarm"][b"format"] == 2
+    assert secure.format == tf.SECURE_FORMAT_VERSION and secure.ssl_cert == root
+    # Another host's copy of the CA file: CRLF line endings, a second certificate after it.
+    other_copy = fleet_ca.replace(b"\n", b"\r\n") + pki.create_ca("next CA")[0]
+    again = tf.torrent_for_file(p, ["http://127.0.0.1:9/announce"], ssl_cert=tf.root_cert(other_copy))
+    assert again.info_hash == secure.info_hash
+    assert tf.torrent_for_file(p).info_hash != secure.info_hash
+    with pytest.raises(UserError, match="no PEM certificate"):
+        tf.root_cert(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
+
+
+def test_switching_mode_rebuilds_from_the_piece_hashes(tmp_path, fleet_ca):
+    p, d, _ = _blob(tmp_path, 900_000)
+    root = tf.root_cert(fleet_ca)
+    open_t = tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"])
+    secure = tf.for_fleet(open_t, root)
+    assert secure == tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"], ssl_cert=root)
+    assert tf.for_fleet(secure, None) == open_t and tf.for_fleet(open_t, None) is open_t
+    assert tf.fleet_mismatch(secure, root) is None and tf.fleet_mismatch(open_t, None) is None
+    assert "open-mode torrent" in tf.fleet_mismatch(open_t, root)
+    assert "open-mode fleet" in tf.fleet_mismatch(secure, None)
+    assert "another CA" in tf.fleet_mismatch(secure, tf.root_cert(pki.create_ca()[0]))
+
+
+@pytest.mark.parametrize("ssl", [False, True])
+def test_format_version_must_match_the_mode(tmp_path, fleet_ca, ssl):
+    p, d, _ = _blob(tmp_path, 300_000)
+    meta = bencodepy.decode(tf.torrent_for_file(p, ssl_cert=tf.root_cert(fleet_ca) if ssl else None).metainfo)
+    meta[b"layerswarm"][b"format"] = 1 if ssl else 2
+    with pytest.raises(InvalidMetainfo, match="format"):
+        tf.parse_metainfo(bencodepy.encode(meta))
+
+
+def test_secure_torrent_matches_libtorrent_set_root_cert(tmp_path, fleet_ca):
+    lt = pytest.importorskip("libtorrent")
+    p, d, _ = _blob(tmp_path, 1_300_000)
+    fs = lt.file_storage()
+    lt.add_files(fs, str(p), flags=0)
+    ct = lt.create_torrent(fs, tf.piece_length(p.stat().st_size),
+                           flags=lt.create_torrent.v1_only | lt.create_torrent.no_attributes)
+    ct.set_priv(True)
+    ct.set_creator("")
+    ct.set_root_cert(tf.root_cert(fleet_ca).decode())
+    lt.set_piece_hashes(ct, str(tmp_path))
+    ours = tf.torrent_for_file(p, ssl_cert=tf.root_cert(fleet_ca))
+    theirs = lt.torrent_info(lt.bencode(ct.generate()))
+    assert str(theirs.info_hash()) == ours.info_hash.hex and theirs.ssl_cert() == tf.root_cert(fleet_ca).decode()

@@ -1,21 +1,25 @@
 """The layer torrent format, written down in one place.
 
 A layer's torrent is a pure function of the blob bytes (and, in secure mode,
-the cluster CA), so any host holding the verified blob builds the identical
-torrent and can seed it.  Format version 1:
+the fleet CA), so any host holding the verified blob builds the identical
+torrent and can seed it.  Format version 1 (open mode) and 2 (secure fleet mode):
 
 * BitTorrent v1 only, single file; ``info`` holds exactly ``length``,
   ``name``, ``piece length``, ``pieces``, ``private`` (always 1: no DHT/PEX
-  leaks of internal layers) and, in secure mode, ``ssl-cert`` (the cluster CA
-  PEM, which libtorrent turns into a TLS-only swarm).
+  leaks of internal layers) and, in format 2 only, ``ssl-cert``: the fleet CA
+  as :func:`root_cert` writes it, which libtorrent turns into a TLS-only swarm
+  (peers must show a certificate from that CA).
 * ``name`` is the layer digest written ``sha256:<hex>``.
 * ``piece length`` follows :func:`piece_length` (a fixed rule from the size).
 * Outside ``info`` (not part of the info-hash): ``announce`` /
   ``announce-list`` of the configured trackers and ``layerswarm`` =
-  ``{"format": 1, "digest": "sha256:..."}``.  No creation date, creator,
+  ``{"format": 1 or 2, "digest": "sha256:..."}``.  No creation date, creator,
   file attributes or mtime anywhere.
 * Encoding is canonical bencode; non-canonical input is rejected, so the
   info-hash computed from a decoded torrent is the one peers announce.
+
+The two formats of one blob share their piece hashes, so a host switching
+mode (or fleet CA) rebuilds its torrents with :func:`for_fleet`, no rehash.
 
 The info-hash can never equal a sha256 (it is SHA-1 of the info dict): users
 address the torrent by the layer digest, the info-hash stays internal.
@@ -25,16 +29,20 @@ bridge hashes origin bytes with it while streaming (no second read).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 
 import bencodepy
 
 from layerswarm.bridge.format.digest import Digest, InfoHash
 
-from layerswarm.bridge.format.errors import InvalidDigest, InvalidMetainfo
+from layerswarm.bridge.format.errors import InvalidDigest, InvalidMetainfo, UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1          # open mode
+SECURE_FORMAT_VERSION = 2   # secure fleet mode: an SSL torrent (``ssl-cert`` in info)
 MIN_PIECE = 256 * 1024
 MAX_PIECE = 4 * 1024 * 1024
 TARGET_PIECES = 1024
@@ -81,12 +89,43 @@ class LayerTorrent:
     metainfo: bytes  # the canonical bencoded .torrent
 
     @property
+    def format(self) -> int:
+        return format_version(self.ssl_cert)
+
+    @property
     def num_pieces(self) -> int:
         return len(self.pieces) // 20
 
     def piece_range(self, index: int) -> tuple:
         start = index * self.piece_length
         return start, min(self.size, start + self.piece_length)
+
+
+def format_version(ssl_cert: bytes | None) -> int:
+    """The format version a torrent with this ``ssl-cert`` (None: open mode) is written in."""
+    return SECURE_FORMAT_VERSION if ssl_cert else FORMAT_VERSION
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----([^-]*)-----END CERTIFICATE-----")
+
+
+def root_cert(ca_pem: bytes) -> bytes:
+    """The ``ssl-cert`` of a fleet's torrents: the first certificate of the CA file, in canonical PEM.
+
+    Every host must write the same bytes for the info-hashes to agree, whatever
+    line endings or extra certificates its copy of the CA file has (libtorrent
+    trusts only the first certificate of ``ssl-cert`` anyway).
+    """
+    m = _PEM_CERT.search(ca_pem)
+    try:
+        der = base64.b64decode(b"".join(m.group(1).split()), validate=True) if m else b""
+    except binascii.Error:
+        der = b""
+    if not der:
+        raise UserError("the fleet CA file holds no PEM certificate")
+    b64 = base64.b64encode(der)
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
 def build_info(digest: Digest, size: int, pieces: bytes, ssl_cert: bytes | None = None) -> dict:
@@ -106,12 +145,31 @@ def build_metainfo(digest: Digest, size: int, pieces: bytes, trackers=(), ssl_ce
     """Assemble the canonical .torrent for a layer from its piece hashes."""
     trackers = tuple(trackers)
     meta = {b"info": build_info(digest, size, pieces, ssl_cert),
-            b"layerswarm": {b"digest": str(digest).encode(), b"format": FORMAT_VERSION}}
+            b"layerswarm": {b"digest": str(digest).encode(), b"format": format_version(ssl_cert)}}
     if trackers:
         meta[b"announce"] = trackers[0].encode()
         if len(trackers) > 1:
             meta[b"announce-list"] = [[t.encode()] for t in trackers]
     return parse_metainfo(bencodepy.encode(meta), digest)
+
+
+def for_fleet(torrent: LayerTorrent, ssl_cert: bytes | None) -> LayerTorrent:
+    """The same layer's torrent for a fleet whose ``ssl-cert`` is ``ssl_cert`` (None: open mode),
+    rebuilt from the piece hashes (no rehash); ``torrent`` itself when it is that already."""
+    if torrent.ssl_cert == ssl_cert:
+        return torrent
+    return build_metainfo(torrent.digest, torrent.size, torrent.pieces, torrent.trackers, ssl_cert)
+
+
+def fleet_mismatch(torrent: LayerTorrent, ssl_cert: bytes | None) -> str | None:
+    """Why ``torrent`` does not belong to a fleet whose ``ssl-cert`` is ``ssl_cert``; None if it does."""
+    if torrent.ssl_cert == ssl_cert:
+        return None
+    if ssl_cert is None:
+        return "an SSL torrent (format 2) in an open-mode fleet"
+    if torrent.ssl_cert is None:
+        return "an open-mode torrent (format 1) in a secure fleet"
+    return "an SSL torrent of another CA than the fleet's"
 
 
 class PieceHasher:
@@ -209,8 +267,13 @@ def parse_metainfo(data: bytes, expect: Digest | None = None) -> LayerTorrent:
     if info.get(b"private") != 1:
         raise InvalidMetainfo("layer torrents are private (private=1)")
     ssl_cert = info.get(b"ssl-cert")
-    if ssl_cert is not None and not isinstance(ssl_cert, bytes):
-        raise InvalidMetainfo("ssl-cert must be a string")
+    if ssl_cert is not None and not (isinstance(ssl_cert, bytes) and ssl_cert):
+        raise InvalidMetainfo("ssl-cert must be a non-empty string")
+    ours = meta.get(b"layerswarm")
+    version = ours.get(b"format") if isinstance(ours, dict) else None
+    if version is not None and version != format_version(ssl_cert):
+        raise InvalidMetainfo(f"layerswarm format {version!r}, but the info {'has' if ssl_cert else 'has no'} "
+                              f"ssl-cert (format {format_version(ssl_cert)})")
     trackers = []
     for tier in meta.get(b"announce-list", []) or []:
         for url in tier if isinstance(tier, list) else []:

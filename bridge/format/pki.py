@@ -137,6 +137,23 @@ class FleetTLS:
         our certificate; the files are read per connection, so rotation needs nothing more."""
         return {"verify": self.ca_file, "cert": (self.cert_file, self.key_file)}
 
+    def host_pair(self) -> tuple[bytes, bytes]:
+        """This host's certificate and key PEM as they are on disk now (libtorrent's SSL torrents take
+        them as buffers; only the first certificate of the file counts); UserError when unreadable
+        or when the key is not the certificate's (a rotation half-written)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        cert, key = _read(self.cert_file, "fleet certificate"), _read(self.key_file, "fleet key")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        try:
+            ours = x509.load_pem_x509_certificate(cert).public_key().public_bytes(*spki)
+            theirs = serialization.load_pem_private_key(key, password=None).public_key().public_bytes(*spki)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"fleet certificate {self.cert_file} or key {self.key_file}: {exc}") from None
+        if ours != theirs:
+            raise UserError(f"fleet key {self.key_file} is not the key of the certificate {self.cert_file}")
+        return cert, key
+
     def server_context(self, require: bool = True) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         if self.ca_file:

@@ -4,6 +4,11 @@ Create one :class:`Peer` per process (``Peer.open`` wires the parts).  The
 swarm source calls ``stream`` and ``publish_writer`` (its cold fetches write
 with ``store.writer``); ``layerswarm seed`` and the admin views call
 ``add_blob``/``seed``/``seed_torrent``.
+
+In secure fleet mode every torrent the peer makes, adopts or downloads is the
+fleet's SSL torrent (format 2: ``ssl-cert`` = the fleet CA); any other torrent
+is refused, and torrents stored in the other mode are rebuilt from their piece
+hashes when the store is seeded again.
 """
 from __future__ import annotations
 
@@ -36,12 +41,15 @@ class SeedInfo:
 
 
 class Peer:
-    def __init__(self, store: LayerStore, tracker: TrackerClient, session, stream: StreamSection):
-        """``session`` is the process's one TorrentSession; ``stream`` tunes every swarm download."""
+    def __init__(self, store: LayerStore, tracker: TrackerClient, session, stream: StreamSection,
+                 ssl_cert: bytes | None = None):
+        """``session`` is the process's one TorrentSession; ``stream`` tunes every swarm download;
+        ``ssl_cert`` is the fleet's torrent root (``tf.root_cert``) in secure fleet mode, else None."""
         self.store = store
         self.tracker = tracker
         self.session = session
         self.stream_cfg = stream
+        self.ssl_cert = ssl_cert
         self.store.on_evict = self._stop_seeding
         self._lock = threading.Lock()
         self._downloads: dict = {}
@@ -51,12 +59,17 @@ class Peer:
     @classmethod
     def open(cls, store_dir: str, tracker_url: str, *, publish_token: str | None = None, host_id: str = "",
              cache_max: int | None = None, session: SessionSection | None = None,
-             stream: StreamSection | None = None, tracker_timeout: float = 10.0) -> "Peer":
-        """A peer with its own store, tracker client and libtorrent session (one per process)."""
+             stream: StreamSection | None = None, tracker_timeout: float = 10.0, tls=None) -> "Peer":
+        """A peer with its own store, tracker client and libtorrent session (one per process).
+
+        ``tls``: the host's FleetTLS in secure fleet mode (SSL torrents, HTTPS to the tracker), else None.
+        """
         from layerswarm.bridge.node.torrent.session import TorrentSession  # the libtorrent import
+        ssl_cert = tf.root_cert(tls.ca_pem) if tls is not None else None
         store = LayerStore(store_dir, cache_max)
-        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout)
-        return cls(store, tracker, TorrentSession(session or SessionSection()), stream or StreamSection())
+        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout, tls=tls)
+        return cls(store, tracker, TorrentSession(session or SessionSection(), tls), stream or StreamSection(),
+                   ssl_cert)
 
     # -- seeding -----------------------------------------------------------
     def seed_stored(self) -> list:
@@ -71,8 +84,11 @@ class Peer:
                 continue
             meta = self.store.saved_torrent(d)
             try:
-                if meta is not None:
-                    out.append(self.seed_torrent(tf.parse_metainfo(meta, d), "record"))
+                saved = tf.parse_metainfo(meta, d) if meta is not None else None
+                if saved is not None and tf.fleet_mismatch(saved, self.ssl_cert) is None:
+                    out.append(self.seed_torrent(saved, "record"))
+                elif saved is not None:   # the fleet switched mode or CA: same pieces, new info-hash
+                    out.append(self.seed(d, tf.for_fleet(saved, self.ssl_cert)))
                 else:
                     out.append(self.seed(d))
             except Exception as exc:  # one bad layer must not stop the others
@@ -87,7 +103,8 @@ class Peer:
         if path is None:
             raise FileNotFoundError(str(digest))
         if own is None:
-            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], expect=digest)
+            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], ssl_cert=self.ssl_cert,
+                                      expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
         return self.seed_torrent(chosen, source)
@@ -96,10 +113,12 @@ class Peer:
         """The torrent to seed for verified bytes whose own build is ``own``.
 
         The tracker's published torrent wins if its pieces match our bytes; we
-        publish ours only when none is published.  A published torrent that
-        disagrees is reported and raises TorrentConflict.
+        publish ours only when none of our mode is published.  A published
+        torrent that disagrees is reported and raises TorrentConflict.
+        ``own`` may be built for either mode: it is rebuilt for ours.
         """
-        published = self.tracker.get_metainfo(own.digest)
+        own = tf.for_fleet(own, self.ssl_cert)
+        published = self._ours_or_none(self.tracker.get_metainfo(own.digest))
         if published is None:
             try:
                 self.tracker.put_metainfo(own)
@@ -108,6 +127,9 @@ class Peer:
                 published = self.tracker.get_metainfo(own.digest)  # lost a publish race
                 if published is None:
                     raise TorrentConflict(f"tracker refused the torrent for {own.digest} and serves none")
+                why = tf.fleet_mismatch(published, self.ssl_cert)
+                if why:
+                    raise TorrentConflict(f"tracker keeps {why} for {own.digest} and refuses ours") from None
             except PublishRejected as exc:
                 raise UserError(str(exc)) from None
         if _same_pieces(published, own):
@@ -117,8 +139,22 @@ class Peer:
         raise TorrentConflict(f"tracker publishes torrent {published.info_hash} for {own.digest} whose pieces "
                               "do not match the blob (reported)")
 
+    def _ours_or_none(self, torrent: tf.LayerTorrent | None) -> tf.LayerTorrent | None:
+        """A published torrent of another mode or CA is none of ours (we offer ours; the tracker decides)."""
+        why = tf.fleet_mismatch(torrent, self.ssl_cert) if torrent is not None else None
+        if why:
+            log.info("%s: the tracker publishes %s; offering ours", torrent.digest, why)
+            return None
+        return torrent
+
+    def _require_ours(self, torrent: tf.LayerTorrent) -> None:
+        why = tf.fleet_mismatch(torrent, self.ssl_cert)
+        if why:
+            raise SwarmError(f"refusing the torrent {torrent.info_hash} of {torrent.digest}: {why}")
+
     def seed_torrent(self, torrent: tf.LayerTorrent, source: str) -> SeedInfo:
         """Seed a checked torrent of a verified stored blob (seed_mode: no recheck)."""
+        self._require_ours(torrent)
         d = torrent.digest
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
                          trackers=[self.tracker.announce_url])
@@ -185,6 +221,7 @@ class Peer:
                 raise SwarmError(str(exc)) from None
             if metainfo is None:
                 raise SwarmError(f"no torrent published for {digest}")
+        self._require_ours(metainfo)   # SwarmError: the bridge falls back to the origin
         with self._lock:
             dl = self._downloads.get(digest)
             if dl is not None and not dl.complete.is_set():
@@ -214,7 +251,8 @@ class Peer:
     def status(self) -> dict:
         with self._lock:
             downloads = {str(d): {"readers": dl.readers, "size": dl.lt.size} for d, dl in self._downloads.items()}
-        return {"listen_port": self.session.listen_port, "store_bytes": self.store.used_bytes(),
+        return {"listen_port": self.session.listen_port, "ssl_listen_port": self.session.ssl_listen_port,
+                "secure": self.ssl_cert is not None, "store_bytes": self.store.used_bytes(),
                 "store_cap": self.store.cap, "seeding": [s.as_dict() for s in self.seeding()],
                 "downloads": downloads}
 

@@ -72,6 +72,7 @@ class Download:
         self._t0 = time.monotonic()
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
         self._peer_down: dict = {}       # "ip:port" -> payload bytes received (sampled while downloading)
+        self._peer_ssl: set = set()      # "ip:port" of peers seen connected over TLS (SSL torrents)
 
     def _mark(self, what: str) -> None:
         if what not in self._marks:
@@ -211,6 +212,8 @@ class Download:
             return
         for p in peers:
             self._peer_down[p["ip"]] = max(self._peer_down.get(p["ip"], 0), p["down"])
+            if p["ssl"]:
+                self._peer_ssl.add(p["ip"])
 
     def _log_swarm(self) -> None:
         """Where the bytes came from (one INFO line per layer): tells a seeder-bound swarm from a trading one."""
@@ -219,8 +222,8 @@ class Download:
         for addr, b in self._peer_down.items():
             ip = addr.rsplit(":", 1)[0]
             by_ip[ip] = by_ip.get(ip, 0) + b
-        log.info("%s: done in %.2fs %s; %d peers seen; payload MB by peer %s", self.name,
-                 time.monotonic() - self._t0, self._marks, len(self._peer_down),
+        log.info("%s: done in %.2fs %s; %d peers seen (%d over TLS); payload MB by peer %s", self.name,
+                 time.monotonic() - self._t0, self._marks, len(self._peer_down), len(self._peer_ssl),
                  {ip: round(b / 1e6, 1) for ip, b in sorted(by_ip.items())})
 
     def _finalize(self) -> None:

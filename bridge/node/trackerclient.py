@@ -24,9 +24,9 @@ class TrackerClient:
         self.host_id = host_id
         self.timeout = timeout
         self._http = requests.Session()
-        if tls is not None:
-            for key, value in tls.requests_options().items():
-                setattr(self._http, key, value)
+        # Given with every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the
+        # environment override a session's ``verify`` (then the fleet CA is not trusted).
+        self._tls_options = tls.requests_options() if tls is not None else {}
 
     @property
     def announce_url(self) -> str:
@@ -34,6 +34,7 @@ class TrackerClient:
 
     def _req(self, method: str, path: str, **kw) -> requests.Response:
         kw.setdefault("timeout", self.timeout)
+        kw.update(self._tls_options)
         try:
             r = self._http.request(method, self.url + path, **kw)
         except requests.RequestException as exc:

@@ -46,6 +46,7 @@ def test_precedence_flag_env_file_default(tmp_path):
     assert cfg.swarm.relay_timeout == 9                  # file beats default
     assert cfg.stream.window_bytes == 1024
     assert cfg.session.peer_listen == "0.0.0.0:6881"     # default
+    assert cfg.session.peer_ssl_listen == "0.0.0.0:6882"
 
 
 def test_legacy_flat_file_and_flags_still_work(tmp_path, monkeypatch):
@@ -83,6 +84,7 @@ def test_secrets_from_files_env_and_legacy_names(tmp_path):
     ([], {}, 'lisen = "x"\n', ["unknown option", "lisen"]),
     ([], {}, '[server]\ntracker = "http://t"\n', ["[swarm]", "tracker"]),
     (["--peer-listen", "6881"], {}, None, ["flag --peer-listen", "HOST:PORT"]),
+    (["--peer-ssl-listen", "6882"], {}, None, ["flag --peer-ssl-listen", "HOST:PORT"]),
     ([], {"LAYERSWARM_CACHE_MAX": "lots"}, None, ["LAYERSWARM_CACHE_MAX", "not a size"]),
     (["--admin-token-file", "/nonexistent/x"], {}, None, ["--admin-token-file", "cannot read"]),
     ([], {}, "[[broken", ["cannot read config"]),

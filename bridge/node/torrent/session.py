@@ -4,6 +4,13 @@ This package is the only place that imports libtorrent.  One
 :class:`TorrentSession` exists per process (the bridge, or ``layerswarm seed``
 in the foreground); everything else talks to it through :class:`Torrent`
 wrappers and the alert :class:`~bridge.torrent.alerts.Dispatcher`.
+
+Secure fleet mode (a FleetTLS given): the session also listens on an SSL
+socket and shows the host's certificate for every SSL torrent.  libtorrent
+keeps certificates in memory only and announces an SSL torrent through the
+torrent's own SSL context, so an SSL torrent is added paused, gets the
+certificate, then starts; again on ``torrent_need_cert_alert``, and on every
+torrent when the certificate files are rotated.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import libtorrent as lt
 from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
 from layerswarm.bridge.config import SessionSection
 from layerswarm.bridge.node.torrent.settings import settings_pack
-from layerswarm.bridge.format.errors import TorrentGone
+from layerswarm.bridge.format.errors import SwarmError, TorrentGone, UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +33,27 @@ _ALERT_MASK = (lt.alert.category_t.error_notification
                | lt.alert.category_t.piece_progress_notification
                | lt.alert.category_t.tracker_notification)
 
+# libtorrent wants DH parameters with every certificate (an empty buffer is a torrent error) although
+# only TLS 1.2 DHE suites use them; fleet keys are ECDSA and negotiate TLS 1.3.  RFC 7919 ffdhe2048.
+_DH_PARAMS = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+_SSL_SOCKET = 1 << 18   # peer_info::ssl_socket, a flag the Python bindings do not name
+
 
 class Torrent:
     """A libtorrent handle whose every call tolerates the torrent vanishing."""
 
-    def __init__(self, handle, name: str, num_pieces: int, piece_length: int, size: int):
+    def __init__(self, handle, name: str, num_pieces: int, piece_length: int, size: int, ssl: bool = False):
         self._h = handle
         self.name = name
+        self.ssl = ssl   # an SSL torrent: peers only over TLS with a certificate from its CA
         self.num_pieces = num_pieces
         self.piece_length = piece_length
         self.size = size
@@ -55,12 +76,12 @@ class Torrent:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
 
     def peers(self) -> list:
-        """Connected peers: address, whether a seed, payload bytes we got from / sent to each."""
+        """Connected peers: address, whether a seed, payload bytes we got from / sent to each, over TLS?"""
         out = []
         for pi in self._call("get_peer_info"):
             out.append({"ip": "%s:%s" % tuple(pi.ip), "seed": bool(pi.flags & pi.seed),
                         "down": pi.total_download, "up": pi.total_upload,
-                        "incoming": not bool(pi.flags & pi.local_connection)})
+                        "incoming": not bool(pi.flags & pi.local_connection), "ssl": bool(pi.flags & _SSL_SOCKET)})
         return out
 
     def save_path(self) -> str:
@@ -93,11 +114,16 @@ def _message(ec) -> str:
 class TorrentSession:
     """Owns ``lt.session`` and the alert thread; all torrents go through here."""
 
-    def __init__(self, cfg: SessionSection | None = None):
+    def __init__(self, cfg: SessionSection | None = None, tls=None):
+        """``tls``: the host's FleetTLS in secure fleet mode (None: open mode, no SSL torrents)."""
         self.cfg = cfg or SessionSection()
-        pack = settings_pack(self.cfg)
+        self._tls = tls
+        self._cert = tls.host_pair() if tls is not None else None   # (certificate, key) PEM
+        pack = settings_pack(self.cfg, secure=tls is not None)
         pack["alert_mask"] = int(_ALERT_MASK)
         self._ses = lt.session(pack)
+        if tls is not None:   # applied once more: the SSL listen socket can vanish otherwise
+            self._ses.apply_settings({"listen_interfaces": pack["listen_interfaces"]})
         self.dispatcher = Dispatcher()
         self._torrents: dict = {}
         self._removing: dict = {}
@@ -109,11 +135,16 @@ class TorrentSession:
     # -- alerts -----------------------------------------------------------
     def _alert_loop(self) -> None:
         while not self._stop.is_set():
+            if self._tls is not None:
+                self._check_rotation()
             # wait_for_alert releases the GIL; a short timeout keeps shutdown prompt.
             if self._ses.wait_for_alert(250) is None:
                 continue
             events = []
             for a in self._ses.pop_alerts():
+                if a.what() == "torrent_need_cert":
+                    self._show_certificate(a.handle)
+                    continue
                 try:
                     ev = to_event(a)
                 except Exception:
@@ -124,10 +155,42 @@ class TorrentSession:
             for ev in events:
                 self.dispatcher.dispatch(ev)
 
+    # -- certificates (secure fleet mode) --------------------------------
+    def _show_certificate(self, handle) -> None:
+        with self._lock:
+            cert, key = self._cert or (None, None)
+        if cert is None:
+            return
+        try:
+            handle.set_ssl_certificate_buffer(cert.decode(), key.decode(), _DH_PARAMS)
+        except RuntimeError:   # the torrent is gone
+            pass
+
+    def _check_rotation(self) -> None:
+        """Rotated certificate files (cert-manager rewrites them in place) go to every SSL torrent."""
+        if not self._tls.maybe_reload():
+            return
+        try:
+            pair = self._tls.host_pair()
+        except UserError as exc:   # half-written: the rest of the rotation changes the files again
+            log.warning("fleet certificate files changed but are not usable yet (%s); keeping the old one", exc)
+            return
+        with self._lock:
+            self._cert = pair
+            handles = [t._h for t in self._torrents.values() if t.ssl]
+        for h in handles:
+            self._show_certificate(h)
+        log.info("fleet certificate files changed: %d SSL torrents show the new certificate", len(handles))
+
     # -- torrents ---------------------------------------------------------
     @property
     def listen_port(self) -> int:
         return self._ses.listen_port()
+
+    @property
+    def ssl_listen_port(self) -> int | None:
+        """The SSL peer socket's port (secure fleet mode), else None."""
+        return self._ses.ssl_listen_port() if self._tls is not None else None
 
     def add(self, metainfo: bytes, save_path, *, seed_mode: bool = False, trackers=(),
             sequential: bool = False) -> Torrent:
@@ -136,16 +199,23 @@ class TorrentSession:
         ``seed_mode`` skips the piece check: only for bytes verified against
         the digest.  Without it an existing file is rechecked (a partial
         download resumes safely).  ``trackers`` replaces the torrent's own
-        announce list (the host announces to its configured trackers).
+        announce list (the host announces to its configured trackers).  An
+        SSL torrent starts only once it has the host's certificate.
         """
         ti = lt.torrent_info(lt.bdecode(metainfo))
+        ssl = bool(ti.ssl_cert())
+        if ssl and self._cert is None:
+            raise SwarmError(f"{ti.name()} is an SSL torrent: it needs secure fleet mode (a fleet certificate)")
         atp = lt.add_torrent_params()
         atp.ti = ti
         atp.save_path = str(save_path)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
         flags = atp.flags
         flags &= ~lt.torrent_flags.auto_managed   # every layer seeds: no queue
-        flags &= ~lt.torrent_flags.paused
+        if ssl:
+            flags |= lt.torrent_flags.paused   # no announce or connection before it has a certificate
+        else:
+            flags &= ~lt.torrent_flags.paused
         flags |= lt.torrent_flags.duplicate_is_error
         if seed_mode:
             flags |= lt.torrent_flags.seed_mode
@@ -159,8 +229,11 @@ class TorrentSession:
             if self._stop.is_set():
                 raise TorrentGone(name)
             h = self._ses.add_torrent(atp)
-            t = Torrent(h, name, ti.num_pieces(), ti.piece_length(), ti.total_size())
+            t = Torrent(h, name, ti.num_pieces(), ti.piece_length(), ti.total_size(), ssl)
             self._torrents[name] = t
+            if ssl:   # under the lock: a rotation either sees this torrent or is seen by it
+                self._show_certificate(h)
+                h.resume()
         return t
 
     def get(self, name: str) -> Torrent | None:

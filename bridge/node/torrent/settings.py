@@ -8,9 +8,14 @@ from __future__ import annotations
 from layerswarm.bridge.config import SessionSection
 
 
-def settings_pack(cfg: SessionSection) -> dict:
+def listen_interfaces(cfg: SessionSection, secure: bool = False) -> str:
+    """The peer sockets: plain, and in secure fleet mode an SSL one too (the ``s`` suffix)."""
+    return f"{cfg.peer_listen},{cfg.peer_ssl_listen}s" if secure else cfg.peer_listen
+
+
+def settings_pack(cfg: SessionSection, secure: bool = False) -> dict:
     s = {
-        "listen_interfaces": cfg.peer_listen,
+        "listen_interfaces": listen_interfaces(cfg, secure),
         "user_agent": cfg.user_agent,
         # Private swarm: nothing is discovered or announced outside the tracker.
         "enable_dht": False,
