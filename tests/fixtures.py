@@ -31,7 +31,7 @@ from werkzeug.serving import make_server
 
 from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
-from layerswarm.bridge.devstack.certs import FleetPKI
+from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - the tests take them from here
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port

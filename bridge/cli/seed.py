@@ -81,7 +81,8 @@ def run(args) -> int:
     if not args.tracker:
         raise UserError("--tracker URL is required (or set LAYERSWARM_TRACKER)")
     from layerswarm.bridge.node.trackerclient import TrackerClient
-    tracker = TrackerClient(args.tracker, args.token, tls=fleetopts.tls(args))
+    tls = fleetopts.tls(args)
+    tracker = TrackerClient(args.tracker, args.token, tls=tls)
     if not tracker.healthy():
         raise UserError(f"tracker {args.tracker} unreachable")
     layers = collect(args)
@@ -92,7 +93,7 @@ def run(args) -> int:
         if args.bridge:
             results = _to_bridge(args, layers, bar)
         else:
-            return _foreground(args, layers, bar, tracker)
+            return _foreground(args, layers, bar, tracker, tls)
     finally:
         if bar is not None:
             bar.close()
@@ -127,7 +128,7 @@ def _to_bridge(args, layers, bar) -> list:
     return out
 
 
-def _foreground(args, layers, bar, tracker) -> int:
+def _foreground(args, layers, bar, tracker, tls) -> int:
     from layerswarm.bridge.config import SessionSection
     from layerswarm.bridge.node.peer import Peer
     from layerswarm.bridge.format.errors import TrackerUnavailable
@@ -141,7 +142,7 @@ def _foreground(args, layers, bar, tracker) -> int:
         raise UserError(f"--listen: {exc}") from None
     try:
         peer = Peer.open(store_dir, args.tracker, publish_token=args.token, cache_max=_cap(args.cap),
-                         session=session)
+                         session=session, tls=tls)
     except OSError as exc:
         raise UserError(f"cannot open store {store_dir}: {exc.strerror or exc}") from None
     try:

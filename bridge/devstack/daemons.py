@@ -269,6 +269,7 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
                  "--fleet-listen", f"127.0.0.1:{fleet_port}"]
         if fleet is not None:
             argv += fleet.args(fleet.host(name.replace(" ", "-")))
+            argv += ["--peer-ssl-listen", f"127.0.0.1:{free_port()}"]
     argv += list(extra)
     log_name = "bridge" if name == "layerswarm bridge" else name.replace(" ", "-")
     p = Daemon(layerswarm_argv(*argv), workdir / f"{log_name}.log", name=name, env=env)

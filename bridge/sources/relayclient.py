@@ -34,15 +34,14 @@ class RelayClient:
         self._lock = threading.Lock()
         self._bad: set = set()
         self._http = requests.Session()
-        if tls is not None:
-            for key, value in tls.requests_options().items():
-                setattr(self._http, key, value)
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+        self._tls_options = tls.requests_options() if tls is not None else {}
 
     def open(self, url: str, digest: Digest, offset: int) -> tuple:
         """(blob size, iterator of the bytes from ``offset``); UpstreamError when the relay cannot serve."""
         try:
             r = self._http.get(f"{url.rstrip('/')}{RELAY_PATH}{digest}", params={"offset": offset},
-                               stream=True, timeout=(self.connect_timeout, self.relay_timeout))
+                               stream=True, timeout=(self.connect_timeout, self.relay_timeout), **self._tls_options)
         except requests.RequestException as exc:
             raise UpstreamError(f"relay unreachable: {exc.__class__.__name__}") from None
         if r.status_code != 200:

@@ -14,7 +14,7 @@ import requests
 
 from layerswarm.bridge.format import pki
 from layerswarm.bridge.format.errors import UserError
-from layerswarm.bridge.format.layertorrent import build_metainfo
+from layerswarm.bridge.format.layertorrent import build_metainfo, root_cert
 from layerswarm.tracker.fleet import FleetHost, WatchedFile, parse_serials
 from tests.fixtures import FleetPKI, PeerSocket, fleet_environ, wait_for
 from tests.tracker.helpers import announce_qs, layer
@@ -114,8 +114,9 @@ def test_torrents_carry_exactly_the_fleet_ca(secure_app, tmp_path):
     assert r.status_code == 400 and "not this fleet's CA" in r.json["error"]
     r = put(_ssl_torrent(secure_app.pki.ca_pem.rstrip() + b"\n-----BEGIN CERTIFICATE-----\n"))
     assert r.status_code == 400   # a CA and more is not the CA
-    assert put(_ssl_torrent(secure_app.pki.ca_pem)).status_code == 201
-    assert put(_ssl_torrent(secure_app.pki.ca_pem.rstrip() + b"\r\n\n")).status_code == 201   # trailing space
+    # Only the canonical form every bridge writes (layertorrent.root_cert): one info-hash per blob.
+    assert put(_ssl_torrent(secure_app.pki.ca_pem.rstrip() + b"\r\n\n")).status_code == 400
+    assert put(_ssl_torrent(root_cert(secure_app.pki.ca_pem))).status_code == 201
 
 
 def test_a_certificate_names_its_hosts_literally():

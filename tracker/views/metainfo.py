@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from layerswarm.bridge.format.digest import InfoHash
 
 from layerswarm.bridge.format.errors import InvalidInfoHash, InvalidMetainfo
-from layerswarm.bridge.format.layertorrent import FORMAT_VERSION, parse_metainfo
+from layerswarm.bridge.format.layertorrent import parse_metainfo, root_cert
 from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
@@ -45,7 +45,7 @@ def put_metainfo(digest):
     if refused:
         t.metrics.metainfo_puts.labels("invalid").inc()
         raise ClientError(f"invalid layer torrent: {refused}")
-    rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=FORMAT_VERSION,
+    rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=lt.format,
                          data=lt.metainfo, published_at=time.time())
     status, current = t.store.put_metainfo(rec, lift_quarantine=t.publisher_authenticated())
     t.metrics.metainfo_puts.labels(status).inc()
@@ -63,13 +63,13 @@ def put_metainfo(digest):
 
 def _ssl_cert_refused(ssl_cert: bytes | None, fleet) -> str | None:
     """Why a torrent's ``ssl-cert`` does not fit this tracker, or None.  Its peers accept only
-    certificates from that CA: in a secure fleet it must be the fleet CA (byte for byte, but for
-    trailing whitespace), and open mode knows no CA, so an ssl-cert would make the swarm unusable."""
+    certificates from that CA: in a secure fleet it must be the fleet CA exactly as every bridge
+    writes it (layertorrent.root_cert: its first certificate in canonical PEM), and open mode knows no CA, so an ssl-cert would make the swarm unusable."""
     if fleet is None:
         return "ssl-cert is only accepted from a secure fleet" if ssl_cert is not None else None
     if ssl_cert is None:
         return "a secure fleet's torrents carry the fleet CA (ssl-cert)"
-    if ssl_cert.rstrip() != fleet.ca_pem().rstrip():
+    if ssl_cert != root_cert(fleet.ca_pem()):
         return "ssl-cert is not this fleet's CA"
     return None
 
