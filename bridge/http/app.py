@@ -72,7 +72,8 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     @app.get("/_layerswarm/stats")
     def stats():
         g.route = "stats"
-        return jsonify(metrics.snapshot())
+        # In secure mode every peer and relay byte came over TLS (SSL torrents, the fleet listener).
+        return jsonify({**metrics.snapshot(), "fleet_mode": "secure" if config.fleet.secure else "open"})
 
     return app
 
