@@ -62,12 +62,6 @@ def _client_api_context(cfg: bconfig.BridgeConfig):
     return ctx
 
 
-def _reload_certificates(tls, stop: threading.Event) -> None:
-    """Rotated fleet certificate files (cert-manager writes them in place) reach new handshakes."""
-    while not stop.wait(tls.check_every):
-        if tls.maybe_reload():
-            log.info("fleet certificate files changed: new connections use them")
-
 
 def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:
     """Bind and start ``listeners``; a port 0 in the configuration becomes the port bound (so the
@@ -90,10 +84,9 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
     listeners = []
     try:
         listeners = build_listeners(cfg, peer)
+        # Rotated certificate files: the session's alert thread checks them (FleetTLS.maybe_reload) and
+        # reloads every context made from them, the fleet listener's included.
         start_listeners(cfg, listeners)
-        if cfg.fleet.secure:
-            threading.Thread(target=_reload_certificates, args=(cfg.fleet.tls(), stop), name="tls-reload",
-                             daemon=True).start()
         ups = cfg.upstreams
         log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen,
                  ups.default.url, sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)

@@ -62,3 +62,28 @@ def test_fleet_options_go_together(tmp_path):
     p = run_cli("bridge", "--store-dir", tmp_path, "--tracker", "http://127.0.0.1:9", "--fleet-ca",
                 tmp_path / "ca.pem", "--fleet-cert", tmp_path / "c.pem", "--fleet-key", tmp_path / "k.pem")
     assert p.returncode == 2 and "cannot read the fleet CA" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_a_rotated_certificate_is_served_by_the_fleet_listener_without_a_restart(local_tracker, local_bridge,
+                                                                                  tmp_path):
+    import socket
+    import ssl
+    from layerswarm.bridge.format import pki as fpki
+    from tests.fixtures import wait_for
+    fleet = FleetPKI(tmp_path / "fleet")
+    mine, other = fleet.host("bridge-1"), fleet.host("bridge-2")
+    b = local_bridge("--tracker", local_tracker.url, *fleet.args(mine))
+    port = b.listeners[1].port
+    ctx = ssl.create_default_context(cafile=str(fleet.ca))
+    ctx.load_cert_chain(*other.pair)
+
+    def served_name():
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                return fpki.identity(tls.getpeercert())
+    assert served_name() == "bridge-1"
+    rotated = fleet.host("bridge-1-rotated")
+    mine.key.write_bytes(rotated.key.read_bytes())
+    mine.cert.write_bytes(rotated.cert.read_bytes())
+    wait_for(lambda: served_name() == "bridge-1-rotated", timeout=30, what="the rotated certificate served")
