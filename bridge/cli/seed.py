@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH",
                    help="only these platforms of a multi-platform image (repeatable; default all)")
     p.add_argument("--listen", default="0.0.0.0:6881", help="BitTorrent listen address (foreground mode)")
+    p.add_argument("--ssl-listen", default="0.0.0.0:6882",
+                   help="BitTorrent SSL listen address (foreground mode, secure fleet mode)")
     p.add_argument("--cap", default=None, help="store size cap, e.g. 50G (foreground mode)")
     p.add_argument("--raw", action="store_true", help="treat every file SOURCE as a raw blob, even a tar")
     p.add_argument("--plain-http", action="store_true", help="use http:// for docker:// references (default only for loopback)")
@@ -137,9 +139,9 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        session = SessionSection(peer_listen=args.listen)
+        session = SessionSection(peer_listen=args.listen, peer_ssl_listen=args.ssl_listen)
     except InvalidOption as exc:
-        raise UserError(f"--listen: {exc}") from None
+        raise UserError(f"--listen/--ssl-listen: {exc}") from None
     try:
         peer = Peer.open(store_dir, args.tracker, publish_token=args.token, cache_max=_cap(args.cap),
                          session=session, tls=tls)

@@ -107,3 +107,32 @@ def test_three_bridges_trade_layers_only_over_tls_in_a_secure_fleet(docker, orig
         assert _leaks(captured, img.layers) == []
     else:
         assert len(_leaks(captured, img.layers)) > 100   # the check sees plain layer bytes when they are there
+
+
+def test_seed_and_inspect_in_a_secure_fleet(tmp_path):
+    from layerswarm.bridge.format import layertorrent as tf
+    from layerswarm.bridge.format.digest import Digest
+    from tests.fixtures import blob_bytes, run_cli
+    pki = FleetPKI(tmp_path / "fleet")
+    tcert, seeder = pki.host("tracker"), pki.host("ci-seeder")
+    tracker = devstack.start_tracker(tmp_path / "tracker", tls=(tcert.cert, tcert.key, pki.ca))
+    try:
+        blob = tmp_path / "layer.bin"
+        blob.write_bytes(blob_bytes(700_000, b"secure-seed"))
+        digest = Digest.of_bytes(blob.read_bytes())
+        r = run_cli("seed", blob, "--raw", "--exit", "--tracker", tracker.url, "--store-dir", tmp_path / "store",
+                    "--listen", f"127.0.0.1:{free_port()}", "--ssl-listen", f"127.0.0.1:{free_port()}",
+                    *pki.args(seeder))
+        assert r.returncode == 0, r.stderr
+        meta = requests.get(f"{tracker.url}/metainfo/{digest}", verify=str(pki.ca), cert=seeder.pair, timeout=10)
+        t = tf.parse_metainfo(meta.content, digest)
+        assert t.format == 2 and t.ssl_cert == tf.root_cert(pki.ca_pem)   # the fleet's SSL torrent
+        r = run_cli("inspect", digest, "--tracker", tracker.url, *pki.args(seeder))
+        assert r.returncode == 0 and str(digest) in r.stdout, r.stderr
+        # Without a certificate: a readable refusal, no traceback.
+        r = run_cli("inspect", "--tracker", tracker.url, "--fleet-ca", pki.ca)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and "go together" in r.stderr
+        r = run_cli("inspect", "--tracker", tracker.url)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    finally:
+        tracker.stop()
