@@ -74,7 +74,7 @@ class Listener:
         self._thread = threading.Thread(target=self.loop.run_forever, name=f"{name}-loop", daemon=True)
 
     def start(self) -> None:
-        """Bind (raising OSError when the address is taken) and start serving."""
+        """Bind (a UserError naming the address when it cannot) and start serving."""
         try:
             sock = socket.create_server((self.host, self.port), family=_family(self.host), backlog=self.backlog)
         except OSError as exc:
