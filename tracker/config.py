@@ -48,6 +48,8 @@ class ServerSection:
                                   "from it; needs --tls-cert and --tls-key)", metavar="PEM")
     deny_serials: str | None = option(None, "file of certificate serial numbers (hex, one per line) refused "
                                       "even though the fleet CA signed them", metavar="FILE")
+    accept_open_torrents: bool = option(False, "secure fleet mode, for one release while a fleet moves to it: "
+                                        "also take and serve open-mode torrents (format 1) from fleet hosts")
 
     def __post_init__(self) -> None:
         _at_least_one(self, "workers", "connections")
@@ -57,8 +59,9 @@ class ServerSection:
             raise InvalidOption("tls_cert", "--tls-cert and --tls-key go together")
         if self.fleet_ca and not self.tls_cert:
             raise InvalidOption("fleet_ca", "secure fleet mode needs the tracker's own --tls-cert and --tls-key")
-        if self.deny_serials and not self.fleet_ca:
-            raise InvalidOption("deny_serials", "is a secure fleet mode option (--fleet-ca)")
+        for name in ("deny_serials", "accept_open_torrents"):
+            if getattr(self, name) and not self.fleet_ca:
+                raise InvalidOption(name, "is a secure fleet mode option (--fleet-ca)")
 
     @property
     def secure(self) -> bool:

@@ -93,6 +93,10 @@ class LayerTorrent:
         return format_version(self.ssl_cert)
 
     @property
+    def kind(self) -> str:
+        return torrent_kind(self.ssl_cert)
+
+    @property
     def num_pieces(self) -> int:
         return len(self.pieces) // 20
 
@@ -104,6 +108,14 @@ class LayerTorrent:
 def format_version(ssl_cert: bytes | None) -> int:
     """The format version a torrent with this ``ssl-cert`` (None: open mode) is written in."""
     return SECURE_FORMAT_VERSION if ssl_cert else FORMAT_VERSION
+
+
+def torrent_kind(ssl_cert: bytes | None) -> str:
+    """Which fleet a torrent belongs to: ``"1"`` (open mode) or ``"2:"`` and a hash of its ``ssl-cert``
+    (one kind per fleet CA).  One blob has one torrent per kind; the tracker keeps them apart."""
+    if not ssl_cert:
+        return str(FORMAT_VERSION)
+    return f"{SECURE_FORMAT_VERSION}:{hashlib.sha256(ssl_cert).hexdigest()[:32]}"
 
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----([^-]*)-----END CERTIFICATE-----")

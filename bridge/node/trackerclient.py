@@ -27,6 +27,8 @@ class TrackerClient:
         # Given with every request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the
         # environment override a session's ``verify`` (then the fleet CA is not trusted).
         self._tls_options = tls.requests_options() if tls is not None else {}
+        # our torrents' format: a tracker serving both (a fleet moving to secure mode) serves ours
+        self._format = {"format": tf.FORMAT_VERSION if tls is None else tf.SECURE_FORMAT_VERSION}
 
     @property
     def announce_url(self) -> str:
@@ -53,8 +55,8 @@ class TrackerClient:
             return False
 
     def get_metainfo(self, digest: Digest) -> tf.LayerTorrent | None:
-        """The published torrent for ``digest`` (validated), or None when there is none."""
-        r = self._req("GET", f"/metainfo/{digest}")
+        """The published torrent of our format for ``digest`` (validated), or None when there is none."""
+        r = self._req("GET", f"/metainfo/{digest}", params=self._format)
         if r.status_code == 404:
             return None
         if r.status_code != 200:
@@ -106,7 +108,7 @@ class TrackerClient:
     def lease(self, digest: Digest, url: str, ttl: float) -> dict:
         """Ask who fetches a cold blob: ``{"role": "holder"|"relay"|"published", "source": ...}``."""
         r = self._req("POST", f"/leases/{digest}", json={"host": self.host_id, "url": url, "ttl": ttl},
-                      headers=self._auth())
+                      params=self._format, headers=self._auth())
         if r.status_code not in (200, 201):
             # The tracker's reason matters: a refused relay URL (--advertise-url not this host's
             # address) looks like a tracker outage otherwise.

@@ -1,6 +1,7 @@
 """One storage contract, one suite, every backend (memory and a real redis-server)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -111,8 +112,11 @@ def test_scrape_and_swarms(tracker_store):
     assert sw[b].leechers == 2 and sw[a].seeders == 1 and sw[a].last_announce == NOW
 
 
-def rec(d: Digest, ih_hex: str) -> MetainfoRecord:
-    return MetainfoRecord(digest=d, info_hash=InfoHash.from_hex(ih_hex), size=10, format=1,
+SSL_KIND = "2:" + "ca" * 16   # SSL torrents of some fleet CA (layertorrent.torrent_kind)
+
+
+def rec(d: Digest, ih_hex: str, kind: str = "1") -> MetainfoRecord:
+    return MetainfoRecord(digest=d, info_hash=InfoHash.from_hex(ih_hex), size=10, format=int(kind[0]), kind=kind,
                           data=b"torrent-" + ih_hex.encode(), published_at=NOW)
 
 
@@ -122,15 +126,15 @@ def test_metainfo_first_write_wins_and_quarantine(tracker_store):
     assert tracker_store.put_metainfo(rec(d, bad)) == (CREATED, InfoHash.from_hex(bad))
     assert tracker_store.put_metainfo(rec(d, bad))[0] == EXISTS
     assert tracker_store.put_metainfo(rec(d, good)) == (CONFLICT, InfoHash.from_hex(bad))
-    assert tracker_store.get_metainfo(d).data == b"torrent-" + bad.encode()
-    assert (d, InfoHash.from_hex(bad), 10) in tracker_store.list_metainfo()
+    assert tracker_store.get_metainfo(d, "1").data == b"torrent-" + bad.encode()
+    assert (d, "1", InfoHash.from_hex(bad), 10) in tracker_store.list_metainfo()
     # reports about another torrent change nothing; two distinct hosts quarantine (threshold 2)
     assert tracker_store.report(d, InfoHash.from_hex(good), "h1", False, 2) is False
     assert tracker_store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False
     assert tracker_store.report(d, InfoHash.from_hex(bad), "h1", False, 2) is False  # same host again
-    assert tracker_store.get_metainfo(d) is not None
+    assert tracker_store.get_metainfo(d, "1") is not None
     assert tracker_store.report(d, InfoHash.from_hex(bad), "h2", False, 2) is True
-    assert tracker_store.get_metainfo(d) is None and all(m[0] != d for m in tracker_store.list_metainfo())
+    assert tracker_store.get_metainfo(d, "1") is None and all(m[0] != d for m in tracker_store.list_metainfo())
     assert tracker_store.put_metainfo(rec(d, bad))[0] == REJECTED  # never again
     assert tracker_store.put_metainfo(rec(d, good))[0] == CREATED
 
@@ -139,7 +143,7 @@ def test_trusted_report_quarantines_at_once(tracker_store):
     d = Digest.of_bytes(os.urandom(8))
     tracker_store.put_metainfo(rec(d, "cc" * 20))
     assert tracker_store.report(d, InfoHash.from_hex("cc" * 20), "ops", True, 100) is True
-    assert tracker_store.get_metainfo(d) is None
+    assert tracker_store.get_metainfo(d, "1") is None
 
 
 def test_a_publish_that_lifts_the_quarantine_serves_the_torrent_again(tracker_store):
@@ -152,8 +156,8 @@ def test_a_publish_that_lifts_the_quarantine_serves_the_torrent_again(tracker_st
     assert tracker_store.report(d, wrongly, "ops", True, 2) is True     # two torrents quarantined for d
     assert tracker_store.put_metainfo(rec(d, wrongly.hex))[0] == REJECTED
     assert tracker_store.put_metainfo(rec(d, wrongly.hex), lift_quarantine=True) == (UNQUARANTINED, wrongly)
-    assert tracker_store.get_metainfo(d).data == b"torrent-" + wrongly.hex.encode()
-    assert (d, wrongly, 10) in tracker_store.list_metainfo()
+    assert tracker_store.get_metainfo(d, "1").data == b"torrent-" + wrongly.hex.encode()
+    assert (d, "1", wrongly, 10) in tracker_store.list_metainfo()
     assert tracker_store.put_metainfo(rec(d, wrongly.hex))[0] == EXISTS
     assert tracker_store.put_metainfo(rec(d, bad.hex))[0] == REJECTED  # the other one stays quarantined
     # reports count from zero: h1's report went with the quarantine
@@ -169,9 +173,35 @@ def test_lifting_a_quarantine_while_another_torrent_holds_the_digest_changes_not
     assert tracker_store.report(d, old, "ops", True, 2) is True
     assert tracker_store.put_metainfo(rec(d, new.hex))[0] == CREATED
     assert tracker_store.put_metainfo(rec(d, old.hex), lift_quarantine=True) == (CONFLICT, new)
-    assert tracker_store.get_metainfo(d).info_hash == new
+    assert tracker_store.get_metainfo(d, "1").info_hash == new
     assert tracker_store.report(d, new, "ops", True, 2) is True
     assert tracker_store.put_metainfo(rec(d, old.hex))[0] == REJECTED   # still quarantined
+
+
+def test_a_digest_holds_one_torrent_per_kind_and_a_report_finds_its_kind(tracker_store):
+    d = Digest.of_bytes(os.urandom(8))
+    open_ih, ssl_ih = InfoHash.from_hex("a1" * 20), InfoHash.from_hex("b2" * 20)
+    assert tracker_store.put_metainfo(rec(d, open_ih.hex)) == (CREATED, open_ih)
+    assert tracker_store.put_metainfo(rec(d, ssl_ih.hex, SSL_KIND)) == (CREATED, ssl_ih)
+    assert tracker_store.put_metainfo(rec(d, "c3" * 20, SSL_KIND)) == (CONFLICT, ssl_ih)   # first of its kind wins
+    assert tracker_store.get_metainfo(d, "1").data == b"torrent-" + open_ih.hex.encode()
+    got = tracker_store.get_metainfo(d, SSL_KIND)
+    assert (got.info_hash, got.kind, got.format) == (ssl_ih, SSL_KIND, 2)
+    assert tracker_store.get_metainfo(d, "2:" + "00" * 16) is None
+    listed = {m for m in tracker_store.list_metainfo() if m[0] == d}
+    assert listed == {(d, "1", open_ih, 10), (d, SSL_KIND, ssl_ih, 10)}
+    # a report quarantines the torrent with its info-hash, whichever kind; the other stays
+    assert tracker_store.report(d, ssl_ih, "ops", True, 2) is True
+    assert tracker_store.get_metainfo(d, SSL_KIND) is None and tracker_store.get_metainfo(d, "1") is not None
+    assert tracker_store.put_metainfo(rec(d, ssl_ih.hex, SSL_KIND))[0] == REJECTED
+    assert tracker_store.put_metainfo(rec(d, "c3" * 20, SSL_KIND))[0] == CREATED
+    # a dropped kind goes alone; the digest goes with its last torrent
+    tracker_store.drop_metainfo(d, "1")
+    assert tracker_store.get_metainfo(d, "1") is None and tracker_store.get_metainfo(d, SSL_KIND) is not None
+    tracker_store.drop_metainfo(d, SSL_KIND)
+    tracker_store.drop_metainfo(d, SSL_KIND)   # dropping what is gone is fine
+    assert all(m[0] != d for m in tracker_store.list_metainfo())
+    assert tracker_store.put_metainfo(rec(d, open_ih.hex)) == (CREATED, open_ih)
 
 
 def test_manifests_immutable(tracker_store):
@@ -259,8 +289,8 @@ def test_torrents_manifests_and_reports_are_bounded(small):
     digests = [Digest.of_bytes(os.urandom(8)) for _ in range(3)]
     for i, d in enumerate(digests):   # published one after another: the first is the oldest
         r = rec(d, f"{i + 1:02x}" * 20)
-        assert small.put_metainfo(MetainfoRecord(r.digest, r.info_hash, r.size, r.format, r.data, NOW + i))[0] == CREATED
-    assert small.get_metainfo(digests[0]) is None and small.get_metainfo(digests[2]) is not None
+        assert small.put_metainfo(dataclasses.replace(r, published_at=NOW + i))[0] == CREATED
+    assert small.get_metainfo(digests[0], "1") is None and small.get_metainfo(digests[2], "1") is not None
     assert len(small.list_metainfo()) == 2
     bodies = [os.urandom(16) for _ in range(3)]
     for b in bodies:
@@ -269,7 +299,7 @@ def test_torrents_manifests_and_reports_are_bounded(small):
     assert small.get_manifest(Digest.of_bytes(bodies[2]))[1] == bodies[2]
     # report records: bounded in number and in hosts per record; quarantine still works
     d = digests[2]
-    published = small.get_metainfo(d).info_hash
+    published = small.get_metainfo(d, "1").info_hash
     for n in range(5):
         small.report(Digest.of_bytes(os.urandom(8)), InfoHash.from_hex("ee" * 20), f"h{n}", False, 99)
     for n in range(10):

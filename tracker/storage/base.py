@@ -20,6 +20,7 @@ class MetainfoRecord:
     info_hash: InfoHash
     size: int
     format: int
+    kind: str   # layertorrent.torrent_kind: open mode, or SSL torrents of one fleet CA
     data: bytes
     published_at: float
 
@@ -111,7 +112,8 @@ class Store(abc.ABC):
     # -- metainfo -----------------------------------------------------------
     @abc.abstractmethod
     def put_metainfo(self, rec: MetainfoRecord, lift_quarantine: bool = False) -> tuple:
-        """First valid write wins: (CREATED|EXISTS|CONFLICT|REJECTED|UNQUARANTINED, current info_hash or None).
+        """First valid write of its kind wins: (CREATED|EXISTS|CONFLICT|REJECTED|UNQUARANTINED, current
+        info_hash or None).  A digest holds one torrent per kind; torrents of other kinds never conflict.
 
         A quarantined torrent is REJECTED, unless ``lift_quarantine`` (a host
         that verified the blob built it): then it is stored as if new and its
@@ -121,20 +123,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get_metainfo(self, digest: Digest) -> MetainfoRecord | None: ...
+    def get_metainfo(self, digest: Digest, kind: str) -> MetainfoRecord | None: ...
 
     @abc.abstractmethod
     def list_metainfo(self) -> list:
-        """[(digest, info_hash, size)] of every published torrent."""
+        """[(digest, kind, info_hash, size)] of every published torrent."""
+
+    @abc.abstractmethod
+    def drop_metainfo(self, digest: Digest, kind: str) -> None:
+        """Forget the torrent of this kind for ``digest`` (one the tracker no longer accepts)."""
 
     @abc.abstractmethod
     def report(self, digest: Digest, info_hash: InfoHash, host: str, trusted: bool, threshold: int) -> bool:
         """Record a bad-torrent report; quarantine when trusted or ``threshold`` distinct hosts.
 
-        Returns True when the published torrent with ``info_hash`` is (now)
-        quarantined: no longer served, refused when published again (unless
-        the publish lifts the quarantine, see :meth:`put_metainfo`), and the
-        digest free for a new publish.
+        Returns True when the published torrent with ``info_hash`` (of whichever
+        kind) is (now) quarantined: no longer served, refused when published
+        again (unless the publish lifts the quarantine, see :meth:`put_metainfo`),
+        and its kind free for a new publish.
         """
 
     # -- manifests ----------------------------------------------------------

@@ -89,7 +89,7 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         # Every table is an OrderedDict in least-recently-used order, bounded by self.limits.
         self._swarms: OrderedDict = OrderedDict()       # info-hash raw -> _Swarm, by last announce
-        self._metainfo: OrderedDict = OrderedDict()     # Digest -> MetainfoRecord
+        self._metainfo: OrderedDict = OrderedDict()     # Digest -> {kind: MetainfoRecord}
         self._quarantined: OrderedDict = OrderedDict()  # (Digest, info-hash raw) -> True
         self._reports: OrderedDict = OrderedDict()      # (Digest, info-hash raw) -> set of hosts
         self._manifests: OrderedDict = OrderedDict()    # Digest -> (content type, bytes)
@@ -188,22 +188,35 @@ class MemoryStore(Store):
             quarantined = key in self._quarantined
             if quarantined and not lift_quarantine:
                 return REJECTED, None
-            cur = self._metainfo.get(rec.digest)
+            kinds = self._metainfo.get(rec.digest, {})
+            cur = kinds.get(rec.kind)
             if cur is None:
-                _bounded_put(self._metainfo, rec.digest, rec, self.limits.max_torrents)
+                kinds[rec.kind] = rec
+                _bounded_put(self._metainfo, rec.digest, kinds, self.limits.max_torrents)
                 if quarantined:
                     del self._quarantined[key]
                     return UNQUARANTINED, rec.info_hash
                 return CREATED, rec.info_hash
             return (EXISTS if cur.info_hash == rec.info_hash else CONFLICT), cur.info_hash
 
-    def get_metainfo(self, digest):
+    def get_metainfo(self, digest, kind):
         with self._lock:
-            return self._metainfo.get(digest)
+            return self._metainfo.get(digest, {}).get(kind)
 
     def list_metainfo(self):
         with self._lock:
-            return [(r.digest, r.info_hash, r.size) for r in self._metainfo.values()]
+            return [(r.digest, r.kind, r.info_hash, r.size) for kinds in self._metainfo.values()
+                    for r in kinds.values()]
+
+    def drop_metainfo(self, digest, kind):
+        with self._lock:
+            self._drop(digest, kind)
+
+    def _drop(self, digest, kind):
+        kinds = self._metainfo.get(digest, {})
+        kinds.pop(kind, None)
+        if not kinds:
+            self._metainfo.pop(digest, None)
 
     def report(self, digest, info_hash, host, trusted, threshold):
         with self._lock:
@@ -216,11 +229,11 @@ class MemoryStore(Store):
                 _bounded_put(self._reports, key, hosts, self.limits.max_reports)
             if len(hosts) < self.limits.max_report_hosts:
                 hosts.add(host)
-            cur = self._metainfo.get(digest)
-            if cur is None or cur.info_hash != info_hash:
-                return False  # not the published torrent: remembered, nothing to quarantine
+            cur = next((r for r in self._metainfo.get(digest, {}).values() if r.info_hash == info_hash), None)
+            if cur is None:
+                return False  # not a published torrent: remembered, nothing to quarantine
             if trusted or len(hosts) >= threshold:
-                del self._metainfo[digest]
+                self._drop(digest, cur.kind)
                 self._reports.pop(key, None)
                 _bounded_put(self._quarantined, key, True, self.limits.max_reports)
                 return True

@@ -4,7 +4,9 @@ Per swarm (hex info-hash ``H``): ``ls:s:H`` and ``ls:l:H`` hashes peer key (peer
 compact addr for seeders and leechers (HLEN gives the counts in O(1),
 HRANDFIELD samples without reading the swarm), ``ls:x:H`` a sorted set
 peer key by expiry (expired peers are popped from its low end), ``ls:c:H``
-the completed counter and last announce.  An announce is one Lua script: one
+the completed counter and last announce.  Per digest ``D``: ``ls:m:D`` one hash
+for the torrents of every kind (fields ``<kind>/info_hash``, ``<kind>/data``, ...,
+so a report finds its torrent's kind inside the one key).  An announce is one Lua script: one
 round trip, atomic.  First-write-wins publishing and quarantine are Lua too;
 leases are optimistic WATCH/MULTI transactions around the shared
 :func:`lease_step` rule.
@@ -28,6 +30,7 @@ REPORT_INDEX = "ls:reports"              # zset report key by first report
 QUARANTINE_INDEX = "ls:quarantined"      # zset digest with a quarantine set, by time
 LEASE_INDEX = "ls:leases"                # zset digest with a lease, by expiry
 MAX_LISTED = 10_000                      # swarms listed by /swarms and scrape-all
+_FIELDS = ("info_hash", "size", "format", "data", "published_at")   # of each torrent in ls:m:D
 
 # Shared Lua: add member M to index zset I at score S, then drop the oldest beyond cap C with
 # their keys (prefix P .. member).  Keeps every table bounded in one round trip.
@@ -102,16 +105,26 @@ end
 return {ns, nl, tonumber(c[1] or '0'), c[2] or '0'}
 """
 
+# Shared Lua: drop the torrent of kind prefix K (kind .. '/') from metainfo hash M; the digest leaves
+# index I with its last torrent.
+_DROP_KIND = """
+local function drop_kind(m, k, i, digest)
+  redis.call('HDEL', m, k .. 'info_hash', k .. 'size', k .. 'format', k .. 'data', k .. 'published_at')
+  if redis.call('EXISTS', m) == 0 then redis.call('ZREM', i, digest) end
+end
+"""
+
 _PUT_METAINFO = _BOUND + """
 local quarantined = redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1
 if quarantined and ARGV[8] ~= '1' then return {'quarantined', ''} end
-local cur = redis.call('HGET', KEYS[1], 'info_hash')
+local k = ARGV[9] .. '/'
+local cur = redis.call('HGET', KEYS[1], k .. 'info_hash')
 if cur then
   if cur == ARGV[1] then return {'exists', cur} end
   return {'conflict', cur}
 end
-redis.call('HSET', KEYS[1], 'info_hash', ARGV[1], 'size', ARGV[2], 'format', ARGV[3], 'data', ARGV[4],
-           'published_at', ARGV[5])
+redis.call('HSET', KEYS[1], k .. 'info_hash', ARGV[1], k .. 'size', ARGV[2], k .. 'format', ARGV[3],
+           k .. 'data', ARGV[4], k .. 'published_at', ARGV[5])
 bound(KEYS[3], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), 'ls:m:')
 if quarantined then
   redis.call('SREM', KEYS[2], ARGV[1])   -- the set goes with its last member
@@ -121,16 +134,23 @@ end
 return {'created', ARGV[1]}
 """
 
-_REPORT = _BOUND + """
+_DROP_METAINFO = _DROP_KIND + "drop_kind(KEYS[1], ARGV[1] .. '/', KEYS[2], ARGV[2])"
+
+_REPORT = _BOUND + _DROP_KIND + """
 local r, m, q, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ih, host, trusted, threshold, digest = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 local now, max_reports, max_hosts = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if redis.call('SISMEMBER', q, ih) == 1 then return 1 end
 if redis.call('EXISTS', r) == 0 then bound(KEYS[5], now, string.sub(r, 6), max_reports, 'ls:r:') end
 if redis.call('SCARD', r) < max_hosts then redis.call('SADD', r, host) end
-if redis.call('HGET', m, 'info_hash') ~= ih then return 0 end
+local kind   -- the kind prefix of the published torrent with this info-hash (HKEYS: no torrent bodies read)
+for _, f in ipairs(redis.call('HKEYS', m)) do
+  if string.sub(f, -10) == '/info_hash' and redis.call('HGET', m, f) == ih then kind = string.sub(f, 1, -10) end
+end
+if not kind then return 0 end
 if trusted or redis.call('SCARD', r) >= threshold then
-  redis.call('DEL', m, r); redis.call('SADD', q, ih); redis.call('ZREM', idx, digest)
+  drop_kind(m, kind, idx, digest)
+  redis.call('DEL', r); redis.call('SADD', q, ih)
   redis.call('ZREM', KEYS[5], string.sub(r, 6))
   bound(KEYS[6], now, digest, max_reports, 'ls:q:')
   return 1
@@ -158,6 +178,7 @@ class RedisStore(Store):
         self._announce = self.r.register_script(_ANNOUNCE)
         self._purge = self.r.register_script(_PURGE)
         self._put_metainfo = self.r.register_script(_PUT_METAINFO)
+        self._drop_metainfo = self.r.register_script(_DROP_METAINFO)
         self._report = self.r.register_script(_REPORT)
         self._put_manifest = self.r.register_script(_PUT_MANIFEST)
 
@@ -218,28 +239,34 @@ class RedisStore(Store):
         status, cur = self._call(
             self._put_metainfo, keys=[f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX, QUARANTINE_INDEX],
             args=[rec.info_hash.hex, rec.size, rec.format, rec.data, repr(rec.published_at), d,
-                  self.limits.max_torrents, "1" if lift_quarantine else "0"])
+                  self.limits.max_torrents, "1" if lift_quarantine else "0", rec.kind])
         status = status.decode()
         return status, (InfoHash.from_hex(cur.decode()) if cur else None)
 
-    def get_metainfo(self, digest):
-        h = self._call(self.r.hgetall, f"ls:m:{digest}")
-        if not h:
+    def get_metainfo(self, digest, kind):
+        ih, size, fmt, data, at = self._call(self.r.hmget, f"ls:m:{digest}", [f"{kind}/{f}" for f in _FIELDS])
+        if ih is None:
             return None
-        return MetainfoRecord(digest=digest, info_hash=InfoHash.from_hex(h[b"info_hash"].decode()),
-                              size=int(h[b"size"]), format=int(h[b"format"]), data=h[b"data"],
-                              published_at=float(h[b"published_at"]))
+        return MetainfoRecord(digest=digest, info_hash=InfoHash.from_hex(ih.decode()), size=int(size),
+                              format=int(fmt), kind=kind, data=data, published_at=float(at))
 
     def list_metainfo(self):
         digests = sorted(d.decode() for d in self._call(self.r.zrange, METAINFO_INDEX, 0, -1))
         pipe = self.r.pipeline(transaction=False)
         for d in digests:
-            pipe.hmget(f"ls:m:{d}", "info_hash", "size")
+            pipe.hkeys(f"ls:m:{d}")
+        kinds = [(d, f.decode()[:-len("/info_hash")]) for d, fields in zip(digests, self._call(pipe.execute))
+                 for f in fields if f.decode().endswith("/info_hash")]
+        for d, kind in kinds:
+            pipe.hmget(f"ls:m:{d}", f"{kind}/info_hash", f"{kind}/size")
         out = []
-        for d, (ih, size) in zip(digests, self._call(pipe.execute)):
+        for (d, kind), (ih, size) in zip(kinds, self._call(pipe.execute)):
             if ih:
-                out.append((Digest.parse(d), InfoHash.from_hex(ih.decode()), int(size)))
+                out.append((Digest.parse(d), kind, InfoHash.from_hex(ih.decode()), int(size)))
         return out
+
+    def drop_metainfo(self, digest, kind):
+        self._call(self._drop_metainfo, keys=[f"ls:m:{digest}", METAINFO_INDEX], args=[kind, str(digest)])
 
     def report(self, digest, info_hash, host, trusted, threshold):
         d = str(digest)

@@ -9,7 +9,7 @@ from flask import request
 from layerswarm.bridge.format.digest import Digest
 
 from layerswarm.bridge.format.errors import InvalidDigest
-from layerswarm.tracker.context import fleet_host
+from layerswarm.tracker.context import fleet_host, tracker
 from layerswarm.tracker.errors import ClientError, TooLarge
 
 _HOST_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,255}$")
@@ -55,3 +55,13 @@ def log_text(value, limit: int) -> str:
     """Caller-given text for a log line: at most ``limit`` characters, without control or format
     characters and line separators (a newline would forge a log line, a lone surrogate breaks the handler)."""
     return "".join(ch for ch in str(value)[:limit] if unicodedata.category(ch) not in _UNLOGGABLE)
+
+
+def requested_kind() -> str | None:
+    """The kind of torrent the caller works with, from ``?format=1|2`` (default: this tracker's own
+    mode's format, so clients that do not say are served as before); None when none of it is served."""
+    t = tracker()
+    raw = request.args.get("format", str(t.own_format))
+    if raw not in ("1", "2"):
+        raise ClientError("format must be 1 (open mode) or 2 (secure fleet mode)")
+    return t.kind_for(int(raw))

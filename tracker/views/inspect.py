@@ -16,7 +16,7 @@ def swarm_rows() -> list:
     now = time.time()
     live = {s.info_hash: s for s in t.store.swarms(now)}
     rows = []
-    for digest, ih, size in t.store.list_metainfo():
+    for digest, ih, size in t.published():
         s = live.pop(ih.raw, None)
         rows.append(_row(str(digest), ih.hex, size, s))
     rows.extend(_row(None, raw.hex(), None, s) for raw, s in live.items())
@@ -70,5 +70,5 @@ def metrics():
     t.metrics.swarms.set(sum(1 for s in live if s.seeders or s.leechers))
     t.metrics.peers.labels("seeder").set(sum(s.seeders for s in live))
     t.metrics.peers.labels("leecher").set(sum(s.leechers for s in live))
-    t.metrics.published.set(len(t.store.list_metainfo()))
+    t.metrics.published.set(len(t.published()))
     return Response(t.metrics.render(), mimetype="text/plain; version=0.0.4")

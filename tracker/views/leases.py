@@ -13,7 +13,7 @@ from layerswarm.tracker.context import fleet_host, tracker
 from layerswarm.tracker.errors import ClientError, Conflict
 from layerswarm.tracker.fleet import address
 from layerswarm.tracker.storage.base import LeaseTableFull
-from layerswarm.tracker.views.common import caller_id, json_body, parse_digest
+from layerswarm.tracker.views.common import caller_id, json_body, parse_digest, requested_kind
 
 bp = Blueprint("leases", __name__)
 RESOLVE_TIMEOUT = 2.0   # seconds for a relay URL's host name to resolve; slower names are refused
@@ -93,7 +93,8 @@ def acquire(digest):
         check_url_is_fleet_hosts(url, caller)
     else:
         check_url_is_callers(url, request.remote_addr)
-    if t.store.get_metainfo(d) is not None:
+    kind = requested_kind()
+    if kind is not None and t.store.get_metainfo(d, kind) is not None:
         t.metrics.leases.labels("published").inc()
         return jsonify(role="published"), 200
     try:

@@ -19,12 +19,12 @@ from flask import Blueprint, Response, jsonify, request
 from layerswarm.bridge.format.digest import InfoHash
 
 from layerswarm.bridge.format.errors import InvalidInfoHash, InvalidMetainfo
-from layerswarm.bridge.format.layertorrent import parse_metainfo, root_cert
+from layerswarm.bridge.format.layertorrent import parse_metainfo
 from layerswarm.bridge.format.mediatypes import MANIFEST_TYPES
 from layerswarm.tracker.context import tracker
 from layerswarm.tracker.errors import ClientError, Conflict, NotFound
 from layerswarm.tracker.storage.base import CONFLICT, CREATED, EXISTS, UNQUARANTINED, MetainfoRecord
-from layerswarm.tracker.views.common import caller_id, json_body, log_text, parse_digest, read_body
+from layerswarm.tracker.views.common import caller_id, json_body, log_text, parse_digest, read_body, requested_kind
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metainfo", __name__)
@@ -41,11 +41,11 @@ def put_metainfo(digest):
     except InvalidMetainfo as exc:
         t.metrics.metainfo_puts.labels("invalid").inc()
         raise ClientError(f"invalid layer torrent: {exc}") from None
-    refused = _ssl_cert_refused(lt.ssl_cert, t.fleet)
+    refused = _kind_refused(lt, t)
     if refused:
         t.metrics.metainfo_puts.labels("invalid").inc()
         raise ClientError(f"invalid layer torrent: {refused}")
-    rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=lt.format,
+    rec = MetainfoRecord(digest=d, info_hash=lt.info_hash, size=lt.size, format=lt.format, kind=lt.kind,
                          data=lt.metainfo, published_at=time.time())
     status, current = t.store.put_metainfo(rec, lift_quarantine=t.publisher_authenticated())
     t.metrics.metainfo_puts.labels(status).inc()
@@ -61,25 +61,29 @@ def put_metainfo(digest):
     raise Conflict("this torrent was quarantined for this digest after bad-piece reports")
 
 
-def _ssl_cert_refused(ssl_cert: bytes | None, fleet) -> str | None:
-    """Why a torrent's ``ssl-cert`` does not fit this tracker, or None.  Its peers accept only
-    certificates from that CA: in a secure fleet it must be the fleet CA exactly as every bridge
-    writes it (layertorrent.root_cert: its first certificate in canonical PEM), and open mode knows no CA, so an ssl-cert would make the swarm unusable."""
-    if fleet is None:
-        return "ssl-cert is only accepted from a secure fleet" if ssl_cert is not None else None
-    if ssl_cert is None:
-        return "a secure fleet's torrents carry the fleet CA (ssl-cert)"
-    if ssl_cert != root_cert(fleet.ca_pem()):
-        return "ssl-cert is not this fleet's CA"
-    return None
+def _kind_refused(lt, t) -> str | None:
+    """Why a torrent is not of a kind this tracker takes (Tracker.accepted_kinds), or None.  Its
+    peers accept only certificates from its ``ssl-cert``: in a secure fleet that must be the fleet CA
+    exactly as every bridge writes it (layertorrent.root_cert), and open mode knows no CA, so an
+    ssl-cert would make the swarm unusable."""
+    if lt.kind in t.accepted_kinds():
+        return None
+    if t.fleet is None:
+        return "ssl-cert is only accepted from a secure fleet"
+    if lt.ssl_cert is None:
+        return ("a secure fleet's torrents carry the fleet CA (ssl-cert); open-mode torrents only while "
+                "the tracker runs with --accept-open-torrents")
+    return "ssl-cert is not this fleet's CA"
 
 
 @bp.route("/metainfo/<digest>", methods=["GET", "HEAD"])
 def get_metainfo(digest):
+    """The torrent of the caller's kind (``?format=``, see requested_kind)."""
     d = parse_digest(digest)
-    rec = tracker().store.get_metainfo(d)
+    kind = requested_kind()
+    rec = tracker().store.get_metainfo(d, kind) if kind is not None else None
     if rec is None:
-        raise NotFound("no torrent published for this digest")
+        raise NotFound("no torrent of this format published for this digest")
     return Response(rec.data, mimetype=TORRENT,
                     headers={"X-Layerswarm-Info-Hash": rec.info_hash.hex, "ETag": f'"{rec.info_hash.hex}"',
                              "Cache-Control": "no-cache"})  # can be quarantined: revalidate
@@ -99,9 +103,10 @@ def report(digest):
     reason = log_text(body.get("reason", ""), 500)
     t.metrics.reports.inc()
     log.warning("report on %s info_hash=%s from host=%s trusted=%s: %s", d, ih, host, trusted, reason)
-    published = t.store.get_metainfo(d)
+    records = (t.store.get_metainfo(d, k) for k in t.accepted_kinds())
+    published = any(r is not None and r.info_hash == ih for r in records)
     quarantined = t.store.report(d, ih, host, trusted, t.config.registry.quarantine_reports)
-    if quarantined and published is not None and published.info_hash == ih:
+    if quarantined and published:
         t.metrics.quarantines.inc()
         log.warning("QUARANTINED torrent %s for %s (trusted=%s, last report from %s): %s",
                     ih, d, trusted, host, reason)
