@@ -31,6 +31,7 @@ def test_sources_merge_by_field_name(tmp_path):
     (["--store", "mysql://x"], ["--store", "redis://"]),
     (["--interval", "0"], ["--interval", "at least 1"]),
     (["--port", "70000"], ["--port", "TCP port"]),
+    (["--accept-open-torrents"], ["--accept-open-torrents", "--fleet-ca"]),
 ])
 def test_bad_values_name_the_flag(argv, words):
     with pytest.raises(UserError) as ei:

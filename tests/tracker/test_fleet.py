@@ -2,6 +2,7 @@
 reports, announces bound to it), torrents carry the fleet CA, deny list and certificates re-read."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -117,6 +118,87 @@ def test_torrents_carry_exactly_the_fleet_ca(secure_app, tmp_path):
     # Only the canonical form every bridge writes (layertorrent.root_cert): one info-hash per blob.
     assert put(_ssl_torrent(secure_app.pki.ca_pem.rstrip() + b"\r\n\n")).status_code == 400
     assert put(_ssl_torrent(root_cert(secure_app.pki.ca_pem))).status_code == 201
+
+
+def _transition(app, on: bool = True) -> None:
+    """Turn ``--accept-open-torrents`` on or off (a restart with the option, without one's state)."""
+    t = app.extensions["layerswarm"]
+    t.config = dataclasses.replace(t.config, server=dataclasses.replace(t.config.server, accept_open_torrents=on))
+
+
+def test_in_transition_a_digest_has_an_open_and_an_ssl_torrent_each_served_to_its_kind(secure_app):
+    """A fleet moving to secure mode: open bridges and secure bridges publish and pull side by side."""
+    _transition(secure_app)
+    c = secure_app.test_client()
+    _, plain = layer()
+    ssl_t = build_metainfo(plain.digest, plain.size, plain.pieces, plain.trackers, root_cert(secure_app.pki.ca_pem))
+    url = f"/metainfo/{plain.digest}"
+    assert c.put(url, data=plain.metainfo, environ_base=B1).status_code == 201
+    assert c.put(url, data=ssl_t.metainfo, environ_base=B2).status_code == 201
+    assert c.put(url, data=plain.metainfo, environ_base=B3).status_code == 200   # already there
+    for query, want in (("?format=1", plain), ("?format=2", ssl_t), ("", ssl_t)):   # default: the tracker's mode
+        r = c.get(url + query, environ_base=B1)
+        assert r.status_code == 200 and r.data == want.metainfo and r.headers["ETag"] == f'"{want.info_hash.hex}"'
+    assert c.get(url + "?format=3", environ_base=B1).status_code == 400
+    listed = {(row["digest"], row["info_hash"]) for row in c.get("/swarms", environ_base=B1).json}
+    assert {(str(plain.digest), plain.info_hash.hex), (str(plain.digest), ssl_t.info_hash.hex)} <= listed
+    # a lease for a digest published in the caller's format only
+    _, other = layer()
+    c.put(f"/metainfo/{other.digest}", data=other.metainfo, environ_base=B1)
+    lease = lambda q: c.post(f"/leases/{other.digest}{q}", json={"url": "https://bridge-1.test:1"},   # noqa: E731
+                             environ_base=B1).json["role"]
+    assert (lease("?format=1"), lease("?format=2")) == ("published", "holder")
+    # reports quarantine the torrent with their info-hash (2 hosts), the other kind stays served
+    rep = {"info_hash": plain.info_hash.hex, "reason": "piece 0 hash mismatch"}
+    assert c.post(url + "/reports", json=rep, environ_base=B1).json == {"quarantined": False}
+    assert c.post(url + "/reports", json=rep, environ_base=B2).json == {"quarantined": True}
+    assert c.get(url + "?format=1", environ_base=B1).status_code == 404
+    assert c.get(url + "?format=2", environ_base=B1).data == ssl_t.metainfo
+    assert c.put(url, data=plain.metainfo, environ_base=B1).status_code == 409   # stays quarantined
+
+
+def test_after_the_transition_open_torrents_are_refused_and_the_old_ones_dropped(secure_app):
+    c = secure_app.test_client()
+    _transition(secure_app)
+    _, plain = layer()
+    url = f"/metainfo/{plain.digest}"
+    assert c.put(url, data=plain.metainfo, environ_base=B1).status_code == 201
+    _transition(secure_app, False)
+    _, later = layer()
+    r = c.put(f"/metainfo/{later.digest}", data=later.metainfo, environ_base=B1)
+    assert r.status_code == 400 and "--accept-open-torrents" in r.json["error"]
+    assert c.get(url + "?format=1", environ_base=B1).status_code == 404
+    assert all(row["digest"] != str(plain.digest) for row in c.get("/swarms", environ_base=B1).json)
+    store = secure_app.extensions["layerswarm"].store
+    assert store.get_metainfo(plain.digest, "1") is None   # dropped when listed, not just hidden
+
+
+def test_after_a_ca_rotation_the_old_cas_torrents_are_dropped_and_refused(secure_app, tmp_path):
+    c = secure_app.test_client()
+    old = _ssl_torrent(root_cert(secure_app.pki.ca_pem))
+    url = f"/metainfo/{old.digest}"
+    assert c.put(url, data=old.metainfo, environ_base=B1).status_code == 201
+    fleet = secure_app.extensions["layerswarm"].fleet
+    fleet.ca.check_every = 0
+    new_ca = FleetPKI(tmp_path / "rotated").ca_pem
+    secure_app.pki.ca.write_bytes(new_ca)
+    assert c.get(url, environ_base=B1).status_code == 404
+    r = c.put(url, data=old.metainfo, environ_base=B1)
+    assert r.status_code == 400 and "not this fleet's CA" in r.json["error"]
+    rebuilt = build_metainfo(old.digest, old.size, old.pieces, old.trackers, root_cert(new_ca))
+    assert c.put(url, data=rebuilt.metainfo, environ_base=B1).status_code == 201
+    assert c.get(url, environ_base=B1).data == rebuilt.metainfo
+    c.get("/swarms", environ_base=B1)
+    store = secure_app.extensions["layerswarm"].store
+    assert [(d, ih) for d, _, ih, _ in store.list_metainfo() if d == old.digest] == [(old.digest, rebuilt.info_hash)]
+
+
+def test_an_open_tracker_serves_no_ssl_torrents(tracker_app, publish_auth):
+    c = tracker_app.test_client()
+    _, t = layer()
+    assert c.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth).status_code == 201
+    assert c.get(f"/metainfo/{t.digest}?format=1").data == t.metainfo
+    assert c.get(f"/metainfo/{t.digest}?format=2").status_code == 404
 
 
 def test_a_certificate_names_its_hosts_literally():
