@@ -601,16 +601,11 @@ class Bench:
         if self.has("tracker"):
             self.tracker = self.start_tracker(secure)
 
-    def run_cold(self, n: int) -> dict:
-        return self.run_swarm("cold", n, secure=False)
-
-    def run_warm(self, n: int) -> dict:
-        return self.run_swarm("warm", n, secure=False)
-
-    def run_swarm(self, scenario: str, n: int, secure: bool) -> dict:
+    def run_swarm(self, scenario: str, n: int, secure: bool, tag: str | None = None) -> dict:
         """A rollout through one bridge per host (``warm``: with the layers preheated on the seeder);
-        ``secure``: the whole fleet in secure fleet mode."""
-        tag = scenario + ("-secure" if secure else "")
+        ``secure``: the whole fleet in secure fleet mode.  ``tag`` names the run's stores and files:
+        each run of a --secure pairing starts from empty stores."""
+        tag = tag or scenario
         self.fresh_tracker(secure)
         seeder = self.start_seeder(n, tag, secure) if scenario == "warm" else None
         bridges = []
@@ -837,7 +832,7 @@ class Bench:
     def run_scenario(self, s: str, n: int, secure: bool, key: str) -> dict:
         log(f"N={n} {key} ...")
         try:
-            res = self.run_swarm(s, n, secure) if secure else getattr(self, f"run_{s}")(n)
+            res = self.run_swarm(s, n, secure, key) if s in SECURE_SCENARIOS else getattr(self, f"run_{s}")(n)
         except Interrupted:
             raise
         except Exception as exc:  # noqa: BLE001 - one failed scenario does not end the run
