@@ -5,6 +5,7 @@ Run as root from the repository (needs ``ip netns``, ``tc``, ``docker-registry``
 serving tests)::
 
     .venv/bin/python scripts/bench_rollout.py --n 2,4,8 --json out.json --png out.png --markdown out.md
+    .venv/bin/python scripts/bench_rollout.py --n 4 --scenarios cold,warm --secure --no-serving
     .venv/bin/python scripts/bench_rollout.py --cleanup     # remove leftovers of interrupted runs
 
 Topology (see ``scripts/fleet.py``): every host is a network namespace on one
@@ -17,6 +18,13 @@ upload is capped lower. Scenarios, for each N of the sweep:
 * ``cold``    N clients pull through their own ``layerswarm bridge`` (with ``--tracker`` when the
               bridge has that flag), nothing cached anywhere;
 * ``warm``    layers preheated with ``layerswarm seed`` on a seeder host (same cap), then as cold.
+
+With ``--secure``, cold and warm each also run in secure fleet mode, paired with an open run
+in the same run (``--secure-rounds`` pairs, order alternating): a fleet CA and one certificate
+per host (its name as CN, its namespace address as IP SAN), the tracker on HTTPS asking for
+fleet certificates, every bridge and the seeder with their certificates, relays over HTTPS
+and SSL torrents. The table gives secure ÷ open time and CPU, and flags machine-bound runs
+(the whole machine busier than 85 %: the figure measures the machine, not the fleet).
 
 Each client runs inside its host's namespace, waits at a barrier (a start
 time written to a file once every client is ready), fetches the manifest then
@@ -64,6 +72,7 @@ REG_PORT = 5000
 TRACKER_PORT = 6969
 BRIDGE_PORT = 5000
 FLEET_PORT = 5001   # the bridges' fleet listener: relays between hosts (counted per host)
+PEER_SSL_PORT = 6882  # secure fleet mode: the SSL torrents' peer socket
 IMAGE_REPO = "bench/app"
 IMAGE_TAG = "v1"
 ACCEPT = ", ".join([
@@ -73,6 +82,8 @@ ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
 ])
 SCENARIOS = ("direct", "cache", "cold", "warm")
+SECURE_SCENARIOS = ("cold", "warm")   # --secure runs these in both fleet modes
+MACHINE_BOUND = 0.85                  # a run that kept the machine busier than this is flagged
 
 
 # ======================================================================================
@@ -81,15 +92,27 @@ SCENARIOS = ("direct", "cache", "cold", "warm")
 
 def _split(url: str):
     u = urllib.parse.urlsplit(url)
-    return u.hostname, u.port or 80, u.path
+    return u.hostname, u.port or (443 if u.scheme == "https" else 80), u.path
 
 
-def http_get(url: str, headers=None, timeout: float = 30, sink=None, max_redirects: int = 3):
-    """GET ``url``; body chunks go to ``sink(chunk)`` (else collected). Returns (status, headers, body, ttfb)."""
+def tls_context(ca: str, cert: str, key: str):
+    """A client context that trusts the fleet CA and shows a fleet certificate (secure fleet mode)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def http_get(url: str, headers=None, timeout: float = 30, sink=None, max_redirects: int = 3, ctx=None):
+    """GET ``url`` (https with the client context ``ctx``); body chunks go to ``sink(chunk)`` (else
+    collected). Returns (status, headers, body, ttfb)."""
     for _ in range(max_redirects + 1):
         host, port, path = _split(url)
         q = urllib.parse.urlsplit(url).query
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        if url.startswith("https:"):
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         t_req = time.monotonic()
         try:
             conn.request("GET", (path or "/") + ("?" + q if q else ""), headers=headers or {})
@@ -201,9 +224,10 @@ def get_main(a) -> int:
     """GET a URL (retrying until ``--wait`` seconds pass) and print the body; exit 0 on 2xx."""
     deadline = time.monotonic() + a.wait
     last = None
+    ctx = tls_context(a.ca, a.cert, a.key) if a.ca else None
     while True:
         try:
-            st, _, body, _ = http_get(a.url, timeout=5)
+            st, _, body, _ = http_get(a.url, timeout=5, ctx=ctx)
             if 200 <= st < 300 or st in a.ok:
                 sys.stdout.write(body.decode(errors="replace"))
                 return 0
@@ -298,6 +322,8 @@ class Bench:
                     "errors": []}
         self.image = None
         self.tracker = None
+        self.pki = None     # secure fleet mode (--secure): the fleet CA and one certificate per host
+        self.certs: dict = {}
         self.goodput = 1448 / 1514  # TCP payload per byte on the wire at MTU 1500 (timestamps on)
 
     # -- layerswarm CLI discovery -------------------------------------------------------
@@ -329,6 +355,9 @@ class Bench:
 
     def ns_get(self, host, url: str, wait: float = 0, ok=()) -> str:
         argv = host.argv(self.py, self.script, "_get", url, "--wait", str(wait), *sum((["--ok", str(s)] for s in ok), []))
+        if url.startswith("https:"):  # a secure fleet's tracker: shown the host's fleet certificate
+            c = self.cert(host)
+            argv += ["--ca", self.pki.ca, "--cert", c.cert, "--key", c.key]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=wait + 60)
         if r.returncode != 0:
             raise RuntimeError(f"GET {url} in {host.name}: {r.stderr.strip()}")
@@ -361,28 +390,47 @@ class Bench:
         self.wait_http(p, host, f"http://{addr.replace('0.0.0.0', '127.0.0.1')}/v2/")
         return p
 
-    def start_tracker(self):
+    # -- secure fleet mode -------------------------------------------------------------------
+    def cert(self, host):
+        """The host's fleet certificate (CN = its name, its address as IP SAN), issued once."""
+        if host.name not in self.certs:
+            self.certs[host.name] = self.pki.host(host.name, ips=(host.ip,))
+        return self.certs[host.name]
+
+    def fleet_args(self, host) -> list:
+        return [str(x) for x in self.pki.args(self.cert(host))]
+
+    def tracker_url(self, secure: bool) -> str:
+        return f"{'https' if secure else 'http'}://{self.origin.ip}:{TRACKER_PORT}"
+
+    def start_tracker(self, secure: bool = False):
         o = self.origin
         # The fleet is this run's own sandbox (network namespaces): anonymous writes are fine there.
         argv = [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", o.ip, "--port", TRACKER_PORT,
                 "--allow-anonymous-writes"]
-        p = self.start(o, argv + self.a.tracker_arg, "tracker")
-        self.wait_http(p, o, f"http://{o.ip}:{TRACKER_PORT}/healthz", ok=(404,))
+        if secure:
+            c = self.cert(o)
+            argv += ["--tls-cert", c.cert, "--tls-key", c.key, "--fleet-ca", self.pki.ca]
+        p = self.start(o, argv + self.a.tracker_arg, "tracker-secure" if secure else "tracker")
+        self.wait_http(p, o, f"{self.tracker_url(secure)}/healthz", ok=(404,))
         return p
 
-    def bridge_argv(self, host, store: Path, upstream: str, tracker: bool) -> list:
+    def bridge_argv(self, host, store: Path, upstream: str, tracker: bool, secure: bool = False) -> list:
         flags = self.cli["flags"]["bridge"]
         argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
                 "--store-dir", store, "--upstream", upstream]
         if tracker and "--tracker" in flags and self.tracker is not None:
-            argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
+            argv += ["--tracker", self.tracker_url(secure)]
         # optional flags other engineers may add; pass them only when the bridge has them
         relay_port = FLEET_PORT if "--fleet-listen" in flags else BRIDGE_PORT
+        scheme = "https" if secure else "http"
         for flag, value in (("--host-id", host.name), ("--fleet-listen", f"{host.ip}:{FLEET_PORT}"),
-                            ("--advertise-url", f"http://{host.ip}:{relay_port}"),
-                            ("--public-url", f"http://{host.ip}:{relay_port}")):
+                            ("--advertise-url", f"{scheme}://{host.ip}:{relay_port}"),
+                            ("--public-url", f"{scheme}://{host.ip}:{relay_port}")):
             if flag in flags:
                 argv += [flag, value]
+        if secure:
+            argv += self.fleet_args(host) + ["--peer-ssl-listen", f"{host.ip}:{PEER_SSL_PORT}"]
         return argv + self.a.bridge_arg
 
     # -- set-up ---------------------------------------------------------------------------
@@ -395,6 +443,9 @@ class Bench:
         relay_port = FLEET_PORT if "--fleet-listen" in self.cli["flags"]["bridge"] else BRIDGE_PORT
         self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=relay_port)
                       for i in range(1, max(a.n) + 1)]
+        if a.secure:
+            from layerswarm.bridge.devstack.certs import FleetPKI
+            self.pki = FleetPKI(self.work / "pki", ca_name="bench fleet CA")
         self.registry = self.start_registry(self.origin, "origin-registry", f"0.0.0.0:{REG_PORT}")
         self.origin_url = f"http://{self.origin.ip}:{REG_PORT}"
         info = self.work / "image.json"
@@ -413,9 +464,9 @@ class Bench:
     def rollout(self, scenario: str, n: int, bases: list, watch: dict, timeout: float, extra_cpu=None) -> dict:
         """N clients (hosts h1..hN) pull the image from ``bases[i]`` at the same instant.
 
-        CPU seconds during the rollout are recorded for the watched process trees (bridges, and
-        ``extra_cpu`` such as the seeder), the clients, and the whole machine (shared: others' load
-        shows up as busy time not ours).
+        CPU seconds during the rollout are recorded for the watched process trees (the servers:
+        bridges or the cache; and ``extra_cpu`` such as the seeder and the tracker), the clients,
+        and the whole machine (shared: others' load shows up as busy time not ours).
         """
         import resource
         cpu_watch = {**watch, **(extra_cpu or {})}
@@ -493,9 +544,15 @@ class Bench:
         res.update(sampler.result())
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         res["cpu_s"] = {"watched": _r(sum(cpu1[k] - cpu0[k] for k in cpu_watch)),
+                        "servers": _r(sum(cpu1[k] - cpu0[k] for k in watch)),
                         "per_process": {k: _r(cpu1[k] - cpu0[k], 2) for k in cpu_watch},
                         "clients": _r(kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime),
                         "machine_busy": _r(mach1[0] - mach0[0]), "machine_total": _r(mach1[1] - mach0[1])}
+        # the machine is shared: a rollout that kept it this busy measured the machine, not the fleet
+        busy = (mach1[0] - mach0[0]) / max(1e-9, mach1[1] - mach0[1])
+        res["machine_busy_pct"] = _r(100 * busy, 1)
+        res["machine_bound"] = busy > MACHINE_BOUND
+        res["loadavg"] = os.getloadavg()
         return res
 
     # -- scenarios ------------------------------------------------------------------------
@@ -517,12 +574,12 @@ class Bench:
         finally:
             self.stop(p)
 
-    def start_bridges(self, n: int, tag: str) -> list:
+    def start_bridges(self, n: int, tag: str, secure: bool = False) -> list:
         bridges = []
         for h in self.hosts[:n]:
             store = self.work / f"{tag}-n{n}" / f"{h.name}-store"
             store.mkdir(parents=True, exist_ok=True)
-            bridges.append((h, self.start(h, self.bridge_argv(h, store, self.origin_url, tracker=True),
+            bridges.append((h, self.start(h, self.bridge_argv(h, store, self.origin_url, tracker=True, secure=secure),
                                           f"bridge-{tag}-n{n}-{h.name}")))
         for h, p in bridges:
             self.wait_http(p, h, f"http://{h.ip}:{BRIDGE_PORT}/v2/")
@@ -537,63 +594,61 @@ class Bench:
                 stats[h.name] = {"unavailable": str(exc)[:200]}
         return stats
 
-    def fresh_tracker(self) -> None:
+    def fresh_tracker(self, secure: bool = False) -> None:
         if self.tracker is not None:
             self.stop(self.tracker)
             self.tracker = None
         if self.has("tracker"):
-            self.tracker = self.start_tracker()
+            self.tracker = self.start_tracker(secure)
 
-    def run_cold(self, n: int) -> dict:
-        self.fresh_tracker()
-        bridges = self.start_bridges(n, "cold")
-        try:
-            res = self.rollout("cold", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
-                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n))
-            res["bridge_stats"] = self.bridge_stats(bridges)
-            res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
-            return res
-        finally:
-            for _, p in bridges:
-                self.stop(p)
-
-    def run_warm(self, n: int) -> dict:
-        self.fresh_tracker()
-        seeder = self.start_seeder(n)
+    def run_swarm(self, scenario: str, n: int, secure: bool, tag: str | None = None) -> dict:
+        """A rollout through one bridge per host (``warm``: with the layers preheated on the seeder);
+        ``secure``: the whole fleet in secure fleet mode.  ``tag`` names the run's stores and files:
+        each run of a --secure pairing starts from empty stores."""
+        tag = tag or scenario
+        self.fresh_tracker(secure)
+        seeder = self.start_seeder(n, tag, secure) if scenario == "warm" else None
         bridges = []
         try:
-            bridges = self.start_bridges(n, "warm")
-            res = self.rollout("warm", n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
-                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n),
-                               extra_cpu={"seeder": seeder.pid})
+            bridges = self.start_bridges(n, tag, secure)
+            extra = {"seeder": seeder.pid} if seeder else {}
+            if self.tracker is not None:
+                extra["tracker"] = self.tracker.pid
+            res = self.rollout(tag, n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
+                               {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n), extra_cpu=extra)
+            res["scenario"] = scenario
+            res["fleet_mode"] = "secure" if secure else "open"
             res["bridge_stats"] = self.bridge_stats(bridges)
             res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
             return res
         finally:
             for _, p in bridges:
                 self.stop(p)
-            self.stop(seeder)
+            if seeder:
+                self.stop(seeder)
 
-    def start_seeder(self, n: int):
+    def start_seeder(self, n: int, tag: str = "warm", secure: bool = False):
         """``layerswarm seed`` on the seeder host; returns once every layer's swarm has a seeder."""
         s = self.seeder
         flags = self.cli["flags"]["seed"]
-        store = self.work / f"warm-n{n}" / "seeder-store"
+        store = self.work / f"{tag}-n{n}" / "seeder-store"
         store.mkdir(parents=True, exist_ok=True)
         argv = [self.py, "-m", "layerswarm.bridge.cli", "seed"]
         if "--tracker" in flags:
-            argv += ["--tracker", f"http://{self.origin.ip}:{TRACKER_PORT}"]
+            argv += ["--tracker", self.tracker_url(secure)]
         if "--store-dir" in flags:
             argv += ["--store-dir", store]
         for flag, value in (("--listen", f"{s.ip}:6881"), ("--host-id", s.name),
                             ("--serve", None), ("--forever", None), ("--keep-seeding", None)):
             if flag in flags:
                 argv += [flag] if value is None else [flag, value]
+        if secure:
+            argv += self.fleet_args(s)
         argv += self.a.seed_arg + [self.image["tar"]]
-        p = self.start(s, argv, f"seed-n{n}")
+        p = self.start(s, argv, f"seed-{tag}-n{n}")
         digests = {b["digest"] for b in self.image["blobs"][1:]}
         deadline = time.monotonic() + self.a.start_timeout + 120
-        url = f"http://{self.origin.ip}:{TRACKER_PORT}/swarms"
+        url = f"{self.tracker_url(secure)}/swarms"
         while time.monotonic() < deadline:
             if not p.alive():
                 raise RuntimeError(f"layerswarm seed exited ({p.popen.returncode}):\n{p.log_text()}")
@@ -715,7 +770,10 @@ class Bench:
         self.out["config"] = {"n": a.n, "layers": a.layers, "layer_mib": a.layer_mib, "host_MBps": a.host_mbps,
                               "origin_MBps": a.origin_mbps, "scenarios": a.scenarios, "seed": a.seed,
                               "client_concurrency": a.client_concurrency, "cpus": os.cpu_count(),
-                              "header_bytes_per_packet": self.fm.HEADER_BYTES, "prefix": self.fleet.prefix}
+                              "header_bytes_per_packet": self.fm.HEADER_BYTES, "prefix": self.fleet.prefix,
+                              "secure": a.secure, "secure_rounds": a.secure_rounds if a.secure else 0,
+                              "loadavg_at_start": os.getloadavg(),
+                              "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         for s in a.scenarios:
             why = self.available(s)
             if why:
@@ -740,20 +798,9 @@ class Bench:
             for s in a.scenarios:
                 if s in self.out["skipped"]:
                     continue
-                log(f"N={n} {s} ...")
-                try:
-                    res = getattr(self, f"run_{s}")(n)
-                except Interrupted:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one failed scenario does not end the run
-                    res = {"scenario": s, "n": n, "all_s": None, "verified": False,
-                           "errors": [f"{exc.__class__.__name__}: {str(exc)[-1500:]}"]}
-                row["scenarios"][s] = res
-                row[f"{s}_s"] = res.get("all_s")
-                log(f"N={n} {s}: all {res.get('all_s')} s, p99 ttfb {res.get('ttfb_p99_s')} s, origin "
-                    f"{res.get('origin_bytes_ratio')} F, verified {res.get('verified')}"
-                    + (f", errors {res['errors'][:3]}" if res.get("errors") else ""))
-                finish_row(row)
+                for key, secure in self.runs_of(s):
+                    row["scenarios"][key] = self.run_scenario(s, n, secure, key)
+                    finish_row(row)
         if a.serving:
             if self.has("bridge"):
                 log("serving tests on loopback ...")
@@ -768,6 +815,33 @@ class Bench:
         ran = [sc for row in self.out["results"] for sc in row["scenarios"].values()]
         self.out["verified"] = bool(ran) and all(sc.get("verified") for sc in ran)
         return self.out
+
+    def runs_of(self, scenario: str) -> list:
+        """(result key, secure) of each run of ``scenario``: one open run; with --secure, for cold and
+        warm, ``--secure-rounds`` pairs of an open and a secure run, in alternating order so that a
+        drift of the shared machine's load weighs on both modes alike."""
+        if not (self.a.secure and scenario in SECURE_SCENARIOS):
+            return [(scenario, False)]
+        runs = []
+        for r in range(self.a.secure_rounds):
+            suffix = f"_r{r + 1}" if r else ""
+            pair = [(f"{scenario}{suffix}", False), (f"{scenario}_secure{suffix}", True)]
+            runs += pair if r % 2 == 0 else pair[::-1]
+        return runs
+
+    def run_scenario(self, s: str, n: int, secure: bool, key: str) -> dict:
+        log(f"N={n} {key} ...")
+        try:
+            res = self.run_swarm(s, n, secure, key) if s in SECURE_SCENARIOS else getattr(self, f"run_{s}")(n)
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed scenario does not end the run
+            res = {"scenario": s, "n": n, "all_s": None, "verified": False,
+                   "errors": [f"{exc.__class__.__name__}: {str(exc)[-1500:]}"]}
+        log(f"N={n} {key}: all {res.get('all_s')} s, p99 ttfb {res.get('ttfb_p99_s')} s, origin "
+            f"{res.get('origin_bytes_ratio')} F, machine busy {res.get('machine_busy_pct')}%, "
+            f"verified {res.get('verified')}" + (f", errors {res['errors'][:3]}" if res.get("errors") else ""))
+        return res
 
     def close(self) -> None:
         for p in list(self.running):
@@ -804,6 +878,60 @@ def finish_row(row: dict) -> None:
         row[f"{s}_over_bound"] = _r(row[f"{s}_s"] / bound) if row[f"{s}_s"] else None
         for k in ("p50_s", "p99_s", "ttfb_p99_s", "rss_anon_peak_kib"):
             row[f"{s}_{k}"] = sc.get(k)
+    for s in SECURE_SCENARIOS:
+        pairs = secure_pairs(row, s)
+        if not pairs:
+            continue
+        summary = secure_summary(pairs)
+        row.setdefault("secure", {})[s] = summary
+        row[f"{s}_secure_s"] = summary["rounds"][0]["secure_s"]
+        row[f"{s}_secure_over_open"] = summary["time_ratio"]
+        row[f"{s}_secure_over_open_not_bound"] = summary["time_ratio_not_bound"]
+        row[f"{s}_secure_cpu_over_open"] = summary["cpu_ratio"]
+        row[f"{s}_machine_bound"] = any(r["machine_bound"] for r in summary["rounds"])
+
+
+def secure_pairs(row: dict, s: str) -> list:
+    """(open result, secure result) of each round of scenario ``s`` that ran in both modes (--secure)."""
+    pairs = []
+    for r in range(1, 1 + sum(1 for k in row["scenarios"] if k.startswith(f"{s}_secure"))):
+        suffix = f"_r{r}" if r > 1 else ""
+        o, sec = row["scenarios"].get(s + suffix), row["scenarios"].get(f"{s}_secure{suffix}")
+        if o is not None and sec is not None:
+            pairs.append((o, sec))
+    return pairs
+
+
+def secure_summary(pairs: list) -> dict:
+    """Per round: times, the servers' (bridges') tracker's and seeder's CPU seconds, machine busy %, in
+    both modes, and the secure ÷ open ratios; overall: their medians (time also over the rounds in which
+    neither run was machine-bound)."""
+    import statistics
+
+    def ratio(a, b):
+        return _r(b / a) if a and b else None
+
+    def median(xs):
+        xs = [x for x in xs if x is not None]
+        return _r(statistics.median(xs)) if xs else None
+    rounds = []
+    for o, sec in pairs:
+        r = {}
+        for mode, res in (("open", o), ("secure", sec)):
+            cpu = res.get("cpu_s") or {}
+            r[f"{mode}_s"] = res.get("all_s")
+            r[f"bridges_cpu_{mode}_s"] = cpu.get("servers")
+            for k in ("tracker", "seeder"):
+                r[f"{k}_cpu_{mode}_s"] = (cpu.get("per_process") or {}).get(k)
+            r[f"machine_busy_pct_{mode}"] = res.get("machine_busy_pct")
+            r[f"verified_{mode}"] = res.get("verified")
+        r["time_ratio"] = ratio(r["open_s"], r["secure_s"])
+        r["cpu_ratio"] = ratio(r["bridges_cpu_open_s"], r["bridges_cpu_secure_s"])
+        r["machine_bound"] = bool(o.get("machine_bound") or sec.get("machine_bound"))
+        rounds.append(r)
+    return {"rounds": rounds, "time_ratio": median(r["time_ratio"] for r in rounds),
+            "time_ratio_not_bound": median(r["time_ratio"] for r in rounds if not r["machine_bound"]),
+            "cpu_ratio": median(r["cpu_ratio"] for r in rounds)}
 
 
 def _flags(helptext: str) -> list:
@@ -959,6 +1087,7 @@ def markdown(out: dict) -> str:
             f"| {_fmt(r['warm_s'])} ({_fmt(r['bound_warm_s'])}) | {_fmt(r['cold_over_bound'], '')} "
             f"| {_fmt(r['warm_over_bound'], '')} | {ratios} "
             f"| {_fmt(r.get('cold_ttfb_p99_s'))} / {_fmt(r.get('warm_ttfb_p99_s'))} |")
+    lines += secure_markdown(out)
     if out.get("skipped"):
         lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in out["skipped"].items()) + "."]
     sv = out.get("serving")
@@ -974,6 +1103,34 @@ def markdown(out: dict) -> str:
                       f"{cc['cold'].get('errors')} errors, p99 {_fmt(cc['cold'].get('p99_s'))}; cached "
                       f"{cc['cached'].get('errors')} errors, p99 {_fmt(cc['cached'].get('p99_s'))}."]
     return "\n".join(lines) + "\n"
+
+
+def secure_markdown(out: dict) -> list:
+    """The secure vs open table (--secure): one line per N, scenario and round."""
+    rows = [(r["n"], s, k, rnd) for r in out["results"] for s, summ in (r.get("secure") or {}).items()
+            for k, rnd in enumerate(summ["rounds"], 1)]
+    if not rows:
+        return []
+    lines = ["", f"Secure vs open fleet mode, the same rollout in both modes in one run (order alternating per "
+                 f"round); machine busy % of all {out['config']['cpus']} CPUs, * = above "
+                 f"{MACHINE_BOUND * 100:.0f}% (machine-bound).", "",
+             "| N | scenario | round | open | secure | secure ÷ open | bridges CPU open / secure | CPU secure ÷ open "
+             "| tracker CPU open / secure | seeder CPU open / secure | machine busy open / secure |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def busy(x):
+        return "—" if x is None else f"{x:.0f}%" + ("*" if x > MACHINE_BOUND * 100 else "")
+    for n, s, k, r in rows:
+        lines.append(
+            f"| {n} | {s} | {k} | {_fmt(r['open_s'])} | {_fmt(r['secure_s'])} | {_fmt(r['time_ratio'], '')} "
+            f"| {_fmt(r['bridges_cpu_open_s'])} / {_fmt(r['bridges_cpu_secure_s'])} | {_fmt(r['cpu_ratio'], '')} "
+            f"| {_fmt(r['tracker_cpu_open_s'])} / {_fmt(r['tracker_cpu_secure_s'])} "
+            f"| {_fmt(r['seeder_cpu_open_s'])} / {_fmt(r['seeder_cpu_secure_s'])} "
+            f"| {busy(r['machine_busy_pct_open'])} / {busy(r['machine_busy_pct_secure'])} |")
+    med = [f"N={r['n']} {s} {_fmt(summ['time_ratio'], '')} (not machine-bound: "
+           f"{_fmt(summ['time_ratio_not_bound'], '')}), CPU {_fmt(summ['cpu_ratio'], '')}"
+           for r in out["results"] for s, summ in (r.get("secure") or {}).items()]
+    return lines + ["", "Median secure ÷ open: " + "; ".join(med) + "."]
 
 
 def plot(out: dict, path: str) -> None:
@@ -1055,6 +1212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-rounds", type=int, default=2, help="alternating rounds (best of)")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients on one bridge (default 64)")
     p.add_argument("--burst-mib", type=float, default=4, help="blob size for the concurrent-clients test")
+    p.add_argument("--secure", action="store_true",
+                   help="also run cold and warm in secure fleet mode (a fleet CA, a certificate per host, TLS "
+                        "between hosts, SSL torrents), each paired with an open run in the same run")
+    p.add_argument("--secure-rounds", type=int, default=1,
+                   help="with --secure: open/secure pairs per scenario and N, order alternating (default 1)")
     p.add_argument("--bridge-arg", action="append", default=[], help="extra argument for every bridge (repeat)")
     p.add_argument("--tracker-arg", action="append", default=[], help="extra argument for the tracker (repeat)")
     p.add_argument("--seed-arg", action="append", default=[], help="extra argument for layerswarm seed (repeat)")
@@ -1082,6 +1244,8 @@ def child_parser(mode: str) -> argparse.ArgumentParser:
         p.add_argument("url")
         p.add_argument("--wait", type=float, default=0)
         p.add_argument("--ok", type=int, action="append", default=[])
+        for f in ("--ca", "--cert", "--key"):  # https in a secure fleet: the fleet CA and a host's certificate
+            p.add_argument(f)
     elif mode == "_burst":
         p.add_argument("url")
         p.add_argument("--clients", type=int, default=64)
@@ -1150,7 +1314,8 @@ def main(argv=None) -> int:
     for r in out["results"]:
         print(f"N={r['n']}: bound {r['bound_s']} s; cold/bound {r['cold_over_bound']}; "
               f"warm/bound {r['warm_over_bound']}; direct/bound {r['direct_over_bound']}; "
-              f"cache/bound {r['cache_over_bound']}")
+              f"cache/bound {r['cache_over_bound']}"
+              + "".join(f"; {s} secure/open {r.get(f'{s}_secure_over_open')}" for s in r.get("secure") or {}))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     if a.markdown:

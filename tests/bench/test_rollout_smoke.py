@@ -145,3 +145,48 @@ def test_interrupted_run_cleans_up(tmp_path):
     d = json.loads(out_json.read_text())
     assert any("interrupted" in e for e in d["errors"])
     assert d["results"] and d["results"][0]["n"] == 2 and d["results"][0]["direct_s"] is None
+
+
+def test_secure_rollout_smoke(tmp_path):
+    """--secure: cold and warm in both fleet modes, paired in one run, two rounds; the secure runs
+    really are secure (bridges in secure mode, layers from relays over HTTPS or SSL peers), every run
+    starts from empty stores, and the JSON carries the secure ÷ open ratios with CPU and machine-busy
+    figures."""
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = [sys.executable, str(SCRIPT), "--n", "2", "--layers", "2", "--layer-mib", "2", "--host-mbps", "200",
+            "--origin-mbps", "100", "--scenarios", "cold,warm", "--secure", "--secure-rounds", "2", "--no-serving", "--timeout", "120",
+            "--deadline", "600", "--start-timeout", "120", "--workdir", str(work), "--json", str(out_json),
+            "--markdown", str(out_md)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=700, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    d = json.loads(out_json.read_text())
+    assert fleet.list_namespaces(d["config"]["prefix"] + "-") == []
+    assert _leftover_processes(str(work)) == []
+    assert d["verified"] is True and d["config"]["secure"] is True
+    row = d["results"][0]
+    assert set(row["scenarios"]) == {f"{s}{m}{r}" for s in ("cold", "warm") for m in ("", "_secure")
+                                     for r in ("", "_r2")}
+    for s in ("cold", "warm"):
+        for key, mode in ((s, "open"), (f"{s}_secure", "secure"), (f"{s}_r2", "open"), (f"{s}_secure_r2", "secure")):
+            sc = row["scenarios"][key]
+            assert sc["verified"] is True and sc["errors"] == [], (key, sc.get("errors"))
+            assert sc["fleet_mode"] == mode
+            stats = sc["bridge_stats"]
+            assert {st["fleet_mode"] for st in stats.values()} == {mode}, stats
+            # every host got the layers, and not all of them from the origin
+            assert sum(st["fetched"]["peer"] + st["fetched"]["relay"] for st in stats.values()) > 2 * 2 ** 20
+            assert 0 <= sc["machine_busy_pct"] <= 100 and isinstance(sc["machine_bound"], bool)
+            assert sc["cpu_s"]["servers"] > 0 and sc["cpu_s"]["per_process"]["tracker"] >= 0
+        # a round-2 run starts cold too: its bridges took the layers from the origin or the seeder
+        for key in (f"{s}_secure", f"{s}_r2", f"{s}_secure_r2"):
+            assert row["scenarios"][key]["origin_bytes_ratio"] == pytest.approx(
+                row["scenarios"][s]["origin_bytes_ratio"], abs=0.02), key
+        summary = row["secure"][s]
+        assert len(summary["rounds"]) == 2
+        assert summary["time_ratio"] > 0 and summary["cpu_ratio"] > 0
+        assert row[f"{s}_secure_over_open"] == summary["time_ratio"]
+        assert row[f"{s}_secure_s"] > 0 and isinstance(row[f"{s}_machine_bound"], bool)
+    assert "secure ÷ open" in out_md.read_text()
+    assert "cold secure/open" in p.stdout
