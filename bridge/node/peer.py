@@ -156,6 +156,10 @@ class Peer:
         """Seed a checked torrent of a verified stored blob (seed_mode: no recheck)."""
         self._require_ours(torrent)
         d = torrent.digest
+        with self._lock:
+            current = self._seeding.get(d)
+        if current is not None and current.info_hash == torrent.info_hash.hex:
+            return current   # seeded already (a layer given again, e.g. a second `seed` of one tarball)
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
                          trackers=[self.tracker.announce_url])
         info = SeedInfo(d, torrent.size, torrent.info_hash.hex, source)

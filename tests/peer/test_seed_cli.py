@@ -131,3 +131,16 @@ def test_conflicting_published_torrent_is_reported(local_tracker, tmp_path):
     f.write_bytes(data)
     err = _bad(local_tracker.url, tmp_path / "store", f)
     assert "do not match" in err and "reported" in err
+
+
+def test_seeding_the_same_tarball_again_on_the_same_store(local_tracker, tmp_path):
+    img = imagegen.make_image((300_000,), seed=b"again")
+    tarball = tmp_path / "img.tar"
+    imagegen.write_docker_save(str(tarball), "again:1", img)
+    store = tmp_path / "store"
+    for _ in range(2):
+        r = run_cli("seed", tarball, "--tracker", local_tracker.url, "--store-dir", store,
+                    "--listen", "127.0.0.1:0", "--exit")
+        assert r.returncode == 0, r.stderr
+        assert str(img.layers[0].digest) in r.stdout
+    assert (store / "layers" / str(img.layers[0].digest)).read_bytes() == img.layers[0].data
