@@ -136,3 +136,24 @@ def test_seed_and_inspect_in_a_secure_fleet(tmp_path):
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     finally:
         tracker.stop()
+
+
+def test_a_host_not_yet_switched_keeps_pulling_from_the_origin(origin, tmp_path):
+    """Upgrading a fleet one host at a time: a bridge still in open mode cannot reach the secure tracker
+    (HTTPS with a fleet certificate only), so it serves every pull from the origin instead."""
+    from layerswarm.bridge.format.digest import Digest
+    from tests.swarm.helpers import pull_blob
+    pki = FleetPKI(tmp_path / "fleet")
+    tcert = pki.host("tracker")
+    tracker = devstack.start_tracker(tmp_path / "tracker", tls=(tcert.cert, tcert.key, pki.ca))
+    name = helpers.unique("upgrade")
+    img = helpers.push_image(origin.url, f"library/{name}", layer_sizes=(2 << 20, 1 << 20))
+    old = devstack.start_bridge(tmp_path / "old", upstream=origin.url, tracker=tracker.url, name="bridge-old",
+                                extra=["--tracker-backoff", "30"])
+    try:
+        for layer in img.layers:
+            assert Digest.of_bytes(pull_blob(old.url, f"library/{name}", layer.digest)) == layer.digest
+        assert stats(old)["fetched"]["origin"] >= sum(len(layer.data) for layer in img.layers)
+    finally:
+        old.stop()
+        tracker.stop()
