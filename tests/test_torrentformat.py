@@ -39,19 +39,25 @@ def test_two_builds_identical_and_streaming_hasher_agrees(tmp_path):
     assert a.info_hash.hex != d.hex[:40]
 
 
-def test_matches_libtorrent_create_torrent(tmp_path):
+def _libtorrent_made(tmp_path, p, root_cert: bytes | None = None):
+    """The torrent libtorrent's own create_torrent makes of ``p`` with our settings (and root cert)."""
     lt = pytest.importorskip("libtorrent")
-    p, d, _ = _blob(tmp_path, 1_300_000)
     fs = lt.file_storage()
     lt.add_files(fs, str(p), flags=0)
     ct = lt.create_torrent(fs, tf.piece_length(p.stat().st_size),
                            flags=lt.create_torrent.v1_only | lt.create_torrent.no_attributes)
     ct.set_priv(True)
     ct.set_creator("")
+    if root_cert is not None:
+        ct.set_root_cert(root_cert.decode())
     lt.set_piece_hashes(ct, str(tmp_path))
-    ours = tf.torrent_for_file(p)
-    theirs = lt.torrent_info(lt.bencode(ct.generate()))
-    assert str(theirs.info_hash()) == ours.info_hash.hex
+    return lt.torrent_info(lt.bencode(ct.generate()))
+
+
+def test_matches_libtorrent_create_torrent(tmp_path):
+    p, d, _ = _blob(tmp_path, 1_300_000)
+    theirs = _libtorrent_made(tmp_path, p)
+    assert str(theirs.info_hash()) == tf.torrent_for_file(p).info_hash.hex
 
 
 @pytest.mark.slow  # mktorrent is a process
@@ -149,16 +155,7 @@ def test_format_version_must_match_the_mode(tmp_path, fleet_ca, ssl):
 
 
 def test_secure_torrent_matches_libtorrent_set_root_cert(tmp_path, fleet_ca):
-    lt = pytest.importorskip("libtorrent")
     p, d, _ = _blob(tmp_path, 1_300_000)
-    fs = lt.file_storage()
-    lt.add_files(fs, str(p), flags=0)
-    ct = lt.create_torrent(fs, tf.piece_length(p.stat().st_size),
-                           flags=lt.create_torrent.v1_only | lt.create_torrent.no_attributes)
-    ct.set_priv(True)
-    ct.set_creator("")
-    ct.set_root_cert(tf.root_cert(fleet_ca).decode())
-    lt.set_piece_hashes(ct, str(tmp_path))
+    theirs = _libtorrent_made(tmp_path, p, tf.root_cert(fleet_ca))
     ours = tf.torrent_for_file(p, ssl_cert=tf.root_cert(fleet_ca))
-    theirs = lt.torrent_info(lt.bencode(ct.generate()))
     assert str(theirs.info_hash()) == ours.info_hash.hex and theirs.ssl_cert() == tf.root_cert(fleet_ca).decode()

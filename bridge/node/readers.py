@@ -10,7 +10,19 @@ import time
 from layerswarm.bridge.format.errors import SwarmError
 
 
-class LayerStream:
+class _Counted:
+    """What both readers count: bytes given out and when the first one went."""
+
+    yielded: int                    # set by each reader's __init__
+    first_byte_at: float | None
+
+    def _given(self, n: int) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+        self.yielded += n
+
+
+class LayerStream(_Counted):
     """An in-order byte iterator over a layer from ``offset``; ``yielded`` counts bytes given out.
 
     Buffering is bounded: at most ``prefetch + 1`` pieces per reader.  Raises
@@ -40,9 +52,7 @@ class LayerStream:
                 buf = self._wait(p, last=(p == dl.n - 1))
                 chunk = buf[pos - p * plen:]
                 pos += len(chunk)
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.monotonic()
-                self.yielded += len(chunk)
+                self._given(len(chunk))
                 yield chunk
         finally:
             self.close()
@@ -87,7 +97,7 @@ class LayerStream:
         self.dl.remove_reader(self._token)
 
 
-class FileStream:
+class FileStream(_Counted):
     """The same reader interface over a blob already in the store."""
 
     def __init__(self, store, digest, offset: int = 0, chunk: int = 1 << 20):
@@ -105,9 +115,7 @@ class FileStream:
                 b = self.f.read(self.chunk)
                 if not b:
                     return
-                if self.first_byte_at is None:
-                    self.first_byte_at = time.monotonic()
-                self.yielded += len(b)
+                self._given(len(b))
                 yield b
         finally:
             self.close()
