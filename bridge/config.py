@@ -331,6 +331,21 @@ class SessionSection:
 
 
 @dataclass
+class ClientAuthSection:
+    """Chained authorization: a client reads repository R only if the upstream lets it pull R."""
+
+    # One check per (client credential, upstream, repository) per TTL: the upstream sees at most
+    # that many extra requests, and a revoked user keeps access at most this long.
+    auth_ttl: float = option(60.0, "seconds a client's authorization for a repository is trusted (and its "
+                             "credential kept in memory) before the upstream is asked again", metavar="S")
+    auth_cache_entries: int = option(20_000, "most authorization decisions (and credentials) kept at once",
+                                     metavar="N")
+
+    def __post_init__(self) -> None:
+        _positive(self, "auth_ttl", "auth_cache_entries")
+
+
+@dataclass
 class AdminSection:
     """Operator access to the admin views (/_layerswarm/seed, status, layers)."""
 
@@ -376,6 +391,7 @@ class BridgeConfig:
     swarm: SwarmSection = field(default_factory=SwarmSection)
     stream: StreamSection = field(default_factory=StreamSection)
     session: SessionSection = field(default_factory=SessionSection)
+    client_auth: ClientAuthSection = field(default_factory=ClientAuthSection)
     admin: AdminSection = field(default_factory=AdminSection)
     fleet: FleetSection = field(default_factory=FleetSection)
 

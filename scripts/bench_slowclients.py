@@ -61,7 +61,7 @@ from layerswarm.bridge.format.rlimits import raise_open_file_limit
 ADMIN = "bench-slow-admin"
 BLOB_BYTES = 3 << 20
 MACHINE_BOUND = 85.0   # % CPU busy
-TARGETS = ("announce", "v2", "manifest", "blob", "relay")
+TARGETS = ("announce", "healthz", "manifest", "blob", "relay")
 # What a slow client has sent before its drip, per port: the start of a request the port serves.
 HEADS = {"tracker": b"GET /announce?info_hash=", "client": b"GET /v2/", "fleet": b"GET /_layerswarm/relay/"}
 PHASES = (("baseline", ()), ("tracker", ("tracker",)), ("client", ("client",)), ("fleet", ("fleet",)),
@@ -96,7 +96,7 @@ def start_stack(tmp: Path):
                 "&uploaded=0&downloaded=0&left=100&compact=1")
     targets = {   # name -> (port, path, headers, body size or None)
         "announce": (ports["tracker"], announce, {}, None),
-        "v2": (ports["client"], "/v2/", {}, None),
+        "healthz": (ports["client"], "/healthz", {}, None),
         "manifest": (ports["client"], "/v2/bench/slow/manifests/v1", {"Accept": ACCEPT}, None),
         "blob": (ports["client"], f"/v2/bench/slow/blobs/{digest}", {}, BLOB_BYTES),
         "relay": (ports["fleet"], f"/_layerswarm/relay/{digest}", {}, BLOB_BYTES),

@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Rooms of layerswarm.bridge from the bottom up; a module may import its own room or lower ones.
-ROOMS = ["format", "config", "node", "sources", "http", "devstack", "cli"]
+ROOMS = ["format", "config", "node", "sources", "authz", "http", "devstack", "cli"]
 
 
 def _modules(package_dir: str, namespace: str):

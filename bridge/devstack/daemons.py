@@ -279,5 +279,5 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
     p.fleet_url = f"{scheme}://127.0.0.1:{fleet_port}" if fleet_port else None
     p.store = store
     p.stats = lambda: bridge_stats(p.url)
-    p.wait_http(p.url + "/v2/")
+    p.wait_http(p.url + "/healthz")
     return p

@@ -52,9 +52,9 @@ def manifest_unknown(reference: str) -> RegistryError:
     return RegistryError("MANIFEST_UNKNOWN", "manifest unknown", 404, {"reference": reference})
 
 
-def unauthorized(challenge: str | None = None) -> RegistryError:
+def unauthorized(challenge: str | None = None, message: str = "authentication required") -> RegistryError:
     headers = {"WWW-Authenticate": challenge} if challenge else {}
-    return RegistryError("UNAUTHORIZED", "authentication required", 401, headers=headers)
+    return RegistryError("UNAUTHORIZED", message, 401, headers=headers)
 
 
 def denied() -> RegistryError:

@@ -1,6 +1,8 @@
 """Media types of images: the one list of manifest and index types we read, write and forward."""
 from __future__ import annotations
 
+import json
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -15,3 +17,28 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = INDEX_TYPES + (OCI_MANIFEST, DOCKER_MANIFEST)
 # Content types that say nothing about a manifest: the body's own mediaType decides.
 GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
+
+
+def referenced_digests(body: bytes | None) -> list:
+    """The digests a manifest or index names (config, layers, child manifests; schema 1 blobSums), as text.
+
+    Whatever an upstream served under a repository it holds there, so these are what a client
+    authorized for that repository may read next.  Junk yields nothing."""
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    out = []
+    config = doc.get("config")
+    if isinstance(config, dict):
+        out.append(config.get("digest"))
+    for key in ("layers", "manifests", "blobs"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            out.extend(d.get("digest") for d in items if isinstance(d, dict))
+    layers = doc.get("fsLayers")
+    if isinstance(layers, list):
+        out.extend(d.get("blobSum") for d in layers if isinstance(d, dict))
+    return [d for d in out if isinstance(d, str)]

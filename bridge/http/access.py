@@ -25,6 +25,9 @@ CLIENT_TABLE = {
     "/v2": _READ,
     "/v2/": _READ,
     "/v2/<path:rest>": {**_READ, "POST": CLIENT, "PUT": CLIENT, "PATCH": CLIENT, "DELETE": CLIENT},
+    # The token realm: whoever reaches the client port trades credentials the upstream accepts for a
+    # token; the registry views then answer only what the upstream lets that client pull (authz/).
+    "/_layerswarm/token": {"GET": CLIENT, "HEAD": CLIENT, "POST": CLIENT},
     "/metrics": _READ,
     "/healthz": _READ,
     "/_layerswarm/stats": _READ,

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from layerswarm.bridge.authz.gate import Gate
 from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.http import access, admin
+from layerswarm.bridge.http.realm import bp as realm_bp
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
 from layerswarm.bridge.http.relay import relay_blueprint
@@ -35,6 +37,7 @@ class BridgeState:
     metrics: Metrics
     upstreams: dict          # name -> UpstreamClient
     router: Router
+    gate: Gate               # chained authorization: who may read which repository (authz/)
     manifests: ManifestService
     origin_blobs: OriginBlobSource
     blobs: BlobSource        # what the registry view asks: the swarm source with a peer, else the origin
@@ -53,14 +56,17 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     if blob_source is None and peer is not None:
         from layerswarm.bridge.sources.swarm import swarm_source
         blob_source = swarm_source(peer, origin, config, metrics)
+    router = Router(ups, clients)
+    gate = Gate(config.client_auth, router.default, config.fleet.secure, metrics)
     state = BridgeState(
-        config=config, metrics=metrics, upstreams=clients, router=Router(ups, clients),
+        config=config, metrics=metrics, upstreams=clients, router=router, gate=gate,
         manifests=ManifestService(ManifestStore(config.server.store_dir), ups.tag_ttl, ups.max_manifest_bytes,
-                                  metrics, shared=getattr(peer, "tracker", None)),
+                                  metrics, shared=getattr(peer, "tracker", None), holdings=gate),
         origin_blobs=origin, blobs=blob_source or origin, peer=peer)
     app = _app(state, access.CLIENT_TABLE)
 
     app.register_blueprint(registry_bp)
+    app.register_blueprint(realm_bp)
     if peer is not None:
         app.register_blueprint(admin.make_blueprint(peer))
 
@@ -121,6 +127,8 @@ def _app(state: BridgeState, table: dict) -> Flask:
         resp.status_code = exc.status
         for k, v in exc.headers.items():
             resp.headers[k] = v
+        if exc.status == 401 and "WWW-Authenticate" not in resp.headers and g.get("challenge"):
+            resp.headers["WWW-Authenticate"] = g.challenge   # e.g. the upstream refused: the client may log in
         return resp
 
     @app.errorhandler(HTTPException)

@@ -10,7 +10,8 @@ the demo read::
      "blob_bytes": {"origin": N, "store": N, "peer": N, "relay": N},
      "manifests": {"hit": N, "miss": N, "tag_hit": N},
      "fetched": {"origin": N, "relay": N, "peer": N},  # blob bytes this host took in, by source
-     "upstream_requests": {"default HEAD manifest 200": N, ...}}
+     "upstream_requests": {"default HEAD manifest 200": N, ...},
+     "auth": {"allow": N, "deny": N, "cached": N, "confirm": N, ...}}  # chained authorization (authz/)
 """
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ class Metrics:
                                  ["upstream", "method", "kind", "status"], registry=r)
         self._fetched = Counter("layerswarm_bridge_fetched_bytes", "Blob bytes taken in, by where they came from",
                                 ["source"], registry=r)
+        self._auth = Counter("layerswarm_bridge_auth", "Client authorization: upstream decisions (allow, deny, "
+                             "unknown), cache hits, holdings confirmed, tokens refused", ["result"], registry=r)
         self._lock = threading.Lock()
         self._json = {k: defaultdict(int) for k in
-                      ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched")}
+                      ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched",
+                       "auth")}
         for s in ("origin", "relay", "peer"):
             self._fetched.labels(s)
             self._json["fetched"][s] = 0
@@ -82,6 +86,10 @@ class Metrics:
     def manifest(self, result: str) -> None:
         self._manifests.labels(result).inc()
         self._add("manifests", result)
+
+    def auth(self, result: str) -> None:
+        self._auth.labels(result).inc()
+        self._add("auth", result)
 
     def upstream_request(self, upstream: str, method: str, kind: str, status: int) -> None:
         self._upstream.labels(upstream, method, kind, str(status)).inc()

@@ -2,17 +2,27 @@
 
 The path is parsed from the raw request URI with the spec grammar
 (format/names.py) before anything else happens; the upstream is picked by
-:class:`~layerswarm.bridge.sources.router.Router`; manifests come from the
-manifest service and blobs from the app's blob source (sources/).  HEAD is handled
-explicitly everywhere (Flask would otherwise run the GET view).
+:class:`~layerswarm.bridge.sources.router.Router`; the client is then
+authorized for that repository by the upstream (authz/gate.py: chained
+authorization); manifests come from the manifest service and blobs from the
+app's blob source (sources/), each only once the upstream holds it in that
+repository.  HEAD is handled explicitly everywhere (Flask would otherwise run
+the GET view).
+
+``/v2/`` answers 401 with a Bearer challenge to anyone without a token or
+good credentials: dockerd learns the auth scheme only there (http/realm.py
+is the realm).
 """
 from __future__ import annotations
 
 import logging
 
+import re
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.wsgi import wrap_file
 
+from layerswarm.bridge.authz.credentials import parse_authorization
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse
 from layerswarm.bridge.format.names import ApiPath, ByteRange, parse_api_path, raw_path
@@ -41,10 +51,35 @@ def _accept_values() -> list:
     return seen
 
 
+SERVICE = "layerswarm"
+REALM_PATH = "/_layerswarm/token"
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def challenge(name: str | None = None, ns: str | None = None) -> str:
+    """Our Bearer challenge: the realm is this bridge, as the client reached it (``?ns=`` kept, so
+    the realm resolves the scope's name the way the API resolves the path)."""
+    host = request.host if _HOST.fullmatch(request.host or "") else request.environ.get("SERVER_NAME", "localhost")
+    realm = f"{request.scheme}://{host}{REALM_PATH}" + (f"?ns={ns}" if ns else "")
+    out = f'Bearer realm="{realm}",service="{SERVICE}"'
+    if name:
+        out += f',scope="repository:{name}:pull"'
+    g.challenge = out       # any 401 of this request carries it (http/app.py)
+    return out
+
+
+def _client(st, chal: str):
+    return st.gate.client(parse_authorization(request.headers.get("Authorization"), chal), chal)
+
+
 @bp.route("/v2", methods=READ_METHODS, strict_slashes=False)
 @bp.route("/v2/", methods=READ_METHODS)
 def base():
     g.route = "base"
+    st = _state()
+    chal = challenge()
+    if not st.gate.login(_client(st, chal), chal):
+        raise errors.unauthorized(chal)
     if request.method == "HEAD":
         return Response(None, 200, {"Content-Type": "application/json", "Content-Length": "3"})
     return jsonify({})
@@ -62,15 +97,18 @@ def api(rest):
                                    {"path": request.path[:300]})
     g.route = "manifest" if parsed.kind == "manifests" else "blob"
     st = _state()
-    up, repo = st.router.resolve(parsed.name, request.args.get("ns"))
+    ns = request.args.get("ns")
+    up, repo = st.router.resolve(parsed.name, ns)
+    chal = challenge(parsed.name, ns and ns.lower())
+    grant = st.gate.authorize(_client(st, chal), up, repo, chal)
     head = request.method == "HEAD"
     if parsed.kind == "manifests":
-        return _manifest(st, up, repo, parsed, head)
-    return _blob(st, up, repo, parsed, head)
+        return _manifest(st, grant, parsed, head)
+    return _blob(st, grant, parsed, head)
 
 
-def _manifest(st, up, repo, parsed: ApiPath, head: bool) -> Response:
-    m = st.manifests.get(up, repo, parsed.reference, _accept_values(), head)
+def _manifest(st, grant, parsed: ApiPath, head: bool) -> Response:
+    m = st.manifests.get(grant, parsed.reference, _accept_values(), head)
     headers = {"Content-Type": m.media_type, "Docker-Content-Digest": str(m.digest),
                "Content-Length": str(m.size), "ETag": f'"{m.digest}"'}
     if not head:
@@ -78,10 +116,12 @@ def _manifest(st, up, repo, parsed: ApiPath, head: bool) -> Response:
     return Response(None if head else m.body, 200, headers)
 
 
-def _blob(st, up, repo, parsed: ApiPath, head: bool) -> Response:
+def _blob(st, grant, parsed: ApiPath, head: bool) -> Response:
     digest = parsed.reference.digest
     rng = ByteRange.parse(request.headers.get("Range"))
-    res: BlobResponse = st.blobs.open(BlobRequest(up, repo, digest, rng, head))
+    st.gate.require(grant, "blobs", digest)
+    res: BlobResponse = st.blobs.open(BlobRequest(grant.upstream, grant.repo, digest, rng, head,
+                                                  auth=grant.fetch_auth, shareable=grant.shareable))
     headers = {"Content-Type": res.content_type, "Docker-Content-Digest": str(digest),
                "Content-Length": str(max(res.length, 0)), "Accept-Ranges": "bytes",
                "ETag": f'"{digest}"', "Cache-Control": "max-age=31536000"}

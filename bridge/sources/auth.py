@@ -1,15 +1,17 @@
 """Authentication to upstream registries: Bearer token flow and Basic.
 
-The bridge authenticates as itself (credentials from the config), never with
-the client's credentials.  On a 401 the upstream's ``WWW-Authenticate``
-challenge says what to do:
+One :class:`Authenticator` per (upstream, credential): the bridge's own
+service credentials from the config, a client's registry credentials (held
+in memory only while its authorization decision lasts, authz/), or none
+(anonymous).  On a 401 the upstream's ``WWW-Authenticate`` challenge says
+what to do:
 
 * ``Bearer realm=...,service=...,scope=...``: fetch a token from the realm
-  (with Basic credentials when configured, anonymous otherwise), cache it per
+  (with Basic credentials when there are some, anonymous otherwise), cache it per
   (upstream, repository) until shortly before ``expires_in`` (default 60 s),
   retry once;
-* ``Basic``: retry once with the configured credentials, and send them up
-  front from then on.
+* ``Basic``: retry once with the credentials, and send them up front from
+  then on.
 
 Credentials only ever go to the upstream's own origin (scheme, host, port)
 and to the token realm the upstream names.
@@ -52,13 +54,20 @@ def basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
 
 
-class Authenticator:
-    """Per-upstream auth state: token cache and whether Basic is expected."""
+MAX_TOKENS = 1024   # repositories with a cached token, per credential
 
-    def __init__(self, upstream: UpstreamConfig, session: requests.Session, timeout: tuple):
+
+class Authenticator:
+    """Auth state of one credential toward one upstream: token cache and whether Basic is expected."""
+
+    def __init__(self, upstream: UpstreamConfig, session: requests.Session, timeout: tuple,
+                 username: str | None = None, password: str | None = None, token: str | None = None):
         self.upstream = upstream
         self.session = session
         self.timeout = timeout
+        self.username = username
+        self.password = password
+        self.token = token             # a bearer token obtained elsewhere (seed --registry-token)
         self._lock = threading.Lock()
         self._tokens = {}  # repo ("" for /v2/) -> (token, expires_at)
         self._basic = False
@@ -66,7 +75,7 @@ class Authenticator:
 
     @property
     def has_credentials(self) -> bool:
-        return bool(self.upstream.username)
+        return bool(self.username)
 
     def headers(self, repo: str) -> dict:
         """Authorization to send up front for ``repo`` (may be empty)."""
@@ -76,9 +85,9 @@ class Authenticator:
                 return {"Authorization": "Bearer " + tok[0]}
             basic = self._basic
         if basic and self.has_credentials:
-            return {"Authorization": basic_header(self.upstream.username, self.upstream.password)}
-        if self.upstream.token:
-            return {"Authorization": "Bearer " + self.upstream.token}
+            return {"Authorization": basic_header(self.username, self.password)}
+        if self.token:
+            return {"Authorization": "Bearer " + self.token}
         return {}
 
     def handle_401(self, resp: requests.Response, repo: str) -> bool:
@@ -110,7 +119,7 @@ class Authenticator:
             params["scope"] = scope
         headers = {}
         if self.has_credentials:
-            headers["Authorization"] = basic_header(self.upstream.username, self.upstream.password)
+            headers["Authorization"] = basic_header(self.username, self.password)
         try:
             r = self.session.get(realm, params=params, headers=headers, timeout=self.timeout,
                                  verify=self.upstream.verify, allow_redirects=False)
@@ -134,5 +143,7 @@ class Authenticator:
             raise errors.upstream_unavailable(f"token server {realm} sent no token", 502)
         ttl = max(1, expires - EXPIRY_MARGIN) if expires > 2 * EXPIRY_MARGIN else max(1, expires)
         with self._lock:
+            if len(self._tokens) >= MAX_TOKENS:
+                self._tokens.pop(next(iter(self._tokens)))
             self._tokens[repo] = (token, time.monotonic() + ttl)
         log.debug("token for %s %s (%d s)", self.upstream.name, repo or "/v2/", expires)

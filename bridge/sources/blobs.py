@@ -33,7 +33,7 @@ store hit -> file; swarm -> iterator; otherwise delegate to the origin source.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterator, Optional, Protocol
 
 from layerswarm.bridge.format import errors
@@ -55,6 +55,12 @@ class BlobRequest:
     digest: Digest            # validated sha256
     range: Optional[ByteRange] = None  # client's Range (None: whole blob, status 200)
     head: bool = False        # HEAD: headers only, never download
+    auth: object = None       # Authenticator origin calls use (authz/ Grant.fetch_auth); None: service credentials
+    shareable: bool = True    # may these bytes move through the fleet (torrent, lease, relay); else store or origin
+
+    def at(self, rng: Optional[ByteRange], head: bool = False) -> "BlobRequest":
+        """The same blob, client and authorization, another span."""
+        return replace(self, range=rng, head=head)
 
 
 @dataclass
@@ -104,7 +110,7 @@ class OriginBlobSource:
         up = req.upstream
         suffix = f"blobs/{req.digest}"
         if req.head:
-            r = up.request("HEAD", req.repo, suffix, {"Accept-Encoding": "identity"}, kind="blob")
+            r = up.request("HEAD", req.repo, suffix, {"Accept-Encoding": "identity"}, kind="blob", auth=req.auth)
             up.raise_for_status(r, errors.blob_unknown(str(req.digest)))
             size = _int(r.headers.get("Content-Length"))
             r.close()
@@ -117,7 +123,7 @@ class OriginBlobSource:
         headers = {"Accept-Encoding": "identity"}
         if req.range is not None:
             headers["Range"] = req.range.header()
-        r = up.request("GET", req.repo, suffix, headers, stream=True, kind="blob")
+        r = up.request("GET", req.repo, suffix, headers, stream=True, kind="blob", auth=req.auth)
         up.raise_for_status(r, errors.blob_unknown(str(req.digest)))
         try:
             if r.status_code == 206:

@@ -55,8 +55,7 @@ class Fetch:
         self.deps = deps
         self.cfg = deps.cfg
         self.digest = req.digest
-        self.upstream = req.upstream
-        self.repo = req.repo
+        self.req = req   # the request that started it: its authorization is the only one the fetch uses
         self.tracker_down = tracker_down
         self.cond = threading.Condition()
         self.size: int | None = None
@@ -154,8 +153,7 @@ class Fetch:
                         raise UpstreamError(f"relay claims {size} bytes, the origin {expected}")
                 else:
                     self.kind = "origin"
-                    res = self.deps.origin.open(BlobRequest(self.upstream, self.repo, self.digest,
-                                                            ByteRange(self.written, None) if self.written else None))
+                    res = self.deps.origin.open(self.req.at(ByteRange(self.written, None) if self.written else None))
                     size, chunks = res.size, res.body
                 self._start_writer(size)
                 last_renew = time.monotonic()
@@ -195,7 +193,7 @@ class Fetch:
     def _origin_size(self) -> int:
         """The blob's size as the origin says it (a HEAD, no blob bytes), to check a relay's claim."""
         if self.origin_size is None:
-            res = self.deps.origin.open(BlobRequest(self.upstream, self.repo, self.digest, None, head=True))
+            res = self.deps.origin.open(self.req.at(None, head=True))
             res.close()
             self.origin_size = res.size
         return self.origin_size

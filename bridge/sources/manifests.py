@@ -104,10 +104,17 @@ def _content_type(resp, body: bytes | None) -> str:
 class ManifestService:
     """``shared`` (optional, e.g. the tracker client) has ``get_manifest(digest) -> (type, body) | None``
     and ``put_manifest(digest, type, body)``: manifests by digest are immutable, so a fleet can share
-    them and the upstream sees one GET per manifest.  Failures there never fail a request."""
+    them and the upstream sees one GET per manifest.  Failures there never fail a request.
 
-    def __init__(self, store: ManifestStore, tag_ttl: float, max_bytes: int, metrics=None, shared=None):
+    ``holdings`` (the authz Gate) keeps which manifests and blobs the upstream holds in which
+    repository: a manifest answered from the disk cache or the fleet under R must be one U holds
+    in R; one U answered under R is recorded, with everything it names.  Calls take the client's
+    ``grant`` (upstream, repository, the authorization fetches use, whether R may be shared)."""
+
+    def __init__(self, store: ManifestStore, tag_ttl: float, max_bytes: int, metrics=None, shared=None,
+                 holdings=None):
         self.shared = shared
+        self.holdings = holdings
         self.store = store
         self.tag_ttl = tag_ttl
         self.max_bytes = max_bytes
@@ -119,20 +126,21 @@ class ManifestService:
         if self.metrics:
             self.metrics.manifest(what)
 
-    def get(self, up: UpstreamClient, repo: str, ref: Reference, accept: list, head: bool) -> Manifest:
+    def get(self, grant, ref: Reference, accept: list, head: bool) -> Manifest:
+        up, repo = grant.upstream, grant.repo
         headers = {"Accept": ", ".join(accept)} if accept else {}
         if ref.digest is not None:
             m = self.store.get(ref.digest)
             if m is not None:
                 self._count("hit")
-                return _strip(m, head)
+                return self._served(grant, m, head, confirm=True)
             self._count("miss")
             if head:
                 m = self._from_shared(ref.digest)
                 if m is not None:
-                    return _strip(m, True)
-                return self._head(up, repo, str(ref.digest), headers, ref.digest)
-            return self._fetch(up, repo, ref.digest, headers)
+                    return self._served(grant, m, True, confirm=True)
+                return self._served(grant, self._head(grant, str(ref.digest), headers, ref.digest), True)
+            return self._fetch(grant, ref.digest, headers)
 
         key = (up.name, repo, ref.tag, tuple(sorted(set(accept))))
         now = time.monotonic()
@@ -142,20 +150,30 @@ class ManifestService:
             self._count("tag_hit")
             meta = hit[0]
         else:
-            meta = self._head(up, repo, ref.tag, headers, None, allow_missing_digest=True)
+            meta = self._head(grant, ref.tag, headers, None, allow_missing_digest=True)
             if meta is None:  # upstream HEAD gave no digest: GET by tag and hash it ourselves
-                m = self._fetch(up, repo, None, headers, ref.tag)
+                m = self._fetch(grant, None, headers, ref.tag)
                 self._remember(key, m)
                 return _strip(m, head)
             self._remember(key, meta)
-        if head:
-            return meta
+        # U answered the tag under R: the digest is held there, whatever cache gives the body.
         m = self.store.get(meta.digest)
+        if head:
+            return self._served(grant, m or meta, True)
         if m is not None:
             self._count("hit")
-            return m
+            return self._served(grant, m, False)
         self._count("miss")
-        return self._fetch(up, repo, meta.digest, headers)
+        return self._fetch(grant, meta.digest, headers, confirmed=True)
+
+    def _served(self, grant, m: Manifest, head: bool, confirm: bool = False) -> Manifest:
+        """``m`` goes to a client under the grant's repository: check (``confirm``) and record that
+        the upstream holds it there."""
+        if self.holdings is not None:
+            if confirm:
+                self.holdings.require(grant, "manifests", m.digest)
+            self.holdings.record(grant.upstream, grant.repo, m.digest, m.body)
+        return _strip(m, head)
 
     def _remember(self, key, m: Manifest) -> None:
         if self.tag_ttl <= 0:
@@ -169,8 +187,9 @@ class ManifestService:
                     self._tags.clear()
             self._tags[key] = (meta, time.monotonic() + self.tag_ttl)
 
-    def _head(self, up, repo, ref_text, headers, digest, allow_missing_digest=False) -> Manifest | None:
-        r = up.request("HEAD", repo, f"manifests/{ref_text}", headers, kind="manifest")
+    def _head(self, grant, ref_text, headers, digest, allow_missing_digest=False) -> Manifest | None:
+        up, repo = grant.upstream, grant.repo
+        r = up.request("HEAD", repo, f"manifests/{ref_text}", headers, kind="manifest", auth=grant.fetch_auth)
         if r.status_code == 405 and allow_missing_digest:
             r.close()
             return None
@@ -186,7 +205,7 @@ class ManifestService:
         if got is None or not size.isdigit():  # upstream HEAD without usable headers
             if allow_missing_digest:
                 return None  # caller GETs by tag and hashes the body
-            return _strip(self._fetch(up, repo, digest, headers), True)
+            return _strip(self._fetch_upstream(grant, digest, headers), True)
         raise errors.upstream_unavailable(f"upstream {up.name}: HEAD {digest} answered digest {got}", 502)
 
     def _from_shared(self, digest: Digest) -> Manifest | None:
@@ -210,18 +229,23 @@ class ManifestService:
         except Exception as exc:  # noqa: BLE001 - sharing is an optimisation
             log.info("could not share manifest %s: %s", m.digest, exc)
 
-    def _fetch(self, up, repo, digest: Digest | None, headers, tag: str | None = None) -> Manifest:
+    def _fetch(self, grant, digest: Digest | None, headers, tag: str | None = None,
+               confirmed: bool = False) -> Manifest:
+        """The body from the fleet or the upstream; ``confirmed``: U already said R holds ``digest``."""
         if digest is not None:
             m = self._from_shared(digest)
             if m is not None:
-                return m
-        m = self._fetch_upstream(up, repo, digest, headers, tag)
-        self._share(m)
-        return m
+                return self._served(grant, m, False, confirm=not confirmed)
+        m = self._fetch_upstream(grant, digest, headers, tag)
+        if grant.shareable:     # open mode: a private repository's manifests stay off the tracker
+            self._share(m)
+        return self._served(grant, m, False)
 
-    def _fetch_upstream(self, up, repo, digest: Digest | None, headers, tag: str | None = None) -> Manifest:
+    def _fetch_upstream(self, grant, digest: Digest | None, headers, tag: str | None = None) -> Manifest:
+        up, repo = grant.upstream, grant.repo
         ref_text = str(digest) if digest is not None else tag
-        r = up.request("GET", repo, f"manifests/{ref_text}", headers, stream=True, kind="manifest")
+        r = up.request("GET", repo, f"manifests/{ref_text}", headers, stream=True, kind="manifest",
+                       auth=grant.fetch_auth)
         up.raise_for_status(r, errors.manifest_unknown(ref_text))
         try:
             body = bytearray()

@@ -101,6 +101,10 @@ class SwarmBlobSource:
             else:
                 store.touch(d)
                 return BlobResponse(size, start, end, file=f, source="store")
+        if not req.shareable:
+            # Open mode, a repository the upstream does not serve to anyone: its bytes take no
+            # lease, join no torrent and reach no relay (no fetch into the store either).
+            return self.origin.open(req)
         fetch = self.active_fetch(d)
         if req.head:
             if fetch is not None and fetch.size is not None:
@@ -194,7 +198,7 @@ class SwarmBlobSource:
                 return
             log.warning("%s: %s after %d bytes; continuing from the origin", req.digest, exc, pos - res.start)
             res.source = "origin"
-            rest = self.origin.open(BlobRequest(req.upstream, req.repo, req.digest, ByteRange(pos, res.end)))
+            rest = self.origin.open(req.at(ByteRange(pos, res.end)))
             try:
                 for chunk in rest.body:
                     if hasher is not None:

@@ -1,7 +1,9 @@
 """HTTP client for one upstream registry.
 
 * connect/read timeouts on every call (``(connect, read)`` for requests);
-* auth via :class:`bridge.auth.Authenticator` (one retry after a 401);
+* auth via an :class:`~layerswarm.bridge.sources.auth.Authenticator` (one
+  retry after a 401): the bridge's service credentials by default, or the one
+  a call passes (a client's own, or anonymous);
 * redirects followed by hand (blob GETs may 307 to object storage) so that
   ``Authorization`` is only ever sent to the upstream's own origin;
 * transport failures become registry errors: unreachable -> 503, timeout ->
@@ -45,32 +47,45 @@ class UpstreamClient:
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=max(8, pool_size), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.auth = Authenticator(cfg, self.session, self.timeout)
+        # The bridge's own credentials (config); without any it is anonymous.
+        self.auth = Authenticator(cfg, self.session, self.timeout, cfg.username, cfg.password, cfg.token)
+        self.anonymous = Authenticator(cfg, self.session, self.timeout)
         self._origin = _origin(cfg.url)
         self._on_request = on_request  # callback(upstream, method, kind, status)
+
+    @property
+    def has_service_credentials(self) -> bool:
+        return bool(self.cfg.username or self.cfg.token)
+
+    def authenticator(self, username: str, password: str) -> Authenticator:
+        """Auth state for a client's own credentials (the caller decides how long it lives)."""
+        return Authenticator(self.cfg, self.session, self.timeout, username, password)
 
     def url(self, repo: str, suffix: str) -> str:
         return f"{self.cfg.url}/v2/{repo}/{suffix}" if repo else f"{self.cfg.url}/v2/"
 
     def request(self, method: str, repo: str, suffix: str, headers: dict | None = None,
-                stream: bool = False, kind: str = "") -> requests.Response:
-        """One registry call with auth and redirects; the caller closes streamed responses."""
+                stream: bool = False, kind: str = "", auth: Authenticator | None = None) -> requests.Response:
+        """One registry call with auth (``auth``, default the service credentials) and redirects;
+        the caller closes streamed responses."""
         url = self.url(repo, suffix)
-        resp = self._send(method, url, repo, headers or {}, stream)
+        auth = auth or self.auth
+        resp = self._send(method, url, repo, headers or {}, stream, auth)
         if resp.status_code == 401:
-            if self.auth.handle_401(resp, repo):
+            if auth.handle_401(resp, repo):
                 resp.close()
-                resp = self._send(method, url, repo, headers or {}, stream)
+                resp = self._send(method, url, repo, headers or {}, stream, auth)
         if self._on_request:
             self._on_request(self.name, method, kind, resp.status_code)
         return resp
 
-    def _send(self, method: str, url: str, repo: str, headers: dict, stream: bool) -> requests.Response:
+    def _send(self, method: str, url: str, repo: str, headers: dict, stream: bool,
+              auth: Authenticator) -> requests.Response:
         hops = 0
         while True:
             h = dict(headers)
             if _origin(url) == self._origin:
-                h.update(self.auth.headers(repo))
+                h.update(auth.headers(repo))
             try:
                 resp = self.session.request(method, url, headers=h, stream=stream, timeout=self.timeout,
                                             allow_redirects=False, verify=self.cfg.verify)

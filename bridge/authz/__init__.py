@@ -1,0 +1,1 @@
+"""Chained authorization toward registry clients: who a client is, what the upstream lets it pull."""
