@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
 
 from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - the tests take them from here
+from layerswarm.bridge.devstack.threadserver import ThreadServer
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port
@@ -136,22 +136,6 @@ def fleet_environ(name: str, **kw) -> dict:
 
 
 # --------------------------------------------------------------------------- in-process servers
-
-class ThreadServer:
-    """A WSGI app on a real loopback socket, served from a thread (HTTPS with ``ssl_context``)."""
-
-    def __init__(self, app, host: str = "127.0.0.1", ssl_context=None):
-        self.app = app
-        self.server = make_server(host, 0, app, threaded=True, ssl_context=ssl_context)
-        self.port = self.server.server_port
-        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class LocalTracker(ThreadServer):
     """The real tracker app (``create_app`` with options by field name) on a loopback port in this process.
