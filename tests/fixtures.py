@@ -32,6 +32,7 @@ from layerswarm.bridge.devstack import clients
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - the tests take them from here
 from layerswarm.bridge.devstack.threadserver import ThreadServer
+from layerswarm.bridge.devstack.tokenserver import TokenServer
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port
@@ -467,6 +468,15 @@ def registry_factory(tmp_path_factory):
     yield lambda extra_config="": keep(made, devstack.start_registry(tmp_path_factory.mktemp("registry"),
                                                                      extra_config=extra_config))
     stop_all(made)
+
+
+@pytest.fixture
+def token_server():
+    """A Docker token server in this process (devstack/tokenserver.py, ``TEST_POLICY``): ``.realm``,
+    ``.requests``, ``.cert_pem``."""
+    ts = TokenServer()
+    yield ts
+    ts.stop()
 
 
 @pytest.fixture
