@@ -4,11 +4,13 @@ from __future__ import annotations
 import base64
 
 import jwt
+import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from layerswarm.bridge.devstack.tokenserver import SERVICE, TEST_PASSWORDS, TokenServer
+from layerswarm.bridge.sources.auth import parse_challenge
 
 ALICE = ("alice", TEST_PASSWORDS["alice"])
 BOB = ("bob", TEST_PASSWORDS["bob"])
@@ -103,3 +105,72 @@ def test_expires_in_is_configurable():
         assert body["expires_in"] == 7 and c["exp"] - c["iat"] == 7
     finally:
         ts.stop()
+
+
+# --------------------------------------------------------------------------- a real docker-registry
+
+def via_token_flow(origin, path: str, auth=None, accept: str = "") -> requests.Response:
+    """GET ``path`` as a registry client does: on a Bearer challenge, a token for the challenge's
+    scope (as ``auth``, or anonymous) and once more."""
+    headers = {"Accept": accept} if accept else {}
+    r = requests.get(origin.url + path, headers=headers, timeout=30)
+    if r.status_code != 401:
+        return r
+    ch = parse_challenge(r.headers["WWW-Authenticate"])
+    assert ch.scheme == "bearer" and ch.params["realm"] == origin.token_server.realm
+    t = requests.get(ch.params["realm"], params={"service": ch.params["service"], "scope": ch.params["scope"]},
+                     auth=auth, timeout=30)
+    assert t.status_code == 200
+    return requests.get(origin.url + path, headers={**headers, "Authorization": f"Bearer {t.json()['token']}"},
+                        timeout=30)
+
+
+def manifest(origin, repo: str, img, auth=None) -> requests.Response:
+    return via_token_flow(origin, f"/v2/{repo}/manifests/v1", auth, img.manifest_media_type)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", [None, BOB], ids=["anonymous", "bob"])
+def test_registry_lets_anonymous_and_bob_pull_public_only(token_origin, who):
+    before = len(token_origin.token_server.requests)
+    r = manifest(token_origin, "public/app", token_origin.public_img, who)
+    assert r.status_code == 200 and r.content == token_origin.public_img.manifest
+    assert manifest(token_origin, "private/app", token_origin.private_img, who).status_code == 401
+    account = who[0] if who else None
+    asked = token_origin.token_server.requests[before:]
+    assert [(q.account, q.scopes, q.status) for q in asked] == [
+        (account, ("repository:public/app:pull",), 200),
+        (account, ("repository:private/app:pull",), 200)]   # granted nothing, not refused
+
+
+@pytest.mark.slow
+def test_registry_lets_alice_pull_both(token_origin):
+    for repo, img in (("public/app", token_origin.public_img), ("private/app", token_origin.private_img)):
+        r = manifest(token_origin, repo, img, ALICE)
+        assert r.status_code == 200 and r.content == img.manifest
+        layer = img.layers[0]
+        blob = via_token_flow(token_origin, f"/v2/{repo}/blobs/{layer.digest}", ALICE)
+        assert blob.status_code == 200 and blob.content == layer.data
+
+
+@pytest.mark.slow
+def test_registry_takes_the_containerd_post_token(token_origin):
+    form = {"grant_type": "password", "username": "alice", "password": ALICE[1], "service": token_origin.service,
+            "client_id": "containerd-client", "scope": "repository:private/app:pull"}
+    tok = requests.post(token_origin.token_server.realm, data=form, timeout=30).json()["access_token"]
+    r = requests.get(f"{token_origin.url}/v2/private/app/manifests/v1", timeout=30,
+                     headers={"Authorization": f"Bearer {tok}", "Accept": token_origin.private_img.manifest_media_type})
+    assert r.status_code == 200 and r.content == token_origin.private_img.manifest
+
+
+@pytest.mark.slow
+def test_a_token_is_good_for_its_repository_only(token_origin):
+    s = token_origin.session("alice", "repository:public/app:pull")
+    private_layer = token_origin.private_img.layers[0].digest
+    # a public/app token is no key to private/app
+    assert s.get(f"{token_origin.url}/v2/private/app/blobs/{private_layer}", timeout=30).status_code == 401
+    # and blobs are per repository: private/app's layer is not in public/app, whoever asks
+    r = s.get(f"{token_origin.url}/v2/public/app/blobs/{private_layer}", timeout=30)
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert s.get(f"{token_origin.url}/v2/public/app/blobs/{token_origin.public_img.layers[0].digest}",
+                 timeout=30).status_code == 200
