@@ -1,13 +1,13 @@
 """The tests' one house: every process, server and peer a test starts, and the helpers to look at them.
 
 Processes (tracker, bridge, docker-registry origin, redis, dockerd, containerd) start through
-``layerswarm.bridge.devstack`` (daemons.py, clients.py) on free loopback ports, each with its own
-directory and log, and stop at teardown; only slow tests use them (and the slow-loris crowds of
-devstack/slowclients.py).  The fast loop uses the real apps in this process: the tracker app and
-bridge apps served on a loopback port from a thread, peers with their own libtorrent session on
-loopback.  ``tests/conftest.py`` loads this module as a plugin, so every
-fixture here is available to every test.  It is long on purpose: one place to look for how any
-test starts anything.
+``layerswarm.bridge.devstack`` (daemons.py, clients.py, tokenserver.py) on free loopback ports,
+each with its own directory and log, and stop at teardown; only slow tests use them (and the
+slow-loris crowds of devstack/slowclients.py).  The fast loop uses the real apps in this process:
+the tracker app, bridge apps and the token server served on a loopback port from a thread, peers
+with their own libtorrent session on loopback.  ``tests/conftest.py`` loads this module as a
+plugin, so every fixture here is available to every test.  It is long on purpose: one place to
+look for how any test starts anything.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
 
-from layerswarm.bridge.devstack import clients
+from layerswarm.bridge.devstack import clients, imagegen
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack.certs import FleetPKI, HostCert  # noqa: F401 - the tests take them from here
+from layerswarm.bridge.devstack.threadserver import ThreadServer
+from layerswarm.bridge.devstack.tokenserver import TokenServer, start_token_registry
 from layerswarm.bridge.format.digest import Digest
 
 free_port = devstack.free_port
@@ -136,22 +137,6 @@ def fleet_environ(name: str, **kw) -> dict:
 
 
 # --------------------------------------------------------------------------- in-process servers
-
-class ThreadServer:
-    """A WSGI app on a real loopback socket, served from a thread (HTTPS with ``ssl_context``)."""
-
-    def __init__(self, app, host: str = "127.0.0.1", ssl_context=None):
-        self.app = app
-        self.server = make_server(host, 0, app, threaded=True, ssl_context=ssl_context)
-        self.port = self.server.server_port
-        self.url = f"{'https' if ssl_context else 'http'}://{host}:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class LocalTracker(ThreadServer):
     """The real tracker app (``create_app`` with options by field name) on a loopback port in this process.
@@ -483,6 +468,33 @@ def registry_factory(tmp_path_factory):
     yield lambda extra_config="": keep(made, devstack.start_registry(tmp_path_factory.mktemp("registry"),
                                                                      extra_config=extra_config))
     stop_all(made)
+
+
+@pytest.fixture
+def token_server():
+    """A Docker token server in this process (devstack/tokenserver.py, ``TEST_POLICY``): ``.realm``,
+    ``.requests``, ``.cert_pem``."""
+    ts = TokenServer()
+    yield ts
+    ts.stop()
+
+
+@pytest.fixture(scope="module")
+def token_origin(tmp_path_factory):
+    """A docker-registry that takes only the tokens of an in-process token server (``TEST_POLICY``:
+    alice pulls and pushes everything, bob and anonymous pull ``public/`` only), holding
+    ``public/app:v1`` (``.public_img``) and ``private/app:v1`` (``.private_img``) pushed by alice;
+    ``.url``, ``.log``, ``.token_server`` (whose ``.requests`` record starts empty after the pushes)."""
+    o = start_token_registry(tmp_path_factory.mktemp("token-origin"))
+    try:
+        o.public_img = imagegen.make_image((200_000, 200_000), seed=b"token-origin/public")
+        o.private_img = imagegen.make_image((200_000, 200_000), seed=b"token-origin/private")
+        o.push("public/app", "v1", o.public_img)
+        o.push("private/app", "v1", o.private_img)
+        o.token_server.requests.clear()
+        yield o
+    finally:
+        o.stop()
 
 
 @pytest.fixture

@@ -185,6 +185,7 @@ def start_registry(workdir: Path, port: int | None = None, extra_config: str = "
         "http:\n  addr: 127.0.0.1:%d\n%s" % (root, port, extra_config))
     p = Daemon(["docker-registry", "serve", cfg], workdir / "registry.log", name="docker-registry")
     p.url = f"http://127.0.0.1:{port}"
+    p.access_log = lambda: access_log(p.log)
     p.wait_http(p.url + "/v2/")
     return p
 
