@@ -87,8 +87,10 @@ class Listener:
     async def _serve(self, sock: socket.socket) -> None:
         # A connection that has not sent a whole request within idle_timeout is closed: slow
         # clients cost the loop a little memory for that long, never an app thread.
+        # Header fields up to 16 KiB reach the app, which refuses credentials over 8 KiB with a
+        # registry error body (authz/credentials.py); beyond that the parser answers a bare 400.
         server = web.Server(self._handle, keepalive_timeout=self.idle_timeout, max_line_size=8190,
-                            max_field_size=8190, access_log_class=AccessLogger,
+                            max_field_size=16384, access_log_class=AccessLogger,
                             access_log=logging.getLogger(f"layerswarm.access.{self.name}") if self.access_log
                             else None)
         # shutdown_timeout: what is left after _shutdown() cut the streams only needs to unwind.
