@@ -144,15 +144,9 @@ class Gate:
         if hit is not None:
             self._count("cached")
             return hit
-        auth = self._upstream_auth(client, up, challenge)
-        try:
-            r = up.request("GET", repo, "tags/list?n=1" if repo else "", {}, auth=auth, kind="auth")
-            status = r.status_code
-            r.close()
-        except errors.RegistryError as exc:
-            if exc.status != 401:     # unreachable, timeouts: not a decision, nothing cached
-                raise
-            status = 401              # the token realm refused the credentials
+        r = up.pull_probe(repo, self._upstream_auth(client, up, challenge))
+        status = r.status_code
+        r.close()
         if status >= 500 or status == 429:
             up.raise_for_status(r, errors.unauthorized(challenge))
         # A 404 with the client's own credentials: U does not know R (or hides it from this client);

@@ -56,11 +56,17 @@ def _cap(text):
         raise UserError(f"--cap: {exc}") from None
 
 
-def collect(args) -> list:
+def collect(args, secure: bool = False) -> list:
     layers = []
     for src in args.sources:
         if src.startswith("docker://"):
-            layers += RegistryImage(src, args.plain_http, args.registry_token).layers(args.platform)
+            img = RegistryImage(src, args.plain_http, args.registry_token)
+            if not secure and not img.served_anonymously():
+                # An open swarm serves anyone who asks: only what the registry gives anyone goes there.
+                raise UserError(f"{src}: the registry does not serve this repository anonymously; its layers "
+                                "would be readable by anyone in an open swarm (seed it in a secure fleet: "
+                                "--fleet-ca/--fleet-cert/--fleet-key)")
+            layers += img.layers(args.platform)
         else:
             layers += sources_from_path(Path(src), args.platform, args.raw)
     seen, out = set(), []
@@ -87,7 +93,7 @@ def run(args) -> int:
     tracker = TrackerClient(args.tracker, args.token, tls=tls)
     if not tracker.healthy():
         raise UserError(f"tracker {args.tracker} unreachable")
-    layers = collect(args)
+    layers = collect(args, secure=tls is not None)
     if args.sources and not layers:
         raise UserError("no layers found in the given sources")
     bar = _bar(args, sum(l.size for l in layers))

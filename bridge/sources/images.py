@@ -209,6 +209,15 @@ class RegistryImage:
         self.client = UpstreamClient(UpstreamConfig(host, f"{'http' if plain_http or loopback else 'https'}://{host}",
                                                     token=token), connect_timeout=10, read_timeout=30)
 
+    def served_anonymously(self) -> bool:
+        """Whether the registry lets anyone at all pull this repository (no token, no credentials)."""
+        try:
+            r = self.client.pull_probe(self.repo, self.client.anonymous, kind="seed")
+        except RegistryError as exc:
+            raise UserError(f"{self.label}: registry unreachable ({exc.message})") from None
+        r.close()
+        return r.status_code not in (401, 403)   # a 404 is for layers() to report
+
     def _get(self, suffix: str, headers=None, stream=False):
         try:
             r = self.client.request("GET", self.repo, suffix, headers or {}, stream=stream)

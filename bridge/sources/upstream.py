@@ -107,6 +107,19 @@ class UpstreamClient:
                 continue
             return resp
 
+    def pull_probe(self, repo: str, auth: Authenticator, kind: str = "auth") -> requests.Response:
+        """Does ``auth`` let its holder pull ``repo`` (``""``: are its credentials good at all)?  The
+        cheapest call registries guard with pull access: ``tags/list`` (``/v2/`` for ""), with the
+        token dance.  A 401 from the token realm comes back as a 401 answer; the caller closes it."""
+        try:
+            return self.request("GET", repo, "tags/list?n=1" if repo else "", {}, auth=auth, kind=kind)
+        except errors.RegistryError as exc:
+            if exc.status != 401:     # unreachable, timeouts: no answer at all
+                raise
+            refused = requests.Response()
+            refused.status_code = 401
+            return refused
+
     def raise_for_status(self, resp: requests.Response, not_found: errors.RegistryError) -> None:
         """Turn a non-2xx upstream answer into the RegistryError we answer with."""
         s = resp.status_code

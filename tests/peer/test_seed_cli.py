@@ -86,6 +86,21 @@ def test_preheat_from_registry_with_platforms(local_tracker, origin, tmp_path):
     assert r.returncode != 0 and "unknown image reference" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a real docker-registry with token auth
+def test_preheat_refuses_private_layers_in_an_open_swarm(local_tracker, token_origin, tmp_path):
+    host = token_origin.url.split("//")[1]
+    alice = token_origin.token("alice", "repository:private/app:pull", "repository:public/app:pull")
+    store = tmp_path / "store"
+    r = run_cli("seed", f"docker://{host}/private/app:v1", "--registry-token", alice, "--tracker",
+                local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0", "--exit")
+    assert r.returncode == 2 and "does not serve this repository anonymously" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and _store_clean(store)
+    r = run_cli("seed", f"docker://{host}/public/app:v1", "--tracker", local_tracker.url, "--store-dir", store,
+                "--listen", "127.0.0.1:0", "--exit")
+    assert r.returncode == 0, r.stderr
+    assert set(_store_layers(store)) == {str(b.digest) for b in token_origin.public_img.layers}
+
+
 def _bad(tracker_url, store, *sources):
     r = run_cli("seed", *sources, "--tracker", tracker_url, "--store-dir", store, "--listen", "127.0.0.1:0", "--exit")
     assert r.returncode != 0
