@@ -169,9 +169,12 @@ class Containerd(Daemon):
         return run(["ctr", "--address", self.sock, "--namespace", self.NAMESPACE, *args],
                    timeout=timeout, what=f"ctr {' '.join(map(str, args[:2]))}", env=LOOPBACK_ONLY_ENV).stdout
 
-    def pull(self, ref: str, hosts_dir: Path, platform: str = "linux/amd64", timeout: float = 300) -> str:
+    def pull(self, ref: str, hosts_dir: Path, platform: str = "linux/amd64", timeout: float = 300,
+             user: str | None = None) -> str:
+        """``ctr images pull``; ``user``: "name:password" sent to the registry (and its mirrors)."""
+        creds = ("--user", user) if user else ()
         return self.ctr("images", "pull", "--hosts-dir", hosts_dir, "--platform", platform,
-                        "--snapshotter", "native", ref, timeout=timeout)
+                        "--snapshotter", "native", *creds, ref, timeout=timeout)
 
     def remove_all_images(self) -> None:
         names = [n for n in self.ctr("images", "ls", "-q").split() if n]
@@ -222,8 +225,10 @@ def write_registries_conf(path: Path, registry: str, mirror_location: str) -> Pa
     return path
 
 
-def skopeo_copy(registries_conf: Path, src: str, dest: str, workdir: Path, timeout: float = 300) -> str:
-    """``skopeo copy`` with our registries.conf and an accept-anything signature policy."""
+def skopeo_copy(registries_conf: Path, src: str, dest: str, workdir: Path, timeout: float = 300,
+                args=()) -> str:
+    """``skopeo copy`` with our registries.conf and an accept-anything signature policy; ``args``: more
+    ``copy`` flags (``--src-creds``); credentials may also go in ``workdir/auth.json``."""
     require_binaries("skopeo")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,7 @@ def skopeo_copy(registries_conf: Path, src: str, dest: str, workdir: Path, timeo
     policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     return run(["skopeo", "--registries-conf", registries_conf, "--policy", policy, "--tmpdir", workdir,
                 "--override-os", "linux",
-                "--override-arch", "amd64", "copy", "--src-tls-verify=false", src, dest],
+                "--override-arch", "amd64", "copy", "--src-tls-verify=false", *args, src, dest],
                timeout=timeout, what="skopeo copy",
                env={**LOOPBACK_ONLY_ENV, "TMPDIR": str(workdir),
                     "REGISTRY_AUTH_FILE": str(workdir / "auth.json")}).stdout
