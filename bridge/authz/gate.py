@@ -144,11 +144,7 @@ class Gate:
         if hit is not None:
             self._count("cached")
             return hit
-        r = up.pull_probe(repo, self._upstream_auth(client, up, challenge))
-        status = r.status_code
-        r.close()
-        if status >= 500 or status == 429:
-            up.raise_for_status(r, errors.unauthorized(challenge))
+        status = up.pull_probe(repo, self._upstream_auth(client, up, challenge))
         # A 404 with the client's own credentials: U does not know R (or hides it from this client);
         # either way the client may learn only that, and no fetch may use other credentials for it.
         outcome = ALLOW if 200 <= status < 300 else UNKNOWN if status == 404 else DENY

@@ -212,11 +212,10 @@ class RegistryImage:
     def served_anonymously(self) -> bool:
         """Whether the registry lets anyone at all pull this repository (no token, no credentials)."""
         try:
-            r = self.client.pull_probe(self.repo, self.client.anonymous, kind="seed")
+            status = self.client.pull_probe(self.repo, self.client.anonymous, kind="seed")
         except RegistryError as exc:
             raise UserError(f"{self.label}: registry unreachable ({exc.message})") from None
-        r.close()
-        return r.status_code not in (401, 403)   # a 404 is for layers() to report
+        return status not in (401, 403)   # a 404 is for layers() to report
 
     def _get(self, suffix: str, headers=None, stream=False):
         try:

@@ -107,18 +107,21 @@ class UpstreamClient:
                 continue
             return resp
 
-    def pull_probe(self, repo: str, auth: Authenticator, kind: str = "auth") -> requests.Response:
+    def pull_probe(self, repo: str, auth: Authenticator, kind: str = "auth") -> int:
         """Does ``auth`` let its holder pull ``repo`` (``""``: are its credentials good at all)?  The
-        cheapest call registries guard with pull access: ``tags/list`` (``/v2/`` for ""), with the
-        token dance.  A 401 from the token realm comes back as a 401 answer; the caller closes it."""
+        status of the cheapest call registries guard with pull access: ``tags/list`` (``/v2/`` for
+        ""), token dance included; a token realm refusing the credentials is a 401.  No answer
+        (unreachable, 5xx, 429) raises: that is no decision."""
         try:
-            return self.request("GET", repo, "tags/list?n=1" if repo else "", {}, auth=auth, kind=kind)
+            r = self.request("GET", repo, "tags/list?n=1" if repo else "", {}, auth=auth, kind=kind)
         except errors.RegistryError as exc:
-            if exc.status != 401:     # unreachable, timeouts: no answer at all
+            if exc.status != 401:
                 raise
-            refused = requests.Response()
-            refused.status_code = 401
-            return refused
+            return 401
+        if r.status_code >= 500 or r.status_code == 429:
+            self.raise_for_status(r, errors.unauthorized())
+        r.close()
+        return r.status_code
 
     def raise_for_status(self, resp: requests.Response, not_found: errors.RegistryError) -> None:
         """Turn a non-2xx upstream answer into the RegistryError we answer with."""

@@ -14,7 +14,7 @@ import requests
 
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack.tokenserver import TEST_PASSWORDS
-from tests.fixtures import stop_all, wait_for
+from tests.fixtures import FleetPKI, stats, stop_all, wait_for
 
 pytestmark = pytest.mark.slow   # real docker-registry, tracker and bridges
 
@@ -88,6 +88,9 @@ def pull_all(bridge, img, name, extra=None, ns=None):
         if method == "GET" and "/blobs/" in path:
             want = {str(b.digest): b.data for b in img.blobs}[path.split("/blobs/")[1].split("?")[0]]
             assert r.content == (want[10:100] if "Range" in headers else want)
+    for layer in img.layers[1:]:
+        r = call(bridge, "GET", f"/v2/{name}/blobs/{layer.digest}" + (f"?ns={ns}" if ns else ""), {}, extra)
+        assert r.status_code == 200 and r.content == layer.data
 
 
 def test_v2_challenges_everyone_without_a_token(hosts):
@@ -227,3 +230,45 @@ def test_no_credential_in_logs(hosts):
         text = br.log_text(10 ** 8)
         for secret in ("alice-pw", "bob-pw", base64.b64encode(b"alice:alice-pw").decode()):
             assert secret not in text
+
+
+def test_a_secure_fleet_moves_private_layers_and_each_bridge_still_asks_the_upstream(token_origin, tmp_path):
+    """Secure fleet mode: bridge 2 gets alice's private layers from bridge 1 (over TLS), then answers
+    them only to alice; the origin sent each private layer once."""
+    o = token_origin
+    private_gets = lambda: [p for m, p, status, _ in o.access_log() if m == "GET" and status == 200  # noqa: E731
+                            and p.startswith("/v2/private/app/blobs/")]
+    before = private_gets()
+    pki = FleetPKI(tmp_path / "fleet")
+    tcert = pki.host("tracker")
+    made = []
+    try:
+        tracker = devstack.start_tracker(tmp_path / "tracker", tls=(tcert.cert, tcert.key, pki.ca),
+                                         extra=("--interval", "5", "--lease-ttl", "10"))
+        made.append(tracker)
+        for i in (1, 2):
+            made.append(devstack.start_bridge(tmp_path, upstream=o.url, tracker=tracker.url, name=f"bridge-s{i}",
+                                              fleet=pki, store=tmp_path / f"store-s{i}",
+                                              extra=("--host-id", f"s{i}", "--tiny-blob-bytes", "65536")))
+        b1, b2 = made[1:]
+        pull_all(b1, o.private_img, "private/app", bearer(token(b1, "alice", "private/app")))
+        tls_kw = {"verify": str(pki.ca), "cert": tcert.pair}
+        wait_for(lambda: all(requests.get(f"{tracker.url}/metainfo/{layer.digest}", timeout=10,
+                                          **tls_kw).status_code == 200 for layer in o.private_img.layers),
+                 what="private layers published in the secure fleet")
+        for extra in (None, bearer(token(b2, None, "private/app")), bearer(token(b2, "bob", "private/app"))):
+            for method, path, headers in paths(o.private_img, "private/app"):
+                assert_refused(call(b2, method, path, headers, extra))
+        pull_all(b2, o.private_img, "private/app", bearer(token(b2, "alice", "private/app")))
+        st = stats(b2)
+        size = sum(len(layer.data) for layer in o.private_img.layers)
+        assert st["fetched"]["peer"] + st["fetched"]["relay"] >= size, st["fetched"]
+        assert st["fetched"]["origin"] == 0, st["fetched"]
+        gets = private_gets()[len(before):]
+        for layer in o.private_img.layers:
+            assert gets.count(f"/v2/private/app/blobs/{layer.digest}") == 1, gets
+        # Bridge 2 holds them now; a public name still shows nothing of them.
+        for blob in o.private_img.layers:
+            assert_refused(call(b2, "GET", f"/v2/public/app/blobs/{blob.digest}", {}), "BLOB_UNKNOWN")
+    finally:
+        stop_all(made)
