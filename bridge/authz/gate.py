@@ -135,13 +135,13 @@ class Gate:
             return auth
 
     # -- may it pull ------------------------------------------------------------------------
-    def decide(self, client: Client, up: UpstreamClient, repo: str, challenge: str) -> tuple:
+    def decide(self, client: Client, up: UpstreamClient, repo: str, challenge: str, fresh_for: float = 0) -> tuple:
         """(outcome, expires_at wall clock) of "may ``client`` pull ``repo`` from ``up``" (repo "":
-        are the credentials good at all), from the cache or from ``up``."""
+        are the credentials good at all), from the cache (if it has ``fresh_for`` s left) or ``up``."""
         k = (client.key, up.name, repo)
         with self._lock:
             hit = self._decisions.get(k)
-        if hit is not None:
+        if hit is not None and hit[1] - time.time() >= fresh_for:
             self._count("cached")
             return hit
         status = up.pull_probe(repo, self._upstream_auth(client, up, challenge))
@@ -189,7 +189,9 @@ class Gate:
         granted, expires = [], time.time() + self.ttl
         for up, repo in scopes:
             try:
-                outcome, until = self.decide(client, up, repo, challenge)
+                # A token lives no longer than its decisions: ask again rather than hand out one
+                # that expires in the middle of a pull.
+                outcome, until = self.decide(client, up, repo, challenge, fresh_for=self.ttl / 2)
             except errors.RegistryError as exc:
                 if exc.status != 401:
                     raise
