@@ -159,6 +159,11 @@ class Gate:
         if client.granted is not None:
             if (up.name, repo) not in client.granted:
                 self._count("token_scope")
+                with self._lock:
+                    known = self._decisions.get((client.key, up.name, repo))
+                if known is not None and known[0] == UNKNOWN:   # the realm learnt U has no such R
+                    raise errors.RegistryError("NAME_UNKNOWN", "repository name not known to registry", 404,
+                                               {"name": repo})
                 raise errors.unauthorized(challenge + ',error="insufficient_scope"',
                                           "the token does not grant this repository")
         else:

@@ -65,7 +65,10 @@ def test_table_cell_against_the_running_bridge(running, port, rule, method, call
                          if method in ("POST", "PUT", "PATCH") else None, timeout=20)
     role = TABLES[port][rule][method]
     allowed = role != access.OPERATOR or caller == "operator"
-    if allowed:
+    if allowed and r.status_code == 401 and rule.startswith("/v2"):
+        # Past the table: the registry's own challenge (chained authorization, tests/bridge/test_chained_auth.py).
+        assert r.headers["WWW-Authenticate"].startswith("Bearer realm="), r.headers
+    elif allowed:
         assert r.status_code not in (401, 403), (r.status_code, r.text[:200])
     else:
         assert r.status_code == 401, (r.status_code, r.text[:200])
