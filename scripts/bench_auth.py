@@ -7,15 +7,18 @@ fetches with the client's own).  Two images of ``--layers`` layers: ``public/app
 anonymously) and ``private/app`` (pulled by alice).  A pull is what dockerd does: ``GET /v2/``
 (401), a token from the bridge's realm for the repository, the manifest by tag, every blob.
 
-1. Upstream requests per pull, by kind (the bridge's own counters plus the token server's record):
-   a cold pull, a warm one within the TTL, and one after the TTL ran out.  ``auth`` (the pull
-   probe), ``confirm`` (a HEAD proving a digest is in the repository) and the token server's
-   requests are what authorization adds; ``manifest`` and ``blob`` are what any mirror sends.
+1. Upstream HTTP requests per pull, from the registry's access log and the token server's record:
+   a cold pull, a warm one within the TTL, and one after the TTL ran out.  ``probe`` (``tags/list``:
+   may this client pull R; a 401 challenge then the retry with a token count as two), blob HEADs
+   outside a blob fetch (a digest confirmed in R) and the token requests the probes cause are
+   what authorization adds; manifests and blob GETs are what any mirror sends (in open mode a
+   private repository's blobs come from the registry at every pull: they are never stored).
 2. Latency on loopback, each request on a fresh connection, ``--requests`` each, interleaved:
-   ``/healthz`` (no authorization at all), a blob HEAD with a token (a cached decision), the
-   same with Basic credentials (a cached decision, keyed hash), and a public blob HEAD with no
-   credentials (the anonymous decision, cached).  p50/p90 in ms; "added" is p50 minus
-   ``/healthz``'s p50 in the same run.  Also the gate alone in this process (no HTTP), per call.
+   ``/healthz`` (no authorization at all), then HEAD of a stored public blob with no credentials
+   (the anonymous decision, cached), with alice's token, and with her Basic credentials (a cached
+   decision under a keyed hash); and HEAD of a private blob with her token (open mode: the
+   registry answers it every time).  p50/p90 in ms; "added" is p50 minus ``/healthz``'s p50 in
+   the same run.  Also the gate alone in this process (no HTTP), per call.
 
     .venv/bin/python scripts/bench_auth.py [--layers 10] [--auth-ttl 5] [--requests 300] [--json out.json]
 """
@@ -54,19 +57,17 @@ def pull(bridge_url: str, name: str, user: str | None) -> None:
         r.raise_for_status()
 
 
-def upstream_kinds(bridge_url: str) -> Counter:
-    st = requests.get(f"{bridge_url}/_layerswarm/stats", timeout=10).json()
-    out = Counter()
-    for key, n in st["upstream_requests"].items():
-        _, method, kind, _ = key.split(" ")
-        out[f"{kind} {method}"] += n
-    return out
+def registry_requests(origin) -> list:
+    return [(m, p, status) for m, p, status, _ in origin.access_log()]
 
 
 def counted_pull(bridge_url: str, origin, name: str, user: str | None) -> dict:
-    before, tokens = upstream_kinds(bridge_url), len(origin.token_server.requests)
+    before, tokens = len(registry_requests(origin)), len(origin.token_server.requests)
     pull(bridge_url, name, user)
-    got = upstream_kinds(bridge_url) - before
+    got = Counter()
+    for method, path, status in registry_requests(origin)[before:]:
+        kind = "probe" if "/tags/list" in path else "manifest" if "/manifests/" in path else "blob"
+        got[f"{kind} {method}" + (" 401" if status == 401 else "")] += 1
     got["token-server"] = len(origin.token_server.requests) - tokens
     return dict(got)
 
@@ -134,28 +135,33 @@ def main() -> int:
                 rows["after TTL"] = counted_pull(bridge.url, origin, name, user)
                 result["pulls"][name] = rows
                 for label, got in rows.items():
-                    added = sum(n for k, n in got.items() if k.startswith(("auth", "confirm", "token-server")))
+                    # Here every token request comes from a probe: fetches reuse the token it got.
+                    added = sum(n for k, n in got.items() if k.startswith(("probe", "blob HEAD", "token-server")))
                     print(f"  {name:12} {label:9} added by authorization {added:3}   "
-                          + "  ".join(f"{k} {n}" for k, n in sorted(got.items())))
+                          + "  ".join(f"{k} {n}" for k, n in sorted(got.items()) if n))
 
             layer = str(imgs["private/app"].layers[0].digest)
             public_layer = str(imgs["public/app"].layers[0].digest)
+            scopes = {"scope": ["repository:private/app:pull", "repository:public/app:pull"]}
             tok = requests.get(f"{bridge.url}/_layerswarm/token", auth=("alice", "alice-pw"), timeout=30,
-                               params={"scope": "repository:private/app:pull"}).json()["token"]
+                               params=scopes).json()["token"]
             basic = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
+            public = f"{bridge.url}/v2/public/app/blobs/{public_layer}"
             targets = {"healthz": (f"{bridge.url}/healthz", {}),
-                       "blob HEAD, token": (f"{bridge.url}/v2/private/app/blobs/{layer}",
-                                            {"Authorization": f"Bearer {tok}"}),
-                       "blob HEAD, Basic": (f"{bridge.url}/v2/private/app/blobs/{layer}", {"Authorization": basic}),
-                       "public blob HEAD, anonymous": (f"{bridge.url}/v2/public/app/blobs/{public_layer}", {})}
+                       "public blob HEAD, anonymous": (public, {}),
+                       "public blob HEAD, token": (public, {"Authorization": f"Bearer {tok}"}),
+                       "public blob HEAD, Basic": (public, {"Authorization": basic}),
+                       "private blob HEAD, token": (f"{bridge.url}/v2/private/app/blobs/{layer}",
+                                                    {"Authorization": f"Bearer {tok}"})}
             # The token lives at most --auth-ttl: measure in rounds shorter than that, fresh token each.
             times = {k: [] for k in targets}
             cpu0 = machine_cpu()
             rounds = max(1, a.requests // 25)
             for _ in range(rounds):
                 tok = requests.get(f"{bridge.url}/_layerswarm/token", auth=("alice", "alice-pw"), timeout=30,
-                                   params={"scope": "repository:private/app:pull"}).json()["token"]
-                targets["blob HEAD, token"][1]["Authorization"] = f"Bearer {tok}"
+                                   params=scopes).json()["token"]
+                for k in ("public blob HEAD, token", "private blob HEAD, token"):
+                    targets[k][1]["Authorization"] = f"Bearer {tok}"
                 for k, (url, headers) in targets.items():
                     times[k] += latency(url, headers, 25)
             cpu1 = machine_cpu()
