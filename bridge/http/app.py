@@ -23,6 +23,7 @@ from layerswarm.bridge.http.realm import bp as realm_bp
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
 from layerswarm.bridge.http.relay import relay_blueprint
+from layerswarm.bridge.node.store import disk_free, space_problems
 from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
 from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
 from layerswarm.bridge.sources.router import Router
@@ -74,6 +75,17 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     def prometheus_metrics():
         g.route = "metrics"
         return Response(metrics.prometheus(), 200, {"Content-Type": CONTENT_TYPE_LATEST})
+
+    store_dir, floor = config.server.store_dir, config.budgets.disk_free_min
+    metrics.watch_store(lambda: disk_free(store_dir)[0], lambda: space_problems(store_dir, floor))
+
+    @app.get("/readyz")
+    def readyz():
+        # Readiness, not liveness: a full disk stops new layers, not serving (store hits, pass-through),
+        # so /healthz stays 200 and a DaemonSet is not restarted in a loop over it.
+        g.route = "readyz"
+        problems = space_problems(store_dir, floor)
+        return jsonify(ready=not problems, problems=problems), 503 if problems else 200
 
     @app.get("/_layerswarm/stats")
     def stats():

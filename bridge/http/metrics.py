@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
 
 BLOB_SOURCES = ("origin", "store", "peer", "relay")
@@ -94,6 +94,13 @@ class Metrics:
     def upstream_request(self, upstream: str, method: str, kind: str, status: int) -> None:
         self._upstream.labels(upstream, method, kind, str(status)).inc()
         self._add("upstream_requests", f"{upstream} {method} {kind} {status}")
+
+    def watch_store(self, free_bytes, problems) -> None:
+        """Gauges read at each scrape: the store filesystem's free bytes, and readiness (``/readyz``)."""
+        Gauge("layerswarm_bridge_store_free_bytes", "Free bytes on the store's filesystem",
+              registry=self.registry).set_function(free_bytes)
+        Gauge("layerswarm_bridge_ready", "1 while the store can take new layers (/readyz answers 200), else 0",
+              registry=self.registry).set_function(lambda: 0 if problems() else 1)
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -375,6 +375,26 @@ class LayerWriter:
             self.abort()
 
 
+def disk_free(path) -> tuple:
+    """(bytes, inodes) a writer can still take on ``path``'s filesystem; inodes None without an inode limit."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else None)
+
+
+def space_problems(path, floor: int) -> list:
+    """Why the store on ``path`` cannot take new layers (empty: it can): free space under ``floor``, no inodes."""
+    try:
+        free, inodes = disk_free(path)
+    except OSError as exc:
+        return [f"cannot read the store's filesystem: {exc.strerror or exc}"]
+    out = []
+    if free < floor:
+        out.append(f"{free} bytes free on the store's filesystem, below the floor of {floor}")
+    if inodes == 0:
+        out.append("no inodes left on the store's filesystem")
+    return out
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
