@@ -24,7 +24,7 @@ from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
 from layerswarm.bridge.http.relay import relay_blueprint
 from layerswarm.bridge.node.store import disk_free, space_problems
-from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
+from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource, OriginSlots
 from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
 from layerswarm.bridge.sources.router import Router
 from layerswarm.bridge.sources.upstream import UpstreamClient
@@ -53,7 +53,7 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     clients = {name: UpstreamClient(cfg, ups.connect_timeout, ups.read_timeout,
                                     pool_size=config.server.threads, on_request=metrics.upstream_request)
                for name, cfg in ups.by_name.items()}
-    origin = OriginBlobSource()
+    origin = OriginBlobSource(OriginSlots(config.budgets.origin_fetches, config.first_byte_timeout))
     if blob_source is None and peer is not None:
         from layerswarm.bridge.sources.swarm import swarm_source
         blob_source = swarm_source(peer, origin, config, metrics)
@@ -78,6 +78,7 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
 
     store_dir, floor = config.server.store_dir, config.budgets.disk_free_min
     metrics.watch_store(lambda: disk_free(store_dir)[0], lambda: space_problems(store_dir, floor))
+    metrics.gauge("layerswarm_bridge_origin_fetches", "Blob GETs to origin registries in flight", lambda: origin.slots.active)
 
     @app.get("/readyz")
     def readyz():

@@ -95,12 +95,15 @@ class Metrics:
         self._upstream.labels(upstream, method, kind, str(status)).inc()
         self._add("upstream_requests", f"{upstream} {method} {kind} {status}")
 
+    def gauge(self, name: str, doc: str, read) -> None:
+        """A gauge whose value ``read()`` gives at each scrape."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
     def watch_store(self, free_bytes, problems) -> None:
-        """Gauges read at each scrape: the store filesystem's free bytes, and readiness (``/readyz``)."""
-        Gauge("layerswarm_bridge_store_free_bytes", "Free bytes on the store's filesystem",
-              registry=self.registry).set_function(free_bytes)
-        Gauge("layerswarm_bridge_ready", "1 while the store can take new layers (/readyz answers 200), else 0",
-              registry=self.registry).set_function(lambda: 0 if problems() else 1)
+        """The store filesystem's free bytes, and readiness (``/readyz``)."""
+        self.gauge("layerswarm_bridge_store_free_bytes", "Free bytes on the store's filesystem", free_bytes)
+        self.gauge("layerswarm_bridge_ready", "1 while the store can take new layers (/readyz answers 200), else 0",
+                   lambda: 0 if problems() else 1)
 
     def snapshot(self) -> dict:
         with self._lock:
