@@ -88,11 +88,17 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
         problems = space_problems(store_dir, floor)
         return jsonify(ready=not problems, problems=problems), 503 if problems else 200
 
+    if peer is not None:
+        metrics.watch_uploads(peer.uploads)
+
     @app.get("/_layerswarm/stats")
     def stats():
         g.route = "stats"
         # In secure mode every peer and relay byte came over TLS (SSL torrents, the fleet listener).
-        return jsonify({**metrics.snapshot(), "fleet_mode": "secure" if config.fleet.secure else "open"})
+        out = {**metrics.snapshot(), "fleet_mode": "secure" if config.fleet.secure else "open"}
+        if peer is not None:
+            out["upload"] = peer.uploads.totals()
+        return jsonify(out)
 
     return app
 
@@ -103,7 +109,8 @@ def create_fleet_app(state: BridgeState) -> Flask:
     It shares the client app's state (one metrics registry, one peer) but none of its views."""
     app = _app(state, access.FLEET_TABLE)
     fetches = getattr(state.blobs, "active_fetch", lambda digest: None)
-    app.register_blueprint(relay_blueprint(state.peer.store, fetches, state.config.first_byte_timeout))
+    app.register_blueprint(relay_blueprint(state.peer.store, fetches, state.config.first_byte_timeout,
+                                           state.peer.uploads))
     return app
 
 
