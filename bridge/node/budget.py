@@ -188,8 +188,10 @@ class UploadBudget(Uploads):
             relay_share = min(relay_share, 2 * relay_used + SLICE)
         peer_rate = min(self.budget, (step_bytes - relay_share) / STEP)
         # 0 is "no limit" to libtorrent: a full window leaves it a trickle of 1 % instead.
-        self.peer_limit = int(max(self.budget / 100, peer_rate))
-        self.session.set_upload_limit(self.peer_limit)
+        limit = int(max(self.budget / 100, peer_rate))
+        if limit != self.peer_limit:
+            self.session.set_upload_limit(limit)
+            self.peer_limit = limit
         with self._cond:
             self._tokens = int(relay_share)
             self._cond.notify_all()
