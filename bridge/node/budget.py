@@ -18,16 +18,19 @@ limit, and a controller re-splits the budget every ``STEP`` (50 ms):
   last step gets at most twice what it used);
 * the relay's share goes into its bucket for this step only (unused tokens
   do not pile up); libtorrent's becomes its ``upload_rate_limit`` for the step,
-  never above the budget itself.
+  never above the budget itself;
+* quota libtorrent was granted and has not sent yet counts as sent: it leaves
+  later, in one burst.
 
 Why not the simpler splits.  libtorrent's limiter alone hands out quota per
-tick and keeps up to three seconds of quota nobody used: with a fixed limit on
-loopback, 1 s windows reached 1.4–1.8x it (tick 500 ms) and 1.4x (tick 50 ms),
-each time right after a dip; a limit of "budget minus what the relay used last
-second" inherits that and lets a relay ramping up add a second budget for one
-second.  Fed back from what was really sent, the windows stayed within 1.1x
-(scripts/bench_rollout.py ``--upload-budget``).  Bytes are payload; TCP/IP and
-BitTorrent message headers come on top (about 5 %).
+tick and keeps what peers did not use (up to three seconds of it): with a fixed
+limit on loopback, 1 s windows reached 1.4–1.9x it, each time right after a
+dip; a limit of "budget minus what the relay used last second" inherits that
+and lets a relay ramping up add a second budget for one second.  Fed back from
+what was really sent, the windows stayed within 1.0x on the fleet benchmark
+(scripts/bench_rollout.py ``--upload-budget``; README "Host budgets"), at the
+price of using about 0.8 of the budget when libtorrent alone wants more.
+Bytes are payload; TCP/IP and BitTorrent message headers come on top (about 5 %).
 """
 from __future__ import annotations
 
@@ -201,8 +204,8 @@ class UploadBudget(Uploads):
 
         While peers wait for quota (the limit binds) libtorrent grants ``limit x dt`` a step; what
         they do not send at once stays granted (its channel keeps up to 3 s of quota, requests hold
-        partial grants), and came out later as a burst of 10-20 % of the budget in one step.
-        Counted as already sent, the next steps make room for it."""
+        partial grants) and came out later in one step, up to most of a second's budget at once.
+        Counted as already sent, the steps before make room for it."""
         sent = c.wire - self._wire   # the limit counts message headers too: so does this
         granted = self.peer_limit * dt if c.queued else sent
         self._owed = min(max(0.0, self._owed + granted - sent), 3.0 * self.peer_limit)
