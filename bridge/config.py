@@ -273,6 +273,11 @@ class SwarmSection:
                                   metavar="S")
     tracker_backoff: float = option(10.0, "after a tracker failure, go straight to the origin for this long",
                                     metavar="S")
+    # dockerd asks for 3 layers at a time: the others can be on their way from the swarm or a
+    # lease before it asks (only for a client the upstream authorized, with that request's own
+    # authorization or the service credentials; never for a layer that may not be shared).
+    prefetch_layers: int = option(0, "when an image manifest is answered, start fetching up to N of its layers "
+                                  "before the client asks (0: off)", metavar="N")
 
     def __post_init__(self) -> None:
         _base_url("tracker", self.tracker)

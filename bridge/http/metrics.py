@@ -43,10 +43,12 @@ class Metrics:
                                 ["source"], registry=r)
         self._auth = Counter("layerswarm_bridge_auth", "Client authorization: upstream decisions (allow, deny, "
                              "unknown), cache hits, holdings confirmed, tokens refused", ["result"], registry=r)
+        self._prefetched = Counter("layerswarm_bridge_prefetches", "Layer fetches started before a client asked "
+                                   "(--prefetch-layers)", registry=r)
         self._lock = threading.Lock()
         self._json = {k: defaultdict(int) for k in
                       ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched",
-                       "auth")}
+                       "auth", "prefetch")}
         for s in ("origin", "relay", "peer"):
             self._fetched.labels(s)
             self._json["fetched"][s] = 0
@@ -86,6 +88,10 @@ class Metrics:
     def manifest(self, result: str) -> None:
         self._manifests.labels(result).inc()
         self._add("manifests", result)
+
+    def prefetched(self) -> None:
+        self._prefetched.inc()
+        self._add("prefetch", "started")
 
     def auth(self, result: str) -> None:
         self._auth.labels(result).inc()

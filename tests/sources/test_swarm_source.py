@@ -7,6 +7,9 @@ import pytest
 
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
+from dataclasses import replace
+
+from tests.fixtures import wait_for
 from tests.sources.fakes import FakeRelays, FakeSwarm, Host, blob, torrent
 
 SIZE = 600_000
@@ -259,3 +262,34 @@ def test_tracker_down_origin_fetches_take_turns_in_the_origin_slots(tmp_path):
     for t in threads:
         t.join(20)
     assert out == blobs and most[0] == 1 and h.tracker.calls == []
+
+
+def test_prefetch_starts_cold_fetches_and_swarm_downloads_within_its_bound(tmp_path):
+    cold = [blob(SIZE, f"cold{i}".encode()) for i in range(3)]
+    hot_d, hot = blob(SIZE, b"hot")
+    downloads = []
+    h = Host(tmp_path, {**dict(cold), hot_d: hot}, prefetch_layers=3, download=lambda d, t: downloads.append(d))
+    h.tracker.published[hot_d] = torrent(hot)
+    h.source.prefetch([h.request(hot_d)] + [h.request(d) for d, _ in cold])
+    wait_for(lambda: not h.source._prefetching, timeout=10, what="prefetches handed over")
+    for d, _ in cold[:2]:
+        h.wait_idle(d)
+        assert h.store.size_of(d) == SIZE
+    assert downloads == [hot_d]                       # a published layer: the shared swarm download
+    assert h.store.size_of(cold[2][0]) is None        # beyond --prefetch-layers
+    assert h.metrics.prefetches == 3
+    # A layer of a repository that may not be shared, or one already stored: nothing at all.
+    before = list(h.tracker.calls)
+    h.source.prefetch([replace(h.request(cold[2][0]), shareable=False), h.request(cold[0][0])])
+    wait_for(lambda: not h.source._prefetching, timeout=10, what="prefetch queue empty")
+    assert h.tracker.calls == before and h.store.size_of(cold[2][0]) is None
+
+
+def test_a_layer_that_may_not_be_shared_goes_from_the_origin_to_the_client_only(tmp_path):
+    """Open mode, a private repository: no metainfo, no lease, no store, no torrent."""
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    res = h.source.open(replace(h.request(d), shareable=False))
+    assert b"".join(res.body) == data and res.source == "origin"
+    assert h.tracker.calls == [] and h.store.size_of(d) is None and h.published == []
+    assert h.source.active_fetch(d) is None
