@@ -24,7 +24,7 @@ merge into :class:`BridgeConfig` by field name; ``layerswarm bridge
     hosts = ["registry.corp"]            # extra host names routed here
 
     [swarm]
-    tracker = "http://tracker:6969"
+    tracker = ["http://tracker-a:6969", "http://tracker-b:6969"]   # replicas on one store; or one URL
     publish_token_file = "/run/secrets/publish-token"
 
 Keys written at the top level (files from before sections) still work.
@@ -255,7 +255,9 @@ class UpstreamsSection:
 class SwarmSection:
     """Peer-to-peer layers: the tracker, publishing, cold-fetch leases and relays (off without a tracker)."""
 
-    tracker: str | None = option(None, "layerswarm tracker base URL, e.g. http://tracker:6969", metavar="URL")
+    # Several URLs are replicas sharing one store (Redis): calls and announces fail over between them.
+    tracker: list = option(default_factory=list, help="layerswarm tracker base URL, e.g. http://tracker:6969 "
+                           "(repeatable: replicas sharing one store; env: comma-separated)", metavar="URL")
     publish_token: str | None = option(None, "publish token for the tracker", secret=True,
                                        flags=("--token",), toml=("token",), metavar="T")
     advertise_url: str | None = option(None, "this bridge's fleet listener as other bridges reach it "
@@ -280,7 +282,9 @@ class SwarmSection:
                                   "before the client asks (0: off)", metavar="N")
 
     def __post_init__(self) -> None:
-        _base_url("tracker", self.tracker)
+        for url in self.tracker:
+            _base_url("tracker", url)
+        self.tracker = list(dict.fromkeys(url.rstrip("/") for url in self.tracker))
         _base_url("advertise_url", self.advertise_url)
         _positive(self, "relay_timeout", "lease_ttl", "origin_slots")
 
@@ -417,7 +421,7 @@ class BridgeConfig:
         host, _, port = self.server.fleet_listen.rpartition(":")
         host = host.strip("[]")
         if host in ("0.0.0.0", "::", ""):
-            host = _local_address_toward(self.swarm.tracker) or socket.gethostname()
+            host = _local_address_toward(next(iter(self.swarm.tracker), None)) or socket.gethostname()
         scheme = "https" if self.fleet.secure else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 

@@ -57,17 +57,18 @@ class Peer:
         self._closed = False
 
     @classmethod
-    def open(cls, store_dir: str, tracker_url: str, *, publish_token: str | None = None, host_id: str = "",
+    def open(cls, store_dir: str, trackers, *, publish_token: str | None = None, host_id: str = "",
              cache_max: int | None = None, session: SessionSection | None = None,
              stream: StreamSection | None = None, tracker_timeout: float = 10.0, tls=None) -> "Peer":
         """A peer with its own store, tracker client and libtorrent session (one per process).
 
+        ``trackers``: the tracker's base URL, or several (replicas sharing one store).
         ``tls``: the host's FleetTLS in secure fleet mode (SSL torrents, HTTPS to the tracker), else None.
         """
         from layerswarm.bridge.node.torrent.session import TorrentSession  # the libtorrent import
         ssl_cert = tf.root_cert(tls.ca_pem) if tls is not None else None
         store = LayerStore(store_dir, cache_max)
-        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout, tls=tls)
+        tracker = TrackerClient(trackers, publish_token, host_id, tracker_timeout, tls=tls)
         return cls(store, tracker, TorrentSession(session or SessionSection(), tls), stream or StreamSection(),
                    ssl_cert)
 
@@ -103,7 +104,7 @@ class Peer:
         if path is None:
             raise FileNotFoundError(str(digest))
         if own is None:
-            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], ssl_cert=self.ssl_cert,
+            own = tf.torrent_for_file(path, trackers=self.tracker.announce_urls, ssl_cert=self.ssl_cert,
                                       expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
@@ -161,7 +162,7 @@ class Peer:
         if current is not None and current.info_hash == torrent.info_hash.hex:
             return current   # seeded already (a layer given again, e.g. a second `seed` of one tarball)
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
-                         trackers=[self.tracker.announce_url])
+                         trackers=self.tracker.announce_urls)
         info = SeedInfo(d, torrent.size, torrent.info_hash.hex, source)
         with self._lock:
             self._seeding[d] = info
@@ -188,7 +189,7 @@ class Peer:
         with w:
             for c in chunks:
                 w.write(c)
-            own = w.finish([self.tracker.announce_url])
+            own = w.finish(self.tracker.announce_urls)
             if own.digest in self.store:
                 w.abort()
                 return self.seed(own.digest)
@@ -197,7 +198,7 @@ class Peer:
         return self.seed_torrent(chosen, source)
 
     def publish_writer(self, writer) -> SeedInfo:
-        own = writer.finish([self.tracker.announce_url])
+        own = writer.finish(self.tracker.announce_urls)
         chosen, source = self.resolve_torrent(own)
         writer.commit(chosen.metainfo)
         return self.seed_torrent(chosen, source)
@@ -230,7 +231,7 @@ class Peer:
             dl = self._downloads.get(digest)
             if dl is not None and not dl.complete.is_set():
                 return dl
-            dl = Download(self.session, self.store, metainfo, trackers=[self.tracker.announce_url],
+            dl = Download(self.session, self.store, metainfo, trackers=self.tracker.announce_urls,
                           config=self.stream_cfg, on_mismatch=self._report_mismatch, on_done=self._download_done)
             self._downloads[digest] = dl
         try:

@@ -262,5 +262,5 @@ def swarm_source(peer, origin, cfg: BridgeConfig, metrics=None) -> SwarmBlobSour
                          tls=cfg.fleet.tls())
     return SwarmBlobSource(store=peer.store, swarm=peer.stream, download=peer.download,
                            tracker=TrackerBackoff(peer.tracker, cfg.swarm.tracker_backoff), origin=origin,
-                           relays=relays, publish=peer.publish_writer, trackers=[peer.tracker.announce_url],
+                           relays=relays, publish=peer.publish_writer, trackers=peer.tracker.announce_urls,
                            cfg=cfg, metrics=metrics)
