@@ -34,7 +34,8 @@ def run(args) -> int:
         readable_file(args.mirror_ca, "mirror CA")
     if args.check_config:
         writable_dir(args.hosts_dir, "hosts dir")
-        print(f"configuration OK: {len(args.registries)} registries ({', '.join(args.registries)}) "
+        n = len(args.registries)
+        print(f"configuration OK: {n} {'registry' if n == 1 else 'registries'} ({', '.join(args.registries)}) "
               f"to mirror {args.mirror} in {args.hosts_dir}")
         return 0
     for reg in args.registries:

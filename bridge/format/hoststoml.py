@@ -20,7 +20,8 @@ from layerswarm.bridge.format.errors import UserError
 
 # containerd's own default endpoint for docker.io (a hosts.toml naming docker.io replaces it)
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
-_REGISTRY_RE = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
+_REGISTRY_RE = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                          r"(?::(?P<port>\d{1,5}))?")
 
 
 def registry_dir_and_server(registry: str) -> tuple[str, str]:

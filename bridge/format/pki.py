@@ -169,8 +169,8 @@ class FleetTLS:
                 raise UserError(f"certificate {self.cert_file} was not issued by the fleet CA {self.ca_file}")
         now = datetime.datetime.now(datetime.timezone.utc)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise UserError(f"certificate {self.cert_file} is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
-                            f"to {cert.not_valid_after_utc:%Y-%m-%d})")
+            raise UserError(f"certificate {self.cert_file} is not valid now (valid "
+                            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
         self.server_context()
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return f"CN {names[0].value if names else '?'}, valid to {cert.not_valid_after_utc:%Y-%m-%d}"

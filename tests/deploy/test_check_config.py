@@ -1,4 +1,4 @@
-"""``--check-config`` of tracker and bridge, and ``layerswarm hosts-toml``: what deploy/ runs, checked in this process."""
+"""``--check-config`` of tracker and bridge, and ``layerswarm hosts-toml``: what deploy/ runs, in this process."""
 from __future__ import annotations
 
 try:
