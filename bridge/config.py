@@ -465,9 +465,13 @@ def check(cfg: BridgeConfig) -> str:
         if up.ca_bundle:
             readable_file(up.ca_bundle, f"CA bundle of upstream {up.name!r}")
     cfg.fleet.client_api_context()
+    s, sw = cfg.server, cfg.swarm
     tls = cfg.fleet.tls()
     mode = f"secure mode ({tls.check()})" if tls is not None else "open mode"
-    s, sw = cfg.server, cfg.swarm
+    for name in ("tracker", "advertise_url"):   # a secure fleet talks TLS only: plain HTTP would never answer
+        url = getattr(sw, name)
+        if tls is not None and url and not url.startswith("https://"):
+            raise UserError(f"{name} {url}: secure fleet mode wants an https:// URL")
     fleet = (f"tracker {sw.tracker}, fleet listener {s.fleet_listen}, peers {cfg.session.peer_listen}"
              if sw.tracker else "no tracker (a plain mirror)")
     return (f"bridge {cfg.host_id}: client API {s.listen}, store {os.path.abspath(s.store_dir)}, "

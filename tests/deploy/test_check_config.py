@@ -45,7 +45,7 @@ def test_bridge_check_names_what_it_would_run_and_creates_nothing(pki, tmp_path)
 
 
 @pytest.mark.parametrize("case", ["store under a file", "key of another host", "certificate of another CA",
-                                  "missing CA", "upstream CA bundle", "client API certificate"])
+                                  "missing CA", "upstream CA bundle", "client API certificate", "plain tracker"])
 def test_bridge_check_refuses_in_one_line(pki, tmp_path, case):
     (tmp_path / "file").write_text("x")
     args = {"--store-dir": tmp_path / "store", "--tracker": "https://tracker:6969", "--fleet-ca": pki.ca,
@@ -60,6 +60,8 @@ def test_bridge_check_refuses_in_one_line(pki, tmp_path, case):
         words = ["not issued by the fleet CA"]
     elif case == "missing CA":
         args["--fleet-ca"], words = tmp_path / "nope.pem", ["cannot read the fleet CA", "nope.pem"]
+    elif case == "plain tracker":
+        args["--tracker"], words = "http://tracker:6969", ["tracker http://tracker:6969", "https://"]
     elif case == "upstream CA bundle":
         extra, words = ["--upstream-ca", tmp_path / "corp-ca.pem"], ["CA bundle", "corp-ca.pem"]
     else:
