@@ -149,6 +149,9 @@ def test_containers_are_locked_down_and_probed_on_healthz(rendered, target):
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 get = c.get(probe, {}).get("httpGet")
                 assert get is None or get["path"] == "/healthz", (c["name"], probe)   # GET /v2/ answers 401
+    tracker = named(rendered[target], "Deployment", "layerswarm-tracker")["spec"]["template"]["spec"]["containers"][0]
+    https = any(e["name"] == "LAYERSWARM_TRACKER_TLS_CERT" for e in tracker.get("env", []))
+    assert tracker["readinessProbe"]["httpGet"].get("scheme", "HTTP") == ("HTTPS" if https else "HTTP")
     bridge = named(rendered[target], "DaemonSet", "layerswarm-bridge")["spec"]["template"]["spec"]["containers"][0]
     client = {p["name"]: p["containerPort"] for p in bridge["ports"]}["client"]
     assert bridge["livenessProbe"]["httpGet"]["port"] == "client" and client == 5000
