@@ -41,13 +41,15 @@ an open proxy.
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from layerswarm.bridge.format.errors import InvalidOption, UserError
 from layerswarm.bridge.format.names import COMPONENT_RE
-from layerswarm.bridge.format.options import Schema, env_secret, option, read_secret
+from layerswarm.bridge.format.options import Schema, env_secret, option, read_secret, readable_file, writable_dir
 from layerswarm.bridge.format.units import parse_size
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -392,6 +394,17 @@ class FleetSection:
             self._tls = FleetTLS(self.fleet_ca, self.fleet_cert, self.fleet_key)
         return self._tls
 
+    def client_api_context(self) -> ssl.SSLContext | None:
+        """HTTPS for the client API only when the user gives it a certificate (it is on loopback)."""
+        if not self.client_tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.client_tls_cert, self.client_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"client API certificate {self.client_tls_cert}: {exc}") from None
+        return ctx
+
 
 @dataclass
 class BridgeConfig:
@@ -451,6 +464,27 @@ def add_arguments(parser) -> None:
 def from_args(args=None, environ=None, **values) -> BridgeConfig:
     """Flags > environment > TOML file (``--config``) > defaults; ``values`` by field name (tests)."""
     return SCHEMA.load(args, environ=environ, values=values)
+
+
+def check(cfg: BridgeConfig) -> str:
+    """``--check-config``: what the configuration names is usable (the store directory, every
+    certificate, key and CA bundle); a one-line summary.  Nothing is created, bound or called."""
+    writable_dir(cfg.server.store_dir, "store dir")
+    for up in cfg.upstreams.by_name.values():
+        if up.ca_bundle:
+            readable_file(up.ca_bundle, f"CA bundle of upstream {up.name!r}")
+    cfg.fleet.client_api_context()
+    s, sw = cfg.server, cfg.swarm
+    tls = cfg.fleet.tls()
+    mode = f"secure mode ({tls.check()})" if tls is not None else "open mode"
+    for name in ("tracker", "advertise_url"):   # a secure fleet talks TLS only: plain HTTP would never answer
+        url = getattr(sw, name)
+        if tls is not None and url and not url.startswith("https://"):
+            raise UserError(f"{name} {url}: secure fleet mode wants an https:// URL")
+    fleet = (f"tracker {sw.tracker}, fleet listener {s.fleet_listen}, peers {cfg.session.peer_listen}"
+             if sw.tracker else "no tracker (a plain mirror)")
+    return (f"bridge {cfg.host_id}: client API {s.listen}, store {os.path.abspath(s.store_dir)}, "
+            f"upstream {cfg.upstreams.default.url}, {fleet}, {mode}")
 
 
 def _secret(table: dict, key: str, where: str) -> str | None:
