@@ -477,11 +477,11 @@ def check(cfg: BridgeConfig) -> str:
     s, sw = cfg.server, cfg.swarm
     tls = cfg.fleet.tls()
     mode = f"secure mode ({tls.check()})" if tls is not None else "open mode"
-    for name in ("tracker", "advertise_url"):   # a secure fleet talks TLS only: plain HTTP would never answer
-        url = getattr(sw, name)
+    named = [("tracker", url) for url in sw.tracker] + [("advertise_url", sw.advertise_url)]
+    for name, url in named:   # a secure fleet talks TLS only: plain HTTP would never answer
         if tls is not None and url and not url.startswith("https://"):
             raise UserError(f"{name} {url}: secure fleet mode wants an https:// URL")
-    fleet = (f"tracker {sw.tracker}, fleet listener {s.fleet_listen}, peers {cfg.session.peer_listen}"
+    fleet = (f"tracker {', '.join(sw.tracker)}, fleet listener {s.fleet_listen}, peers {cfg.session.peer_listen}"
              if sw.tracker else "no tracker (a plain mirror)")
     return (f"bridge {cfg.host_id}: client API {s.listen}, store {os.path.abspath(s.store_dir)}, "
             f"upstream {cfg.upstreams.default.url}, {fleet}, {mode}")
