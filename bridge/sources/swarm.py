@@ -51,6 +51,12 @@ class _NoMetrics:
     def prefetched(self) -> None:
         pass
 
+    def fallback(self, frm: str) -> None:
+        pass
+
+    def mismatch(self, source: str) -> None:
+        pass
+
 
 class SwarmBlobSource:
     """The source order for one host; every collaborator is passed in (fakes in tests).
@@ -127,6 +133,7 @@ class SwarmBlobSource:
                 try:
                     return self._from_swarm(req, meta)
                 except (SwarmError, StoreFull) as exc:
+                    self.metrics.fallback("swarm")
                     log.warning("swarm unusable for %s (%s): fetching", d, exc)
             fetch = self._start_fetch(req, tracker_down or meta is not None)
         try:
@@ -138,11 +145,13 @@ class SwarmBlobSource:
                 if meta is not None:
                     return self._from_swarm(req, meta)
             except (SwarmError, StoreFull) as exc:
+                self.metrics.fallback("swarm")
                 log.warning("published torrent of %s unusable (%s): plain origin", d, exc)
             return self.origin.open(req)
         except RegistryError:
             raise
         except (SwarmError, StoreFull, UpstreamError) as exc:
+            self.metrics.fallback("fetch")
             log.warning("fetch of %s unusable before the first byte (%s): plain origin", d, exc)
             return self.origin.open(req)
         start, end = span(req.range, size)
@@ -211,6 +220,7 @@ class SwarmBlobSource:
                     if pos > end:
                         return
             except DigestMismatch:
+                self.metrics.mismatch("peer")
                 self._poisoned[req.digest] = meta.info_hash.hex
                 raise
             finally:
@@ -238,6 +248,7 @@ class SwarmBlobSource:
             # Not DigestMismatch: bytes already sent were wrong, only a cut is honest.
             if pos > res.end:
                 return
+            self.metrics.fallback(res.source)
             log.warning("%s: %s after %d bytes; continuing from the origin", req.digest, exc, pos - res.start)
             res.source = "origin"
             rest = self.origin.open(req.at(ByteRange(pos, res.end)))
@@ -246,6 +257,7 @@ class SwarmBlobSource:
                     if hasher is not None:
                         hasher.update(chunk)
                         if hasher.size == res.size and not hasher.matches():
+                            self.metrics.mismatch("assembled")
                             raise DigestMismatch(f"{req.digest}: assembled bytes do not match")
                     yield chunk
             finally:

@@ -154,6 +154,14 @@ class Metrics:
         with self._lock:
             self.bytes[kind] = self.bytes.get(kind, 0) + n
 
+    def fallback(self, source):
+        with self._lock:
+            self.fallbacks = getattr(self, "fallbacks", []) + [source]
+
+    def mismatch(self, source):
+        with self._lock:
+            self.mismatches = getattr(self, "mismatches", []) + [source]
+
     def prefetched(self):
         with self._lock:
             self.prefetches = getattr(self, "prefetches", 0) + 1

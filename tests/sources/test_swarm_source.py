@@ -77,6 +77,7 @@ def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
     assert body == data2 and h2.store.size_of(d2) == len(data2)
     assert h2.origin.requests == [(d2, None, True), (d2, 200_000, False)]   # continued at the bytes written so far
     assert h2.metrics.bytes == {"relay": 200_000, "origin": len(data2) - 200_000}
+    assert h2.metrics.fallbacks == ["relay"]
 
 
 def test_relay_with_wrong_bytes_is_cut_and_never_asked_again(tmp_path):
@@ -168,6 +169,7 @@ def test_poisoned_torrent_cuts_the_answer_and_is_not_used_again(tmp_path):
     h.tracker.published[d] = torrent(data)
     res, body = h.get(d)
     assert isinstance(body, DigestMismatch) and h.origin.requests == []   # a cut, no origin patch-up
+    assert h.metrics.mismatches == ["peer"]
     res, body = h.get(d)
     assert body == data and len(swarm.calls) == 1       # the same torrent is not streamed again
 
@@ -180,6 +182,7 @@ def test_wrong_bytes_from_the_swarm_after_a_stall_are_caught_by_the_whole_blob_h
     h.tracker.published[d] = torrent(data)
     res, body = h.get(d)
     assert isinstance(body, DigestMismatch)
+    assert h.metrics.fallbacks == ["peer"] and h.metrics.mismatches == ["assembled"]
 
 
 def test_head_never_starts_a_download(tmp_path):
