@@ -15,8 +15,7 @@ upload is capped lower. Scenarios, for each N of the sweep:
 
 * ``direct``  N clients pull straight from the origin;
 * ``cache``   N clients pull through a ``docker-registry`` in proxy mode on its own capped host;
-* ``cold``    N clients pull through their own ``layerswarm bridge`` (with ``--tracker`` when the
-              bridge has that flag), nothing cached anywhere;
+* ``cold``    N clients pull through their own ``layerswarm bridge``, nothing cached anywhere;
 * ``warm``    layers preheated with ``layerswarm seed`` on a seeder host (same cap), then as cold.
 
 With ``--secure``, cold and warm each also run in secure fleet mode, paired with an open run
@@ -228,7 +227,7 @@ def get_main(a) -> int:
     while True:
         try:
             st, _, body, _ = http_get(a.url, timeout=5, ctx=ctx)
-            if 200 <= st < 300 or st in a.ok:
+            if 200 <= st < 300:
                 sys.stdout.write(body.decode(errors="replace"))
                 return 0
             last = f"HTTP {st}"
@@ -317,29 +316,13 @@ class Bench:
         self.running: list = []
         self.host_Bps = args.host_mbps * MB
         self.origin_Bps = args.origin_mbps * MB
-        self.cli = self._probe_cli()
-        self.out = {"config": {}, "components": self.cli["summary"], "skipped": {}, "results": [],
+        self.out = {"config": {}, "skipped": {}, "results": [],
                     "errors": []}
         self.image = None
         self.tracker = None
         self.pki = None     # secure fleet mode (--secure): the fleet CA and one certificate per host
         self.certs: dict = {}
         self.goodput = 1448 / 1514  # TCP payload per byte on the wire at MTU 1500 (timestamps on)
-
-    # -- layerswarm CLI discovery -------------------------------------------------------
-    def _probe_cli(self) -> dict:
-        def helptext(*sub):
-            r = subprocess.run([self.py, "-m", "layerswarm.bridge.cli", *sub, "--help"], capture_output=True, text=True,
-                               cwd=REPO_ROOT, timeout=60)
-            return r.stdout if r.returncode == 0 else None
-        subs = {name: helptext(name) for name in ("bridge", "tracker", "seed")}
-        flags = {k: set(_flags(v)) if v else set() for k, v in subs.items()}
-        summary = {k: ("present" if v is not None else "missing") for k, v in subs.items()}
-        summary["bridge_tracker_flag"] = "--tracker" in flags["bridge"]
-        return {"help": subs, "flags": flags, "summary": summary}
-
-    def has(self, sub: str) -> bool:
-        return self.cli["help"].get(sub) is not None
 
     # -- processes ------------------------------------------------------------------------
     def start(self, host, argv, name: str):
@@ -353,8 +336,8 @@ class Bench:
         if p in self.running:
             self.running.remove(p)
 
-    def ns_get(self, host, url: str, wait: float = 0, ok=()) -> str:
-        argv = host.argv(self.py, self.script, "_get", url, "--wait", str(wait), *sum((["--ok", str(s)] for s in ok), []))
+    def ns_get(self, host, url: str, wait: float = 0) -> str:
+        argv = host.argv(self.py, self.script, "_get", url, "--wait", str(wait))
         if url.startswith("https:"):  # a secure fleet's tracker: shown the host's fleet certificate
             c = self.cert(host)
             argv += ["--ca", self.pki.ca, "--cert", c.cert, "--key", c.key]
@@ -363,13 +346,13 @@ class Bench:
             raise RuntimeError(f"GET {url} in {host.name}: {r.stderr.strip()}")
         return r.stdout
 
-    def wait_http(self, p, host, url: str, ok=(401,)) -> None:
+    def wait_http(self, p, host, url: str) -> None:
         deadline = time.monotonic() + self.a.start_timeout
         while time.monotonic() < deadline:
             if not p.alive():
                 raise RuntimeError(f"{p.name} exited ({p.popen.returncode}):\n{p.log_text()}")
             try:
-                self.ns_get(host, url, wait=min(5, max(0.5, deadline - time.monotonic())), ok=ok)
+                self.ns_get(host, url, wait=min(5, max(0.5, deadline - time.monotonic())))
                 return
             except RuntimeError:
                 continue
@@ -412,23 +395,15 @@ class Bench:
             c = self.cert(o)
             argv += ["--tls-cert", c.cert, "--tls-key", c.key, "--fleet-ca", self.pki.ca]
         p = self.start(o, argv + self.a.tracker_arg, "tracker-secure" if secure else "tracker")
-        self.wait_http(p, o, f"{self.tracker_url(secure)}/healthz", ok=(404,))
+        self.wait_http(p, o, f"{self.tracker_url(secure)}/healthz")
         return p
 
-    def bridge_argv(self, host, store: Path, upstream: str, tracker: bool, secure: bool = False) -> list:
-        flags = self.cli["flags"]["bridge"]
-        argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
-                "--store-dir", store, "--upstream", upstream]
-        if tracker and "--tracker" in flags and self.tracker is not None:
-            argv += ["--tracker", self.tracker_url(secure)]
-        # optional flags other engineers may add; pass them only when the bridge has them
-        relay_port = FLEET_PORT if "--fleet-listen" in flags else BRIDGE_PORT
+    def bridge_argv(self, host, store: Path, upstream: str, secure: bool = False) -> list:
         scheme = "https" if secure else "http"
-        for flag, value in (("--host-id", host.name), ("--fleet-listen", f"{host.ip}:{FLEET_PORT}"),
-                            ("--advertise-url", f"{scheme}://{host.ip}:{relay_port}"),
-                            ("--public-url", f"{scheme}://{host.ip}:{relay_port}")):
-            if flag in flags:
-                argv += [flag, value]
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"{host.ip}:{BRIDGE_PORT}",
+                "--store-dir", store, "--upstream", upstream, "--tracker", self.tracker_url(secure),
+                "--host-id", host.name, "--fleet-listen", f"{host.ip}:{FLEET_PORT}",
+                "--advertise-url", f"{scheme}://{host.ip}:{FLEET_PORT}"]
         if secure:
             argv += self.fleet_args(host) + ["--peer-ssl-listen", f"{host.ip}:{PEER_SSL_PORT}"]
         return argv + self.a.bridge_arg
@@ -440,8 +415,7 @@ class Bench:
         self.origin = f.add_host("origin", 2, self.origin_Bps, self.host_Bps, counted_port=REG_PORT)
         self.cache_host = f.add_host("cache", 3, self.host_Bps, self.host_Bps, counted_port=REG_PORT)
         self.seeder = f.add_host("seeder", 4, self.host_Bps, self.host_Bps)
-        relay_port = FLEET_PORT if "--fleet-listen" in self.cli["flags"]["bridge"] else BRIDGE_PORT
-        self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=relay_port)
+        self.hosts = [f.add_host(f"h{i}", 10 + i, self.host_Bps, self.host_Bps, counted_port=FLEET_PORT)
                       for i in range(1, max(a.n) + 1)]
         if a.secure:
             from layerswarm.bridge.devstack.certs import FleetPKI
@@ -579,10 +553,10 @@ class Bench:
         for h in self.hosts[:n]:
             store = self.work / f"{tag}-n{n}" / f"{h.name}-store"
             store.mkdir(parents=True, exist_ok=True)
-            bridges.append((h, self.start(h, self.bridge_argv(h, store, self.origin_url, tracker=True, secure=secure),
+            bridges.append((h, self.start(h, self.bridge_argv(h, store, self.origin_url, secure),
                                           f"bridge-{tag}-n{n}-{h.name}")))
         for h, p in bridges:
-            self.wait_http(p, h, f"http://{h.ip}:{BRIDGE_PORT}/v2/")
+            self.wait_http(p, h, f"http://{h.ip}:{BRIDGE_PORT}/healthz")
         return bridges
 
     def bridge_stats(self, bridges) -> dict:
@@ -590,7 +564,7 @@ class Bench:
         for h, p in bridges:
             try:
                 stats[h.name] = json.loads(self.ns_get(h, f"http://{h.ip}:{BRIDGE_PORT}/_layerswarm/stats", wait=2))
-            except Exception as exc:  # noqa: BLE001 - optional endpoint
+            except Exception as exc:  # noqa: BLE001 - a bridge that died: its figures are missing
                 stats[h.name] = {"unavailable": str(exc)[:200]}
         return stats
 
@@ -598,8 +572,7 @@ class Bench:
         if self.tracker is not None:
             self.stop(self.tracker)
             self.tracker = None
-        if self.has("tracker"):
-            self.tracker = self.start_tracker(secure)
+        self.tracker = self.start_tracker(secure)
 
     def run_swarm(self, scenario: str, n: int, secure: bool, tag: str | None = None) -> dict:
         """A rollout through one bridge per host (``warm``: with the layers preheated on the seeder);
@@ -611,15 +584,12 @@ class Bench:
         bridges = []
         try:
             bridges = self.start_bridges(n, tag, secure)
-            extra = {"seeder": seeder.pid} if seeder else {}
-            if self.tracker is not None:
-                extra["tracker"] = self.tracker.pid
+            extra = {"tracker": self.tracker.pid, **({"seeder": seeder.pid} if seeder else {})}
             res = self.rollout(tag, n, [f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges],
                                {h.name: p.pid for h, p in bridges}, self.scenario_timeout(n), extra_cpu=extra)
             res["scenario"] = scenario
             res["fleet_mode"] = "secure" if secure else "open"
             res["bridge_stats"] = self.bridge_stats(bridges)
-            res["tracker"] = self.tracker is not None and "--tracker" in self.cli["flags"]["bridge"]
             return res
         finally:
             for _, p in bridges:
@@ -630,18 +600,10 @@ class Bench:
     def start_seeder(self, n: int, tag: str = "warm", secure: bool = False):
         """``layerswarm seed`` on the seeder host; returns once every layer's swarm has a seeder."""
         s = self.seeder
-        flags = self.cli["flags"]["seed"]
         store = self.work / f"{tag}-n{n}" / "seeder-store"
         store.mkdir(parents=True, exist_ok=True)
-        argv = [self.py, "-m", "layerswarm.bridge.cli", "seed"]
-        if "--tracker" in flags:
-            argv += ["--tracker", self.tracker_url(secure)]
-        if "--store-dir" in flags:
-            argv += ["--store-dir", store]
-        for flag, value in (("--listen", f"{s.ip}:6881"), ("--host-id", s.name),
-                            ("--serve", None), ("--forever", None), ("--keep-seeding", None)):
-            if flag in flags:
-                argv += [flag] if value is None else [flag, value]
+        argv = [self.py, "-m", "layerswarm.bridge.cli", "seed", "--tracker", self.tracker_url(secure),
+                "--store-dir", store, "--listen", f"{s.ip}:6881"]
         if secure:
             argv += self.fleet_args(s)
         argv += self.a.seed_arg + [self.image["tar"]]
@@ -679,20 +641,15 @@ class Bench:
         bport = BRIDGE_PORT + 1
         argv = [self.py, "-m", "layerswarm.bridge.cli", "bridge", "--listen", f"127.0.0.1:{bport}", "--store-dir", store,
                 "--upstream", f"http://127.0.0.1:{REG_PORT}"]
-        tracker = None
-        if self.has("tracker") and "--tracker" in self.cli["flags"]["bridge"]:
-            # without a tracker the bridge is a plain pass-through mirror and caches no blob
-            tracker = self.start(lab, [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", "127.0.0.1",
-                                       "--port", TRACKER_PORT] + a.tracker_arg, "lab-tracker")
-            self.wait_http(tracker, lab, f"http://127.0.0.1:{TRACKER_PORT}/healthz", ok=(404,))
-            argv += ["--tracker", f"http://127.0.0.1:{TRACKER_PORT}"]
-            if "--fleet-listen" in self.cli["flags"]["bridge"]:
-                argv += ["--fleet-listen", f"127.0.0.1:{FLEET_PORT + 1}"]
-            if "--host-id" in self.cli["flags"]["bridge"]:
-                argv += ["--host-id", "lab"]
+        # without a tracker the bridge is a plain pass-through mirror and caches no blob
+        tracker = self.start(lab, [self.py, "-m", "layerswarm.bridge.cli", "tracker", "--host", "127.0.0.1",
+                                   "--port", TRACKER_PORT] + a.tracker_arg, "lab-tracker")
+        self.wait_http(tracker, lab, f"http://127.0.0.1:{TRACKER_PORT}/healthz")
+        argv += ["--tracker", f"http://127.0.0.1:{TRACKER_PORT}", "--fleet-listen", f"127.0.0.1:{FLEET_PORT + 1}",
+                 "--host-id", "lab"]
         br = self.start(lab, argv + a.bridge_arg, "lab-bridge")
         try:
-            self.wait_http(br, lab, f"http://127.0.0.1:{bport}/v2/")
+            self.wait_http(br, lab, f"http://127.0.0.1:{bport}/healthz")
             path = f"/v2/bench/serve/blobs/{blob['digest']}"
             self.ns_get(lab, f"http://127.0.0.1:{bport}{path}", wait=60)  # warm the bridge's store
             time.sleep(0.5)
@@ -739,8 +696,7 @@ class Bench:
                     stats["blob_bytes"].get("store", 0) / max(1, sum(stats["blob_bytes"].values())), 4)
         finally:
             self.stop(br)
-            if tracker is not None:
-                self.stop(tracker)
+            self.stop(tracker)
             self.stop(reg)
         return out
 
@@ -756,15 +712,6 @@ class Bench:
         return res
 
     # -- the run --------------------------------------------------------------------------
-    def available(self, scenario: str):
-        if scenario in ("cold", "warm") and not self.has("bridge"):
-            return "`layerswarm bridge` not built yet"
-        if scenario == "warm" and not self.has("seed"):
-            return "`layerswarm seed` not built yet"
-        if scenario == "warm" and not self.has("tracker"):
-            return "`layerswarm tracker` not built yet"
-        return None
-
     def run(self) -> dict:
         a = self.a
         self.out["config"] = {"n": a.n, "layers": a.layers, "layer_mib": a.layer_mib, "host_MBps": a.host_mbps,
@@ -774,11 +721,6 @@ class Bench:
                               "secure": a.secure, "secure_rounds": a.secure_rounds if a.secure else 0,
                               "loadavg_at_start": os.getloadavg(),
                               "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-        for s in a.scenarios:
-            why = self.available(s)
-            if why:
-                self.out["skipped"][s] = why
-        log(f"components: {self.cli['summary']}; skipped: {self.out['skipped'] or 'none'}")
         self.setup()
         F = self.image["F"]
         self.out["F_bytes"] = F
@@ -796,22 +738,17 @@ class Bench:
             self.out["results"].append(row)  # partial rows survive an interruption
             finish_row(row)
             for s in a.scenarios:
-                if s in self.out["skipped"]:
-                    continue
                 for key, secure in self.runs_of(s):
                     row["scenarios"][key] = self.run_scenario(s, n, secure, key)
                     finish_row(row)
         if a.serving:
-            if self.has("bridge"):
-                log("serving tests on loopback ...")
-                try:
-                    self.out.update(self.serving_tests())
-                except Interrupted:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    self.out["errors"].append(f"serving tests: {exc.__class__.__name__}: {str(exc)[-1500:]}")
-            else:
-                self.out["skipped"]["serving"] = "`layerswarm bridge` not built yet"
+            log("serving tests on loopback ...")
+            try:
+                self.out.update(self.serving_tests())
+            except Interrupted:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.out["errors"].append(f"serving tests: {exc.__class__.__name__}: {str(exc)[-1500:]}")
         ran = [sc for row in self.out["results"] for sc in row["scenarios"].values()]
         self.out["verified"] = bool(ran) and all(sc.get("verified") for sc in ran)
         return self.out
@@ -932,11 +869,6 @@ def secure_summary(pairs: list) -> dict:
     return {"rounds": rounds, "time_ratio": median(r["time_ratio"] for r in rounds),
             "time_ratio_not_bound": median(r["time_ratio"] for r in rounds if not r["machine_bound"]),
             "cpu_ratio": median(r["cpu_ratio"] for r in rounds)}
-
-
-def _flags(helptext: str) -> list:
-    import re
-    return re.findall(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)", helptext)
 
 
 def parse_wrk(text: str, url: str) -> dict:
@@ -1243,7 +1175,6 @@ def child_parser(mode: str) -> argparse.ArgumentParser:
     elif mode == "_get":
         p.add_argument("url")
         p.add_argument("--wait", type=float, default=0)
-        p.add_argument("--ok", type=int, action="append", default=[])
         for f in ("--ca", "--cert", "--key"):  # https in a secure fleet: the fleet CA and a host's certificate
             p.add_argument(f)
     elif mode == "_burst":
