@@ -17,11 +17,15 @@ import json
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from layerswarm.bridge.format.digest import Digest, InfoHash
 from layerswarm.tracker.errors import StoreUnavailable
 from layerswarm.tracker.protocol import SwarmCounts
 from layerswarm.tracker.storage.base import LeaseTableFull, Limits, MetainfoRecord, Store, SwarmInfo, lease_step
+from layerswarm.tracker.storage.spec import StoreOptions, StoreSpec, parse_store
 
 SWARM_INDEX = "ls:swarms"                # zset info-hash hex by last announce
 METAINFO_INDEX = "ls:metainfo:by-time"   # zset published digest by publish time
@@ -29,6 +33,7 @@ MANIFEST_INDEX = "ls:manifests"          # zset manifest digest by store time
 REPORT_INDEX = "ls:reports"              # zset report key by first report
 QUARANTINE_INDEX = "ls:quarantined"      # zset digest with a quarantine set, by time
 LEASE_INDEX = "ls:leases"                # zset digest with a lease, by expiry
+RETRY_STEP = 0.25                        # seconds between attempts while the store is unreachable
 MAX_LISTED = 10_000                      # swarms listed by /swarms and scrape-all
 _FIELDS = ("info_hash", "size", "format", "data", "published_at")   # of each torrent in ls:m:D
 
@@ -52,6 +57,9 @@ end
 """
 
 _ANNOUNCE = _BOUND + """
+local function extend(k, secs)   -- EXPIRE that never shortens
+  if redis.call('TTL', k) < secs then redis.call('EXPIRE', k, secs) end
+end
 local s, l, x, c, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pid, addr, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local event, want, seeder, ih = ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8]
@@ -74,8 +82,9 @@ else
   redis.call('ZADD', x, now + ttl, pid)
   redis.call('HSET', c, 'last', ARGV[3])
   bound(idx, now, ih, max_swarms, {'ls:s:', 'ls:l:', 'ls:x:', 'ls:c:'})
-  for _, k in ipairs({s, l, x}) do redis.call('EXPIRE', k, math.ceil(ttl)) end
-  redis.call('EXPIRE', c, math.ceil(math.max(ttl, idle)))   -- counters outlive the peers by idle
+  -- keys live as long as their longest-lived peer (seeders are handed longer TTLs than downloads)
+  for _, k in ipairs({s, l, x}) do extend(k, math.ceil(ttl)) end
+  extend(c, math.ceil(math.max(ttl, idle)))   -- counters outlive the peers by idle
   if want > 0 then
     local pools = seeder and {l} or {s, l}
     for _, pool in ipairs(pools) do
@@ -86,7 +95,9 @@ else
     end
   end
 end
-return {out, redis.call('HLEN', s), redis.call('HLEN', l), tonumber(redis.call('HGET', c, 'completed') or '0')}
+local published = redis.call('HGET', c, 'pub') and 1 or 0
+return {out, redis.call('HLEN', s), redis.call('HLEN', l), tonumber(redis.call('HGET', c, 'completed') or '0'),
+        published}
 """
 
 _PURGE = """
@@ -109,8 +120,10 @@ return {ns, nl, tonumber(c[1] or '0'), c[2] or '0'}
 # index I with its last torrent.
 _DROP_KIND = """
 local function drop_kind(m, k, i, digest)
+  local ih = redis.call('HGET', m, k .. 'info_hash')
   redis.call('HDEL', m, k .. 'info_hash', k .. 'size', k .. 'format', k .. 'data', k .. 'published_at')
   if redis.call('EXISTS', m) == 0 then redis.call('ZREM', i, digest) end
+  return ih
 end
 """
 
@@ -134,7 +147,7 @@ end
 return {'created', ARGV[1]}
 """
 
-_DROP_METAINFO = _DROP_KIND + "drop_kind(KEYS[1], ARGV[1] .. '/', KEYS[2], ARGV[2])"
+_DROP_METAINFO = _DROP_KIND + "return drop_kind(KEYS[1], ARGV[1] .. '/', KEYS[2], ARGV[2])"
 
 _REPORT = _BOUND + _DROP_KIND + """
 local r, m, q, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -170,11 +183,30 @@ def _swarm_keys(ih_hex: str) -> list:
     return [f"ls:s:{ih_hex}", f"ls:l:{ih_hex}", f"ls:x:{ih_hex}", f"ls:c:{ih_hex}"]
 
 
+def connect(spec: StoreSpec, o: StoreOptions) -> redis.Redis:
+    """A client of the primary: the URL's server, or whichever server the Sentinels name now.
+
+    redis-py's own retries are off: :meth:`RedisStore._call` retries for a
+    bounded time instead, the same for every backend.
+    """
+    common = {"password": o.password, "username": spec.username, "health_check_interval": 30,
+              "max_connections": 256, "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 2,
+              # a quarantine's WAIT blocks its connection up to wait_timeout
+              "socket_timeout": max(5.0, o.wait_timeout + 2)}
+    if spec.kind == "sentinel":
+        asked = {"password": o.sentinel_password, "socket_timeout": 2, "socket_connect_timeout": 2}
+        if spec.tls:
+            asked["ssl"] = True
+        sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs=asked)
+        return sentinel.master_for(spec.service, db=spec.db, ssl=spec.tls, **common)
+    return redis.Redis.from_url(spec.url, **common)
+
+
 class RedisStore(Store):
-    def __init__(self, url: str, limits: Limits | None = None):
+    def __init__(self, spec: StoreSpec | str, limits: Limits | None = None, options: StoreOptions | None = None):
         self.limits = limits or Limits()
-        self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
-                                      health_check_interval=30, max_connections=256)
+        self.options = options or StoreOptions()
+        self.r = connect(parse_store(spec) if isinstance(spec, str) else spec, self.options)
         self._announce = self.r.register_script(_ANNOUNCE)
         self._purge = self.r.register_script(_PURGE)
         self._put_metainfo = self.r.register_script(_PUT_METAINFO)
@@ -183,10 +215,18 @@ class RedisStore(Store):
         self._put_manifest = self.r.register_script(_PUT_MANIFEST)
 
     def _call(self, fn, *a, **kw):
-        try:
-            return fn(*a, **kw)
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc.__class__.__name__}") from exc
+        """``fn(...)``, retried while the connection is lost for up to ``retry_for`` seconds: a Sentinel
+        failover or a restart is waited out, then StoreUnavailable."""
+        deadline = time.monotonic() + self.options.retry_for
+        while True:
+            try:
+                return fn(*a, **kw)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + RETRY_STEP > deadline:
+                    raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
+                time.sleep(RETRY_STEP)
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
     def ping(self):
         return bool(self._call(self.r.ping))
@@ -197,7 +237,7 @@ class RedisStore(Store):
     # -- peers --------------------------------------------------------------
     def announce(self, req, ttl, now):
         ih = req.info_hash.hex()
-        out, ns, nl, done = self._call(
+        out, ns, nl, done, published = self._call(
             self._announce, keys=[*_swarm_keys(ih), SWARM_INDEX],
             args=[req.peer_key, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
                   "1" if req.left == 0 else "0", ih, self.limits.max_swarms, self.limits.idle_swarm_ttl])
@@ -205,7 +245,7 @@ class RedisStore(Store):
         if len(peers) > req.numwant:
             import random
             peers = random.sample(peers, req.numwant)
-        return peers, SwarmCounts(ns, nl, done)
+        return peers, SwarmCounts(ns, nl, done), bool(published)
 
     def _counts(self, ih_hexes, now):
         pipe = self.r.pipeline(transaction=False)
@@ -241,7 +281,22 @@ class RedisStore(Store):
             args=[rec.info_hash.hex, rec.size, rec.format, rec.data, repr(rec.published_at), d,
                   self.limits.max_torrents, "1" if lift_quarantine else "0", rec.kind])
         status = status.decode()
+        if status in ("created", "exists", "unquarantined"):
+            self._mark_published(rec.info_hash.hex, True)
         return status, (InfoHash.from_hex(cur.decode()) if cur else None)
+
+    def _mark_published(self, ih_hex: str, published: bool) -> None:
+        """The swarm's ``pub`` flag, which announces pass on to seeders (memory.py says why).  Its own
+        command, not part of the metainfo script: the swarm's key is another key (another Cluster slot);
+        a flag lost between the two only costs a seeder one needless publish."""
+        c = f"ls:c:{ih_hex}"
+        if not published:
+            self._call(self.r.hdel, c, "pub")
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(c, "pub", 1)
+        pipe.expire(c, int(self.limits.idle_swarm_ttl) + 1, nx=True)   # a swarm nobody announced to yet
+        self._call(pipe.execute)
 
     def get_metainfo(self, digest, kind):
         ih, size, fmt, data, at = self._call(self.r.hmget, f"ls:m:{digest}", [f"{kind}/{f}" for f in _FIELDS])
@@ -266,15 +321,30 @@ class RedisStore(Store):
         return out
 
     def drop_metainfo(self, digest, kind):
-        self._call(self._drop_metainfo, keys=[f"ls:m:{digest}", METAINFO_INDEX], args=[kind, str(digest)])
+        ih = self._call(self._drop_metainfo, keys=[f"ls:m:{digest}", METAINFO_INDEX], args=[kind, str(digest)])
+        if ih:
+            self._mark_published(ih.decode(), False)
 
     def report(self, digest, info_hash, host, trusted, threshold):
         d = str(digest)
-        return bool(self._call(
-            self._report, keys=[f"ls:r:{d}:{info_hash.hex}", f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX,
-                                REPORT_INDEX, QUARANTINE_INDEX],
-            args=[info_hash.hex, host, "1" if trusted else "0", threshold, d, repr(time.time()),
-                  self.limits.max_reports, self.limits.max_report_hosts]))
+        pipe = self.r.pipeline(transaction=False)   # one connection: WAIT covers this connection's writes
+        self._report(keys=[f"ls:r:{d}:{info_hash.hex}", f"ls:m:{d}", f"ls:q:{d}", METAINFO_INDEX, REPORT_INDEX,
+                           QUARANTINE_INDEX],
+                     args=[info_hash.hex, host, "1" if trusted else "0", threshold, d, repr(time.time()),
+                           self.limits.max_reports, self.limits.max_report_hosts], client=pipe)
+        want = self.options.wait_replicas
+        if want:
+            # Replication is asynchronous: a quarantine only the failed primary held would serve the bad
+            # torrent again after a failover, so it counts once enough replicas hold it.
+            pipe.execute_command("WAIT", want, int(self.options.wait_timeout * 1000))
+        out = self._call(pipe.execute)
+        quarantined = bool(out[0])
+        if quarantined:
+            self._mark_published(info_hash.hex, False)
+        if quarantined and want and out[1] < want:
+            raise StoreUnavailable(f"quarantine of {info_hash.hex} for {d} reached {out[1]} of {want} replicas "
+                                   f"within {self.options.wait_timeout} s")
+        return quarantined
 
     # -- manifests ----------------------------------------------------------
     def put_manifest(self, digest, content_type, data):
