@@ -9,7 +9,7 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
 import requests
 
-from tests.fixtures import add_blob as add, blob_bytes, run_cli
+from tests.fixtures import add_blob as add, blob_bytes, run_cli, wait_for
 
 
 def test_seed_then_stream_from_swarm(local_tracker, make_peer):
@@ -25,6 +25,24 @@ def test_seed_then_stream_from_swarm(local_tracker, make_peer):
     assert out == data and s.yielded == len(data)
     assert leech.store.path_if_present(d).read_bytes() == data
     assert any(x.digest == d for x in leech.seeding())
+
+
+@pytest.mark.tracker_config(interval=2, seed_interval=3)
+def test_a_seeder_publishes_again_a_torrent_the_tracker_lost(local_tracker, make_peer):
+    """The tracker's store lost a torrent (a failover before replication, a restart): the tracker
+    asks the layer's seeders for it in their announce replies, and a seeder gives its own back."""
+    data = blob_bytes(2_000_000, b"lost")
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", local_tracker.url, session={"min_announce_interval": 1})
+    info = add(seeder, data)
+    url = f"{local_tracker.url}/metainfo/{d}"
+    local_tracker.app.extensions["layerswarm"].store.drop_metainfo(d, "1")   # forgotten by the tracker
+    assert requests.get(url, timeout=10).status_code == 404
+    t0 = time.monotonic()
+    r = wait_for(lambda: (r := requests.get(url, timeout=10)).status_code == 200 and r, timeout=30,
+                 what="the seeder to publish its torrent again")
+    assert r.headers["X-Layerswarm-Info-Hash"] == info.info_hash
+    assert time.monotonic() - t0 < 3 + 5   # the next seeder announce (seed interval 3 s) asked for it
 
 
 def test_stream_from_offset(local_tracker, make_peer):
