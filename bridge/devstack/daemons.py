@@ -153,10 +153,11 @@ def run(argv, timeout: float = 300, what: str | None = None, env=None) -> subpro
 # --------------------------------------------------------------------------- redis
 
 def start_redis(workdir: Path, port: int | None = None, password: str | None = None,
-                replica_of: int | None = None) -> Daemon:
+                replica_of: int | None = None, cluster: bool = False) -> Daemon:
     """A throwaway ``redis-server`` on loopback (no persistence); ``.url`` is its redis:// URL (never with the
     password), ``.port``.  ``password``: requirepass (and masterauth, for a replica); ``replica_of``: the
-    port of the primary it replicates (a proxy in front of it, say)."""
+    port of the primary it replicates (a proxy in front of it, say); ``cluster``: a node for
+    :func:`start_redis_cluster`."""
     require_binaries("redis-server")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -167,11 +168,45 @@ def start_redis(workdir: Path, port: int | None = None, password: str | None = N
         argv += ["--requirepass", password, "--masterauth", password]
     if replica_of:
         argv += ["--replicaof", "127.0.0.1", replica_of]
+    if cluster:
+        # the bus port of its own: port + 10000 (the default) may be past 65535
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", workdir / "nodes.conf",
+                 "--cluster-node-timeout", "2000", "--cluster-port", free_port()]
     p = Daemon(argv, workdir / "redis.log", name="redis-server")
     p.wait_until(lambda: _redis_ping(port, password), what="answering PING")
     p.url = f"redis://127.0.0.1:{port}/0"
     p.port = port
     return p
+
+
+class RedisCluster:
+    """A Redis Cluster of ``n`` primaries on loopback (no replicas); ``.url`` is its redis+cluster:// URL."""
+
+    def __init__(self, workdir: Path, n: int = 3):
+        require_binaries("redis-server", "redis-cli")
+        self.nodes = []
+        try:
+            for i in range(n):
+                self.nodes.append(start_redis(Path(workdir) / f"node{i}", cluster=True))
+            run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{d.port}" for d in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"], timeout=60, what="redis-cli --cluster create")
+            for d in self.nodes:
+                d.wait_until(lambda d=d: _cluster_state(d.port) == "ok",
+                             what="in a cluster whose every slot is served")
+        except Exception:
+            self.stop()
+            raise
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{d.port}" for d in self.nodes)
+
+    def flush(self) -> None:
+        """Empty every node (a fresh store for the next test)."""
+        for d in self.nodes:
+            with _redis(d.port) as r:
+                r.flushall()
+
+    def stop(self) -> None:
+        for d in self.nodes:
+            d.stop()
 
 
 def start_sentinel(workdir: Path, primary_port: int, service: str, quorum: int, port: int | None = None,
@@ -203,16 +238,19 @@ def start_sentinel(workdir: Path, primary_port: int, service: str, quorum: int, 
     return p
 
 
+def _redis(port: int, password: str | None = None):
+    import redis
+    return redis.Redis(port=port, password=password, socket_timeout=2, socket_connect_timeout=1)
+
+
+def _cluster_state(port: int) -> str:
+    with _redis(port) as r:
+        return r.execute_command("CLUSTER INFO")["cluster_state"]   # redis-py parses the reply
+
+
 def _redis_ping(port: int, password: str | None) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-        s.sendall((f"AUTH {password}\r\n" if password else "").encode() + b"PING\r\n")
-        got = b""
-        while b"PONG" not in got and b"-" not in got:
-            chunk = s.recv(256)
-            if not chunk:
-                break
-            got += chunk
-        return b"+PONG" in got
+    with _redis(port, password) as r:
+        return r.ping()
 
 
 # --------------------------------------------------------------------------- origin registry

@@ -24,6 +24,7 @@ import requests
 from layerswarm.bridge.devstack import daemons as devstack
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.format.digest import Digest
+from layerswarm.tracker.storage.redis import digest_key
 from tests.fixtures import Fleet, keep, stop_all, wait_for
 from tests.integration.replicalink import ReplicaLink
 from tests.swarm.faultproxy import FaultProxy
@@ -185,7 +186,7 @@ def test_rollout_goes_on_through_a_redis_failover(tmp_path, sentinel_store, orig
         # The quarantine acknowledged before the failover survived it on the promoted replica.
         assert metainfo(tracker.url, q_digest).status_code == 404
         promoted = redis.Redis(port=sentinel_store.replica.port, password=PASSWORD)
-        assert promoted.sismember(f"ls:q:{q_digest}", q_ih)
+        assert promoted.sismember(digest_key(q_digest, "q"), q_ih)
         print(f"\nREDIS FAILOVER: announces answered again {outage:.1f} s after the primary died "
               f"({failed} failed, slowest {slowest:.1f} s); lost torrent published again after {republished:.1f} s; "
               f"every swarm whole after {swarms_whole:.1f} s (interval {INTERVAL} s, seed interval "

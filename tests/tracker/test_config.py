@@ -64,7 +64,7 @@ def test_the_store_password_comes_from_a_file_or_the_environment_never_a_flag(tm
     cfg = load("--store", url, "--store-password-file", f)
     assert cfg.state.store_password == "from-file"
     spec, opts = cfg.state.spec, cfg.state.options
-    assert spec.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26379))
+    assert spec.nodes == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26379))
     assert (spec.service, spec.db, opts.password, opts.wait_replicas) == ("tracker", 3, "from-file", 1)
     cfg = load("--store", "redis://10.0.0.5/0", environ={"LAYERSWARM_STORE_PASSWORD": "from-env"})
     assert cfg.state.options.password == "from-env" and cfg.state.options.wait_replicas == 0

@@ -12,6 +12,8 @@ from layerswarm.tracker.protocol import AnnounceRequest, pack_addr
 from layerswarm.tracker.storage import open_store
 from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, UNQUARANTINED, LeaseTableFull, Limits,
                                              MetainfoRecord)
+from layerswarm.tracker.storage.redis import swarm_keys
+from tests.fixtures import STORE_BACKENDS, store_url
 
 NOW = 1_000_000.0
 TTL = 120.0
@@ -296,11 +298,10 @@ SMALL = Limits(max_swarms=3, idle_swarm_ttl=50, max_torrents=2, max_manifests=2,
                max_reports=2, max_report_hosts=3)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=STORE_BACKENDS)
 def small(request):
     """A store of each backend with tiny limits: what outsiders (or a token holder) can grow is bounded."""
-    url = "memory" if request.param == "memory" else request.getfixturevalue("redis_url")
-    s = open_store(url, SMALL)
+    s = open_store(store_url(request), SMALL)
     yield s
     s.close()
 
@@ -360,7 +361,8 @@ def test_redis_swarm_keys_live_as_long_as_their_longest_lived_peer(redis_url):
     h = ih()
     s.announce(req(h, 1, left=0), 3600, time.time())
     s.announce(req(h, 2), 60, time.time())
-    ttls = [s.r.ttl(k) for k in (f"ls:s:{h.hex()}", f"ls:x:{h.hex()}", f"ls:c:{h.hex()}")]
+    seeders, leechers, expiries, counters = swarm_keys(h.hex())
+    ttls = [s.r.ttl(k) for k in (seeders, expiries, counters)]
     assert all(t > 3500 for t in ttls), ttls
-    assert 0 < s.r.ttl(f"ls:l:{h.hex()}") <= 60   # the downloads alone
+    assert 0 < s.r.ttl(leechers) <= 60   # the downloads alone
     s.close()

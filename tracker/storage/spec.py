@@ -9,7 +9,9 @@ projects use (Redis-Sentinel-Url, Prefect)::
 
 Sentinels default to port 26379.  The store then asks the Sentinels for the
 current primary of ``service_name`` on every new connection, so it follows a
-failover.  No URL may carry a password (``user:password@`` or
+failover.  A Redis Cluster is named by some of its nodes (the client learns
+the others), in the same form without a service: ``redis+cluster://host[:port][,...]``
+(``rediss+cluster://`` for TLS; port 6379 by default).  No URL may carry a password (``user:password@`` or
 ``?password=``): a command line shows in ``ps`` and in logs; passwords come
 from a file or the environment (tracker/config.py).
 """
@@ -21,7 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_PORT, CLUSTER_PORT = 26379, 6379
 _MEMBER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]]+))(?::(?P<port>\d{1,5}))?")
 PASSWORD_REFUSED = ("the --store URL must not carry a password (a command line shows in ps and logs): "
                     "give it in a file (--store-password-file) or the environment (LAYERSWARM_STORE_PASSWORD)")
@@ -29,10 +32,10 @@ PASSWORD_REFUSED = ("the --store URL must not carry a password (a command line s
 
 @dataclass(frozen=True)
 class StoreSpec:
-    kind: str                        # "memory", "redis" (redis-py's own URL) or "sentinel"
+    kind: str                        # "memory", "redis" (redis-py's own URL), "sentinel" or "cluster"
     url: str = ""
     username: str | None = None      # an ACL user name is no secret: it may be in the URL
-    sentinels: tuple = ()            # ((host, port), ...)
+    nodes: tuple = ()                # ((host, port), ...): the Sentinels, or some Cluster nodes
     service: str = ""
     db: int = 0
     tls: bool = False
@@ -64,16 +67,19 @@ def parse_store(spec: str | None) -> StoreSpec:
         if u.password is not None or "password" in parse_qs(u.query):
             raise ValueError(PASSWORD_REFUSED)
         return StoreSpec("redis", url=spec, username=u.username)
-    if scheme in SENTINEL_SCHEMES:
-        return _sentinel(spec, scheme)
+    if scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+        return _members(spec, scheme)
     shown = f"a {scheme}:// URL" if scheme else repr(spec)   # not the whole URL: it may hold credentials
-    raise ValueError(f"must be 'memory', a redis://, rediss://, unix:// or redis+sentinel:// URL, not {shown}")
+    raise ValueError(f"must be 'memory', a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL, "
+                     f"not {shown}")
 
 
-def _sentinel(spec: str, scheme: str) -> StoreSpec:
+def _members(spec: str, scheme: str) -> StoreSpec:
+    """``redis+sentinel://`` and ``redis+cluster://``: a list of nodes, then (Sentinel) the service and db."""
+    cluster = scheme in CLUSTER_SCHEMES
     rest = spec[len(scheme) + 3:]
     if "?" in rest or "#" in rest:
-        raise ValueError(f"{spec!r}: a Sentinel store URL takes no query or fragment")
+        raise ValueError(f"{spec!r}: a {scheme}:// store URL takes no query or fragment")
     netloc, _, path = rest.partition("/")
     username = None
     if "@" in netloc:
@@ -81,12 +87,17 @@ def _sentinel(spec: str, scheme: str) -> StoreSpec:
         if ":" in userinfo:
             raise ValueError(PASSWORD_REFUSED)
         username = userinfo or None
-    sentinels = []
+    nodes = []
     for member in netloc.split(","):
         m = _MEMBER.fullmatch(member)
         if m is None or (m["port"] and not 1 <= int(m["port"]) <= 65535):
-            raise ValueError(f"{spec!r}: Sentinels are host[:port] separated by commas, not {member!r}")
-        sentinels.append((m["v6"] or m["host"], int(m["port"] or SENTINEL_PORT)))
+            raise ValueError(f"{spec!r}: nodes are host[:port] separated by commas, not {member!r}")
+        nodes.append((m["v6"] or m["host"], int(m["port"] or (CLUSTER_PORT if cluster else SENTINEL_PORT))))
+    tls = scheme.startswith("rediss")
+    if cluster:
+        if path:
+            raise ValueError(f"{spec!r}: a Redis Cluster has one database: {scheme}://host:port[,host:port]")
+        return StoreSpec("cluster", url=spec, username=username, nodes=tuple(nodes), tls=tls)
     parts = path.split("/") if path else []
     if not 1 <= len(parts) <= 2 or not parts[0]:
         raise ValueError(f"{spec!r}: give the Sentinel service (the monitored primary's name): "
@@ -94,5 +105,5 @@ def _sentinel(spec: str, scheme: str) -> StoreSpec:
     db = parts[1] if len(parts) == 2 else "0"
     if not db.isdigit():
         raise ValueError(f"{spec!r}: the database is a number, not {db!r}")
-    return StoreSpec("sentinel", url=spec, username=username, sentinels=tuple(sentinels), service=parts[0],
-                     db=int(db), tls=scheme.startswith("rediss"))
+    return StoreSpec("sentinel", url=spec, username=username, nodes=tuple(nodes), service=parts[0], db=int(db),
+                     tls=tls)
