@@ -74,9 +74,10 @@ class ServerSection:
 class StateSection:
     """Where swarms, torrents, manifests and leases live."""
 
-    store: str = option("memory", "'memory' (one process), redis://host:port/db, or "
+    store: str = option("memory", "'memory' (one process), redis://host:port/db, "
                         "redis+sentinel://host:port[,host:port]/service[/db] (the primary Sentinel names; failovers "
-                        "are followed): shared by workers and replicas; never a password in it", metavar="URL")
+                        "are followed) or redis+cluster://host:port[,host:port]: shared by workers and replicas; "
+                        "never a password in it", metavar="URL")
     store_password: str | None = option(None, "password of the Redis servers", secret=True, flag="file",
                                         env=("LAYERSWARM_STORE_PASSWORD",))
     store_sentinel_password: str | None = option(None, "password of the Sentinels (when they have one)", secret=True,

@@ -128,7 +128,8 @@ class Schema:
         help_text = f"{opt.meta['help']} (env {env}{shown})"
         kw = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
         if opt.meta["flag"] == "file":   # the secret only from a file (or the environment)
-            _file_flag(group, opt, f"{opt.meta['help']}, read from FILE (env {env}_FILE, or {env} itself)")
+            names = " or ".join(f"{e}[_FILE]" for e in (env, *opt.meta["env"]))
+            _file_flag(group, opt, f"{opt.meta['help']}, read from FILE (env {names})")
             return
         if opt.kind is bool:
             group.add_argument(*opt.flags, action="store_true", **kw)
