@@ -254,7 +254,7 @@ class RedisStore(Store):
 
     def _touch(self, pipe, index: str, score: float, member: str, cap: int) -> None:
         """Queue an index update on ``pipe``; its answer (evicted members) goes to :meth:`_evict`."""
-        self._touch_index(keys=[index], args=[repr(score), member, cap], client=pipe)
+        _eval(pipe, self._touch_index, [index], [repr(score), member, cap])
 
     def _evict(self, popped, keys_of) -> None:
         """Delete the keys of index members a touch popped (``keys_of(member)`` -> keys)."""
@@ -276,9 +276,9 @@ class RedisStore(Store):
         ih = req.info_hash.hex()
 
         def build(pipe):
-            self._announce(keys=swarm_keys(ih), client=pipe,
-                           args=[req.peer_key, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
-                                 "1" if req.left == 0 else "0", self.limits.idle_swarm_ttl])
+            _eval(pipe, self._announce, swarm_keys(ih),
+                  [req.peer_key, req.addr, repr(now), repr(float(ttl)), req.event, req.numwant,
+                   "1" if req.left == 0 else "0", self.limits.idle_swarm_ttl])
             if req.event != "stopped":
                 self._touch(pipe, SWARM_INDEX, now, ih, self.limits.max_swarms)
         (out, ns, nl, done, published), *touched = self._batch(build)
@@ -292,7 +292,7 @@ class RedisStore(Store):
     def _counts(self, ih_hexes, now):
         def build(pipe):
             for h in ih_hexes:
-                self._purge(keys=swarm_keys(h), args=[repr(now), self.limits.idle_swarm_ttl], client=pipe)
+                _eval(pipe, self._purge, swarm_keys(h), [repr(now), self.limits.idle_swarm_ttl])
         return self._batch(build)
 
     def scrape(self, info_hashes, now):
@@ -382,9 +382,8 @@ class RedisStore(Store):
         want = 0 if self.cluster else self.options.wait_replicas   # a Cluster "pipeline" spans connections
 
         def reported(pipe):   # one connection: WAIT covers this connection's writes
-            self._report(keys=[digest_key(d, f"r:{info_hash.hex}"), digest_key(d, "m"), digest_key(d, "q")],
-                         args=[info_hash.hex, host, "1" if trusted else "0", threshold,
-                               self.limits.max_report_hosts], client=pipe)
+            _eval(pipe, self._report, [digest_key(d, f"r:{info_hash.hex}"), digest_key(d, "m"), digest_key(d, "q")],
+                  [info_hash.hex, host, "1" if trusted else "0", threshold, self.limits.max_report_hosts])
             if want:
                 # Replication is asynchronous: a quarantine only the failed primary held would serve the bad
                 # torrent again after a failover, so it counts once enough replicas hold it.
@@ -478,6 +477,14 @@ class RedisStore(Store):
             st["relays"] = [r for r in st["relays"] if r["host"] != host]
             return st, {"ok": len(st["relays"]) != before}
         return self._lease_tx(digest, update)["ok"]
+
+
+def _eval(pipe, script, keys: list, args: list) -> None:
+    """Queue ``script`` on ``pipe`` as a bare EVALSHA: redis-py's own script handling would ask the server
+    SCRIPT EXISTS before every pipeline (a round trip each announce); a script the server lacks (a new
+    primary after a failover, a restart) fails the batch with NoScriptError instead, and the batch is
+    sent again once the scripts are loaded (RedisStore._call)."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class _Serial:
