@@ -372,11 +372,27 @@ def thread_server():
 PUBLISH_TOKEN = "s3cret-publish-token"
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
+STORE_BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.slow),
+                  pytest.param("cluster", marks=pytest.mark.slow)]
+
+
+def store_url(request) -> str:
+    """The --store of a backend param: memory, a fresh redis-server, or the module's Redis Cluster emptied."""
+    if request.param == "memory":
+        return "memory"
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    return cluster.url
+
+
+@pytest.fixture(params=STORE_BACKENDS)
 def tracker_store(request):
-    """A tracker storage backend, once per backend (redis is a real redis-server)."""
+    """A tracker storage backend, once per backend (redis: a real redis-server; cluster: a real
+    three-node Redis Cluster)."""
     from layerswarm.tracker.storage import open_store
-    s = open_store("memory" if request.param == "memory" else request.getfixturevalue("redis_url"))
+    s = open_store(store_url(request))
     yield s
     s.close()
 
@@ -464,6 +480,14 @@ def redis_url(tmp_path):
     p = devstack.start_redis(tmp_path / "redis")
     yield p.url
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A three-node Redis Cluster (devstack.RedisCluster): ``.url``, ``.flush()``."""
+    c = devstack.RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield c
+    c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -39,10 +39,10 @@ def run(args) -> int:
     cfg = tconfig.load(args)
     if tconfig.SCHEMA.answered(args, cfg, check=check):
         return 0
-    if cfg.state.store != "memory":
+    if cfg.state.spec.shared:
         from layerswarm.tracker.errors import StoreUnavailable
         from layerswarm.tracker.storage import open_store
-        store = open_store(cfg.state.store)
+        store = open_store(cfg.state.store, options=cfg.state.options)
         try:
             store.ping()
         except StoreUnavailable as exc:

@@ -57,6 +57,9 @@ MIN_PIECE = 256 * 1024
 MAX_PIECE = 4 * 1024 * 1024
 TARGET_PIECES = 1024
 MAX_LAYER_SIZE = 1 << 40  # 1 TiB: anything larger is a malformed torrent, not a layer
+# The tracker's announce reply to a seeder of a torrent it does not publish (lost in a store failover,
+# a restart, or dropped): a host seeding a layer it verified publishes the torrent again.
+UNPUBLISHED_WARNING = "layerswarm: no torrent published for this info-hash; publish it again"
 
 
 def piece_length(size: int) -> int:

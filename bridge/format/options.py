@@ -45,7 +45,8 @@ def option(default=dataclasses.MISSING, help: str = "", *, default_factory=datac
            flags: tuple = (), env: tuple = (), toml: tuple = (), secret: bool = False, parse=None,
            metavar: str | None = None, flag: bool = True):
     """A configuration field: ``flags``/``env``/``toml`` add legacy spellings to the derived names;
-    ``parse`` turns text (or a TOML value) into the field's value; ``flag=False`` means file/env only."""
+    ``parse`` turns text (or a TOML value) into the field's value; ``flag=False`` means file/env only;
+    ``flag="file"`` (a secret) gives only the ``--name-file`` flag, so the secret never shows in ``ps``."""
     meta = {"help": help, "flags": tuple(flags), "env": tuple(env), "toml": tuple(toml), "secret": secret,
             "parse": parse, "metavar": metavar, "flag": flag, "option": True}
     if default_factory is not dataclasses.MISSING:
@@ -126,6 +127,10 @@ class Schema:
         shown = "" if quiet else f"; default {default}"
         help_text = f"{opt.meta['help']} (env {env}{shown})"
         kw = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
+        if opt.meta["flag"] == "file":   # the secret only from a file (or the environment)
+            names = " or ".join(f"{e}[_FILE]" for e in (env, *opt.meta["env"]))
+            _file_flag(group, opt, f"{opt.meta['help']}, read from FILE (env {names})")
+            return
         if opt.kind is bool:
             group.add_argument(*opt.flags, action="store_true", **kw)
             return
@@ -138,8 +143,7 @@ class Schema:
             kw["metavar"] = opt.meta["metavar"]
         group.add_argument(*opt.flags, **kw)
         if opt.meta["secret"]:
-            group.add_argument(*(f + "-file" for f in opt.flags), dest=opt.name + "__file", metavar="FILE",
-                               default=argparse.SUPPRESS, help=f"read {opt.name} from FILE (env {env}_FILE)")
+            _file_flag(group, opt, f"read {opt.name} from FILE (env {env}_FILE)")
 
     def default_of(self, opt: _Opt):
         f = {f.name: f for f in dataclasses.fields(self.sections[opt.section])}[opt.name]
@@ -277,6 +281,11 @@ class Schema:
                 table[f.name] = REDACTED if f.metadata.get("secret") else _redact(v)
             out[name] = table
         return tomli_w.dumps(out)
+
+
+def _file_flag(group, opt: _Opt, help_text: str) -> None:
+    group.add_argument(*(f + "-file" for f in opt.flags), dest=opt.name + "__file", metavar="FILE",
+                       default=argparse.SUPPRESS, help=help_text)
 
 
 def _coerce(opt: _Opt, value):

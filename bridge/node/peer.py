@@ -24,6 +24,8 @@ from layerswarm.bridge.format.errors import (PublishConflict, PublishRejected, S
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.node.readers import FileStream, LayerStream
 from layerswarm.bridge.node.stream import Download
+from layerswarm.bridge.node.torrent.alerts import TRACKER_WARNING
+from layerswarm.bridge.node.worker import Worker
 from layerswarm.bridge.node.trackerclient import TrackerClient
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,10 @@ class Peer:
         self._lock = threading.Lock()
         self._downloads: dict = {}
         self._seeding: dict = {}     # Digest -> SeedInfo
+        self._republishing: set = set()
+        self._republisher = Worker("republish")   # tracker calls stay off the alert thread
         self._closed = False
+        session.dispatcher.subscribe_kind(TRACKER_WARNING, self._on_tracker_warning)
 
     @classmethod
     def open(cls, store_dir: str, trackers, *, publish_token: str | None = None, host_id: str = "",
@@ -175,6 +180,35 @@ class Peer:
         if not self.session.wait_removed(str(digest)):
             raise SwarmError(f"libtorrent still holds {digest}")
 
+    def _on_tracker_warning(self, ev) -> None:
+        """The tracker publishes no torrent for a layer we seed (its store lost it in a failover, it
+        restarted, or the torrent was dropped): give ours back, as only a host holding the bytes can."""
+        if tf.UNPUBLISHED_WARNING not in ev.data.get("message", ""):
+            return
+        try:
+            digest = Digest.parse(ev.name)
+        except ValueError:
+            return
+        with self._lock:
+            if digest not in self._seeding or digest in self._republishing:
+                return
+            self._republishing.add(digest)
+        self._republisher.submit(self._republish, digest)
+
+    def _republish(self, digest: Digest) -> None:
+        try:
+            meta = self.store.saved_torrent(digest)
+            if meta is None or digest not in self.store:
+                return
+            _, source = self.resolve_torrent(tf.parse_metainfo(meta, digest))
+            log.info("%s: the tracker had no torrent for it; %s", digest,
+                     "published ours again" if source == "own" else "it has one again")
+        except (TrackerUnavailable, TorrentConflict, UserError, ValueError) as exc:
+            log.warning("%s: could not publish its torrent again: %s", digest, exc)
+        finally:
+            with self._lock:
+                self._republishing.discard(digest)
+
     def seeding(self) -> list:
         with self._lock:
             return list(self._seeding.values())
@@ -269,6 +303,7 @@ class Peer:
             dls = list(self._downloads.values())
         for dl in dls:
             dl.abort("peer shutting down")
+        self._republisher.stop()
         self.store.flush()
         self.session.close()
 
