@@ -357,6 +357,28 @@ class ClientAuthSection:
 
 
 @dataclass
+class BudgetSection:
+    """Host budgets: what this host spends on the fleet (bandwidth, origin fetches) and the disk it keeps free."""
+
+    # Bytes per second of payload to other hosts, BitTorrent peers (LAN ones included) and relays together;
+    # node/budget.py splits it between the two, every 50 ms, over a sliding second.
+    upload_budget: int | None = option(None, "upload to other hosts per second, BitTorrent peers (LAN included) "
+                                       "and relays together, e.g. 10M (default: no limit)", parse=parse_size,
+                                       metavar="BYTES")
+    download_budget: int | None = option(None, "BitTorrent download per second (LAN peers included), e.g. 20M "
+                                         "(default: no limit)", parse=parse_size, metavar="BYTES")
+    origin_fetches: int | None = option(None, "blob fetches from origin registries at once, whatever the reason; "
+                                        "more wait up to the first-byte timeout, then get 429 (default: no cap)",
+                                        metavar="N")
+    disk_free_min: int = option(1 << 30, "/readyz answers 503 while the store's filesystem has less free space "
+                                "than this", parse=parse_size, metavar="BYTES")
+
+    def __post_init__(self) -> None:
+        if self.origin_fetches is not None:
+            _positive(self, "origin_fetches")
+
+
+@dataclass
 class AdminSection:
     """Operator access to the admin views (/_layerswarm/seed, status, layers)."""
 
@@ -414,6 +436,7 @@ class BridgeConfig:
     stream: StreamSection = field(default_factory=StreamSection)
     session: SessionSection = field(default_factory=SessionSection)
     client_auth: ClientAuthSection = field(default_factory=ClientAuthSection)
+    budgets: BudgetSection = field(default_factory=BudgetSection)
     admin: AdminSection = field(default_factory=AdminSection)
     fleet: FleetSection = field(default_factory=FleetSection)
 

@@ -30,6 +30,13 @@ rotates each round); times and the ratios that decide things (÷ bound, warm ÷ 
 their min–max spread, a ratio of two scenarios taken round by round.  direct and cache run once and only
 up to ``--measure-max-n``; above, the origin's link tells them (N·F/U, (N+1)·F/U).
 
+With ``--upload-budget SIZE`` every bridge (and the warm seeder) gets that ``--upload-budget``; with
+or without it, a sampler in each bridge's namespace reads the bridge's upload counters
+(``/_layerswarm/stats``: libtorrent's payload and the relay's bytes) and its link's transmit counters
+once a second (the seeder, which serves no HTTP: its link only, less ``fleet.HEADER_BYTES`` a
+packet), and the result gives each host's 1 s windows over the budget after a 2 s warm-up.
+
+
 The machine is part of the measurement: a simulated fleet's processes and kernel networking cost
 15–45 ms of CPU per MB delivered (measured here; more on a loaded machine), and these machines are
 shared.  Every run records the whole machine's busy share (``/proc/stat``, others' load included) and
@@ -357,6 +364,64 @@ def get_main(a) -> int:
         time.sleep(0.1)
 
 
+def sample_main(a) -> int:
+    """Once a second until killed: this namespace's eth0 counters and (``--url``) the bridge's upload
+    counters, one JSON line each (``t`` is wall time; the bridge's own sample time is ``upload.at``)."""
+    net = Path("/sys/class/net/eth0/statistics")
+    with open(a.out, "a") as out:
+        while True:
+            t = time.time()
+            rec = {"t": t, "tx_bytes": int((net / "tx_bytes").read_text()),
+                   "tx_packets": int((net / "tx_packets").read_text())}
+            try:
+                if a.url:
+                    st, _, body, _ = http_get(a.url, timeout=2)
+                    rec["upload"] = json.loads(body).get("upload") if st == 200 else None
+            except Exception as exc:  # noqa: BLE001 - a missed sample is a gap, not an end
+                rec["error"] = repr(exc)[:200]
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+            time.sleep(max(0.0, a.every - (time.time() - t)))
+
+
+def upload_windows(lines: list, budget: float | None, header_bytes: int, warmup: float = 2.0) -> dict:
+    """A host's upload per sampled window (payload from the bridge's counters, else from its link less
+    ``header_bytes`` a packet; ``link_Bps`` all it sent), and with a budget the windows over it:
+    ``max``/``mean`` over busy windows (above 10 % of it) after ``warmup`` seconds of the first busy one."""
+    counted = any(r.get("upload") for r in lines)
+    recs = [r for r in lines if not counted or (r.get("upload") or {}).get("at") is not None]
+    wins = []
+    for a, b in zip(recs, recs[1:]):
+        link_dt = b["t"] - a["t"]
+        if counted:
+            ua, ub = a["upload"], b["upload"]
+            dt = ub["at"] - ua["at"]
+            peer, relay = ub["peer"] - ua["peer"], ub["relay"] - ua["relay"]
+        else:
+            dt = link_dt
+            peer = (b["tx_bytes"] - a["tx_bytes"]) - (b["tx_packets"] - a["tx_packets"]) * header_bytes
+            relay = 0
+        if dt <= 0 or link_dt <= 0:
+            continue
+        wins.append({"t": round(b["t"], 2), "s": round(dt, 3), "peer_Bps": peer / dt, "relay_Bps": relay / dt,
+                     "link_Bps": (b["tx_bytes"] - a["tx_bytes"]) / link_dt})
+    for w in wins:
+        w["Bps"] = w["peer_Bps"] + w["relay_Bps"]
+    out = {"windows": [{k: (round(v) if k.endswith("Bps") else v) for k, v in w.items()} for w in wins],
+           "sent_bytes": round(sum(w["Bps"] * w["s"] for w in wins)),
+           "payload_from": "bridge counters" if counted else "link less headers"}
+    if budget:
+        busy = [w for w in wins if w["Bps"] > 0.1 * budget]
+        start = busy[0]["t"] + warmup if busy else None
+        after = [w for w in busy if w["t"] >= start] if busy else []
+        out.update(budget=budget, busy_windows=len(after),
+                   max_over_budget=_r(max((w["Bps"] for w in after), default=0) / budget),
+                   mean_over_budget=_r(sum(w["Bps"] for w in after) / len(after) / budget) if after else None,
+                   link_max_over_budget=_r(max((w["link_Bps"] for w in after), default=0) / budget),
+                   relay_share=_r(sum(w["relay_Bps"] for w in after) / max(1, sum(w["Bps"] for w in after))))
+    return out
+
+
 def burst_main(a) -> int:
     """``--clients`` threads GET one URL at the same instant; report errors and latency percentiles."""
     barrier = threading.Barrier(a.clients)
@@ -524,6 +589,8 @@ class Bench:
                 "--advertise-url", f"{scheme}://{host.ip}:{FLEET_PORT}"]
         if secure:
             argv += self.fleet_args(host) + ["--peer-ssl-listen", f"{host.ip}:{PEER_SSL_PORT}"]
+        if self.a.upload_budget:
+            argv += ["--upload-budget", self.a.upload_budget]
         return argv + self.a.bridge_arg
 
     # -- set-up ---------------------------------------------------------------------------
@@ -720,13 +787,21 @@ class Bench:
         tag = tag or scenario
         self.fresh_tracker(secure)
         seeder = self.start_seeder(n, tag, secure) if scenario == "warm" else None
-        bridges = []
+        bridges, samplers = [], []
         try:
             bridges = self.start_bridges(n, tag, secure)
             extra = {"tracker": self.tracker.pid, **({"seeder": seeder.pid} if seeder else {})}
             t = self.scenario_timeout(n)
+            for h, url in [(h, f"http://{h.ip}:{BRIDGE_PORT}/_layerswarm/stats") for h, _ in bridges] + \
+                    ([(self.seeder, None)] if seeder else []):
+                out = self.run_dir(tag, n) / f"{h.name}-upload.jsonl"
+                samplers.append((h, out, self.start(h, [self.py, self.script, "_sample", "--out", out]
+                                                    + (["--url", url] if url else []), f"sample-{tag}-n{n}-{h.name}")))
             res = self.rollout(tag, n, self.pull_client([f"http://{h.ip}:{BRIDGE_PORT}" for h, _ in bridges], t),
                                {h.name: p.pid for h, p in bridges}, t, extra_cpu=extra)
+            for _, _, p in samplers:
+                self.stop(p)
+            res["upload"] = self.upload_summary(samplers)
             res["scenario"] = scenario
             res["fleet_mode"] = "secure" if secure else "open"
             res["bridge_stats"] = self.bridge_stats(bridges)
@@ -735,6 +810,8 @@ class Bench:
                                  for src in BLOB_SOURCES})
             return res
         finally:
+            for _, _, p in samplers:
+                self.stop(p)
             for _, p in bridges:
                 self.stop(p)
             if seeder:
@@ -775,6 +852,24 @@ class Bench:
         add_cpu_per_mb(res, {"peer": sum(b["size"] for b in layers) * n if res["verified"] else 0})
         return res
 
+    def upload_summary(self, samplers) -> dict:
+        """Per host: its upload windows (``upload_windows``); overall: the worst and the busy-window mean."""
+        from layerswarm.bridge.format.units import parse_size
+        budget = parse_size(self.a.upload_budget) if self.a.upload_budget else None
+        hosts = {}
+        for h, out, _ in samplers:
+            lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+            hosts[h.name] = upload_windows(lines, budget, self.fm.HEADER_BYTES)
+        res = {"hosts": hosts}
+        if budget:
+            ran = [x for x in hosts.values() if x.get("busy_windows")]
+            res.update(budget=budget, max_over_budget=max((x["max_over_budget"] for x in ran), default=None),
+                       mean_over_budget=_r(sum(x["mean_over_budget"] * x["busy_windows"] for x in ran)
+                                           / max(1, sum(x["busy_windows"] for x in ran))) if ran else None,
+                       busy_windows=sum(x["busy_windows"] for x in ran),
+                       windows=sum(len(x["windows"]) for x in hosts.values()))
+        return res
+
     def start_seeder(self, n: int, tag: str = "warm", secure: bool = False):
         """``layerswarm seed`` on the seeder host; returns once every layer's swarm has a seeder."""
         s = self.seeder
@@ -784,6 +879,8 @@ class Bench:
                 "--store-dir", store, "--listen", f"{s.ip}:6881"]
         if secure:
             argv += self.fleet_args(s)
+        if self.a.upload_budget and "--upload-budget" in flags:
+            argv += ["--upload-budget", self.a.upload_budget]
         argv += self.a.seed_arg + [self.image["tar"]]
         p = self.start(s, argv, f"seed-{tag}-n{n}")
         digests = {b["digest"] for b in self.image["blobs"][1:]}
@@ -1359,6 +1456,14 @@ def markdown(out: dict) -> str:
     if out.get("runs"):
         lines += ["", f"{out['machine_bound_runs']} of {out['runs']} runs were machine-bound."]
     lines += secure_markdown(out)
+    budgeted = [(r["n"], k, sc["upload"]) for r in out["results"] for k, sc in r["scenarios"].items()
+                if (sc.get("upload") or {}).get("budget")]
+    if budgeted:
+        lines += ["", f"Upload budget {budgeted[0][2]['budget'] / MB:.2f} MB/s per host: 1 s windows after a 2 s "
+                      "warm-up, busy ones (above 10 % of it), payload from the bridges' counters (the warm seeder: "
+                      "its link less headers), all hosts — "
+                      + "; ".join(f"N={n} {k}: max {u['max_over_budget']}x, mean {u['mean_over_budget']}x over "
+                                  f"{u['busy_windows']} windows" for n, k, u in budgeted) + "."]
     sv = out.get("serving")
     if sv:
         lines += ["", f"Cached blob served on loopback ({sv['blob_bytes'] / MB:.0f} MB, {sv['connections']} "
@@ -1526,6 +1631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secure", action="store_true",
                    help="also run cold and warm in secure fleet mode (a fleet CA, a certificate per host, TLS "
                         "between hosts, SSL torrents), each round an open and a secure run, order alternating")
+    p.add_argument("--upload-budget", default=None, metavar="SIZE",
+                   help="every bridge's (and the warm seeder's) --upload-budget, e.g. 10M (their upload is "
+                        "sampled either way)")
     p.add_argument("--bridge-arg", action="append", default=[],
                    help="extra argument for every bridge (repeat); the raw sessions' settings follow them too")
     p.add_argument("--tracker-arg", action="append", default=[], help="extra argument for the tracker (repeat)")
@@ -1562,6 +1670,10 @@ def child_parser(mode: str) -> argparse.ArgumentParser:
         p.add_argument("--wait", type=float, default=0)
         for f in ("--ca", "--cert", "--key"):  # https in a secure fleet: the fleet CA and a host's certificate
             p.add_argument(f)
+    elif mode == "_sample":
+        p.add_argument("--url")
+        p.add_argument("--out", required=True)
+        p.add_argument("--every", type=float, default=1.0)
     elif mode == "_burst":
         p.add_argument("url")
         p.add_argument("--clients", type=int, default=64)
@@ -1570,7 +1682,8 @@ def child_parser(mode: str) -> argparse.ArgumentParser:
     return p
 
 
-CHILDREN = {"_client": client_main, "_raw": raw_main, "_push": push_main, "_get": get_main, "_burst": burst_main}
+CHILDREN = {"_client": client_main, "_raw": raw_main, "_push": push_main, "_get": get_main, "_burst": burst_main,
+            "_sample": sample_main}
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ssl-listen", default="0.0.0.0:6882",
                    help="BitTorrent SSL listen address (foreground mode, secure fleet mode)")
     p.add_argument("--cap", default=None, help="store size cap, e.g. 50G (foreground mode)")
+    p.add_argument("--upload-budget", default=None, metavar="BYTES",
+                   help="upload to peers per second, LAN peers included, e.g. 10M (foreground mode; default: no limit)")
     p.add_argument("--raw", action="store_true", help="treat every file SOURCE as a raw blob, even a tar")
     p.add_argument("--plain-http", action="store_true", help="use http:// for docker:// references (default only for loopback)")
     p.add_argument("--registry-token", default=None, help="Bearer token for docker:// references")
@@ -49,11 +51,11 @@ def add_arguments(p) -> None:
 
 
 # -- run ----------------------------------------------------------------------
-def _cap(text):
+def _size(flag: str, text):
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise UserError(f"--cap: {exc}") from None
+        raise UserError(f"{flag}: {exc}") from None
 
 
 def collect(args, secure: bool = False) -> list:
@@ -138,7 +140,7 @@ def _to_bridge(args, layers, bar) -> list:
 
 
 def _foreground(args, layers, bar, tracker, tls) -> int:
-    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.config import BudgetSection, SessionSection
     from layerswarm.bridge.node.peer import Peer
     from layerswarm.bridge.format.errors import TrackerUnavailable
     store_dir = args.store_dir or os.environ.get("LAYERSWARM_STORE", "/var/lib/layerswarm/store")
@@ -150,8 +152,9 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
     except InvalidOption as exc:
         raise UserError(f"--listen/--ssl-listen: {exc}") from None
     try:
-        peer = Peer.open(store_dir, tracker.urls, publish_token=args.token, cache_max=_cap(args.cap),
-                         session=session, tls=tls)
+        peer = Peer.open(store_dir, tracker.urls, publish_token=args.token, cache_max=_size("--cap", args.cap),
+                         session=session, tls=tls,
+                         budgets=BudgetSection(upload_budget=_size("--upload-budget", args.upload_budget)))
     except OSError as exc:
         raise UserError(f"cannot open store {store_dir}: {exc.strerror or exc}") from None
     try:

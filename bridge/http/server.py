@@ -26,7 +26,7 @@ def build_peer(cfg: bconfig.BridgeConfig):
     from layerswarm.bridge.node.peer import Peer
     peer = Peer.open(cfg.server.store_dir, cfg.swarm.tracker, publish_token=cfg.swarm.publish_token,
                      host_id=cfg.host_id, cache_max=cfg.swarm.cache_max, session=cfg.session, stream=cfg.stream,
-                     tracker_timeout=cfg.tracker_timeout, tls=cfg.fleet.tls())
+                     tracker_timeout=cfg.tracker_timeout, tls=cfg.fleet.tls(), budgets=cfg.budgets)
     # Re-seed what the store holds without blocking startup (the tracker may be down).
     threading.Thread(target=peer.seed_stored, name="reseed", daemon=True).start()
     return peer

@@ -30,7 +30,7 @@ def test_seed_docker_save_publishes_and_stores(local_tracker, tmp_path):
     imagegen.write_docker_save(str(tarball), "demo:1", img)
     store = tmp_path / "store"
     r = run_cli("seed", tarball, "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
-                "--exit")
+                "--upload-budget", "10M", "--exit")
     assert r.returncode == 0, r.stderr
     for layer in img.layers:
         assert str(layer.digest) in r.stdout
@@ -135,6 +135,9 @@ def test_bad_inputs(local_tracker, tmp_path):
     # tracker unreachable
     err = _bad(f"http://127.0.0.1:{free_port()}", store, good)
     assert "unreachable" in err
+    r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
+                "--upload-budget", "lots", "--exit")
+    assert r.returncode != 0 and "--upload-budget: not a size" in r.stderr and _store_clean(store), r.stderr
 
 
 def test_conflicting_published_torrent_is_reported(local_tracker, tmp_path):
