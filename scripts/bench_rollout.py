@@ -879,7 +879,7 @@ class Bench:
                 "--store-dir", store, "--listen", f"{s.ip}:6881"]
         if secure:
             argv += self.fleet_args(s)
-        if self.a.upload_budget and "--upload-budget" in flags:
+        if self.a.upload_budget:
             argv += ["--upload-budget", self.a.upload_budget]
         argv += self.a.seed_arg + [self.image["tar"]]
         p = self.start(s, argv, f"seed-{tag}-n{n}")
