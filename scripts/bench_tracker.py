@@ -3,15 +3,27 @@
 process; Redis store, several workers), opentracker, and a hello-world Flask
 app served by the same gunicorn setup (the ceiling for any Flask view).
 
-The driver is wrk with a Lua script that sends a fleet-like mix: every
-request a new TCP connection (``Connection: close``, as BitTorrent clients
-do), a fresh random peer_id and port, ~half the announces to one hot swarm
-(which grows past 10k peers within seconds) and the rest spread over 1000
-swarms, mostly ``event=started`` with a mix of seeders and leechers — the
-burst a freshly (re)started tracker sees when a fleet re-announces.
+The driver is wrk with a Lua script; every request is a new TCP connection
+(``Connection: close``, as BitTorrent clients do).  Two mixes:
+
+* ``--mix burst`` (default): a fresh random peer_id and port each time,
+  ~half the announces to one hot swarm (which grows past 10k peers within
+  seconds) and the rest spread over 1000 swarms, mostly ``event=started``
+  with a mix of seeders and leechers — the burst a freshly (re)started
+  tracker sees when a fleet re-announces, or a rollout starts.
+* ``--mix steady``: a fleet at rest re-announcing: peers drawn from a fixed
+  population (``--population``, spread evenly over the swarms, so 100 peers
+  per swarm by default), 90% of them seeders, no event — what the capacity
+  plan in the README is made of.
 
 Prints announces/s and p99 latency per target, the hot swarm's size after
-the run (scrape) and the ratio to hello-world.  wrk counts a "read error"
+the run (scrape), the ratio to hello-world, and CPU: the target's own CPU
+milliseconds per announce (its whole process tree; for Redis targets also
+redis-server's, the part replicas share), and how busy the whole machine was
+(the CPU figures hold on a shared machine when rates do not).  ``--rounds``
+repeats the targets (order reversed every other round) and prints median
+ratios.  ``--redis-workers 1,2`` measures a Redis tracker of each size (one
+worker: one process, comparable with hello-world).  wrk counts a "read error"
 on every opentracker connection (opentracker closes it itself after
 replying; curl sees complete, valid replies), and still counts the reply.
 ``--json`` writes the same figures.  Only loopback is used.
@@ -44,7 +56,7 @@ from urllib.parse import quote_from_bytes, urlsplit
 from layerswarm.bridge.devstack.daemons import Daemon as Proc, free_port, layerswarm_argv, start_redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rollout import cpu_tree, machine_cpu, pct  # noqa: E402  (scripts/ beside this one)
+from bench_rollout import _children, cpu_tree, machine_cpu, pct  # noqa: E402  (scripts/ beside this one)
 
 WRK_LUA = r"""
 local ihs = {%(ihs)s}
@@ -59,12 +71,25 @@ local function pid()
   for i = 1, 12 do local k = math.random(1, 36) t[#t + 1] = alnum:sub(k, k) end
   return table.concat(t)
 end
+local mix = "%(mix)s"
+local population = %(population)d
 function request()
-  local ih
-  if math.random() < hot / 100 then ih = ihs[1] else ih = ihs[math.random(2, nswarms)] end
-  local left = (math.random() < 0.3) and 0 or math.random(1, 100000000)
-  local ev = (math.random() < 0.9) and "&event=started" or ""
-  local path = "/announce?info_hash=" .. ih .. "&peer_id=" .. pid() .. "&port=" .. math.random(1024, 65535)
+  local ih, peer_id, port, left, ev
+  if mix == "steady" then   -- a known peer re-announcing: 90%% seeders, no event
+    local i = math.random(0, population - 1)
+    ih = ihs[(i %% nswarms) + 1]
+    peer_id = string.format("-LS0001-%%012d", i)
+    port = 1024 + i %% 60000
+    left = (i %% 10 < 9) and 0 or 1000000
+    ev = ""
+  else
+    if math.random() < hot / 100 then ih = ihs[1] else ih = ihs[math.random(2, nswarms)] end
+    peer_id = pid()
+    port = math.random(1024, 65535)
+    left = (math.random() < 0.3) and 0 or math.random(1, 100000000)
+    ev = (math.random() < 0.9) and "&event=started" or ""
+  end
+  local path = "/announce?info_hash=" .. ih .. "&peer_id=" .. peer_id .. "&port=" .. port
     .. "&uploaded=0&downloaded=0&left=" .. left .. "&compact=1&numwant=50" .. ev
   return wrk.format("GET", path, {["Connection"] = "close"})
 end
@@ -111,13 +136,66 @@ def hot_swarm_size(port: int, info_hash: bytes):
         return None
 
 
-def wait_port(proc: Proc, port: int):
+def wait_port(proc: Proc, port: int, path: str | None = None):
+    """Until ``port`` answers: a connection, or a 200 on ``path`` (gunicorn listens before its worker is up)."""
     import socket
+    import urllib.request
 
     def up():
+        if path is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status == 200
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
     proc.wait_until(up, what=f"listening on {port}")
+
+
+def wrk_target(target: str, args, tmp: Path, lua: Path, hashes: list) -> dict:
+    """Start one target, drive it with wrk for ``args.duration`` seconds, stop it: rates, latency, CPU."""
+    port = free_port()
+    procs = []
+    store = None
+    try:
+        if target == "hello":
+            p = Proc([sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(args.threads),
+                      "--backlog", "2048", "--no-control-socket", "-b", f"127.0.0.1:{port}", "--chdir", tmp,
+                      "hello:app"], tmp / "hello.log")
+        elif target == "memory":
+            p = Proc(layerswarm_argv("tracker", "--port", port), tmp / "memory.log")
+        elif target.startswith("redis x"):
+            store = start_redis(tmp / f"redis-{port}")
+            procs.append(store)
+            p = Proc(layerswarm_argv("tracker", "--port", port, "--store", store.url, "--workers", target[7:]),
+                     tmp / "redis-tracker.log")
+        elif target == "opentracker":
+            conf = tmp / "opentracker.conf"
+            conf.write_text(f"listen.tcp 127.0.0.1:{port}\nlisten.udp 127.0.0.1:{port}\n"
+                            "access.whitelist /whitelist\n")  # a path inside the -d chroot
+            p = Proc(["opentracker", "-f", conf, "-d", tmp], tmp / "opentracker.log")
+        else:
+            raise SystemExit(f"unknown target {target}")
+        procs.append(p)
+        wait_port(p, port, {"hello": "/announce", "opentracker": None}.get(target, "/healthz"))
+        time.sleep(0.5)
+        kids = _children()
+        cpu0, store0, mach0 = cpu_tree(p.pid, kids), cpu_tree(store.pid, kids) if store else 0, machine_cpu()
+        r = run_wrk(f"http://127.0.0.1:{port}", lua, args.duration, args.connections, args.wrk_threads, tmp)
+        kids = _children()
+        cpu1, store1, mach1 = cpu_tree(p.pid, kids), cpu_tree(store.pid, kids) if store else 0, machine_cpu()
+        r["server_cpu_ms_each"] = 1000 * (cpu1 - cpu0) / max(1, r["requests"])
+        r["redis_cpu_ms_each"] = 1000 * (store1 - store0) / max(1, r["requests"]) if store else None
+        r["machine_busy_pct"] = 100 * (mach1[0] - mach0[0]) / max(1e-9, mach1[1] - mach0[1])
+        if target != "hello":  # how big the hot swarm got: per-announce cost must not grow with it
+            r["hot_swarm_peers"] = hot_swarm_size(port, hashes[0])
+        redis_cpu = f" + redis {r['redis_cpu_ms_each']:.2f}" if store else ""
+        print(f"{target:>14}: {r['rps']:8.0f} announces/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
+              f"p99 {r['p99_us'] / 1000:6.1f} ms  CPU {r['server_cpu_ms_each']:.2f}{redis_cpu} ms each  "
+              f"machine {r['machine_busy_pct']:.0f}% busy  non-2xx {r['errors_status']}  read errors "
+              f"{r['errors_read']}  hot swarm {r.get('hot_swarm_peers', '-')} peers", flush=True)
+        return r
+    finally:
+        for pr in reversed(procs):
+            pr.stop()
 
 
 # -------------------------------------------------------------------------- the mTLS load client
@@ -303,7 +381,11 @@ def main(argv=None) -> int:
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--swarms", type=int, default=1000)
     ap.add_argument("--hot", type=int, default=50, help="%% of announces to the one hot swarm")
-    ap.add_argument("--redis-workers", type=int, default=2)
+    ap.add_argument("--redis-workers", type=lambda v: [int(x) for x in v.split(",")], default=[2],
+                    help="gunicorn workers of the Redis target, a list makes one target each (default 2)")
+    ap.add_argument("--mix", choices=("burst", "steady"), default="burst", help="the announce mix (see above)")
+    ap.add_argument("--population", type=int, default=100_000, help="peers of the steady mix")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the targets, order reversed every other round")
     ap.add_argument("--threads", type=int, default=16, help="gunicorn threads of the hello-world baseline")
     ap.add_argument("--targets", default="hello,memory,redis,opentracker", help="wrk targets (\"\": none)")
     ap.add_argument("--tls", action="store_true", help="also plain vs mTLS with the Python client, and handshakes")
@@ -318,51 +400,31 @@ def main(argv=None) -> int:
     # fixed info-hashes, shared by wrk threads and opentracker's whitelist (Debian builds it whitelist-only)
     rnd = random.Random(42)
     hashes = [bytes(rnd.getrandbits(8) for _ in range(20)) for _ in range(args.swarms)]
-    lua.write_text(WRK_LUA % {"hot": args.hot, "swarms": args.swarms,
+    lua.write_text(WRK_LUA % {"hot": args.hot, "swarms": args.swarms, "mix": args.mix, "population": args.population,
                               "ihs": ",".join('"%s"' % "".join("%%%02X" % b for b in h) for h in hashes)})
     (tmp / "whitelist").write_text("".join(h.hex() + "\n" for h in hashes))
     (tmp / "hello.py").write_text(HELLO)
-    results = {}
-    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        port = free_port()
-        procs = []
-        try:
-            if target == "hello":
-                p = Proc([sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(args.threads),
-                          "--backlog", "2048", "--no-control-socket", "-b", f"127.0.0.1:{port}", "--chdir", tmp,
-                          "hello:app"], tmp / "hello.log")
-            elif target == "memory":
-                p = Proc(layerswarm_argv("tracker", "--port", port), tmp / "memory.log")
-            elif target == "redis":
-                rp = start_redis(tmp / "redis")
-                url = rp.url
-                procs.append(rp)
-                p = Proc(layerswarm_argv("tracker", "--port", port, "--store", url, "--workers", args.redis_workers),
-                         tmp / "redis-tracker.log")
-            elif target == "opentracker":
-                conf = tmp / "opentracker.conf"
-                conf.write_text(f"listen.tcp 127.0.0.1:{port}\nlisten.udp 127.0.0.1:{port}\n"
-                                "access.whitelist /whitelist\n")  # a path inside the -d chroot
-                p = Proc(["opentracker", "-f", conf, "-d", tmp], tmp / "opentracker.log")
-            else:
-                raise SystemExit(f"unknown target {target}")
-            procs.append(p)
-            wait_port(p, port)
-            time.sleep(0.5)
-            label = f"redis x{args.redis_workers} workers" if target == "redis" else target
-            r = run_wrk(f"http://127.0.0.1:{port}", lua, args.duration, args.connections, args.wrk_threads, tmp)
-            if target != "hello":  # how big the hot swarm got: per-announce cost must not grow with it
-                r["hot_swarm_peers"] = hot_swarm_size(port, hashes[0])
-            results[label] = r
-            print(f"{label:>22}: {r['rps']:8.0f} announces/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  non-2xx {r['errors_status']}  read errors {r['errors_read']}  "
-                  f"hot swarm {r.get('hot_swarm_peers', '-')} peers", flush=True)
-        finally:
-            for pr in reversed(procs):
-                pr.stop()
-    base = next((r["rps"] for k, r in results.items() if k == "hello"), None)
-    if base:
-        print("ratio to hello-world Flask:", ", ".join(f"{k} {r['rps'] / base:.2f}" for k, r in results.items()))
+    targets = []
+    for t in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        targets += [f"redis x{n}" for n in args.redis_workers] if t == "redis" else [t]
+    print(f"mix {args.mix}, {args.swarms} swarms, {args.connections} connections, {args.duration:.0f} s per target, "
+          f"load average at start {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
+    rounds = []
+    for rnd_no in range(args.rounds):
+        results = {}
+        for target in (targets if rnd_no % 2 == 0 else targets[::-1]):
+            results[target] = wrk_target(target, args, tmp, lua, hashes)
+        rounds.append(results)
+        base = results.get("hello", {}).get("rps")
+        if base:
+            print("ratio to hello-world Flask:", ", ".join(f"{k} {r['rps'] / base:.2f}" for k, r in results.items()),
+                  flush=True)
+    results = {"rounds": rounds, "mix": args.mix}
+    if args.rounds > 1 and all("hello" in r for r in rounds):
+        results["median_ratio_to_hello"] = {
+            t: statistics.median(r[t]["rps"] / r["hello"]["rps"] for r in rounds) for t in targets}
+        print("median ratio to hello-world Flask over", args.rounds, "rounds:",
+              ", ".join(f"{k} {v:.2f}" for k, v in results["median_ratio_to_hello"].items()))
     if args.tls:
         results["mtls"] = tls_bench(args, tmp, hashes)
         for k, v in results["mtls"]["summary"].items():

@@ -2,11 +2,11 @@
 # Idempotent set-up on Debian 12 as root: apt packages for the real parts the
 # tests and demo use, then a virtualenv in .venv with layerswarm installed.
 # No daemon is started or enabled: the tests and the demo start their own
-# dockerd, containerd, docker-registry and redis on loopback.
+# dockerd, containerd, docker-registry, redis and redis-sentinel on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io containerd runc docker-registry skopeo redis-server aria2 transmission-cli
+APT_PACKAGES=(docker.io containerd runc docker-registry skopeo redis-server redis-sentinel aria2 transmission-cli
               mktorrent opentracker wrk hyperfine iproute2 procps python3-venv python3-dev gcc
               ca-certificates tcpdump)
 

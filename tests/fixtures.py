@@ -313,9 +313,10 @@ class TokenRegistry:
 # --------------------------------------------------------------------------- the swarm fleet
 
 class Fleet:
-    """Bridge processes sharing one origin and one tracker, each with its own store and host id."""
+    """Bridge processes sharing one origin and one tracker (``tracker_url``: a URL, or several replicas'),
+    each with its own store and host id."""
 
-    def __init__(self, tmp: Path, origin_url: str, tracker_url: str):
+    def __init__(self, tmp: Path, origin_url: str, tracker_url):
         self.tmp = tmp
         self.origin_url = origin_url
         self.tracker_url = tracker_url
@@ -340,6 +341,11 @@ class Fleet:
         for p in self.others:
             p.kill()
         stop_all(self.bridges)
+
+    def assert_no_thread_died(self) -> None:
+        """A background thread of a bridge (a fetch, a relay) must never die of an uncaught exception."""
+        crashed = [b.name for b in self.bridges if "Exception in thread" in b.log_text(10 ** 8)]
+        assert not crashed, f"uncaught exception in a bridge thread: {crashed} (see their logs in {self.tmp})"
 
 
 # --------------------------------------------------------------------------- fixtures: in-process
@@ -366,11 +372,27 @@ def thread_server():
 PUBLISH_TOKEN = "s3cret-publish-token"
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
+STORE_BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.slow),
+                  pytest.param("cluster", marks=pytest.mark.slow)]
+
+
+def store_url(request) -> str:
+    """The --store of a backend param: memory, a fresh redis-server, or the module's Redis Cluster emptied."""
+    if request.param == "memory":
+        return "memory"
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    return cluster.url
+
+
+@pytest.fixture(params=STORE_BACKENDS)
 def tracker_store(request):
-    """A tracker storage backend, once per backend (redis is a real redis-server)."""
+    """A tracker storage backend, once per backend (redis: a real redis-server; cluster: a real
+    three-node Redis Cluster)."""
     from layerswarm.tracker.storage import open_store
-    s = open_store("memory" if request.param == "memory" else request.getfixturevalue("redis_url"))
+    s = open_store(store_url(request))
     yield s
     s.close()
 
@@ -458,6 +480,14 @@ def redis_url(tmp_path):
     p = devstack.start_redis(tmp_path / "redis")
     yield p.url
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A three-node Redis Cluster (devstack.RedisCluster): ``.url``, ``.flush()``."""
+    c = devstack.RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield c
+    c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -636,6 +666,4 @@ def fleet(tmp_path, origin, tracker):
     f = Fleet(tmp_path, origin.url, tracker.url)
     yield f
     f.close()
-    # A background thread (a fetch, a relay) must never die of an uncaught exception.
-    crashed = [b.name for b in f.bridges if "Exception in thread" in b.log_text(10 ** 8)]
-    assert not crashed, f"uncaught exception in a bridge thread: {crashed} (see their logs in {tmp_path})"
+    f.assert_no_thread_died()

@@ -30,8 +30,8 @@ def create_app(config=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max(cfg.registry.max_metainfo, cfg.registry.max_manifest) + 1
     app.json.sort_keys = False
     fleet = Fleet(cfg.server.fleet_ca, cfg.server.deny_serials) if cfg.server.secure else None
-    app.extensions["layerswarm"] = Tracker(config=cfg, store=open_store(cfg.state.store, cfg.limits), metrics=Metrics(),
-                                           fleet=fleet)
+    store = open_store(cfg.state.store, cfg.limits, cfg.state.options)
+    app.extensions["layerswarm"] = Tracker(config=cfg, store=store, metrics=Metrics(), fleet=fleet)
 
     from layerswarm.tracker.views import bittorrent, inspect, leases, metainfo
     for mod in (bittorrent, metainfo, leases, inspect):

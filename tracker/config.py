@@ -14,6 +14,7 @@ from layerswarm.bridge.format.errors import InvalidOption
 from layerswarm.bridge.format.layertorrent import MAX_METAINFO_BYTES
 from layerswarm.bridge.format.options import Schema, option
 from layerswarm.tracker.storage.base import Limits
+from layerswarm.tracker.storage.spec import StoreOptions, StoreSpec, parse_store
 
 
 def _loopback(host: str) -> bool:
@@ -73,22 +74,59 @@ class ServerSection:
 class StateSection:
     """Where swarms, torrents, manifests and leases live."""
 
-    store: str = option("memory", "'memory' (one process) or redis://host:port/db shared by workers and replicas",
-                        metavar="URL")
+    store: str = option("memory", "'memory' (one process), redis://host:port/db, "
+                        "redis+sentinel://host:port[,host:port]/service[/db] (the primary Sentinel names; failovers "
+                        "are followed) or redis+cluster://host:port[,host:port]: shared by workers and replicas; "
+                        "never a password in it", metavar="URL")
+    store_password: str | None = option(None, "password of the Redis servers", secret=True, flag="file",
+                                        env=("LAYERSWARM_STORE_PASSWORD",))
+    store_sentinel_password: str | None = option(None, "password of the Sentinels (when they have one)", secret=True,
+                                                 flag="file", env=("LAYERSWARM_STORE_SENTINEL_PASSWORD",))
+    # Below the bridges' tracker timeout (10 s): they fall back to the origin rather than wait longer.
+    store_retry: float = option(8.0, "seconds a request waits for the store to come back (a Sentinel failover, "
+                                "a Redis restart) before it fails", metavar="S")
+    store_wait_replicas: int | None = option(None, "replicas that must hold a quarantine before the tracker "
+                                             "answers (Redis WAIT; default 1 with redis+sentinel://, else 0)",
+                                             metavar="N")
+    store_wait_timeout: float = option(2.0, "how long a quarantine waits for them (then 503)", metavar="S")
 
     def __post_init__(self) -> None:
-        if not (self.store == "memory" or self.store.startswith(("redis://", "rediss://", "unix://"))):
-            raise InvalidOption("store", f"must be 'memory' or a redis:// URL, not {self.store!r}")
+        try:
+            spec = parse_store(self.store)
+        except ValueError as exc:
+            raise InvalidOption("store", str(exc)) from None
+        if self.store_wait_replicas is not None and self.store_wait_replicas < 0:
+            raise InvalidOption("store_wait_replicas", "must be 0 or more")
+        if not spec.shared and self.store_wait_replicas:
+            raise InvalidOption("store_wait_replicas", "needs a Redis store")
+        if self.store_retry < 0 or self.store_wait_timeout <= 0:
+            raise InvalidOption("store_retry", "--store-retry must be 0 or more, --store-wait-timeout more than 0")
+
+    @property
+    def spec(self) -> StoreSpec:
+        return parse_store(self.store)
+
+    @property
+    def options(self) -> StoreOptions:
+        """How the store connects and how sure its writes must be (storage/spec.py)."""
+        wait = self.store_wait_replicas
+        if wait is None:
+            wait = 1 if self.spec.kind == "sentinel" else 0
+        return StoreOptions(password=self.store_password, sentinel_password=self.store_sentinel_password,
+                            retry_for=self.store_retry, wait_replicas=wait, wait_timeout=self.store_wait_timeout)
 
 
 @dataclass(frozen=True)
 class AnnounceSection:
     """The BitTorrent side: announce and scrape."""
 
-    interval: int = option(120, "announce interval handed to clients; peers expire after twice that", metavar="S")
+    interval: int = option(120, "announce interval handed to peers still downloading", metavar="S")
+    # A seeder of a complete layer only has to stay listed: announces/s = hosts x layers / interval
+    # is dominated by seeders, so their interval sets the tracker's load (README, capacity plan).
+    seed_interval: int = option(1800, "announce interval handed to seeders (left=0)", metavar="S")
     min_interval: int | None = option(None, "minimum announce interval (default interval/2)", metavar="S")
-    peer_ttl: int | None = option(None, "seconds a silent peer stays listed (default 2 x interval: one "
-                                  "missed announce is tolerated)", metavar="S")
+    peer_ttl_intervals: float = option(2.0, "a silent peer stays listed this many of the intervals it was "
+                                       "handed (2: one missed announce is tolerated)", metavar="N")
     numwant_default: int = option(50, "peers returned when the client does not say", metavar="N")
     numwant_max: int = option(200, "most peers returned to one announce", metavar="N")
     allow_ip_param: bool = option(False, "trust the announce 'ip' parameter (only behind a NAT you control)")
@@ -100,15 +138,22 @@ class AnnounceSection:
                                    metavar="S")
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "interval", "numwant_max", "max_query", "max_scrape", "max_swarms")
+        _at_least_one(self, "interval", "seed_interval", "numwant_max", "max_query", "max_scrape", "max_swarms")
+        if self.peer_ttl_intervals < 1:
+            raise InvalidOption("peer_ttl_intervals", "must be at least 1: a peer would expire before it announces")
 
     @property
     def effective_min_interval(self) -> int:
         return self.min_interval if self.min_interval is not None else max(1, self.interval // 2)
 
-    @property
-    def effective_peer_ttl(self) -> int:
-        return self.peer_ttl if self.peer_ttl is not None else 2 * self.interval
+    def interval_for(self, seeder: bool) -> int:
+        """The interval handed to a peer: seeders (nothing left) announce rarely, downloads often."""
+        return self.seed_interval if seeder else self.interval
+
+    def peer_ttl(self, seeder: bool) -> float:
+        """How long a peer stays listed without announcing: a few of the intervals it was handed, so a
+        seeder told to come back in 30 minutes is not dropped after 4."""
+        return self.peer_ttl_intervals * self.interval_for(seeder)
 
 
 @dataclass(frozen=True)
@@ -171,7 +216,7 @@ class Config:
                 and not _loopback(self.server.host)):
             raise InvalidOption("host", f"{self.server.host} is not a loopback address: set a publish token "
                                 "(--publish-token-file) or pass --allow-anonymous-writes")
-        if self.server.workers > 1 and self.state.store == "memory":
+        if self.server.workers > 1 and not self.state.spec.shared:
             raise InvalidOption("workers", "the memory store lives in one process: use --workers 1 or "
                                 "--store redis://...")
 

@@ -16,6 +16,8 @@ class Metrics:
         announces = Counter("layerswarm_tracker_announces", "Announces answered, by event", ["event"], registry=r)
         # children bound once: labels() lookups are measurable on the hot path
         self.announce = {e: announces.labels(e or "none") for e in set(EVENTS.values())}
+        self.unpublished = Counter("layerswarm_tracker_unpublished_seeders", "Seeders of a torrent not published "
+                                   "here, asked to publish it (announce warning)", registry=r)
         self.failures = Counter("layerswarm_tracker_failures", "Requests answered with a failure reason",
                                 ["endpoint"], registry=r)
         self.scrapes = Counter("layerswarm_tracker_scrapes", "Scrapes answered", registry=r)

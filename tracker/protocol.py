@@ -152,21 +152,27 @@ class SwarmCounts:
     downloaded: int = 0
 
 
-def encode_announce(req: AnnounceRequest, peers: list, counts: SwarmCounts, interval: int, min_interval: int) -> bytes:
-    """Bencoded reply; ``peers`` is a list of (peer key, compact addr), the key starting with the peer_id.
+def encode_announce(req: AnnounceRequest, peers: list, counts: SwarmCounts, interval: int, min_interval: int,
+                    warning: str | None = None) -> bytes:
+    """Bencoded reply; ``peers`` is a list of (peer key, compact addr), the key starting with the peer_id;
+    ``warning``: a ``warning message`` (clients go on, libtorrent raises a tracker_warning_alert).
 
     Hand-built (keys in sorted order, as bencode requires) because this is
     the hot path and a generic encoder costs more than the rest of the reply.
     """
     head = b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de" % (
         counts.complete, counts.incomplete, interval, min_interval)
+    tail = b"e"
+    if warning:
+        text = warning.encode()
+        tail = b"15:warning message%d:%se" % (len(text), text)
     if req.compact:
         v4 = b"".join(a for _, a in peers if len(a) == 6)
         v6 = b"".join(a for _, a in peers if len(a) == 18)
         body = b"5:peers%d:%s" % (len(v4), v4)
         if v6:
             body += b"6:peers6%d:%s" % (len(v6), v6)
-        return head + body + b"e"
+        return head + body + tail
     plist = []
     for pid, a in peers:
         ip, port = unpack_addr(a)
@@ -174,7 +180,7 @@ def encode_announce(req: AnnounceRequest, peers: list, counts: SwarmCounts, inte
         if not req.no_peer_id:
             d[b"peer id"] = pid[:20]
         plist.append(d)
-    return head + b"5:peers" + bencodepy.encode(plist) + b"e"
+    return head + b"5:peers" + bencodepy.encode(plist) + tail
 
 
 def encode_scrape(files: dict) -> bytes:

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="docker save tarball, OCI layout (dir or tar), raw blob file, or docker://host/repo:tag; "
                         "none: seed what the store already holds")
-    p.add_argument("--tracker", default=os.environ.get("LAYERSWARM_TRACKER"), help="tracker base URL (env LAYERSWARM_TRACKER)")
+    fleetopts.add_tracker_argument(p)
     p.add_argument("--token", default=os.environ.get("LAYERSWARM_PUBLISH_TOKEN"), help="publish token (env LAYERSWARM_PUBLISH_TOKEN)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--store-dir", default=None, help="layer store to fill and seed from in the foreground "
@@ -88,13 +88,14 @@ def _bar(args, total: int):
 
 
 def run(args) -> int:
-    if not args.tracker:
+    urls = fleetopts.trackers(args)
+    if not urls:
         raise UserError("--tracker URL is required (or set LAYERSWARM_TRACKER)")
     from layerswarm.bridge.node.trackerclient import TrackerClient
     tls = fleetopts.tls(args)
-    tracker = TrackerClient(args.tracker, args.token, tls=tls)
+    tracker = TrackerClient(urls, args.token, tls=tls)
     if not tracker.healthy():
-        raise UserError(f"tracker {args.tracker} unreachable")
+        raise UserError(f"tracker {', '.join(urls)} unreachable")
     layers = collect(args, secure=tls is not None)
     if args.sources and not layers:
         raise UserError("no layers found in the given sources")
@@ -151,7 +152,7 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
     except InvalidOption as exc:
         raise UserError(f"--listen/--ssl-listen: {exc}") from None
     try:
-        peer = Peer.open(store_dir, args.tracker, publish_token=args.token, cache_max=_size("--cap", args.cap),
+        peer = Peer.open(store_dir, tracker.urls, publish_token=args.token, cache_max=_size("--cap", args.cap),
                          session=session, tls=tls,
                          budgets=BudgetSection(upload_budget=_size("--upload-budget", args.upload_budget)))
     except OSError as exc:
@@ -168,7 +169,7 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
                 writers.append(w)
                 for c in layer_chunks(l, bar):
                     w.write(c)
-                w.finish([tracker.announce_url])
+                w.finish(tracker.announce_urls)
             # Phase 2: agree on torrents with the tracker (a conflict still leaves nothing).
             chosen = [peer.resolve_torrent(w.torrent) for w in writers]
         except (DigestMismatch, StoreFull, TrackerUnavailable) as exc:

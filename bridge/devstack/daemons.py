@@ -1,10 +1,10 @@
 """Start and stop the real daemons of a local stack on loopback: origin registry, redis, tracker, bridge.
 
 Used by ``layerswarm demo`` and reused by the tests and benchmarks: a
-distribution registry (Debian's ``docker-registry``) as the origin, a
-``redis-server``, and our own ``layerswarm tracker`` / ``layerswarm bridge``
-processes.  The registry clients (dockerd, containerd, skopeo) are in
-clients.py.
+distribution registry (Debian's ``docker-registry``) as the origin,
+``redis-server`` (also as a replica) and ``redis-sentinel`` for failovers,
+and our own ``layerswarm tracker`` / ``layerswarm bridge`` processes.  The
+registry clients (dockerd, containerd, skopeo) are in clients.py.
 
 Every process runs in its own process group with its own directories and a
 log file; it is killed with its whole group on ``stop()``.  When a process
@@ -150,25 +150,110 @@ def run(argv, timeout: float = 300, what: str | None = None, env=None) -> subpro
     return cp
 
 
-# --------------------------------------------------------------------------- origin registry
+# --------------------------------------------------------------------------- redis
 
-def start_redis(workdir: Path, port: int | None = None) -> Daemon:
-    """A throwaway ``redis-server`` on loopback (no persistence); ``.url`` is its redis:// URL."""
+def start_redis(workdir: Path, port: int | None = None, password: str | None = None,
+                replica_of: int | None = None, cluster: bool = False) -> Daemon:
+    """A throwaway ``redis-server`` on loopback (no persistence); ``.url`` is its redis:// URL (never with the
+    password), ``.port``.  ``password``: requirepass (and masterauth, for a replica); ``replica_of``: the
+    port of the primary it replicates (a proxy in front of it, say); ``cluster``: a node for
+    :func:`start_redis_cluster`."""
     require_binaries("redis-server")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    p = Daemon(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--dir", workdir], workdir / "redis.log", name="redis-server")
-
-    def ping():
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    p.wait_until(ping, what="answering PING")
+    argv = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", workdir]
+    if password:
+        argv += ["--requirepass", password, "--masterauth", password]
+    if replica_of:
+        argv += ["--replicaof", "127.0.0.1", replica_of]
+    if cluster:
+        # the bus port of its own: port + 10000 (the default) may be past 65535
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", workdir / "nodes.conf",
+                 "--cluster-node-timeout", "2000", "--cluster-port", free_port()]
+    p = Daemon(argv, workdir / "redis.log", name="redis-server")
+    p.wait_until(lambda: _redis_ping(port, password), what="answering PING")
     p.url = f"redis://127.0.0.1:{port}/0"
+    p.port = port
     return p
 
+
+class RedisCluster:
+    """A Redis Cluster of ``n`` primaries on loopback (no replicas); ``.url`` is its redis+cluster:// URL."""
+
+    def __init__(self, workdir: Path, n: int = 3):
+        require_binaries("redis-server", "redis-cli")
+        self.nodes = []
+        try:
+            for i in range(n):
+                self.nodes.append(start_redis(Path(workdir) / f"node{i}", cluster=True))
+            run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{d.port}" for d in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"], timeout=60, what="redis-cli --cluster create")
+            for d in self.nodes:
+                d.wait_until(lambda d=d: _cluster_state(d.port) == "ok",
+                             what="in a cluster whose every slot is served")
+        except Exception:
+            self.stop()
+            raise
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{d.port}" for d in self.nodes)
+
+    def flush(self) -> None:
+        """Empty every node (a fresh store for the next test)."""
+        for d in self.nodes:
+            with _redis(d.port) as r:
+                r.flushall()
+
+    def stop(self) -> None:
+        for d in self.nodes:
+            d.stop()
+
+
+def start_sentinel(workdir: Path, primary_port: int, service: str, quorum: int, port: int | None = None,
+                   password: str | None = None, sentinel_password: str | None = None,
+                   down_after_ms: int = 2000) -> Daemon:
+    """A ``redis-sentinel`` on loopback watching the primary at ``primary_port`` as ``service``; ``.port``.
+
+    ``password``: the data nodes' (auth-pass); ``sentinel_password``: the Sentinel's own (requirepass,
+    and what it shows other Sentinels).  The failover timeout is long, so that a replica reached
+    through a proxy is not "fixed" to the primary's own address while a test runs.
+    """
+    require_binaries("redis-sentinel")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    lines = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}",
+             f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}",
+             f"sentinel down-after-milliseconds {service} {down_after_ms}",
+             f"sentinel failover-timeout {service} 600000", f"sentinel parallel-syncs {service} 1"]
+    if password:
+        lines.append(f"sentinel auth-pass {service} {password}")
+    if sentinel_password:
+        lines += [f"requirepass {sentinel_password}", f"sentinel sentinel-pass {sentinel_password}"]
+    conf = workdir / "sentinel.conf"   # Sentinel rewrites it: what it learns survives its restart
+    conf.write_text("\n".join(lines) + "\n")
+    p = Daemon(["redis-sentinel", conf], workdir / "sentinel.log", name="redis-sentinel")
+    p.wait_until(lambda: _redis_ping(port, sentinel_password), what="answering PING")
+    p.port = port
+    return p
+
+
+def _redis(port: int, password: str | None = None):
+    import redis
+    return redis.Redis(port=port, password=password, socket_timeout=2, socket_connect_timeout=1)
+
+
+def _cluster_state(port: int) -> str:
+    with _redis(port) as r:
+        return r.execute_command("CLUSTER INFO")["cluster_state"]   # redis-py parses the reply
+
+
+def _redis_ping(port: int, password: str | None) -> bool:
+    with _redis(port, password) as r:
+        return r.ping()
+
+
+# --------------------------------------------------------------------------- origin registry
 
 def start_registry(workdir: Path, port: int | None = None, extra_config: str = "") -> Daemon:
     """A distribution registry on loopback with request logging; ``.url``, ``.access_log``."""
@@ -244,9 +329,10 @@ def bridge_stats(url: str) -> dict:
 
 
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
-                 tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
+                 tracker=None, port: int | None = None, extra=(), store: Path | None = None,
                  env=None, name: str = "layerswarm bridge", fleet=None) -> Daemon:
-    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
+    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; ``tracker``: a tracker
+    URL or several (replicas of one tracker, each given as ``--tracker``); with a tracker also
     ``.fleet_url`` (its fleet listener: the relay other bridges stream from).  ``fleet``: a
     ``certs.FleetPKI`` for secure fleet mode (a certificate is issued for ``name``; ``.fleet_url``
     is https).
@@ -266,8 +352,9 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
     if tracker:
         # BitTorrent and the fleet listener on loopback, on ports of their own
         fleet_port = free_port()
-        argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
-                 "--fleet-listen", f"127.0.0.1:{fleet_port}"]
+        for url in [tracker] if isinstance(tracker, str) else tracker:
+            argv += ["--tracker", url]
+        argv += ["--peer-listen", f"127.0.0.1:{free_port()}", "--fleet-listen", f"127.0.0.1:{fleet_port}"]
         if fleet is not None:
             argv += fleet.args(fleet.host(name.replace(" ", "-")))
             argv += ["--peer-ssl-listen", f"127.0.0.1:{free_port()}"]

@@ -45,7 +45,8 @@ def option(default=dataclasses.MISSING, help: str = "", *, default_factory=datac
            flags: tuple = (), env: tuple = (), toml: tuple = (), secret: bool = False, parse=None,
            metavar: str | None = None, flag: bool = True):
     """A configuration field: ``flags``/``env``/``toml`` add legacy spellings to the derived names;
-    ``parse`` turns text (or a TOML value) into the field's value; ``flag=False`` means file/env only."""
+    ``parse`` turns text (or a TOML value) into the field's value; ``flag=False`` means file/env only;
+    ``flag="file"`` (a secret) gives only the ``--name-file`` flag, so the secret never shows in ``ps``."""
     meta = {"help": help, "flags": tuple(flags), "env": tuple(env), "toml": tuple(toml), "secret": secret,
             "parse": parse, "metavar": metavar, "flag": flag, "option": True}
     if default_factory is not dataclasses.MISSING:
@@ -126,6 +127,10 @@ class Schema:
         shown = "" if quiet else f"; default {default}"
         help_text = f"{opt.meta['help']} (env {env}{shown})"
         kw = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
+        if opt.meta["flag"] == "file":   # the secret only from a file (or the environment)
+            names = " or ".join(f"{e}[_FILE]" for e in (env, *opt.meta["env"]))
+            _file_flag(group, opt, f"{opt.meta['help']}, read from FILE (env {names})")
+            return
         if opt.kind is bool:
             group.add_argument(*opt.flags, action="store_true", **kw)
             return
@@ -138,8 +143,7 @@ class Schema:
             kw["metavar"] = opt.meta["metavar"]
         group.add_argument(*opt.flags, **kw)
         if opt.meta["secret"]:
-            group.add_argument(*(f + "-file" for f in opt.flags), dest=opt.name + "__file", metavar="FILE",
-                               default=argparse.SUPPRESS, help=f"read {opt.name} from FILE (env {env}_FILE)")
+            _file_flag(group, opt, f"read {opt.name} from FILE (env {env}_FILE)")
 
     def default_of(self, opt: _Opt):
         f = {f.name: f for f in dataclasses.fields(self.sections[opt.section])}[opt.name]
@@ -248,13 +252,17 @@ class Schema:
             raise UserError(f"{where or label}: {exc}") from None
 
     # -- output ---------------------------------------------------------------
-    def answered(self, args, cfg) -> bool:
-        """``--print-config`` / ``--check-config``: print the answer; True means the command is done."""
+    def answered(self, args, cfg, check=None) -> bool:
+        """``--print-config`` / ``--check-config``: print the answer; True means the command is done.
+
+        ``check(cfg)`` goes past the values to what they name (files, directories) and returns a
+        one-line summary; it raises UserError for the first thing wrong."""
         if getattr(args, "print_config", False):
             print(self.dump(cfg), end="")
             return True
         if getattr(args, "check_config", False):
-            print("configuration OK")
+            summary = check(cfg) if check else ""
+            print("configuration OK" + (f": {summary}" if summary else ""))
             return True
         return False
 
@@ -273,6 +281,11 @@ class Schema:
                 table[f.name] = REDACTED if f.metadata.get("secret") else _redact(v)
             out[name] = table
         return tomli_w.dumps(out)
+
+
+def _file_flag(group, opt: _Opt, help_text: str) -> None:
+    group.add_argument(*(f + "-file" for f in opt.flags), dest=opt.name + "__file", metavar="FILE",
+                       default=argparse.SUPPRESS, help=help_text)
 
 
 def _coerce(opt: _Opt, value):
@@ -351,6 +364,30 @@ def read_secret(path, source: str) -> str:
     except (OSError, TypeError) as exc:
         raise UserError(f"{source}: cannot read secret file {path!r}: {getattr(exc, 'strerror', None) or exc}") \
             from None
+
+
+def writable_dir(path: str, what: str) -> None:
+    """UserError unless ``path`` is a directory this process can write, or could create (nothing is made)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if not os.path.isdir(p):
+        raise UserError(f"{what} {path}: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        verb = "write" if p == os.path.abspath(path) else f"create it in {p}"
+        raise UserError(f"{what} {path}: cannot {verb} (permission denied)")
+
+
+def readable_file(path: str, what: str) -> None:
+    """UserError unless ``path`` is a file this process can read."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
 def _redact(value):

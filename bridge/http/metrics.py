@@ -24,6 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 BLOB_SOURCES = ("origin", "store", "peer", "relay")
+FALLBACK_SOURCES = ("swarm", "fetch", "tracker", "peer", "relay", "origin")
+MISMATCH_SOURCES = ("peer", "relay", "origin", "assembled")
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -68,16 +70,28 @@ class Metrics:
                                 ["source"], registry=r)
         self._auth = Counter("layerswarm_bridge_auth", "Client authorization: upstream decisions (allow, deny, "
                              "unknown), cache hits, holdings confirmed, tokens refused", ["result"], registry=r)
+        self._fallbacks = Counter("layerswarm_bridge_fallbacks", "Blob answers that went on from the origin "
+                                  "because the source before it failed (swarm, fetch, tracker, peer, relay)",
+                                  ["source"], registry=r)
+        self._mismatches = Counter("layerswarm_bridge_digest_mismatches", "Blobs whose bytes did not hash to their "
+                                   "digest, by where they came from (the connection is cut, the source blamed)",
+                                   ["source"], registry=r)
+        self._prefetched = Counter("layerswarm_bridge_prefetches", "Layer fetches started before a client asked "
+                                   "(--prefetch-layers)", registry=r)
         self._lock = threading.Lock()
         self._json = {k: defaultdict(int) for k in
                       ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched",
-                       "auth")}
+                       "auth", "prefetch", "fallbacks", "digest_mismatches")}
         for s in ("origin", "relay", "peer"):
             self._fetched.labels(s)
             self._json["fetched"][s] = 0
         for s in BLOB_SOURCES:
             self._blob.labels(s)
             self._json["blob_bytes"][s] = 0
+        for s in FALLBACK_SOURCES:
+            self._fallbacks.labels(s)
+        for s in MISMATCH_SOURCES:
+            self._mismatches.labels(s)
         for k in ("hit", "miss", "tag_hit", "shared"):
             self._manifests.labels(k)
             self._json["manifests"][k] = 0
@@ -111,6 +125,18 @@ class Metrics:
     def manifest(self, result: str) -> None:
         self._manifests.labels(result).inc()
         self._add("manifests", result)
+
+    def fallback(self, source: str) -> None:
+        self._fallbacks.labels(source).inc()
+        self._add("fallbacks", source)
+
+    def mismatch(self, source: str) -> None:
+        self._mismatches.labels(source).inc()
+        self._add("digest_mismatches", source)
+
+    def prefetched(self) -> None:
+        self._prefetched.inc()
+        self._add("prefetch", "started")
 
     def auth(self, result: str) -> None:
         self._auth.labels(result).inc()

@@ -25,6 +25,8 @@ from layerswarm.bridge.node.budget import UploadBudget, Uploads
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.node.readers import FileStream, LayerStream
 from layerswarm.bridge.node.stream import Download
+from layerswarm.bridge.node.torrent.alerts import TRACKER_WARNING
+from layerswarm.bridge.node.worker import Worker
 from layerswarm.bridge.node.trackerclient import TrackerClient
 
 log = logging.getLogger(__name__)
@@ -57,22 +59,26 @@ class Peer:
         self._lock = threading.Lock()
         self._downloads: dict = {}
         self._seeding: dict = {}     # Digest -> SeedInfo
+        self._republishing: set = set()
+        self._republisher = Worker("republish")   # tracker calls stay off the alert thread
         self._closed = False
+        session.dispatcher.subscribe_kind(TRACKER_WARNING, self._on_tracker_warning)
 
     @classmethod
-    def open(cls, store_dir: str, tracker_url: str, *, publish_token: str | None = None, host_id: str = "",
+    def open(cls, store_dir: str, trackers, *, publish_token: str | None = None, host_id: str = "",
              cache_max: int | None = None, session: SessionSection | None = None,
              stream: StreamSection | None = None, tracker_timeout: float = 10.0, tls=None,
              budgets: BudgetSection | None = None) -> "Peer":
         """A peer with its own store, tracker client and libtorrent session (one per process).
 
+        ``trackers``: the tracker's base URL, or several (replicas sharing one store).
         ``tls``: the host's FleetTLS in secure fleet mode (SSL torrents, HTTPS to the tracker), else None;
         ``budgets``: the host's upload and download budgets.
         """
         from layerswarm.bridge.node.torrent.session import TorrentSession  # the libtorrent import
         ssl_cert = tf.root_cert(tls.ca_pem) if tls is not None else None
         store = LayerStore(store_dir, cache_max)
-        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout, tls=tls)
+        tracker = TrackerClient(trackers, publish_token, host_id, tracker_timeout, tls=tls)
         ses = TorrentSession(session or SessionSection(), tls, budgets)
         upload = budgets.upload_budget if budgets is not None else None
         return cls(store, tracker, ses, stream or StreamSection(), ssl_cert,
@@ -110,7 +116,7 @@ class Peer:
         if path is None:
             raise FileNotFoundError(str(digest))
         if own is None:
-            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], ssl_cert=self.ssl_cert,
+            own = tf.torrent_for_file(path, trackers=self.tracker.announce_urls, ssl_cert=self.ssl_cert,
                                       expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
@@ -168,7 +174,7 @@ class Peer:
         if current is not None and current.info_hash == torrent.info_hash.hex:
             return current   # seeded already (a layer given again, e.g. a second `seed` of one tarball)
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
-                         trackers=[self.tracker.announce_url])
+                         trackers=self.tracker.announce_urls)
         info = SeedInfo(d, torrent.size, torrent.info_hash.hex, source)
         with self._lock:
             self._seeding[d] = info
@@ -180,6 +186,35 @@ class Peer:
         self.session.remove(str(digest))
         if not self.session.wait_removed(str(digest)):
             raise SwarmError(f"libtorrent still holds {digest}")
+
+    def _on_tracker_warning(self, ev) -> None:
+        """The tracker publishes no torrent for a layer we seed (its store lost it in a failover, it
+        restarted, or the torrent was dropped): give ours back, as only a host holding the bytes can."""
+        if tf.UNPUBLISHED_WARNING not in ev.data.get("message", ""):
+            return
+        try:
+            digest = Digest.parse(ev.name)
+        except ValueError:
+            return
+        with self._lock:
+            if digest not in self._seeding or digest in self._republishing:
+                return
+            self._republishing.add(digest)
+        self._republisher.submit(self._republish, digest)
+
+    def _republish(self, digest: Digest) -> None:
+        try:
+            meta = self.store.saved_torrent(digest)
+            if meta is None or digest not in self.store:
+                return
+            _, source = self.resolve_torrent(tf.parse_metainfo(meta, digest))
+            log.info("%s: the tracker had no torrent for it; %s", digest,
+                     "published ours again" if source == "own" else "it has one again")
+        except (TrackerUnavailable, TorrentConflict, UserError, ValueError) as exc:
+            log.warning("%s: could not publish its torrent again: %s", digest, exc)
+        finally:
+            with self._lock:
+                self._republishing.discard(digest)
 
     def seeding(self) -> list:
         with self._lock:
@@ -195,7 +230,7 @@ class Peer:
         with w:
             for c in chunks:
                 w.write(c)
-            own = w.finish([self.tracker.announce_url])
+            own = w.finish(self.tracker.announce_urls)
             if own.digest in self.store:
                 w.abort()
                 return self.seed(own.digest)
@@ -204,7 +239,7 @@ class Peer:
         return self.seed_torrent(chosen, source)
 
     def publish_writer(self, writer) -> SeedInfo:
-        own = writer.finish([self.tracker.announce_url])
+        own = writer.finish(self.tracker.announce_urls)
         chosen, source = self.resolve_torrent(own)
         writer.commit(chosen.metainfo)
         return self.seed_torrent(chosen, source)
@@ -237,7 +272,7 @@ class Peer:
             dl = self._downloads.get(digest)
             if dl is not None and not dl.complete.is_set():
                 return dl
-            dl = Download(self.session, self.store, metainfo, trackers=[self.tracker.announce_url],
+            dl = Download(self.session, self.store, metainfo, trackers=self.tracker.announce_urls,
                           config=self.stream_cfg, on_mismatch=self._report_mismatch, on_done=self._download_done)
             self._downloads[digest] = dl
         try:
@@ -275,6 +310,7 @@ class Peer:
             dls = list(self._downloads.values())
         for dl in dls:
             dl.abort("peer shutting down")
+        self._republisher.stop()
         self.uploads.close()
         self.store.flush()
         self.session.close()

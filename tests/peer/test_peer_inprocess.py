@@ -9,7 +9,9 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
 import requests
 
-from tests.fixtures import add_blob as add, blob_bytes, run_cli
+from layerswarm.bridge.format.layertorrent import parse_metainfo
+from layerswarm.bridge.node.trackerclient import TrackerClient
+from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, wait_for
 
 
 def test_seed_then_stream_from_swarm(local_tracker, make_peer):
@@ -25,6 +27,75 @@ def test_seed_then_stream_from_swarm(local_tracker, make_peer):
     assert out == data and s.yielded == len(data)
     assert leech.store.path_if_present(d).read_bytes() == data
     assert any(x.digest == d for x in leech.seeding())
+
+
+def test_a_peer_announces_to_each_of_its_trackers_and_to_no_other(make_peer):
+    a, b = LocalTracker(), LocalTracker()   # separate stores here: each one's counts show who announced to it
+    data = blob_bytes(2_000_000, b"two trackers")
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", [a.url, b.url])
+    ih = add(seeder, data).info_hash
+
+    def counts(t):
+        return TrackerClient(t.url).scrape([ih]).get(ih, {}).get("complete", 0)
+    wait_for(lambda: counts(a) == 1 and counts(b) == 1, timeout=30, what="the seeder at both trackers")
+    torrent = parse_metainfo(seeder.store.saved_torrent(d), d)
+    assert torrent.trackers == (a.url + "/announce", b.url + "/announce")
+    # a host given only b downloads the seeder's torrent (which names a too) and announces to b only
+    leech = make_peer("leech", b.url)
+    assert b"".join(leech.stream(d, metainfo=torrent)) == data
+    wait_for(lambda: counts(b) == 2, timeout=30, what="the new seeder at b")
+    assert counts(a) == 1
+
+
+@pytest.mark.tracker_config(interval=2, seed_interval=3)
+def test_a_seeder_publishes_again_a_torrent_the_tracker_lost(local_tracker, make_peer):
+    """The tracker's store lost a torrent (a failover before replication, a restart): the tracker
+    asks the layer's seeders for it in their announce replies, and a seeder gives its own back."""
+    data = blob_bytes(2_000_000, b"lost")
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", local_tracker.url, session={"min_announce_interval": 1})
+    info = add(seeder, data)
+    url = f"{local_tracker.url}/metainfo/{d}"
+    local_tracker.app.extensions["layerswarm"].store.drop_metainfo(d, "1")   # forgotten by the tracker
+    assert requests.get(url, timeout=10).status_code == 404
+    t0 = time.monotonic()
+    r = wait_for(lambda: (r := requests.get(url, timeout=10)).status_code == 200 and r, timeout=30,
+                 what="the seeder to publish its torrent again")
+    assert r.headers["X-Layerswarm-Info-Hash"] == info.info_hash
+    assert time.monotonic() - t0 < 3 + 5   # the next seeder announce (seed interval 3 s) asked for it
+
+
+def test_libtorrent_announces_each_torrent_on_the_interval_handed_to_it(make_peer):
+    """One session, two torrents: the one seeded comes back on the seed interval, the download on the
+    short one (libtorrent keeps an interval per torrent and tracker)."""
+    from layerswarm.bridge.devstack.threadserver import ThreadServer
+    from layerswarm.tracker.app import create_app
+    from tests.tracker.helpers import layer
+    seen = []
+    app = create_app({"interval": 2, "seed_interval": 5})
+    inner = app.wsgi_app
+
+    def record(environ, start_response):
+        if environ["PATH_INFO"].startswith("/announce"):
+            seen.append((time.monotonic(), "left=0&" in environ["QUERY_STRING"]))
+        return inner(environ, start_response)
+    app.wsgi_app = record
+    tracker = ThreadServer(app)
+    try:
+        peer = make_peer("host", tracker.url, session={"min_announce_interval": 1})
+        add(peer, blob_bytes(1_000_000, b"interval"))
+        _, nobody_seeds = layer(1_000_000)
+        peer.download(nobody_seeds.digest, nobody_seeds)
+        time.sleep(13)
+    finally:
+        tracker.stop()
+
+    def gaps(seeder):   # between re-announces (the first one after "started" may come early)
+        times = [t for t, s in seen if s == seeder][1:]
+        return [b - a for a, b in zip(times, times[1:])]
+    assert gaps(True) and all(4 <= g <= 7 for g in gaps(True)), gaps(True)
+    assert len(gaps(False)) >= 3 and all(1.5 <= g <= 3.5 for g in gaps(False)), gaps(False)
 
 
 def test_stream_from_offset(local_tracker, make_peer):

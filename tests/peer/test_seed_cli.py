@@ -162,3 +162,18 @@ def test_seeding_the_same_tarball_again_on_the_same_store(local_tracker, tmp_pat
         assert r.returncode == 0, r.stderr
         assert str(img.layers[0].digest) in r.stdout
     assert (store / "layers" / str(img.layers[0].digest)).read_bytes() == img.layers[0].data
+
+
+def test_seed_and_inspect_take_several_trackers_and_pass_a_dead_one(local_tracker, tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    raw = tmp_path / "blob.bin"
+    raw.write_bytes(blob_bytes(300_000, b"replicas"))
+    d = Digest.of_bytes(raw.read_bytes())
+    r = run_cli("seed", raw, "--tracker", dead, "--tracker", local_tracker.url, "--store-dir", tmp_path / "store",
+                "--listen", "127.0.0.1:0", "--exit")
+    assert r.returncode == 0, r.stderr
+    meta = tf.parse_metainfo(requests.get(f"{local_tracker.url}/metainfo/{d}", timeout=5).content, d)
+    assert meta.trackers == (f"{dead}/announce", f"{local_tracker.url}/announce")
+    monkeypatch.setenv("LAYERSWARM_TRACKER", f"{dead},{local_tracker.url}")
+    r = run_cli("inspect", str(d))
+    assert r.returncode == 0 and str(d) in r.stdout, r.stderr

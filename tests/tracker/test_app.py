@@ -9,6 +9,7 @@ import bencodepy
 import pytest
 
 from layerswarm.tracker.app import create_app
+from layerswarm.bridge.format.layertorrent import UNPUBLISHED_WARNING
 from tests.tracker.helpers import announce_qs, bad_torrent_for, layer
 
 IH = b"\x00\xff%&=+ \x80" + b"\x01" * 12  # bytes that text decoding or form parsing would mangle
@@ -30,6 +31,23 @@ def test_announce_binary_safe_compact_and_dict(tracker_client):
     assert r[b"peers"] == [{b"ip": b"127.0.0.1", b"peer id": b"\xfe" * 20, b"port": 6881}]
     r = ann(tracker_client, announce_qs(IH, b"-XX0001-abcdefghijkl", 6882, left=0, compact=0, no_peer_id=1))
     assert r[b"peers"] == [{b"ip": b"127.0.0.1", b"port": 6881}]
+
+
+def test_seeders_get_the_long_interval_and_are_asked_for_torrents_not_published(tracker_client, publish_auth):
+    _, t = layer()
+    ih = t.info_hash.raw
+    r = ann(tracker_client, announce_qs(ih, b"-XX0001-leecher00001", 6881, event="started"))
+    assert (r[b"interval"], r[b"min interval"]) == (60, 30) and b"warning message" not in r
+    r = ann(tracker_client, announce_qs(ih, b"-XX0001-seeder000001", 6882, left=0, event="started"))
+    assert r[b"interval"] == 1800 and r[b"warning message"] == UNPUBLISHED_WARNING.encode()
+    assert r[b"peers"] == bytes([127, 0, 0, 1]) + (6881).to_bytes(2, "big")   # the reply is whole otherwise
+    assert tracker_client.put(f"/metainfo/{t.digest}", data=t.metainfo, headers=publish_auth).status_code == 201
+    r = ann(tracker_client, announce_qs(ih, b"-XX0001-seeder000001", 6882, left=0))
+    assert r[b"interval"] == 1800 and b"warning message" not in r
+    r = ann(tracker_client, announce_qs(ih, b"-XX0001-leecher00001", 6881, left=0, event="completed"))
+    assert r[b"interval"] == 1800 and r[b"complete"] == 2
+    metrics = tracker_client.get("/metrics").data.decode()
+    assert "layerswarm_tracker_unpublished_seeders_total 1.0" in metrics
 
 
 def test_announce_passkey_path_and_ip_param_ignored(tracker_client):

@@ -1,6 +1,7 @@
 """The `layerswarm tracker` and `layerswarm inspect` commands: real processes (slow) and in-process runs."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,9 +80,33 @@ def test_publish_token_from_env(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_script_smoke(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench_tracker.py"), "--duration", "1",
-                          "--targets", "hello,memory", "--connections", "4", "--swarms", "10",
-                          "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+@pytest.mark.parametrize("mix", ["burst", "steady"])
+def test_bench_script_smoke(tmp_path, mix):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench_tracker.py"), "--duration", "1", "--mix", mix,
+                          "--targets", "hello,memory,redis", "--redis-workers", "1", "--connections", "4",
+                          "--swarms", "10", "--population", "100", "--rounds", "2", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "announces/s" in out.stdout and (tmp_path / "b.json").exists()
+    assert "announces/s" in out.stdout and "median ratio to hello-world" in out.stdout
+    rounds = json.loads((tmp_path / "b.json").read_text())["rounds"]
+    assert [sorted(r) for r in rounds] == [["hello", "memory", "redis x1"]] * 2
+    for r in rounds:
+        assert r["memory"]["requests"] > 0 and r["memory"]["server_cpu_ms_each"] > 0
+        assert r["redis x1"]["redis_cpu_ms_each"] is not None and r["memory"]["redis_cpu_ms_each"] is None
+
+
+@pytest.mark.slow
+def test_memory_bench_smoke(tmp_path):
+    """Peers announced, listed, then gone once their TTL passed; memory reported for both stores."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench_tracker_memory.py"), "--peers", "400",
+                          "--swarms", "40", "--interval", "2", "--seed-interval", "3", "--json", str(tmp_path / "m.json")],
+                         capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert [r["store"] for r in results] == ["memory", "redis"]
+    for r in results:
+        assert r["load"]["failures"] == 0
+        assert r["after_load"]["peers_listed"] == 400 and r["after_expiry"]["peers_listed"] == 0
+        assert r["after_load"]["tracker_rss_anon_kib"] > 0
+    redis_run = results[1]
+    assert redis_run["after_load"]["redis_keys"] > redis_run["after_expiry"]["redis_keys"] == 0

@@ -12,6 +12,8 @@ from layerswarm.tracker.protocol import AnnounceRequest, pack_addr
 from layerswarm.tracker.storage import open_store
 from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, UNQUARANTINED, LeaseTableFull, Limits,
                                              MetainfoRecord)
+from layerswarm.tracker.storage.redis import swarm_keys
+from tests.fixtures import STORE_BACKENDS, store_url
 
 NOW = 1_000_000.0
 TTL = 120.0
@@ -29,13 +31,13 @@ def ih() -> bytes:
 
 def test_announce_hands_others_never_self(tracker_store):
     h = ih()
-    peers, counts = tracker_store.announce(req(h, 1, event="started"), TTL, NOW)
+    peers, counts, _ = tracker_store.announce(req(h, 1, event="started"), TTL, NOW)
     assert peers == [] and (counts.complete, counts.incomplete) == (0, 1)
-    peers, counts = tracker_store.announce(req(h, 2, event="started"), TTL, NOW)
+    peers, counts, _ = tracker_store.announce(req(h, 2, event="started"), TTL, NOW)
     assert [(p[:20], a) for p, a in peers] == [(b"-T0001-%013d" % 1, pack_addr("127.0.0.1", 10001))]
     assert (counts.complete, counts.incomplete) == (0, 2)
     # re-announce does not duplicate
-    peers, counts = tracker_store.announce(req(h, 2), TTL, NOW + 1)
+    peers, counts, _ = tracker_store.announce(req(h, 2), TTL, NOW + 1)
     assert len(peers) == 1 and counts.incomplete == 2
 
 
@@ -44,10 +46,10 @@ def test_seeders_get_only_leechers(tracker_store):
     for n in range(5):
         tracker_store.announce(req(h, n, left=0), TTL, NOW)
     tracker_store.announce(req(h, 100, left=5), TTL, NOW)
-    peers, counts = tracker_store.announce(req(h, 6, left=0), TTL, NOW)
+    peers, counts, _ = tracker_store.announce(req(h, 6, left=0), TTL, NOW)
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 100]
     assert (counts.complete, counts.incomplete) == (6, 1)
-    peers, _ = tracker_store.announce(req(h, 101, left=5), TTL, NOW)
+    peers, _, _ = tracker_store.announce(req(h, 101, left=5), TTL, NOW)
     assert len(peers) == 7  # a leecher gets seeders and the other leecher
 
 
@@ -55,10 +57,10 @@ def test_numwant_bounds_reply_in_large_swarm(tracker_store):
     h = ih()
     for n in range(300):
         tracker_store.announce(req(h, n), TTL, NOW)
-    peers, counts = tracker_store.announce(req(h, 999, numwant=30), TTL, NOW)
+    peers, counts, _ = tracker_store.announce(req(h, 999, numwant=30), TTL, NOW)
     assert len(peers) == 30 and len(set(peers)) == 30 and counts.incomplete == 301
     assert all(p[:20] != b"-T0001-%013d" % 999 for p, _ in peers)
-    peers, _ = tracker_store.announce(req(h, 999, numwant=0), TTL, NOW)
+    peers, _, _ = tracker_store.announce(req(h, 999, numwant=0), TTL, NOW)
     assert peers == []
 
 
@@ -66,27 +68,27 @@ def test_stopped_and_completed(tracker_store):
     h = ih()
     tracker_store.announce(req(h, 1, event="started"), TTL, NOW)
     tracker_store.announce(req(h, 2, event="started"), TTL, NOW)
-    _, c = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)
+    _, c, _ = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)
     assert (c.complete, c.incomplete, c.downloaded) == (1, 1, 1)
-    _, c = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)  # repeated: counted once
+    _, c, _ = tracker_store.announce(req(h, 1, left=0, event="completed"), TTL, NOW)  # repeated: counted once
     assert c.downloaded == 1
-    peers, c = tracker_store.announce(req(h, 2, event="stopped"), TTL, NOW)
+    peers, c, _ = tracker_store.announce(req(h, 2, event="stopped"), TTL, NOW)
     assert peers == [] and (c.complete, c.incomplete) == (1, 0)
     assert tracker_store.scrape([h], NOW)[h].downloaded == 1
     # a known leecher stopping with nothing left completed too (aria2c --seed-time=0 does this)
     tracker_store.announce(req(h, 3, event="started"), TTL, NOW)
-    _, c = tracker_store.announce(req(h, 3, left=0, event="stopped"), TTL, NOW)
+    _, c, _ = tracker_store.announce(req(h, 3, left=0, event="stopped"), TTL, NOW)
     assert c.downloaded == 2 and c.complete == 1
-    _, c = tracker_store.announce(req(h, 4, left=0, event="started"), TTL, NOW)  # a seeder from the start did not
+    _, c, _ = tracker_store.announce(req(h, 4, left=0, event="started"), TTL, NOW)  # a seeder from the start did not
     assert c.downloaded == 2
 
 
 def test_a_replayed_peer_id_from_another_address_cannot_remove_a_seeder(tracker_store):
     h = ih()
     tracker_store.announce(req(h, 1, left=0, event="started"), TTL, NOW)
-    _, c = tracker_store.announce(req(h, 1, left=0, event="stopped", ip="127.0.0.66"), TTL, NOW)
+    _, c, _ = tracker_store.announce(req(h, 1, left=0, event="stopped", ip="127.0.0.66"), TTL, NOW)
     assert c.complete == 1
-    peers, _ = tracker_store.announce(req(h, 2), TTL, NOW)
+    peers, _, _ = tracker_store.announce(req(h, 2), TTL, NOW)
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 1]
 
 
@@ -94,9 +96,41 @@ def test_peers_expire_after_ttl(tracker_store):
     h = ih()
     tracker_store.announce(req(h, 1), TTL, NOW)
     tracker_store.announce(req(h, 2), TTL, NOW + 100)
-    peers, c = tracker_store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
+    peers, c, _ = tracker_store.announce(req(h, 3), TTL, NOW + TTL + 1)  # peer 1 is gone, peer 2 is not
     assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 2] and c.incomplete == 2
     assert tracker_store.scrape([h], NOW + TTL + 200)[h].incomplete == 0
+
+
+def test_each_peer_expires_after_its_own_ttl(tracker_store):
+    """Seeders are handed a long interval, downloads a short one: a seeder announced first must not keep
+    later downloads alive, and a download's short TTL must not cut the seeder's."""
+    h, long_ttl = ih(), 15 * TTL
+    tracker_store.announce(req(h, 1, left=0), long_ttl, NOW)
+    tracker_store.announce(req(h, 2), TTL, NOW + 10)
+    tracker_store.announce(req(h, 3), TTL, NOW + 20)
+    got = tracker_store.scrape([h], NOW + 10 + TTL + 1)[h]
+    assert (got.complete, got.incomplete) == (1, 1)           # download 2 expired behind the seeder
+    peers, c, _ = tracker_store.announce(req(h, 4), TTL, NOW + 5 * TTL)
+    assert [p[:20] for p, _ in peers] == [b"-T0001-%013d" % 1] and (c.complete, c.incomplete) == (1, 1)
+    assert tracker_store.scrape([h], NOW + long_ttl + 1)[h].complete == 0
+
+
+def test_announces_say_whether_the_torrent_is_published(tracker_store):
+    d, h = Digest.of_bytes(os.urandom(8)), ih()
+    assert tracker_store.announce(req(h, 1, left=0), TTL, NOW)[2] is False
+    r = dataclasses.replace(rec(d, h.hex()), published_at=NOW)
+    assert tracker_store.put_metainfo(r)[0] == CREATED
+    assert tracker_store.announce(req(h, 1, left=0), TTL, NOW + 1)[2] is True
+    tracker_store.drop_metainfo(d, "1")
+    assert tracker_store.announce(req(h, 1, left=0), TTL, NOW + 2)[2] is False
+    assert tracker_store.put_metainfo(r)[0] == CREATED   # a seeder gave it back
+    assert tracker_store.announce(req(h, 2, left=0), TTL, NOW + 3)[2] is True
+    assert tracker_store.report(d, InfoHash.from_hex(h.hex()), "h1", True, 3)
+    assert tracker_store.announce(req(h, 2, left=0), TTL, NOW + 4)[2] is False
+    # published before anyone announced: the first seeder already hears it is published
+    d2, h2 = Digest.of_bytes(os.urandom(8)), ih()
+    assert tracker_store.put_metainfo(dataclasses.replace(rec(d2, h2.hex()), published_at=NOW))[0] == CREATED
+    assert tracker_store.announce(req(h2, 1, left=0), TTL, NOW + 5)[2] is True
 
 
 def test_scrape_and_swarms(tracker_store):
@@ -264,11 +298,10 @@ SMALL = Limits(max_swarms=3, idle_swarm_ttl=50, max_torrents=2, max_manifests=2,
                max_reports=2, max_report_hosts=3)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(params=STORE_BACKENDS)
 def small(request):
     """A store of each backend with tiny limits: what outsiders (or a token holder) can grow is bounded."""
-    url = "memory" if request.param == "memory" else request.getfixturevalue("redis_url")
-    s = open_store(url, SMALL)
+    s = open_store(store_url(request), SMALL)
     yield s
     s.close()
 
@@ -319,3 +352,17 @@ def test_leases_bounded_new_ones_refused_and_relay_trees_capped(small):
     assert small.acquire_lease(d1, "d", "http://d", 30, 2, now) == {"role": "origin"}  # tree full
     # expired leases free their slots
     assert small.acquire_lease(d3, "a", "http://a", 30, 2, now + 31)["role"] == "holder"
+
+
+@pytest.mark.slow
+def test_redis_swarm_keys_live_as_long_as_their_longest_lived_peer(redis_url):
+    """Redis also drops a swarm's keys by EXPIRE: a download's short TTL must not shorten a seeder's."""
+    s = open_store(redis_url)
+    h = ih()
+    s.announce(req(h, 1, left=0), 3600, time.time())
+    s.announce(req(h, 2), 60, time.time())
+    seeders, leechers, expiries, counters = swarm_keys(h.hex())
+    ttls = [s.r.ttl(k) for k in (seeders, expiries, counters)]
+    assert all(t > 3500 for t in ttls), ttls
+    assert 0 < s.r.ttl(leechers) <= 60   # the downloads alone
+    s.close()

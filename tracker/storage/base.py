@@ -94,11 +94,15 @@ class Store(abc.ABC):
     # -- peers --------------------------------------------------------------
     @abc.abstractmethod
     def announce(self, req: AnnounceRequest, ttl: float, now: float) -> tuple:
-        """Record the peer (or drop it on ``stopped``); return (peers, SwarmCounts).
+        """Record the peer (or drop it on ``stopped``); return (peers, SwarmCounts, published).
 
         ``peers`` is at most ``req.numwant`` (peer key, compact addr) pairs,
         never the announcing peer, and no seeders when it is a seeder.
-        Peers not seen for ``ttl`` seconds are gone.
+        This peer is gone if it does not announce again within ``ttl`` seconds
+        (each peer its own: seeders are handed a longer interval).
+        ``published``: a torrent with this info-hash was published here and
+        not dropped or quarantined since (one marked when published stays
+        marked if the table evicts it).
         """
 
     @abc.abstractmethod

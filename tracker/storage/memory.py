@@ -48,28 +48,41 @@ class _Pool:
 
 
 class _Swarm:
-    __slots__ = ("peers", "seeders", "leechers", "completed", "last_announce")
+    __slots__ = ("peers", "lanes", "seeders", "leechers", "completed", "last_announce", "published")
 
     def __init__(self):
-        self.peers: OrderedDict = OrderedDict()  # peer key (peer_id + ip) -> (addr, seeder, expires)
+        self.peers: dict = {}   # peer key (peer_id + ip) -> (addr, seeder, expires, ttl)
+        # One lane per TTL (seeders and downloads are handed different intervals): within a lane the
+        # oldest announce expires first, so expired peers are popped off the fronts.
+        self.lanes: dict = {}   # ttl -> OrderedDict of peer keys, by last announce
         self.seeders = _Pool()
         self.leechers = _Pool()
         self.completed = 0
         self.last_announce = 0.0
+        self.published = False  # a torrent with this info-hash is published (set by put_metainfo)
+
+    def add(self, pid, addr, seeder: bool, now: float, ttl: float) -> None:
+        self.peers[pid] = (addr, seeder, now + ttl, ttl)
+        self.lanes.setdefault(ttl, OrderedDict())[pid] = None
+        (self.seeders if seeder else self.leechers).add(pid)
 
     def drop(self, pid) -> None:
-        _, seeder, _ = self.peers.pop(pid)
+        _, seeder, _, ttl = self.peers.pop(pid)
         (self.seeders if seeder else self.leechers).remove(pid)
+        lane = self.lanes[ttl]
+        del lane[pid]
+        if not lane:
+            del self.lanes[ttl]
 
     def purge(self, now: float, limit: int | None = PURGE_BATCH) -> None:
-        peers = self.peers
-        while peers and (limit is None or limit > 0):
-            pid, (_, _, expires) = next(iter(peers.items()))
-            if expires > now:
-                break
-            self.drop(pid)
-            if limit is not None:
-                limit -= 1
+        for lane in list(self.lanes.values()):
+            while lane and (limit is None or limit > 0):
+                pid = next(iter(lane))
+                if self.peers[pid][2] > now:
+                    break
+                self.drop(pid)
+                if limit is not None:
+                    limit -= 1
 
     def counts(self) -> SwarmCounts:
         return SwarmCounts(len(self.seeders), len(self.leechers), self.completed)
@@ -104,7 +117,7 @@ class MemoryStore(Store):
             sw = self._swarms.get(req.info_hash)
             if sw is None:
                 if req.event == "stopped":
-                    return [], SwarmCounts()
+                    return [], SwarmCounts(), False
                 sw = _Swarm()
                 _bounded_put(self._swarms, req.info_hash, sw, self.limits.max_swarms)
             else:
@@ -121,13 +134,12 @@ class MemoryStore(Store):
                 sw.completed += 1
             if req.event == "stopped":
                 counts = sw.counts()
-                if not sw.peers and not sw.completed:
+                if not sw.peers and not sw.completed and not sw.published:
                     del self._swarms[req.info_hash]
-                return [], counts
+                return [], counts, sw.published
             seeder = req.left == 0
-            sw.peers[pid] = (req.addr, seeder, now + ttl)
-            (sw.seeders if seeder else sw.leechers).add(pid)
-            return self._sample(sw, req, seeder), sw.counts()
+            sw.add(pid, req.addr, seeder, now, ttl)
+            return self._sample(sw, req, seeder), sw.counts(), sw.published
 
     @staticmethod
     def _sample(sw: _Swarm, req, seeder: bool) -> list:
@@ -157,7 +169,7 @@ class MemoryStore(Store):
         for ih in list(self._swarms):
             sw = self._swarms[ih]
             sw.purge(now, None)
-            if not sw.peers and (not sw.completed or sw.last_announce < idle_before):
+            if not sw.peers and (not (sw.completed or sw.published) or sw.last_announce < idle_before):
                 del self._swarms[ih]
         for d in [d for d, st in self._leases.items() if st["expires"] <= now]:
             del self._leases[d]
@@ -179,7 +191,7 @@ class MemoryStore(Store):
         with self._lock:
             self._sweep(now)
             return [SwarmInfo(ih, len(sw.seeders), len(sw.leechers), sw.completed, sw.last_announce)
-                    for ih, sw in self._swarms.items()]
+                    for ih, sw in self._swarms.items() if sw.peers or sw.completed]
 
     # -- metainfo -----------------------------------------------------------
     def put_metainfo(self, rec: MetainfoRecord, lift_quarantine=False):
@@ -193,11 +205,28 @@ class MemoryStore(Store):
             if cur is None:
                 kinds[rec.kind] = rec
                 _bounded_put(self._metainfo, rec.digest, kinds, self.limits.max_torrents)
+                self._mark_published(rec.info_hash.raw, True, rec.published_at)
                 if quarantined:
                     del self._quarantined[key]
                     return UNQUARANTINED, rec.info_hash
                 return CREATED, rec.info_hash
-            return (EXISTS if cur.info_hash == rec.info_hash else CONFLICT), cur.info_hash
+            if cur.info_hash == rec.info_hash:
+                self._mark_published(rec.info_hash.raw, True, rec.published_at)   # a seeder gave it again
+                return EXISTS, cur.info_hash
+            return CONFLICT, cur.info_hash
+
+    def _mark_published(self, ih: bytes, published: bool, now: float) -> None:
+        """Tell the swarm whether its torrent is published (announces pass it on to seeders); a swarm
+        nobody announced to yet is made, and kept like counters (idle_swarm_ttl).  A torrent evicted
+        from a full table stays marked: its seeders are not asked to bring it back."""
+        sw = self._swarms.get(ih)
+        if sw is None:
+            if not published:
+                return
+            sw = _Swarm()
+            sw.last_announce = now
+            _bounded_put(self._swarms, ih, sw, self.limits.max_swarms)
+        sw.published = published
 
     def get_metainfo(self, digest, kind):
         with self._lock:
@@ -214,7 +243,9 @@ class MemoryStore(Store):
 
     def _drop(self, digest, kind):
         kinds = self._metainfo.get(digest, {})
-        kinds.pop(kind, None)
+        rec = kinds.pop(kind, None)
+        if rec is not None:
+            self._mark_published(rec.info_hash.raw, False, 0.0)
         if not kinds:
             self._metainfo.pop(digest, None)
 

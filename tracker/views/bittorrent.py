@@ -10,6 +10,7 @@ import time
 
 from flask import Blueprint, Response, request
 
+from layerswarm.bridge.format.layertorrent import UNPUBLISHED_WARNING
 from layerswarm.tracker import protocol
 from layerswarm.tracker.context import fleet_host, tracker
 from layerswarm.tracker.errors import ClientError, StoreUnavailable
@@ -26,7 +27,7 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, owner: str = "", no
     cfg = t.config
     try:
         req = protocol.parse_announce(query_string, remote_addr, cfg, owner)
-        peers, counts = t.store.announce(req, cfg.announce.effective_peer_ttl, now or time.time())
+        peers, counts, published = t.store.announce(req, cfg.announce.peer_ttl(req.seeder), now or time.time())
     except ClientError as exc:
         t.metrics.failures.labels("announce").inc()
         return protocol.encode_failure(exc.message)
@@ -35,7 +36,12 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, owner: str = "", no
         t.metrics.failures.labels("announce").inc()
         return protocol.encode_failure("tracker storage unavailable, retry later")
     t.metrics.announce[req.event].inc()
-    return protocol.encode_announce(req, peers, counts, cfg.announce.interval, cfg.announce.effective_min_interval)
+    warning = None
+    if req.seeder and not published and req.event != "stopped":
+        warning = UNPUBLISHED_WARNING   # only a host holding the layer can give the torrent back
+        t.metrics.unpublished.inc()
+    return protocol.encode_announce(req, peers, counts, cfg.announce.interval_for(req.seeder),
+                                    cfg.announce.effective_min_interval, warning)
 
 
 @bp.get("/announce")

@@ -28,6 +28,7 @@ REMOVED = "removed"
 DROPPED = "dropped"                    # alert queue overflowed: re-request anything pending
 TRACKER_ERROR = "tracker_error"        # data: message
 TRACKER_REPLY = "tracker_reply"        # data: num_peers
+TRACKER_WARNING = "tracker_warning"    # data: message (the reply's ``warning message``, with libtorrent's prefix)
 
 
 @dataclass
@@ -89,13 +90,16 @@ def to_event(a) -> Event | None:
         return Event(DROPPED)
     if what == "tracker_reply":
         return Event(TRACKER_REPLY, name, {"num_peers": int(getattr(a, "num_peers", 0))})
+    if what == "tracker_warning":
+        return Event(TRACKER_WARNING, name, {"message": a.message()})
     if what == "tracker_error":
         return Event(TRACKER_ERROR, name, {"message": a.message()})
     return None
 
 
 class Dispatcher:
-    """Routes events to the handlers registered for their layer (DROPPED goes to every handler).
+    """Routes events to the handlers registered for their layer (DROPPED goes to every handler), and
+    to handlers of their kind, whatever the layer.
 
     A handler is any callable taking an Event.  Handlers run on the alert
     thread: they must be quick and never block on the session.
@@ -104,10 +108,16 @@ class Dispatcher:
     def __init__(self):
         self._lock = threading.Lock()
         self._by_name: dict = {}
+        self._by_kind: dict = {}
 
     def subscribe(self, name: str, handler) -> None:
         with self._lock:
             self._by_name.setdefault(name, []).append(handler)
+
+    def subscribe_kind(self, kind: str, handler) -> None:
+        """``handler`` gets every event of ``kind``, of any layer."""
+        with self._lock:
+            self._by_kind.setdefault(kind, []).append(handler)
 
     def unsubscribe(self, name: str, handler) -> None:
         with self._lock:
@@ -123,6 +133,7 @@ class Dispatcher:
                 targets = [h for hs in self._by_name.values() for h in hs]
             else:
                 targets = list(self._by_name.get(ev.name, ()))
+            targets += self._by_kind.get(ev.kind, ())
         for h in targets:
             try:
                 h(ev)

@@ -270,9 +270,12 @@ class TorrentSession:
             flags |= lt.torrent_flags.seed_mode
         if sequential:
             flags |= lt.torrent_flags.sequential_download
-        atp.flags = flags
         if trackers:
+            # Without override_trackers libtorrent merges these with the torrent's own list, and the
+            # host would announce to the publisher's trackers as well (checked with 2.1.1).
+            flags |= lt.torrent_flags.override_trackers
             atp.trackers = list(trackers)
+        atp.flags = flags
         name = ti.name()
         with self._lock:
             if self._stop.is_set():

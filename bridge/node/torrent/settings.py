@@ -55,7 +55,10 @@ def settings_pack(cfg: SessionSection, secure: bool = False, budgets: BudgetSect
         "unchoke_slots_limit": cfg.unchoke_slots,
         "connections_limit": cfg.connections_limit,
         "listen_queue_size": cfg.listen_queue_size,
-        # Announce to every tracker replica in the list, not just the first that answers.
+        # Announce to every configured tracker, each on its own schedule: a dead replica's errors and
+        # back-off never hold up the announce to a live one (by default a tier's trackers are tried one
+        # after another, and a silent one costs its timeout first).  Replicas share one store, so the
+        # extra announces record the same peer: one request per interval per tracker.
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
         # A layer that is wanted right now should start transferring at once.
