@@ -24,7 +24,7 @@ merge into :class:`BridgeConfig` by field name; ``layerswarm bridge
     hosts = ["registry.corp"]            # extra host names routed here
 
     [swarm]
-    tracker = "http://tracker:6969"
+    tracker = ["http://tracker-a:6969", "http://tracker-b:6969"]   # replicas on one store; or one URL
     publish_token_file = "/run/secrets/publish-token"
 
 Keys written at the top level (files from before sections) still work.
@@ -41,13 +41,15 @@ an open proxy.
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from layerswarm.bridge.format.errors import InvalidOption, UserError
 from layerswarm.bridge.format.names import COMPONENT_RE
-from layerswarm.bridge.format.options import Schema, env_secret, option, read_secret
+from layerswarm.bridge.format.options import Schema, env_secret, option, read_secret, readable_file, writable_dir
 from layerswarm.bridge.format.units import parse_size
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -255,7 +257,9 @@ class UpstreamsSection:
 class SwarmSection:
     """Peer-to-peer layers: the tracker, publishing, cold-fetch leases and relays (off without a tracker)."""
 
-    tracker: str | None = option(None, "layerswarm tracker base URL, e.g. http://tracker:6969", metavar="URL")
+    # Several URLs are replicas sharing one store (Redis): calls and announces fail over between them.
+    tracker: list = option(default_factory=list, help="layerswarm tracker base URL, e.g. http://tracker:6969 "
+                           "(repeatable: replicas sharing one store; env: comma-separated)", metavar="URL")
     publish_token: str | None = option(None, "publish token for the tracker", secret=True,
                                        flags=("--token",), toml=("token",), metavar="T")
     advertise_url: str | None = option(None, "this bridge's fleet listener as other bridges reach it "
@@ -273,9 +277,16 @@ class SwarmSection:
                                   metavar="S")
     tracker_backoff: float = option(10.0, "after a tracker failure, go straight to the origin for this long",
                                     metavar="S")
+    # dockerd asks for 3 layers at a time: the others can be on their way from the swarm or a
+    # lease before it asks (only for a client the upstream authorized, with that request's own
+    # authorization or the service credentials; never for a layer that may not be shared).
+    prefetch_layers: int = option(0, "when an image manifest is answered, start fetching up to N of its layers "
+                                  "before the client asks (0: off)", metavar="N")
 
     def __post_init__(self) -> None:
-        _base_url("tracker", self.tracker)
+        for url in self.tracker:
+            _base_url("tracker", url)
+        self.tracker = list(dict.fromkeys(url.rstrip("/") for url in self.tracker))
         _base_url("advertise_url", self.advertise_url)
         _positive(self, "relay_timeout", "lease_ttl", "origin_slots")
 
@@ -346,6 +357,28 @@ class ClientAuthSection:
 
 
 @dataclass
+class BudgetSection:
+    """Host budgets: what this host spends on the fleet (bandwidth, origin fetches) and the disk it keeps free."""
+
+    # Bytes per second of payload to other hosts, BitTorrent peers (LAN ones included) and relays together;
+    # node/budget.py splits it between the two, every 50 ms, over a sliding second.
+    upload_budget: int | None = option(None, "upload to other hosts per second, BitTorrent peers (LAN included) "
+                                       "and relays together, e.g. 10M (default: no limit)", parse=parse_size,
+                                       metavar="BYTES")
+    download_budget: int | None = option(None, "BitTorrent download per second (LAN peers included), e.g. 20M "
+                                         "(default: no limit)", parse=parse_size, metavar="BYTES")
+    origin_fetches: int | None = option(None, "blob fetches from origin registries at once, whatever the reason; "
+                                        "more wait up to the first-byte timeout, then get 429 (default: no cap)",
+                                        metavar="N")
+    disk_free_min: int = option(1 << 30, "/readyz answers 503 while the store's filesystem has less free space "
+                                "than this", parse=parse_size, metavar="BYTES")
+
+    def __post_init__(self) -> None:
+        if self.origin_fetches is not None:
+            _positive(self, "origin_fetches")
+
+
+@dataclass
 class AdminSection:
     """Operator access to the admin views (/_layerswarm/seed, status, layers)."""
 
@@ -383,6 +416,17 @@ class FleetSection:
             self._tls = FleetTLS(self.fleet_ca, self.fleet_cert, self.fleet_key)
         return self._tls
 
+    def client_api_context(self) -> ssl.SSLContext | None:
+        """HTTPS for the client API only when the user gives it a certificate (it is on loopback)."""
+        if not self.client_tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.client_tls_cert, self.client_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"client API certificate {self.client_tls_cert}: {exc}") from None
+        return ctx
+
 
 @dataclass
 class BridgeConfig:
@@ -392,6 +436,7 @@ class BridgeConfig:
     stream: StreamSection = field(default_factory=StreamSection)
     session: SessionSection = field(default_factory=SessionSection)
     client_auth: ClientAuthSection = field(default_factory=ClientAuthSection)
+    budgets: BudgetSection = field(default_factory=BudgetSection)
     admin: AdminSection = field(default_factory=AdminSection)
     fleet: FleetSection = field(default_factory=FleetSection)
 
@@ -412,7 +457,7 @@ class BridgeConfig:
         host, _, port = self.server.fleet_listen.rpartition(":")
         host = host.strip("[]")
         if host in ("0.0.0.0", "::", ""):
-            host = _local_address_toward(self.swarm.tracker) or socket.gethostname()
+            host = _local_address_toward(next(iter(self.swarm.tracker), None)) or socket.gethostname()
         scheme = "https" if self.fleet.secure else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
@@ -442,6 +487,27 @@ def add_arguments(parser) -> None:
 def from_args(args=None, environ=None, **values) -> BridgeConfig:
     """Flags > environment > TOML file (``--config``) > defaults; ``values`` by field name (tests)."""
     return SCHEMA.load(args, environ=environ, values=values)
+
+
+def check(cfg: BridgeConfig) -> str:
+    """``--check-config``: what the configuration names is usable (the store directory, every
+    certificate, key and CA bundle); a one-line summary.  Nothing is created, bound or called."""
+    writable_dir(cfg.server.store_dir, "store dir")
+    for up in cfg.upstreams.by_name.values():
+        if up.ca_bundle:
+            readable_file(up.ca_bundle, f"CA bundle of upstream {up.name!r}")
+    cfg.fleet.client_api_context()
+    s, sw = cfg.server, cfg.swarm
+    tls = cfg.fleet.tls()
+    mode = f"secure mode ({tls.check()})" if tls is not None else "open mode"
+    named = [("tracker", url) for url in sw.tracker] + [("advertise_url", sw.advertise_url)]
+    for name, url in named:   # a secure fleet talks TLS only: plain HTTP would never answer
+        if tls is not None and url and not url.startswith("https://"):
+            raise UserError(f"{name} {url}: secure fleet mode wants an https:// URL")
+    fleet = (f"tracker {', '.join(sw.tracker)}, fleet listener {s.fleet_listen}, peers {cfg.session.peer_listen}"
+             if sw.tracker else "no tracker (a plain mirror)")
+    return (f"bridge {cfg.host_id}: client API {s.listen}, store {os.path.abspath(s.store_dir)}, "
+            f"upstream {cfg.upstreams.default.url}, {fleet}, {mode}")
 
 
 def _secret(table: dict, key: str, where: str) -> str | None:

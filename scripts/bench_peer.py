@@ -119,7 +119,7 @@ def role_pair_seeder(a):
     with open(a.file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             w.write(chunk)
-    torrent = tf.for_fleet(w.finish([peer.tracker.announce_url]), peer.ssl_cert)
+    torrent = tf.for_fleet(w.finish(peer.tracker.announce_urls), peer.ssl_cert)
     w.commit(torrent.metainfo)
     peer.seed_torrent(torrent, "own")
     path = os.path.join(a.workdir, "layer.torrent")

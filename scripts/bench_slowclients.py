@@ -6,7 +6,7 @@ pushed to the origin and a 3 MiB blob seeded into the bridge's store.  Five targ
 request on a new connection (as a cold client's):
 
   announce   GET /announce on the tracker
-  v2         GET /v2/ on the bridge's client port
+  healthz    GET /healthz on the bridge's client port
   manifest   GET of the image's manifest by tag on the client port
   blob       GET of the stored 3 MiB blob on the client port (a store hit: sendfile)
   relay      GET /_layerswarm/relay/<digest> of the same blob on the fleet port

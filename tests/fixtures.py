@@ -313,9 +313,10 @@ class TokenRegistry:
 # --------------------------------------------------------------------------- the swarm fleet
 
 class Fleet:
-    """Bridge processes sharing one origin and one tracker, each with its own store and host id."""
+    """Bridge processes sharing one origin and one tracker (``tracker_url``: a URL, or several replicas'),
+    each with its own store and host id."""
 
-    def __init__(self, tmp: Path, origin_url: str, tracker_url: str):
+    def __init__(self, tmp: Path, origin_url: str, tracker_url):
         self.tmp = tmp
         self.origin_url = origin_url
         self.tracker_url = tracker_url
@@ -340,6 +341,11 @@ class Fleet:
         for p in self.others:
             p.kill()
         stop_all(self.bridges)
+
+    def assert_no_thread_died(self) -> None:
+        """A background thread of a bridge (a fetch, a relay) must never die of an uncaught exception."""
+        crashed = [b.name for b in self.bridges if "Exception in thread" in b.log_text(10 ** 8)]
+        assert not crashed, f"uncaught exception in a bridge thread: {crashed} (see their logs in {self.tmp})"
 
 
 # --------------------------------------------------------------------------- fixtures: in-process
@@ -660,6 +666,4 @@ def fleet(tmp_path, origin, tracker):
     f = Fleet(tmp_path, origin.url, tracker.url)
     yield f
     f.close()
-    # A background thread (a fetch, a relay) must never die of an uncaught exception.
-    crashed = [b.name for b in f.bridges if "Exception in thread" in b.log_text(10 ** 8)]
-    assert not crashed, f"uncaught exception in a bridge thread: {crashed} (see their logs in {tmp_path})"
+    f.assert_no_thread_died()

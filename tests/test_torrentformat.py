@@ -39,6 +39,25 @@ def test_two_builds_identical_and_streaming_hasher_agrees(tmp_path):
     assert a.info_hash.hex != d.hex[:40]
 
 
+def test_several_trackers_are_one_announce_list_tier_outside_the_info_hash(tmp_path, tracker_app, publish_auth):
+    p, d, _ = _blob(tmp_path, 700_000)
+    urls = ["http://127.0.0.1:2/announce", "http://127.0.0.1:3/announce", "http://127.0.0.1:4/announce"]
+    one, several = tf.torrent_for_file(p, urls[:1]), tf.torrent_for_file(p, urls)
+    meta = bencodepy.decode(several.metainfo)
+    assert meta[b"announce"] == urls[0].encode() and b"announce-list" not in bencodepy.decode(one.metainfo)
+    assert meta[b"announce-list"] == [[u.encode() for u in urls]]
+    assert several.info_hash == one.info_hash and several.trackers == tuple(urls)
+    lt = pytest.importorskip("libtorrent")
+    atp = lt.load_torrent_buffer(several.metainfo)
+    assert (atp.trackers, atp.tracker_tiers) == (urls, [0] * len(urls))
+    # the tracker's registry takes it as it is, and the torrent of one tracker is the same one
+    client = tracker_app.test_client()
+    put = client.put(f"/metainfo/{d}", data=several.metainfo, headers=publish_auth)
+    assert put.status_code == 201 and put.json["info_hash"] == several.info_hash.hex
+    assert client.get(f"/metainfo/{d}").data == several.metainfo
+    assert client.put(f"/metainfo/{d}", data=one.metainfo, headers=publish_auth).status_code == 200
+
+
 def _libtorrent_made(tmp_path, p, root_cert: bytes | None = None):
     """The torrent libtorrent's own create_torrent makes of ``p`` with our settings (and root cert)."""
     lt = pytest.importorskip("libtorrent")

@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = bconfig.from_args(args)
-    if bconfig.SCHEMA.answered(args, cfg):
+    if bconfig.SCHEMA.answered(args, cfg, check=bconfig.check):
         return 0
     from layerswarm.bridge.http.server import serve
     serve(cfg)

@@ -1,4 +1,5 @@
-"""``--fleet-ca/--fleet-cert/--fleet-key`` for the commands that talk to a secure fleet (seed, inspect)."""
+"""Options of the commands that talk to a fleet's tracker (seed, inspect): ``--tracker`` (repeatable) and
+``--fleet-ca/--fleet-cert/--fleet-key`` for a secure fleet."""
 from __future__ import annotations
 
 import os
@@ -21,3 +22,16 @@ def tls(args):
     except InvalidOption as exc:
         raise UserError(str(exc)) from None
     return section.tls()
+
+
+def add_tracker_argument(p, default: str | None = None) -> None:
+    shown = f"; default {default}" if default else ""
+    p.add_argument("--tracker", action="append", metavar="URL",
+                   help="tracker base URL; repeat for replicas sharing one store "
+                        f"(env LAYERSWARM_TRACKER, comma-separated{shown})")
+
+
+def trackers(args, default: str | None = None) -> list:
+    """The tracker URLs: the flags, else the environment, else ``default`` (empty when none)."""
+    env = [u.strip() for u in os.environ.get("LAYERSWARM_TRACKER", "").split(",") if u.strip()]
+    return args.tracker or env or ([default] if default else [])

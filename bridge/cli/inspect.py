@@ -1,7 +1,6 @@
-"""``layerswarm inspect [DIGEST...] --tracker URL``: a table of layer swarms from the tracker (/swarms + scrape)."""
+"""``layerswarm inspect [DIGEST...] --tracker URL...``: a table of layer swarms from the tracker (/swarms + scrape)."""
 from __future__ import annotations
 
-import os
 import time
 
 from layerswarm.bridge.cli import fleetopts
@@ -10,11 +9,12 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import InvalidDigest, TrackerUnavailable, UserError
 from layerswarm.bridge.node.trackerclient import TrackerClient
 
+DEFAULT_TRACKER = "http://127.0.0.1:6969"
+
 
 def add_arguments(p) -> None:
     p.add_argument("digests", nargs="*", metavar="DIGEST", help="layer digests (sha256:<hex>); default all swarms")
-    p.add_argument("--tracker", default=os.environ.get("LAYERSWARM_TRACKER", "http://127.0.0.1:6969"),
-                   help="tracker base URL (env LAYERSWARM_TRACKER, default %(default)s)")
+    fleetopts.add_tracker_argument(p, DEFAULT_TRACKER)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the tracker")
     fleetopts.add_arguments(p)
 
@@ -57,7 +57,7 @@ def run(args) -> int:
         except InvalidDigest as exc:
             raise UserError(str(exc)) from None
     try:
-        rows = fetch_rows(TrackerClient(args.tracker, timeout=args.timeout, tls=fleetopts.tls(args)), digests)
+        rows = fetch_rows(TrackerClient(fleetopts.trackers(args, DEFAULT_TRACKER), timeout=args.timeout, tls=fleetopts.tls(args)), digests)
     except TrackerUnavailable as exc:
         raise UserError(str(exc)) from None
     print(render(rows) if rows else "no swarms")

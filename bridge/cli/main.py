@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "inspect": ("layerswarm.bridge.cli.inspect", "show swarms of layers known to a tracker"),
     "demo": ("layerswarm.bridge.cli.demo", "run the embedded local stack and pull a demo image through it"),
     "ca": ("layerswarm.bridge.cli.ca", "make a fleet CA and host certificates for secure fleet mode"),
+    "hosts-toml": ("layerswarm.bridge.cli.hoststoml", "point containerd's pulls of some registries at the bridge "
+                   "(hosts.toml)"),
 }
 
 

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="docker save tarball, OCI layout (dir or tar), raw blob file, or docker://host/repo:tag; "
                         "none: seed what the store already holds")
-    p.add_argument("--tracker", default=os.environ.get("LAYERSWARM_TRACKER"), help="tracker base URL (env LAYERSWARM_TRACKER)")
+    fleetopts.add_tracker_argument(p)
     p.add_argument("--token", default=os.environ.get("LAYERSWARM_PUBLISH_TOKEN"), help="publish token (env LAYERSWARM_PUBLISH_TOKEN)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--store-dir", default=None, help="layer store to fill and seed from in the foreground "
@@ -40,6 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ssl-listen", default="0.0.0.0:6882",
                    help="BitTorrent SSL listen address (foreground mode, secure fleet mode)")
     p.add_argument("--cap", default=None, help="store size cap, e.g. 50G (foreground mode)")
+    p.add_argument("--upload-budget", default=None, metavar="BYTES",
+                   help="upload to peers per second, LAN peers included, e.g. 10M (foreground mode; default: no limit)")
     p.add_argument("--raw", action="store_true", help="treat every file SOURCE as a raw blob, even a tar")
     p.add_argument("--plain-http", action="store_true", help="use http:// for docker:// references (default only for loopback)")
     p.add_argument("--registry-token", default=None, help="Bearer token for docker:// references")
@@ -49,11 +51,11 @@ def add_arguments(p) -> None:
 
 
 # -- run ----------------------------------------------------------------------
-def _cap(text):
+def _size(flag: str, text):
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise UserError(f"--cap: {exc}") from None
+        raise UserError(f"{flag}: {exc}") from None
 
 
 def collect(args, secure: bool = False) -> list:
@@ -86,13 +88,14 @@ def _bar(args, total: int):
 
 
 def run(args) -> int:
-    if not args.tracker:
+    urls = fleetopts.trackers(args)
+    if not urls:
         raise UserError("--tracker URL is required (or set LAYERSWARM_TRACKER)")
     from layerswarm.bridge.node.trackerclient import TrackerClient
     tls = fleetopts.tls(args)
-    tracker = TrackerClient(args.tracker, args.token, tls=tls)
+    tracker = TrackerClient(urls, args.token, tls=tls)
     if not tracker.healthy():
-        raise UserError(f"tracker {args.tracker} unreachable")
+        raise UserError(f"tracker {', '.join(urls)} unreachable")
     layers = collect(args, secure=tls is not None)
     if args.sources and not layers:
         raise UserError("no layers found in the given sources")
@@ -137,7 +140,7 @@ def _to_bridge(args, layers, bar) -> list:
 
 
 def _foreground(args, layers, bar, tracker, tls) -> int:
-    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.config import BudgetSection, SessionSection
     from layerswarm.bridge.node.peer import Peer
     from layerswarm.bridge.format.errors import TrackerUnavailable
     store_dir = args.store_dir or os.environ.get("LAYERSWARM_STORE", "/var/lib/layerswarm/store")
@@ -149,8 +152,9 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
     except InvalidOption as exc:
         raise UserError(f"--listen/--ssl-listen: {exc}") from None
     try:
-        peer = Peer.open(store_dir, args.tracker, publish_token=args.token, cache_max=_cap(args.cap),
-                         session=session, tls=tls)
+        peer = Peer.open(store_dir, tracker.urls, publish_token=args.token, cache_max=_size("--cap", args.cap),
+                         session=session, tls=tls,
+                         budgets=BudgetSection(upload_budget=_size("--upload-budget", args.upload_budget)))
     except OSError as exc:
         raise UserError(f"cannot open store {store_dir}: {exc.strerror or exc}") from None
     try:
@@ -165,7 +169,7 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
                 writers.append(w)
                 for c in layer_chunks(l, bar):
                     w.write(c)
-                w.finish([tracker.announce_url])
+                w.finish(tracker.announce_urls)
             # Phase 2: agree on torrents with the tracker (a conflict still leaves nothing).
             chosen = [peer.resolve_torrent(w.torrent) for w in writers]
         except (DigestMismatch, StoreFull, TrackerUnavailable) as exc:

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from layerswarm.bridge.devstack.daemons import Daemon, require_binaries, run, short_dir
+from layerswarm.bridge.format import hoststoml
 
 # Keep every client on loopback: registry hosts that are not loopback (Docker
 # Hub, a test's made-up registry name) go to a dead proxy on 127.0.0.1 and fail
@@ -191,21 +192,14 @@ class Containerd(Daemon):
 
 
 def write_hosts_toml(hosts_dir: Path, registry_host: str, mirror_url: str, fallback: bool = True) -> Path:
-    """``hosts_dir/<registry_host>/hosts.toml`` sending pulls to ``mirror_url`` (plain HTTP).
+    """``hosts_dir/<registry_host>/hosts.toml`` sending pulls to ``mirror_url``, the product's file
+    (format/hoststoml.py) with a plain-HTTP registry behind it.
 
     With ``fallback=False`` the registry itself is replaced by a dead loopback
     address, so a pull can only succeed through the mirror.
     """
-    d = Path(hosts_dir) / registry_host
-    d.mkdir(parents=True, exist_ok=True)
-    f = d / "hosts.toml"
-    server = f"http://{registry_host}" if fallback else DEAD_PROXY
-    f.write_text(
-        f'server = "{server}"\n\n'
-        f'[host."{mirror_url.rstrip("/")}"]\n'
-        '  capabilities = ["pull", "resolve"]\n'
-        '  skip_verify = true\n')
-    return f
+    return hoststoml.write(hosts_dir, registry_host, mirror_url,
+                           server=f"http://{registry_host}" if fallback else DEAD_PROXY)
 
 
 # --------------------------------------------------------------------------- skopeo

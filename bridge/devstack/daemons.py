@@ -329,9 +329,10 @@ def bridge_stats(url: str) -> dict:
 
 
 def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | None = None,
-                 tracker: str | None = None, port: int | None = None, extra=(), store: Path | None = None,
+                 tracker=None, port: int | None = None, extra=(), store: Path | None = None,
                  env=None, name: str = "layerswarm bridge", fleet=None) -> Daemon:
-    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; with a tracker also
+    """``layerswarm bridge`` on loopback; ``.url``, ``.port``, ``.store``, ``.stats()``; ``tracker``: a tracker
+    URL or several (replicas of one tracker, each given as ``--tracker``); with a tracker also
     ``.fleet_url`` (its fleet listener: the relay other bridges stream from).  ``fleet``: a
     ``certs.FleetPKI`` for secure fleet mode (a certificate is issued for ``name``; ``.fleet_url``
     is https).
@@ -351,8 +352,9 @@ def start_bridge(workdir: Path, upstream: str | None = None, aliases: dict | Non
     if tracker:
         # BitTorrent and the fleet listener on loopback, on ports of their own
         fleet_port = free_port()
-        argv += ["--tracker", tracker, "--peer-listen", f"127.0.0.1:{free_port()}",
-                 "--fleet-listen", f"127.0.0.1:{fleet_port}"]
+        for url in [tracker] if isinstance(tracker, str) else tracker:
+            argv += ["--tracker", url]
+        argv += ["--peer-listen", f"127.0.0.1:{free_port()}", "--fleet-listen", f"127.0.0.1:{fleet_port}"]
         if fleet is not None:
             argv += fleet.args(fleet.host(name.replace(" ", "-")))
             argv += ["--peer-ssl-listen", f"127.0.0.1:{free_port()}"]

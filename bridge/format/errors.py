@@ -70,6 +70,10 @@ def unsupported(message: str = "operation not supported by a read-only mirror") 
     return RegistryError("UNSUPPORTED", message, 405)
 
 
+def too_many_requests(message: str, retry_after: int) -> RegistryError:
+    return RegistryError("TOOMANYREQUESTS", message, 429, headers={"Retry-After": str(retry_after)})
+
+
 def upstream_unavailable(message: str, status: int = 502) -> RegistryError:
     # 502 bad gateway (upstream answered nonsense / 5xx), 503 unreachable,
     # 504 upstream timed out.  Not spec codes, but every client treats a 5xx

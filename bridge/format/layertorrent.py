@@ -11,10 +11,20 @@ torrent and can seed it.  Format version 1 (open mode) and 2 (secure fleet mode)
   (peers must show a certificate from that CA).
 * ``name`` is the layer digest written ``sha256:<hex>``.
 * ``piece length`` follows :func:`piece_length` (a fixed rule from the size).
-* Outside ``info`` (not part of the info-hash): ``announce`` /
-  ``announce-list`` of the configured trackers and ``layerswarm`` =
+* Outside ``info`` (not part of the info-hash): ``announce`` (the first
+  configured tracker), with several trackers ``announce-list`` (BEP 12) of
+  them all as *one tier* in the configured order, and ``layerswarm`` =
   ``{"format": 1 or 2, "digest": "sha256:..."}``.  No creation date, creator,
   file attributes or mtime anywhere.
+
+One tier because a fleet's trackers are replicas sharing one store: BEP 12
+gives a single tier to trackers that share information (a client uses any
+one and moves on within the tier when it fails), while one tier per tracker
+means "primary, then backups", tried in that order on every announce, so a
+dead first tracker is paid for again and again.  Not shuffled here: BEP 12
+leaves the shuffle to clients, and the same blob and configuration give the
+same bytes.  Our own hosts ignore the torrent's list: they announce to their
+configured trackers, every one of them (node/torrent/settings.py).
 * Encoding is canonical bencode; non-canonical input is rejected, so the
   info-hash computed from a decoded torrent is the one peers announce.
 
@@ -164,7 +174,7 @@ def build_metainfo(digest: Digest, size: int, pieces: bytes, trackers=(), ssl_ce
     if trackers:
         meta[b"announce"] = trackers[0].encode()
         if len(trackers) > 1:
-            meta[b"announce-list"] = [[t.encode()] for t in trackers]
+            meta[b"announce-list"] = [[t.encode() for t in trackers]]
     return parse_metainfo(bencodepy.encode(meta), digest)
 
 

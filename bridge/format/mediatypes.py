@@ -19,17 +19,28 @@ MANIFEST_TYPES = INDEX_TYPES + (OCI_MANIFEST, DOCKER_MANIFEST)
 GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
 
 
+def _document(body: bytes | None) -> dict:
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def layer_digests(body: bytes | None) -> list:
+    """The layer digests of an image manifest, in order, as text (none for an index or junk)."""
+    layers = _document(body).get("layers")
+    if not isinstance(layers, list):
+        return []
+    return [d["digest"] for d in layers if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+
+
 def referenced_digests(body: bytes | None) -> list:
     """The digests a manifest or index names (config, layers, child manifests; schema 1 blobSums), as text.
 
     Whatever an upstream served under a repository it holds there, so these are what a client
     authorized for that repository may read next.  Junk yields nothing."""
-    try:
-        doc = json.loads(body) if body else None
-    except ValueError:
-        return []
-    if not isinstance(doc, dict):
-        return []
+    doc = _document(body)
     out = []
     config = doc.get("config")
     if isinstance(config, dict):

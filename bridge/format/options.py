@@ -252,13 +252,17 @@ class Schema:
             raise UserError(f"{where or label}: {exc}") from None
 
     # -- output ---------------------------------------------------------------
-    def answered(self, args, cfg) -> bool:
-        """``--print-config`` / ``--check-config``: print the answer; True means the command is done."""
+    def answered(self, args, cfg, check=None) -> bool:
+        """``--print-config`` / ``--check-config``: print the answer; True means the command is done.
+
+        ``check(cfg)`` goes past the values to what they name (files, directories) and returns a
+        one-line summary; it raises UserError for the first thing wrong."""
         if getattr(args, "print_config", False):
             print(self.dump(cfg), end="")
             return True
         if getattr(args, "check_config", False):
-            print("configuration OK")
+            summary = check(cfg) if check else ""
+            print("configuration OK" + (f": {summary}" if summary else ""))
             return True
         return False
 
@@ -360,6 +364,30 @@ def read_secret(path, source: str) -> str:
     except (OSError, TypeError) as exc:
         raise UserError(f"{source}: cannot read secret file {path!r}: {getattr(exc, 'strerror', None) or exc}") \
             from None
+
+
+def writable_dir(path: str, what: str) -> None:
+    """UserError unless ``path`` is a directory this process can write, or could create (nothing is made)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if not os.path.isdir(p):
+        raise UserError(f"{what} {path}: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        verb = "write" if p == os.path.abspath(path) else f"create it in {p}"
+        raise UserError(f"{what} {path}: cannot {verb} (permission denied)")
+
+
+def readable_file(path: str, what: str) -> None:
+    """UserError unless ``path`` is a file this process can read."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
 
 
 def _redact(value):

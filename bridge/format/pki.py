@@ -154,6 +154,27 @@ class FleetTLS:
             raise UserError(f"fleet key {self.key_file} is not the key of the certificate {self.cert_file}")
         return cert, key
 
+    def check(self) -> str:
+        """What ``--check-config`` asks of the files: the key is the certificate's, a CA in the CA file
+        signed the certificate directly, and it is valid now.  The certificate's CN."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+        cert = x509.load_pem_x509_certificate(self.host_pair()[0])
+        if self.ca_pem is not None:
+            try:
+                cas = x509.load_pem_x509_certificates(self.ca_pem)
+            except ValueError as exc:
+                raise UserError(f"fleet CA {self.ca_file}: {exc}") from None
+            if not any(_issued_by(cert, ca) for ca in cas):
+                raise UserError(f"certificate {self.cert_file} was not issued by the fleet CA {self.ca_file}")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise UserError(f"certificate {self.cert_file} is not valid now (valid "
+                            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+        self.server_context()
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return f"CN {names[0].value if names else '?'}, valid to {cert.not_valid_after_utc:%Y-%m-%d}"
+
     def server_context(self, require: bool = True) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         if self.ca_file:
@@ -205,6 +226,15 @@ class FleetTLS:
             except OSError:
                 out.append(None)
         return tuple(out)
+
+
+def _issued_by(cert, ca) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
 
 
 def _read(path: str, what: str) -> bytes:

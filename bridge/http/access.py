@@ -30,6 +30,7 @@ CLIENT_TABLE = {
     "/_layerswarm/token": {"GET": CLIENT, "HEAD": CLIENT, "POST": CLIENT},
     "/metrics": _READ,
     "/healthz": _READ,
+    "/readyz": _READ,
     "/_layerswarm/stats": _READ,
     "/_layerswarm/seed": {"POST": OPERATOR},
     "/_layerswarm/status": {"GET": OPERATOR, "HEAD": OPERATOR},

@@ -23,7 +23,8 @@ from layerswarm.bridge.http.realm import bp as realm_bp
 from layerswarm.bridge.http.metrics import CONTENT_TYPE_LATEST, Metrics
 from layerswarm.bridge.http.registry import API_VERSION, bp as registry_bp
 from layerswarm.bridge.http.relay import relay_blueprint
-from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource
+from layerswarm.bridge.node.store import disk_free, space_problems
+from layerswarm.bridge.sources.blobs import BlobSource, OriginBlobSource, OriginSlots
 from layerswarm.bridge.sources.manifests import ManifestService, ManifestStore
 from layerswarm.bridge.sources.router import Router
 from layerswarm.bridge.sources.upstream import UpstreamClient
@@ -52,7 +53,7 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
     clients = {name: UpstreamClient(cfg, ups.connect_timeout, ups.read_timeout,
                                     pool_size=config.server.threads, on_request=metrics.upstream_request)
                for name, cfg in ups.by_name.items()}
-    origin = OriginBlobSource()
+    origin = OriginBlobSource(OriginSlots(config.budgets.origin_fetches, config.first_byte_timeout))
     if blob_source is None and peer is not None:
         from layerswarm.bridge.sources.swarm import swarm_source
         blob_source = swarm_source(peer, origin, config, metrics)
@@ -75,11 +76,29 @@ def create_app(config: BridgeConfig, peer=None, blob_source: BlobSource | None =
         g.route = "metrics"
         return Response(metrics.prometheus(), 200, {"Content-Type": CONTENT_TYPE_LATEST})
 
+    store_dir, floor = config.server.store_dir, config.budgets.disk_free_min
+    metrics.watch_store(lambda: disk_free(store_dir)[0], lambda: space_problems(store_dir, floor))
+    metrics.gauge("layerswarm_bridge_origin_fetches", "Blob GETs to origin registries in flight", lambda: origin.slots.active)
+
+    @app.get("/readyz")
+    def readyz():
+        # Readiness, not liveness: a full disk stops new layers, not serving (store hits, pass-through),
+        # so /healthz stays 200 and a DaemonSet is not restarted in a loop over it.
+        g.route = "readyz"
+        problems = space_problems(store_dir, floor)
+        return jsonify(ready=not problems, problems=problems), 503 if problems else 200
+
+    if peer is not None:
+        metrics.watch_uploads(peer.uploads)
+
     @app.get("/_layerswarm/stats")
     def stats():
         g.route = "stats"
         # In secure mode every peer and relay byte came over TLS (SSL torrents, the fleet listener).
-        return jsonify({**metrics.snapshot(), "fleet_mode": "secure" if config.fleet.secure else "open"})
+        out = {**metrics.snapshot(), "fleet_mode": "secure" if config.fleet.secure else "open"}
+        if peer is not None:
+            out["upload"] = peer.uploads.totals()
+        return jsonify(out)
 
     return app
 
@@ -90,7 +109,8 @@ def create_fleet_app(state: BridgeState) -> Flask:
     It shares the client app's state (one metrics registry, one peer) but none of its views."""
     app = _app(state, access.FLEET_TABLE)
     fetches = getattr(state.blobs, "active_fetch", lambda digest: None)
-    app.register_blueprint(relay_blueprint(state.peer.store, fetches, state.config.first_byte_timeout))
+    app.register_blueprint(relay_blueprint(state.peer.store, fetches, state.config.first_byte_timeout,
+                                           state.peer.uploads))
     return app
 
 

@@ -11,18 +11,45 @@ the demo read::
      "manifests": {"hit": N, "miss": N, "tag_hit": N},
      "fetched": {"origin": N, "relay": N, "peer": N},  # blob bytes this host took in, by source
      "upstream_requests": {"default HEAD manifest 200": N, ...},
-     "auth": {"allow": N, "deny": N, "cached": N, "confirm": N, ...}}  # chained authorization (authz/)
+     "auth": {"allow": N, "deny": N, "cached": N, "confirm": N, ...},  # chained authorization (authz/)
+     "upload": {"peer": N, "relay": N, "at": S, "budget": N, ...}}      # sent to other hosts (node/budget.py)
 """
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 BLOB_SOURCES = ("origin", "store", "peer", "relay")
+FALLBACK_SOURCES = ("swarm", "fetch", "tracker", "peer", "relay", "origin")
+MISMATCH_SOURCES = ("peer", "relay", "origin", "assembled")
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class _Uploads:
+    """A collector read at each scrape: the host's upload counters and budget."""
+
+    def __init__(self, uploads):
+        self.uploads = uploads
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        t = self.uploads.totals()
+        sent = CounterMetricFamily("layerswarm_bridge_uploaded_bytes", "Payload bytes sent to other hosts, by path "
+                                   "(peer: BitTorrent, relay: the fleet listener)", labels=["path"])
+        sent.add_metric(["peer"], t["peer"])
+        sent.add_metric(["relay"], t["relay"])
+        yield sent
+        if t["budget"]:
+            yield GaugeMetricFamily("layerswarm_bridge_upload_budget_bytes", "Upload budget, bytes per second",
+                                    value=t["budget"])
+            yield GaugeMetricFamily("layerswarm_bridge_peer_upload_limit_bytes", "libtorrent's upload limit now "
+                                    "(the budget less what relays take)", value=t["peer_limit"])
 
 
 class Metrics:
@@ -43,16 +70,28 @@ class Metrics:
                                 ["source"], registry=r)
         self._auth = Counter("layerswarm_bridge_auth", "Client authorization: upstream decisions (allow, deny, "
                              "unknown), cache hits, holdings confirmed, tokens refused", ["result"], registry=r)
+        self._fallbacks = Counter("layerswarm_bridge_fallbacks", "Blob answers that went on from the origin "
+                                  "because the source before it failed (swarm, fetch, tracker, peer, relay)",
+                                  ["source"], registry=r)
+        self._mismatches = Counter("layerswarm_bridge_digest_mismatches", "Blobs whose bytes did not hash to their "
+                                   "digest, by where they came from (the connection is cut, the source blamed)",
+                                   ["source"], registry=r)
+        self._prefetched = Counter("layerswarm_bridge_prefetches", "Layer fetches started before a client asked "
+                                   "(--prefetch-layers)", registry=r)
         self._lock = threading.Lock()
         self._json = {k: defaultdict(int) for k in
                       ("requests", "bytes_served", "blob_bytes", "manifests", "upstream_requests", "fetched",
-                       "auth")}
+                       "auth", "prefetch", "fallbacks", "digest_mismatches")}
         for s in ("origin", "relay", "peer"):
             self._fetched.labels(s)
             self._json["fetched"][s] = 0
         for s in BLOB_SOURCES:
             self._blob.labels(s)
             self._json["blob_bytes"][s] = 0
+        for s in FALLBACK_SOURCES:
+            self._fallbacks.labels(s)
+        for s in MISMATCH_SOURCES:
+            self._mismatches.labels(s)
         for k in ("hit", "miss", "tag_hit", "shared"):
             self._manifests.labels(k)
             self._json["manifests"][k] = 0
@@ -87,6 +126,18 @@ class Metrics:
         self._manifests.labels(result).inc()
         self._add("manifests", result)
 
+    def fallback(self, source: str) -> None:
+        self._fallbacks.labels(source).inc()
+        self._add("fallbacks", source)
+
+    def mismatch(self, source: str) -> None:
+        self._mismatches.labels(source).inc()
+        self._add("digest_mismatches", source)
+
+    def prefetched(self) -> None:
+        self._prefetched.inc()
+        self._add("prefetch", "started")
+
     def auth(self, result: str) -> None:
         self._auth.labels(result).inc()
         self._add("auth", result)
@@ -94,6 +145,20 @@ class Metrics:
     def upstream_request(self, upstream: str, method: str, kind: str, status: int) -> None:
         self._upstream.labels(upstream, method, kind, str(status)).inc()
         self._add("upstream_requests", f"{upstream} {method} {kind} {status}")
+
+    def gauge(self, name: str, doc: str, read) -> None:
+        """A gauge whose value ``read()`` gives at each scrape."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def watch_uploads(self, uploads) -> None:
+        """What the host sent other hosts (payload), by path, and the upload budget (node/budget.py)."""
+        self.registry.register(_Uploads(uploads))
+
+    def watch_store(self, free_bytes, problems) -> None:
+        """The store filesystem's free bytes, and readiness (``/readyz``)."""
+        self.gauge("layerswarm_bridge_store_free_bytes", "Free bytes on the store's filesystem", free_bytes)
+        self.gauge("layerswarm_bridge_ready", "1 while the store can take new layers (/readyz answers 200), else 0",
+                   lambda: 0 if problems() else 1)
 
     def snapshot(self) -> dict:
         with self._lock:

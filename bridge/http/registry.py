@@ -24,6 +24,9 @@ from werkzeug.wsgi import wrap_file
 
 from layerswarm.bridge.authz.credentials import parse_authorization
 from layerswarm.bridge.format import errors
+from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.errors import InvalidDigest
+from layerswarm.bridge.format.mediatypes import layer_digests
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse
 from layerswarm.bridge.format.names import ApiPath, ByteRange, parse_api_path, raw_path
 
@@ -113,7 +116,22 @@ def _manifest(st, grant, parsed: ApiPath, head: bool) -> Response:
                "Content-Length": str(m.size), "ETag": f'"{m.digest}"'}
     if not head:
         st.metrics.served("manifest", m.size)
+        prefetch = getattr(st.blobs, "prefetch", None)
+        if prefetch is not None and st.config.swarm.prefetch_layers > 0:
+            # The layers of a manifest U served under R: held there, asked with this request's grant.
+            prefetch([BlobRequest(grant.upstream, grant.repo, d, auth=grant.fetch_auth, shareable=grant.shareable)
+                      for d in _valid(layer_digests(m.body))])
     return Response(None if head else m.body, 200, headers)
+
+
+def _valid(texts: list) -> list:
+    out = []
+    for t in texts:
+        try:
+            out.append(Digest.parse(t))
+        except InvalidDigest:
+            continue     # a digest we cannot fetch by: the client will ask, and get its error
+    return out
 
 
 def _blob(st, grant, parsed: ApiPath, head: bool) -> Response:

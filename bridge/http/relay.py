@@ -15,8 +15,9 @@ from layerswarm.bridge.format.errors import InvalidDigest
 from layerswarm.bridge.sources.relayclient import CHUNK, RELAY_PATH, SIZE_HEADER
 
 
-def relay_blueprint(store, active_fetch, first_byte_timeout: float) -> Blueprint:
-    """``store``: size_of / open; ``active_fetch``: digest -> the Fetch in progress or None."""
+def relay_blueprint(store, active_fetch, first_byte_timeout: float, uploads) -> Blueprint:
+    """``store``: size_of / open; ``active_fetch``: digest -> the Fetch in progress or None;
+    ``uploads``: the host's upload counter, which paces relay bodies under an upload budget (node/budget.py)."""
     bp = Blueprint("relay", __name__)
 
     @bp.get(RELAY_PATH + "<digest>")
@@ -30,8 +31,12 @@ def relay_blueprint(store, active_fetch, first_byte_timeout: float) -> Blueprint
         if size is not None and 0 <= offset <= size:
             f = store.open(d)
             f.seek(offset)
-            return Response(wrap_file(request.environ, f, CHUNK), 200, _headers(size, offset),
-                            direct_passthrough=True)
+            if uploads.budget:   # paced slice by slice: no sendfile under a budget
+                body = uploads.read_paced(f, size - offset)
+            else:
+                uploads.sent(size - offset)
+                body = wrap_file(request.environ, f, CHUNK)
+            return Response(body, 200, _headers(size, offset), direct_passthrough=True)
         fetch = active_fetch(d)
         if fetch is None:
             return jsonify(error="not fetching this blob"), 404
@@ -41,8 +46,8 @@ def relay_blueprint(store, active_fetch, first_byte_timeout: float) -> Blueprint
             return jsonify(error=f"fetch failed: {exc}"), 404
         if not 0 <= offset <= size:
             return jsonify(error="offset out of range"), 416
-        return Response(fetch.chunks(offset, size - 1, hold_tail=False), 200, _headers(size, offset),
-                        direct_passthrough=True)
+        return Response(uploads.paced(fetch.chunks(offset, size - 1, hold_tail=False)), 200,
+                        _headers(size, offset), direct_passthrough=True)
 
     return bp
 

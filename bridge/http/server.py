@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import threading
 
 from layerswarm.bridge import config as bconfig
@@ -27,7 +26,7 @@ def build_peer(cfg: bconfig.BridgeConfig):
     from layerswarm.bridge.node.peer import Peer
     peer = Peer.open(cfg.server.store_dir, cfg.swarm.tracker, publish_token=cfg.swarm.publish_token,
                      host_id=cfg.host_id, cache_max=cfg.swarm.cache_max, session=cfg.session, stream=cfg.stream,
-                     tracker_timeout=cfg.tracker_timeout, tls=cfg.fleet.tls())
+                     tracker_timeout=cfg.tracker_timeout, tls=cfg.fleet.tls(), budgets=cfg.budgets)
     # Re-seed what the store holds without blocking startup (the tracker may be down).
     threading.Thread(target=peer.seed_stored, name="reseed", daemon=True).start()
     return peer
@@ -40,27 +39,13 @@ def build_listeners(cfg: bconfig.BridgeConfig, peer=None) -> list:
     s, tls = cfg.server, cfg.fleet.tls()
     common = dict(write_timeout=s.write_timeout, idle_timeout=s.idle_timeout, grace=s.graceful_timeout,
                   access_log=s.access_log)
-    listeners = [Listener("client", app, s.listen, s.threads, ssl_context=_client_api_context(cfg), **common)]
+    listeners = [Listener("client", app, s.listen, s.threads, ssl_context=cfg.fleet.client_api_context(), **common)]
     if peer is not None:
         # Secure fleet mode: only hosts with a certificate from the fleet CA get past the handshake.
         listeners.append(Listener("fleet", create_fleet_app(app.extensions["layerswarm"]), s.fleet_listen,
                                   s.fleet_threads, ssl_context=tls.server_context(require=True) if tls else None,
                                   **common))
     return listeners
-
-
-def _client_api_context(cfg: bconfig.BridgeConfig):
-    """HTTPS for the client API only when the user gives it a certificate (it is on loopback)."""
-    f = cfg.fleet
-    if not f.client_tls_cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(f.client_tls_cert, f.client_tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise UserError(f"client API certificate {f.client_tls_cert}: {exc}") from None
-    return ctx
-
 
 
 def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:

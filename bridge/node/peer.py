@@ -16,11 +16,12 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from layerswarm.bridge.config import SessionSection, StreamSection
+from layerswarm.bridge.config import BudgetSection, SessionSection, StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import (PublishConflict, PublishRejected, SwarmError, TorrentConflict,
                                              TrackerUnavailable, UserError)
+from layerswarm.bridge.node.budget import UploadBudget, Uploads
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.node.readers import FileStream, LayerStream
 from layerswarm.bridge.node.stream import Download
@@ -44,12 +45,14 @@ class SeedInfo:
 
 class Peer:
     def __init__(self, store: LayerStore, tracker: TrackerClient, session, stream: StreamSection,
-                 ssl_cert: bytes | None = None):
+                 ssl_cert: bytes | None = None, uploads: Uploads | None = None):
         """``session`` is the process's one TorrentSession; ``stream`` tunes every swarm download;
-        ``ssl_cert`` is the fleet's torrent root (``tf.root_cert``) in secure fleet mode, else None."""
+        ``ssl_cert`` is the fleet's torrent root (``tf.root_cert``) in secure fleet mode, else None;
+        ``uploads``: what the host sends other hosts (an UploadBudget paces it)."""
         self.store = store
         self.tracker = tracker
         self.session = session
+        self.uploads = uploads or Uploads(session)
         self.stream_cfg = stream
         self.ssl_cert = ssl_cert
         self.store.on_evict = self._stop_seeding
@@ -62,19 +65,24 @@ class Peer:
         session.dispatcher.subscribe_kind(TRACKER_WARNING, self._on_tracker_warning)
 
     @classmethod
-    def open(cls, store_dir: str, tracker_url: str, *, publish_token: str | None = None, host_id: str = "",
+    def open(cls, store_dir: str, trackers, *, publish_token: str | None = None, host_id: str = "",
              cache_max: int | None = None, session: SessionSection | None = None,
-             stream: StreamSection | None = None, tracker_timeout: float = 10.0, tls=None) -> "Peer":
+             stream: StreamSection | None = None, tracker_timeout: float = 10.0, tls=None,
+             budgets: BudgetSection | None = None) -> "Peer":
         """A peer with its own store, tracker client and libtorrent session (one per process).
 
-        ``tls``: the host's FleetTLS in secure fleet mode (SSL torrents, HTTPS to the tracker), else None.
+        ``trackers``: the tracker's base URL, or several (replicas sharing one store).
+        ``tls``: the host's FleetTLS in secure fleet mode (SSL torrents, HTTPS to the tracker), else None;
+        ``budgets``: the host's upload and download budgets.
         """
         from layerswarm.bridge.node.torrent.session import TorrentSession  # the libtorrent import
         ssl_cert = tf.root_cert(tls.ca_pem) if tls is not None else None
         store = LayerStore(store_dir, cache_max)
-        tracker = TrackerClient(tracker_url, publish_token, host_id, tracker_timeout, tls=tls)
-        return cls(store, tracker, TorrentSession(session or SessionSection(), tls), stream or StreamSection(),
-                   ssl_cert)
+        tracker = TrackerClient(trackers, publish_token, host_id, tracker_timeout, tls=tls)
+        ses = TorrentSession(session or SessionSection(), tls, budgets)
+        upload = budgets.upload_budget if budgets is not None else None
+        return cls(store, tracker, ses, stream or StreamSection(), ssl_cert,
+                   UploadBudget(ses, upload).start() if upload else Uploads(ses))
 
     # -- seeding -----------------------------------------------------------
     def seed_stored(self) -> list:
@@ -108,7 +116,7 @@ class Peer:
         if path is None:
             raise FileNotFoundError(str(digest))
         if own is None:
-            own = tf.torrent_for_file(path, trackers=[self.tracker.announce_url], ssl_cert=self.ssl_cert,
+            own = tf.torrent_for_file(path, trackers=self.tracker.announce_urls, ssl_cert=self.ssl_cert,
                                       expect=digest)
         chosen, source = self.resolve_torrent(own)
         self.store.save_torrent(digest, chosen.metainfo)
@@ -166,7 +174,7 @@ class Peer:
         if current is not None and current.info_hash == torrent.info_hash.hex:
             return current   # seeded already (a layer given again, e.g. a second `seed` of one tarball)
         self.session.add(torrent.metainfo, self.store.layers_dir, seed_mode=True,
-                         trackers=[self.tracker.announce_url])
+                         trackers=self.tracker.announce_urls)
         info = SeedInfo(d, torrent.size, torrent.info_hash.hex, source)
         with self._lock:
             self._seeding[d] = info
@@ -222,7 +230,7 @@ class Peer:
         with w:
             for c in chunks:
                 w.write(c)
-            own = w.finish([self.tracker.announce_url])
+            own = w.finish(self.tracker.announce_urls)
             if own.digest in self.store:
                 w.abort()
                 return self.seed(own.digest)
@@ -231,7 +239,7 @@ class Peer:
         return self.seed_torrent(chosen, source)
 
     def publish_writer(self, writer) -> SeedInfo:
-        own = writer.finish([self.tracker.announce_url])
+        own = writer.finish(self.tracker.announce_urls)
         chosen, source = self.resolve_torrent(own)
         writer.commit(chosen.metainfo)
         return self.seed_torrent(chosen, source)
@@ -264,7 +272,7 @@ class Peer:
             dl = self._downloads.get(digest)
             if dl is not None and not dl.complete.is_set():
                 return dl
-            dl = Download(self.session, self.store, metainfo, trackers=[self.tracker.announce_url],
+            dl = Download(self.session, self.store, metainfo, trackers=self.tracker.announce_urls,
                           config=self.stream_cfg, on_mismatch=self._report_mismatch, on_done=self._download_done)
             self._downloads[digest] = dl
         try:
@@ -303,6 +311,7 @@ class Peer:
         for dl in dls:
             dl.abort("peer shutting down")
         self._republisher.stop()
+        self.uploads.close()
         self.store.flush()
         self.session.close()
 

@@ -59,6 +59,7 @@ class LayerStore:
         for d in (self.layers_dir, self.torrents_dir, self.downloads_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
         self._gone = threading.Condition(self._lock)   # an eviction finished
         self._entries: dict = {}          # Digest -> Entry
         self._evicting: set = set()       # digests picked for eviction whose files are not deleted yet
@@ -122,16 +123,19 @@ class LayerStore:
         if not force and now - self._dirty_at < INDEX_FLUSH_INTERVAL:
             return
         self._dirty_at = now
-        with self._lock:
-            data = {str(d): {"size": e.size, "mtime_ns": e.mtime_ns, "last_used": e.last_used}
-                    for d, e in self._entries.items()}
-        tmp = self.root / f"index.json.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, self.root / "index.json")
-        except OSError as exc:
-            _unlink(tmp)
-            log.warning("could not write store index: %s", exc)
+        # One writer at a time, each with the entries as they are when its turn comes: concurrent
+        # commits shared one temporary file (one rename failed) and an older copy could land last.
+        with self._flush_lock:
+            with self._lock:
+                data = {str(d): {"size": e.size, "mtime_ns": e.mtime_ns, "last_used": e.last_used}
+                        for d, e in self._entries.items()}
+            tmp = self.root / f"index.json.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(json.dumps(data, sort_keys=True))
+                os.replace(tmp, self.root / "index.json")
+            except OSError as exc:
+                _unlink(tmp)
+                log.warning("could not write store index: %s", exc)
 
     def flush(self) -> None:
         self._flush(force=True)
@@ -191,7 +195,9 @@ class LayerStore:
 
         Victims are picked and dropped from the index under the lock (their
         space counts for this reservation only); seeding them stops and their
-        files go after the lock is released.
+        files go after the lock is released.  It returns once no eviction is
+        pending: the space a reservation counts on is free on disk before its
+        writer writes (concurrent writers went past the cap on disk otherwise).
         """
         with self._lock:
             victims = []
@@ -214,6 +220,9 @@ class LayerStore:
             self._drop(d)
         if victims:
             self._flush(force=True)
+        with self._lock:
+            while self._evicting:
+                self._gone.wait()
 
     def release(self, nbytes: int) -> None:
         with self._lock:
@@ -364,6 +373,26 @@ class LayerWriter:
     def __exit__(self, exc_type, *_):
         if exc_type is not None or self._state == "writing":
             self.abort()
+
+
+def disk_free(path) -> tuple:
+    """(bytes, inodes) a writer can still take on ``path``'s filesystem; inodes None without an inode limit."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else None)
+
+
+def space_problems(path, floor: int) -> list:
+    """Why the store on ``path`` cannot take new layers (empty: it can): free space under ``floor``, no inodes."""
+    try:
+        free, inodes = disk_free(path)
+    except OSError as exc:
+        return [f"cannot read the store's filesystem: {exc.strerror or exc}"]
+    out = []
+    if free < floor:
+        out.append(f"{free} bytes free on the store's filesystem, below the floor of {floor}")
+    if inodes == 0:
+        out.append("no inodes left on the store's filesystem")
+    return out
 
 
 def _sha256_file(path: Path) -> str:

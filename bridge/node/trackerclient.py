@@ -15,11 +15,23 @@ log = logging.getLogger(__name__)
 
 
 class TrackerClient:
-    """The host's calls to the tracker: metainfo, manifests, reports, leases, scrape."""
+    """The host's calls to the tracker: metainfo, manifests, reports, leases, scrape.
 
-    def __init__(self, url: str, token: str | None = None, host_id: str = "", timeout: float = 10.0, tls=None):
-        """``tls``: the host's FleetTLS in secure fleet mode (HTTPS with our certificate, the fleet CA only)."""
-        self.url = url.rstrip("/")
+    Several base URLs are replicas of one tracker sharing one store: a call goes
+    to the replica that answered last (sticky) and moves on to the next one when
+    that cannot answer (connection error, timeout, 5xx); a 4xx is the tracker's
+    answer and is returned.  Retrying a call on another replica is safe: every
+    call is idempotent at the store (a lease asked again gives the same answer).
+    TrackerUnavailable means no replica answered.
+    """
+
+    def __init__(self, urls, token: str | None = None, host_id: str = "", timeout: float = 10.0, tls=None):
+        """``urls``: one base URL or several (replicas); ``tls``: the host's FleetTLS in secure fleet
+        mode (HTTPS with our certificate, the fleet CA only)."""
+        self.urls = tuple(u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls))
+        if not self.urls:
+            raise ValueError("a tracker client needs at least one tracker URL")
+        self._current = 0   # index of the replica that answered last
         self.token = token
         self.host_id = host_id
         self.timeout = timeout
@@ -31,19 +43,34 @@ class TrackerClient:
         self._format = {"format": tf.FORMAT_VERSION if tls is None else tf.SECURE_FORMAT_VERSION}
 
     @property
-    def announce_url(self) -> str:
-        return self.url + "/announce"
+    def url(self) -> str:
+        """The replica calls go to now."""
+        return self.urls[self._current]
+
+    @property
+    def announce_urls(self) -> list:
+        """Every replica's announce URL, for torrents and the session (libtorrent announces to each)."""
+        return [u + "/announce" for u in self.urls]
 
     def _req(self, method: str, path: str, **kw) -> requests.Response:
         kw.setdefault("timeout", self.timeout)
         kw.update(self._tls_options)
-        try:
-            r = self._http.request(method, self.url + path, **kw)
-        except requests.RequestException as exc:
-            raise TrackerUnavailable(f"tracker {self.url} unreachable: {exc.__class__.__name__}") from None
-        if r.status_code >= 500:
-            raise TrackerUnavailable(f"tracker {self.url} answered {r.status_code} on {method} {path}")
-        return r
+        start, failures = self._current, []
+        for k in [(start + i) % len(self.urls) for i in range(len(self.urls))]:
+            url = self.urls[k]
+            try:
+                r = self._http.request(method, url + path, **kw)
+            except requests.RequestException as exc:
+                failures.append(f"tracker {url} unreachable: {exc.__class__.__name__}")
+                continue
+            if r.status_code >= 500:
+                failures.append(f"tracker {url} answered {r.status_code} on {method} {path}")
+                continue
+            if failures and self._current != k:
+                self._current = k
+                log.warning("%s; calls go to tracker %s now", failures[-1], url)
+            return r
+        raise TrackerUnavailable("; ".join(failures))
 
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}

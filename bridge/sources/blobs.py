@@ -33,6 +33,7 @@ store hit -> file; swarm -> iterator; otherwise delegate to the origin source.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterator, Optional, Protocol
 
@@ -98,13 +99,70 @@ def span(rng: Optional[ByteRange], size: int) -> tuple:
     return rng.resolve(size)
 
 
+class OriginSlots:
+    """At most ``limit`` blob GETs to origin registries at once on this host (``--origin-fetches``).
+
+    A GET beyond that waits up to ``wait`` seconds for a slot, then is refused with 429 and
+    ``Retry-After``: every origin byte of the host passes here (cold fetches, private layers,
+    a swarm failure continued from the origin), so the cap holds whatever the reason.
+    """
+
+    def __init__(self, limit: int | None = None, wait: float = 0.0):
+        self.limit = limit
+        self.wait = wait
+        self._sem = threading.BoundedSemaphore(limit) if limit else None
+        self._lock = threading.Lock()
+        self.active = 0
+
+    def acquire(self) -> None:
+        if self._sem is not None and not self._sem.acquire(timeout=self.wait):
+            raise errors.too_many_requests(f"{self.limit} origin fetches already running on this host",
+                                           max(1, int(self.wait)))
+        with self._lock:
+            self.active += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.active -= 1
+        if self._sem is not None:
+            self._sem.release()
+
+
+class _SlotBody:
+    """An origin blob body that gives its slot back once: when closed, exhausted, failed or dropped."""
+
+    def __init__(self, chunks, release):
+        self._chunks, self._release = chunks, release
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            self._chunks.close()
+            release()
+
+    __del__ = close   # a body never started has no ``finally`` to run
+
+
 class OriginBlobSource:
     """Streams blobs from the upstream registry, never buffering them whole.
 
     A whole-blob GET is hashed as it streams; a mismatch raises at the end
     (before the last chunk is released, so the client never sees a complete
-    wrong blob).
+    wrong blob).  Each GET holds one of ``slots`` until its body is closed.
     """
+
+    def __init__(self, slots: OriginSlots | None = None):
+        self.slots = slots or OriginSlots()
 
     def open(self, req: BlobRequest) -> BlobResponse:
         up = req.upstream
@@ -123,7 +181,19 @@ class OriginBlobSource:
         headers = {"Accept-Encoding": "identity"}
         if req.range is not None:
             headers["Range"] = req.range.header()
-        r = up.request("GET", req.repo, suffix, headers, stream=True, kind="blob", auth=req.auth)
+        self.slots.acquire()
+        try:
+            res = self._get(req, headers)
+        except BaseException:
+            self.slots.release()
+            raise
+        res.body = _SlotBody(res.body, self.slots.release)
+        return res
+
+    @staticmethod
+    def _get(req: BlobRequest, headers: dict) -> BlobResponse:
+        up = req.upstream
+        r = up.request("GET", req.repo, f"blobs/{req.digest}", headers, stream=True, kind="blob", auth=req.auth)
         up.raise_for_status(r, errors.blob_unknown(str(req.digest)))
         try:
             if r.status_code == 206:

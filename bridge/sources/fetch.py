@@ -42,7 +42,7 @@ class FetchDeps:
     open_stored: Callable        # digest -> the stored blob's file (FileNotFoundError if gone)
     publish: Callable            # writer -> publish the verified blob's torrent and seed it
     trackers: tuple              # announce URLs for the torrent built while writing
-    metrics: object              # fetched(kind, nbytes)
+    metrics: object              # fetched(kind, nbytes), fallback(from), mismatch(source)
     origin_slots: threading.Semaphore   # origin fetches at once while the tracker is down
     on_done: Callable            # fetch -> unregister it (called before readers learn of a failure)
 
@@ -85,6 +85,7 @@ class Fetch:
                 try:
                     source = self._lease()
                 except TrackerUnavailable as exc:
+                    self.deps.metrics.fallback("tracker")
                     log.warning("tracker down for %s (%s): origin with jitter", self.digest, exc)
                     self.tracker_down = True
             if self.tracker_down:
@@ -171,6 +172,7 @@ class Fetch:
                 self.writer.finish(list(self.deps.trackers))
                 return
             except DigestMismatch:
+                self.deps.metrics.mismatch("relay" if self.relays_used else "origin")
                 if self.relays_used:  # one of them sent wrong bytes: never ask them again
                     log.error("%s: bytes from relay(s) %s do not match; not using them again",
                               self.digest, sorted(self.relays_used))
@@ -181,6 +183,7 @@ class Fetch:
             except Exception as exc:
                 attempts += 1
                 if relay_url:
+                    self.deps.metrics.fallback("relay")
                     log.warning("relay %s failed for %s at %d: %s; continuing from the origin",
                                 relay_url, self.digest, self.written, exc)
                     relay_url = None

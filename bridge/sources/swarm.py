@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.format.digest import Digest
@@ -47,6 +48,15 @@ class _NoMetrics:
     def fetched(self, kind: str, n: int) -> None:
         pass
 
+    def prefetched(self) -> None:
+        pass
+
+    def fallback(self, frm: str) -> None:
+        pass
+
+    def mismatch(self, source: str) -> None:
+        pass
+
 
 class SwarmBlobSource:
     """The source order for one host; every collaborator is passed in (fakes in tests).
@@ -56,13 +66,17 @@ class SwarmBlobSource:
     shared download; SwarmError when unusable); ``tracker``: the
     :class:`TrackerBackoff`; ``origin``: the origin BlobSource; ``relays``: a
     :class:`RelayClient`; ``publish``: verified writer -> published and seeded;
-    ``trackers``: announce URLs for torrents built while fetching.
+    ``trackers``: announce URLs for torrents built while fetching; ``download``: ``(digest, torrent)``
+    -> start the shared swarm download without a reader (prefetch; None: no prefetch from the swarm).
     """
 
+    MAX_PREFETCH_QUEUED = 64
+
     def __init__(self, *, store, swarm, tracker: TrackerBackoff, origin, relays: RelayClient, publish,
-                 trackers, cfg: BridgeConfig, metrics=None):
+                 trackers, cfg: BridgeConfig, metrics=None, download=None):
         self.store = store
         self.swarm = swarm
+        self.download = download
         self.tracker = tracker
         self.origin = origin
         self.cfg = cfg
@@ -70,6 +84,8 @@ class SwarmBlobSource:
         self._lock = threading.Lock()
         self._fetches: dict = {}
         self._poisoned: dict = {}   # digest -> info-hash hex of a torrent that failed verification
+        self._prefetching: set = set()
+        self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         self._deps = FetchDeps(cfg=cfg, leases=tracker, origin=origin, relays=relays, new_writer=store.writer,
                                open_stored=store.open, publish=publish, trackers=tuple(trackers),
                                metrics=self.metrics,
@@ -117,6 +133,7 @@ class SwarmBlobSource:
                 try:
                     return self._from_swarm(req, meta)
                 except (SwarmError, StoreFull) as exc:
+                    self.metrics.fallback("swarm")
                     log.warning("swarm unusable for %s (%s): fetching", d, exc)
             fetch = self._start_fetch(req, tracker_down or meta is not None)
         try:
@@ -128,11 +145,13 @@ class SwarmBlobSource:
                 if meta is not None:
                     return self._from_swarm(req, meta)
             except (SwarmError, StoreFull) as exc:
+                self.metrics.fallback("swarm")
                 log.warning("published torrent of %s unusable (%s): plain origin", d, exc)
             return self.origin.open(req)
         except RegistryError:
             raise
         except (SwarmError, StoreFull, UpstreamError) as exc:
+            self.metrics.fallback("fetch")
             log.warning("fetch of %s unusable before the first byte (%s): plain origin", d, exc)
             return self.origin.open(req)
         start, end = span(req.range, size)
@@ -141,6 +160,38 @@ class SwarmBlobSource:
         res.body = self._continue_from_origin(req, res, fetch.chunks(start, end, hold_tail=whole), whole,
                                               lambda: fetch.kind)
         return res
+
+    # -- prefetch ---------------------------------------------------------
+    def prefetch(self, reqs: list) -> None:
+        """Start the swarm download or the cold fetch of layers a client will ask for next (the first
+        ``prefetch_layers`` of ``reqs``); returns at once, bounded, and never raises."""
+        for req in reqs[:self.cfg.swarm.prefetch_layers]:
+            if not req.shareable or self.store.size_of(req.digest) is not None or self.active_fetch(req.digest):
+                continue
+            with self._lock:
+                if req.digest in self._prefetching or len(self._prefetching) >= self.MAX_PREFETCH_QUEUED:
+                    continue
+                self._prefetching.add(req.digest)
+            self._prefetcher.submit(self._prefetch_one, req)
+
+    def _prefetch_one(self, req: BlobRequest) -> None:
+        d = req.digest
+        try:
+            if self.store.size_of(d) is not None or self.active_fetch(d) is not None:
+                return
+            meta, tracker_down = self.tracker.metainfo(d)
+            if tracker_down:
+                return     # without the tracker a prefetch would be one more origin fetch per host
+            if meta is None:
+                self._start_fetch(req, False)
+            elif self.download is not None and self._poisoned.get(d) != meta.info_hash.hex:
+                self.download(d, meta)
+            self.metrics.prefetched()
+        except Exception as exc:  # noqa: BLE001 - the client's own request does the real work
+            log.info("prefetch of %s not started: %s", d, exc)
+        finally:
+            with self._lock:
+                self._prefetching.discard(d)
 
     def _start_fetch(self, req: BlobRequest, tracker_down: bool) -> Fetch:
         with self._lock:
@@ -169,6 +220,7 @@ class SwarmBlobSource:
                     if pos > end:
                         return
             except DigestMismatch:
+                self.metrics.mismatch("peer")
                 self._poisoned[req.digest] = meta.info_hash.hex
                 raise
             finally:
@@ -196,6 +248,7 @@ class SwarmBlobSource:
             # Not DigestMismatch: bytes already sent were wrong, only a cut is honest.
             if pos > res.end:
                 return
+            self.metrics.fallback(res.source)
             log.warning("%s: %s after %d bytes; continuing from the origin", req.digest, exc, pos - res.start)
             res.source = "origin"
             rest = self.origin.open(req.at(ByteRange(pos, res.end)))
@@ -204,6 +257,7 @@ class SwarmBlobSource:
                     if hasher is not None:
                         hasher.update(chunk)
                         if hasher.size == res.size and not hasher.matches():
+                            self.metrics.mismatch("assembled")
                             raise DigestMismatch(f"{req.digest}: assembled bytes do not match")
                     yield chunk
             finally:
@@ -218,7 +272,7 @@ def swarm_source(peer, origin, cfg: BridgeConfig, metrics=None) -> SwarmBlobSour
     """The swarm source of a host's :class:`~layerswarm.bridge.node.peer.Peer`."""
     relays = RelayClient(cfg.upstreams.connect_timeout, cfg.swarm.relay_timeout, cfg.swarm.relay_min_rate,
                          tls=cfg.fleet.tls())
-    return SwarmBlobSource(store=peer.store, swarm=peer.stream,
+    return SwarmBlobSource(store=peer.store, swarm=peer.stream, download=peer.download,
                            tracker=TrackerBackoff(peer.tracker, cfg.swarm.tracker_backoff), origin=origin,
-                           relays=relays, publish=peer.publish_writer, trackers=[peer.tracker.announce_url],
+                           relays=relays, publish=peer.publish_writer, trackers=peer.tracker.announce_urls,
                            cfg=cfg, metrics=metrics)

@@ -1,7 +1,9 @@
 """The tracker as the swarm source sees it: metainfo and leases behind a back-off.
 
-After a tracker failure every call is skipped for ``backoff`` seconds, so a
-silent (blackholed) tracker costs one timeout, not one per request.
+The client fails over between the tracker's replicas itself (node/trackerclient.py),
+so a failure here means no replica answered.  Then every call is skipped for
+``backoff`` seconds, so a silent (blackholed) tracker costs one timeout, not
+one per request.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class TrackerBackoff:
         self._retry_at = 0.0
 
     def down(self) -> bool:
-        """True for ``backoff`` seconds after the tracker failed."""
+        """True for ``backoff`` seconds after every replica failed."""
         return self._clock() < self._retry_at
 
     def failed(self) -> None:

@@ -99,3 +99,65 @@ def test_cleanup_removes_namespaces_of_dead_runs_only():
         for ns in (dead, live):
             fleet.delete_namespace(ns)
     assert not {dead, live} & set(fleet.list_namespaces())
+
+
+def test_raw_settings_follow_the_bridge_configuration(tmp_path):
+    """raw: the bridges' own settings, --bridge-arg tuning included; rawdefault: libtorrent's defaults
+    with only discovery outside the tracker off."""
+    from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.node.torrent.settings import settings_pack
+    raw = bench_rollout.raw_settings("bridge", str(tmp_path), [])
+    assert raw == settings_pack(SessionSection())
+    tuned = bench_rollout.raw_settings("bridge", str(tmp_path), ["--unchoke-slots", "7", "--lt-setting",
+                                                                 "request_queue_time=1"])
+    assert tuned["unchoke_slots_limit"] == 7 and tuned["request_queue_time"] == 1
+    default = bench_rollout.raw_settings("default", str(tmp_path), ["--unchoke-slots", "7"])
+    assert default == {"listen_interfaces": SessionSection().peer_listen, **bench_rollout.PRIVATE_SWARM}
+
+
+def test_plan_interleaves_rounds():
+    """direct and cache once and only up to --measure-max-n; the others --rounds times, order rotating;
+    --secure pairs alternate."""
+    from types import SimpleNamespace
+    a = SimpleNamespace(scenarios=["raw", "warm", "cold", "direct", "cache"], rounds=3, measure_max_n=4,
+                        secure=False)
+    plan = bench_rollout.Bench.plan(SimpleNamespace(a=a), 4)
+    assert [k for _, k, _ in plan] == ["direct", "cache", "raw", "warm", "cold", "warm_r2", "cold_r2", "raw_r2",
+                                       "cold_r3", "raw_r3", "warm_r3"]
+    assert [k for _, k, _ in bench_rollout.Bench.plan(SimpleNamespace(a=a), 6)][:3] == ["raw", "warm", "cold"]
+    a = SimpleNamespace(scenarios=["cold"], rounds=2, measure_max_n=4, secure=True)
+    assert bench_rollout.Bench.plan(SimpleNamespace(a=a), 2) == [
+        ("cold", "cold", False), ("cold", "cold_secure", True), ("cold", "cold_secure_r2", True),
+        ("cold", "cold_r2", False)]
+
+
+def _run(all_s, busy=50.0, **kw):
+    return {"all_s": all_s, "machine_busy_pct": busy, "machine_bound": busy > 85, "ttfb_p99_s": 0.5,
+            "origin_bytes_ratio": 0.0, "seeder_upload_F": 1.5, **kw}
+
+
+def test_row_medians_ratios_and_computed_times():
+    """Times and ratios are medians over the rounds with min–max; a ratio of two scenarios is taken
+    round by round; direct above --measure-max-n is computed; one machine-bound round flags the cell."""
+    row = {"n": 8, "bound_s": 10.0, "bound_warm_s": 4.0, "direct_computed_s": 80.0, "cache_computed_s": 90.0,
+           "computed": ["direct"], "scenarios": {
+               "raw": _run(5.0), "raw_r2": _run(6.0), "raw_r3": _run(8.0),
+               "warm": _run(6.0), "warm_r2": _run(9.0, busy=90.0), "warm_r3": _run(8.0),
+               "rawdefault": _run(7.0)}}
+    bench_rollout.finish_row(row)
+    assert row["raw_s"] == 6.0 and row["raw_s_runs"] == [5.0, 6.0, 8.0]
+    assert row["raw_over_bound"] == 1.5 and row["raw_over_bound_spread"] == [1.25, 2.0]
+    assert row["warm_over_raw"] == 1.2 and row["warm_over_raw_spread"] == [1.0, 1.5]   # 6/5, 9/6, 8/8
+    assert row["rawdefault_over_raw"] == 1.4 and row["rawdefault_over_raw_spread"] == [1.4, 1.4]
+    assert row["warm_machine_bound"] is True and row["raw_machine_bound"] is False
+    assert row["cpu_busy_warm"] == 50.0 and row["ttfb_p99_raw_s"] == 0.5 and row["seeder_upload_F"] == 1.5
+    assert row["direct_computed"] is True and row["direct_s"] == 80.0 and row["direct_over_bound"] == 8.0
+    assert row["cache_s"] is None and row["cold_s"] is None and row["cold_over_raw"] is None
+    md = bench_rollout.markdown({"config": {"layers": 3, "layer_mib": 12, "host_MBps": 10, "origin_MBps": 5,
+                                            "cpus": 2, "loadavg_at_start": (1.0, 1.0, 1.0), "date": "today",
+                                            "rounds": 3, "measure_max_n": 4},
+                                 "F_bytes": 38e6, "results": [row], "runs": 7, "machine_bound_runs": 1})
+    line = next(x for x in md.splitlines() if x.startswith("| 8"))
+    assert line.startswith("| 8* |") and "8.0 s (6.0–9.0)*" in line and "6.0 s (5.0–8.0) |" in line
+    assert "≈80.0 s" in line and "1.20 (1.00–1.50)" in line
+    assert "1 of 7 runs were machine-bound" in md

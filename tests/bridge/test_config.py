@@ -20,7 +20,7 @@ def test_defaults_written_once_and_derived_timeouts():
     cfg = load("--store-dir", "/s")
     assert cfg.server.listen == "127.0.0.1:5000" and cfg.server.threads == 64
     assert cfg.upstreams.default.url == bconfig.DOCKER_HUB_URL
-    assert cfg.swarm.tracker is None and cfg.stream.stall_timeout == 30.0
+    assert cfg.swarm.tracker == [] and cfg.stream.stall_timeout == 30.0
     assert cfg.first_byte_timeout == 30 + 5 + 5
     assert cfg.follow_timeout == max(20.0, 30.0) * 2
     assert cfg.tracker_timeout == 10
@@ -32,6 +32,21 @@ def test_advertised_fleet_url_is_the_address_toward_the_tracker_on_a_wildcard_li
     assert load("--store-dir", "/s", "--fleet-listen", "127.0.0.9:7000").advertise_url == "http://127.0.0.9:7000"
     assert load("--store-dir", "/s", "--fleet-listen", "[::1]:7000").advertise_url == "http://[::1]:7000"
     assert load("--store-dir", "/s", "--advertise-url", "http://b1:7").advertise_url == "http://b1:7"
+
+
+def test_several_trackers_from_repeated_flags_a_toml_list_or_comma_separated_env(tmp_path):
+    a, b = "http://127.0.0.1:6969", "http://127.0.0.2:6969"
+    assert load("--store-dir", "/s", "--tracker", a).swarm.tracker == [a]
+    assert load("--store-dir", "/s", "--tracker", a + "/", "--tracker", b, "--tracker", a).swarm.tracker == [a, b]
+    assert load("--store-dir", "/s", environ={"LAYERSWARM_TRACKER": f"{a}, {b}"}).swarm.tracker == [a, b]
+    f = tmp_path / "c.toml"
+    f.write_text(f'[swarm]\ntracker = ["{a}", "{b}"]\n')
+    cfg = load("--store-dir", "/s", "--config", f)
+    assert cfg.swarm.tracker == [a, b] and f'tracker = [\n    "{a}",\n    "{b}",\n]' in bconfig.SCHEMA.dump(cfg)
+    f.write_text(f'[swarm]\ntracker = "{a}"\n')             # one URL as a string, as before
+    assert load("--store-dir", "/s", "--config", f).swarm.tracker == [a]
+    with pytest.raises(UserError, match="flag --tracker.*ftp://t"):
+        load("--store-dir", "/s", "--tracker", a, "--tracker", "ftp://t")
 
 
 def test_precedence_flag_env_file_default(tmp_path):

@@ -143,3 +143,32 @@ def test_request_metric_labels_are_bounded():
     for i in range(50):
         m.request("other", f"X-METHOD-{i}", 405)
     assert m.snapshot()["requests"] == {"other OTHER 405": 50}
+
+
+def test_origin_slots_are_given_back_however_a_body_ends_and_a_full_house_answers_429():
+    from layerswarm.bridge.sources.blobs import OriginSlots, _SlotBody
+    slots = OriginSlots(2, wait=0.05)
+
+    def body():
+        yield b"a"
+        yield b"b"
+    for end in ("exhausted", "closed", "dropped", "never started"):
+        slots.acquire()
+        b = _SlotBody(body(), slots.release)
+        if end == "exhausted":
+            assert list(b) == [b"a", b"b"]
+        elif end == "closed":
+            next(b)
+            b.close()
+        elif end == "dropped":
+            next(b)
+        del b
+        assert slots.active == 0, end
+    slots.acquire()
+    slots.acquire()
+    with pytest.raises(errors.RegistryError) as ei:
+        slots.acquire()
+    assert ei.value.status == 429 and ei.value.code == "TOOMANYREQUESTS" and ei.value.headers["Retry-After"] == "1"
+    slots.release()
+    slots.acquire()   # a freed slot is taken at once
+    assert slots.active == 2

@@ -9,7 +9,9 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
 import requests
 
-from tests.fixtures import add_blob as add, blob_bytes, run_cli, wait_for
+from layerswarm.bridge.format.layertorrent import parse_metainfo
+from layerswarm.bridge.node.trackerclient import TrackerClient
+from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, wait_for
 
 
 def test_seed_then_stream_from_swarm(local_tracker, make_peer):
@@ -25,6 +27,25 @@ def test_seed_then_stream_from_swarm(local_tracker, make_peer):
     assert out == data and s.yielded == len(data)
     assert leech.store.path_if_present(d).read_bytes() == data
     assert any(x.digest == d for x in leech.seeding())
+
+
+def test_a_peer_announces_to_each_of_its_trackers_and_to_no_other(make_peer):
+    a, b = LocalTracker(), LocalTracker()   # separate stores here: each one's counts show who announced to it
+    data = blob_bytes(2_000_000, b"two trackers")
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", [a.url, b.url])
+    ih = add(seeder, data).info_hash
+
+    def counts(t):
+        return TrackerClient(t.url).scrape([ih]).get(ih, {}).get("complete", 0)
+    wait_for(lambda: counts(a) == 1 and counts(b) == 1, timeout=30, what="the seeder at both trackers")
+    torrent = parse_metainfo(seeder.store.saved_torrent(d), d)
+    assert torrent.trackers == (a.url + "/announce", b.url + "/announce")
+    # a host given only b downloads the seeder's torrent (which names a too) and announces to b only
+    leech = make_peer("leech", b.url)
+    assert b"".join(leech.stream(d, metainfo=torrent)) == data
+    wait_for(lambda: counts(b) == 2, timeout=30, what="the new seeder at b")
+    assert counts(a) == 1
 
 
 @pytest.mark.tracker_config(interval=2, seed_interval=3)

@@ -30,7 +30,7 @@ def test_seed_docker_save_publishes_and_stores(local_tracker, tmp_path):
     imagegen.write_docker_save(str(tarball), "demo:1", img)
     store = tmp_path / "store"
     r = run_cli("seed", tarball, "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
-                "--exit")
+                "--upload-budget", "10M", "--exit")
     assert r.returncode == 0, r.stderr
     for layer in img.layers:
         assert str(layer.digest) in r.stdout
@@ -135,6 +135,9 @@ def test_bad_inputs(local_tracker, tmp_path):
     # tracker unreachable
     err = _bad(f"http://127.0.0.1:{free_port()}", store, good)
     assert "unreachable" in err
+    r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
+                "--upload-budget", "lots", "--exit")
+    assert r.returncode != 0 and "--upload-budget: not a size" in r.stderr and _store_clean(store), r.stderr
 
 
 def test_conflicting_published_torrent_is_reported(local_tracker, tmp_path):
@@ -159,3 +162,18 @@ def test_seeding_the_same_tarball_again_on_the_same_store(local_tracker, tmp_pat
         assert r.returncode == 0, r.stderr
         assert str(img.layers[0].digest) in r.stdout
     assert (store / "layers" / str(img.layers[0].digest)).read_bytes() == img.layers[0].data
+
+
+def test_seed_and_inspect_take_several_trackers_and_pass_a_dead_one(local_tracker, tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    raw = tmp_path / "blob.bin"
+    raw.write_bytes(blob_bytes(300_000, b"replicas"))
+    d = Digest.of_bytes(raw.read_bytes())
+    r = run_cli("seed", raw, "--tracker", dead, "--tracker", local_tracker.url, "--store-dir", tmp_path / "store",
+                "--listen", "127.0.0.1:0", "--exit")
+    assert r.returncode == 0, r.stderr
+    meta = tf.parse_metainfo(requests.get(f"{local_tracker.url}/metainfo/{d}", timeout=5).content, d)
+    assert meta.trackers == (f"{dead}/announce", f"{local_tracker.url}/announce")
+    monkeypatch.setenv("LAYERSWARM_TRACKER", f"{dead},{local_tracker.url}")
+    r = run_cli("inspect", str(d))
+    assert r.returncode == 0 and str(d) in r.stdout, r.stderr

@@ -46,7 +46,7 @@ def seed_unpublished(peer, data: bytes) -> tf.LayerTorrent:
     d = Digest.of_bytes(data)
     w = peer.store.writer(d, len(data))
     w.write(data)
-    torrent = tf.for_fleet(w.finish([peer.tracker.announce_url]), peer.ssl_cert)
+    torrent = tf.for_fleet(w.finish(peer.tracker.announce_urls), peer.ssl_cert)
     w.commit(torrent.metainfo)
     peer.seed_torrent(torrent, "own")
     return torrent

@@ -111,3 +111,50 @@ def test_a_torrent_that_will_not_stop_keeps_its_file(tmp_path):
     st.on_evict = stuck
     st.writer(Digest.of_bytes(b"b"), 400_000).abort()
     assert a not in st and st.layer_path(a).exists()
+
+
+def _bytes_on_disk(st) -> int:
+    total = 0
+    for d in (st.layers_dir, st.incoming_dir, st.downloads_dir):
+        for name in os.listdir(d):
+            try:
+                total += os.stat(d / name).st_size
+            except FileNotFoundError:   # deleted between the listing and the stat
+                pass
+    return total
+
+
+def test_the_cap_holds_on_disk_under_concurrent_writers(tmp_path):
+    """Eight writers at once under a 7 MB cap (their reservations fit it), evictions slowed down as
+    libtorrent's are: the store's files never add up to more than the cap, and the index (written
+    by every commit) ends up matching the files."""
+    cap = 7_000_000
+    st = LayerStore(tmp_path, cap_bytes=cap)
+    st.on_evict = lambda d: time.sleep(0.02)   # the peer stops the torrent and waits for libtorrent
+    peak, done, errors = [0], threading.Event(), []
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _bytes_on_disk(st))
+            time.sleep(0.001)
+
+    def writer(k):
+        try:
+            for i in range(6):
+                _put(st, blob_bytes(300_000 + 100_000 * ((k + i) % 6), b"w%d-%d" % (k, i)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    sampler.join(10)
+    assert not errors, errors
+    assert peak[0] <= cap, f"{peak[0]} bytes on disk under a {cap}-byte cap"
+    assert st.used_bytes() <= cap and st._reserved == 0
+    assert sorted(os.listdir(st.layers_dir)) == sorted(str(d) for d in st.digests())
+    assert sorted(str(d) for d in LayerStore(tmp_path).digests()) == sorted(str(d) for d in st.digests())

@@ -154,11 +154,23 @@ class Metrics:
         with self._lock:
             self.bytes[kind] = self.bytes.get(kind, 0) + n
 
+    def fallback(self, source):
+        with self._lock:
+            self.fallbacks = getattr(self, "fallbacks", []) + [source]
+
+    def mismatch(self, source):
+        with self._lock:
+            self.mismatches = getattr(self, "mismatches", []) + [source]
+
+    def prefetched(self):
+        with self._lock:
+            self.prefetches = getattr(self, "prefetches", 0) + 1
+
 
 class Host:
     """A swarm source over a real LayerStore in ``root`` and fakes for everything else."""
 
-    def __init__(self, root, blobs: dict, swarm=None, relays=None, clock=None, **cfg):
+    def __init__(self, root, blobs: dict, swarm=None, relays=None, clock=None, download=None, **cfg):
         self.store = LayerStore(root)
         self.tracker = FakeTracker()
         self.origin = FakeOrigin(blobs)
@@ -174,7 +186,7 @@ class Host:
         self.backoff = TrackerBackoff(self.tracker, self.cfg.swarm.tracker_backoff, **({"clock": clock} if clock else {}))
         self.source = SwarmBlobSource(store=self.store, swarm=self.swarm, tracker=self.backoff, origin=self.origin,
                                       relays=self.relays, publish=self._publish, trackers=[ANNOUNCE],
-                                      cfg=self.cfg, metrics=self.metrics)
+                                      cfg=self.cfg, metrics=self.metrics, download=download)
 
     def _publish(self, writer):
         t = writer.finish([ANNOUNCE])

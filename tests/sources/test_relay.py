@@ -10,6 +10,7 @@ from werkzeug.serving import make_server
 
 from layerswarm.bridge.format.errors import UpstreamError
 from layerswarm.bridge.http.relay import relay_blueprint
+from layerswarm.bridge.node.budget import Uploads
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.sources.relayclient import SIZE_HEADER, RelayClient
 from tests.sources.fakes import blob, chunked
@@ -32,7 +33,7 @@ def relay(tmp_path):
     store = LayerStore(tmp_path)
     fetches: dict = {}
     app = Flask(__name__)
-    app.register_blueprint(relay_blueprint(store, fetches.get, first_byte_timeout=5))
+    app.register_blueprint(relay_blueprint(store, fetches.get, first_byte_timeout=5, uploads=Uploads(session=None)))
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()

@@ -7,6 +7,9 @@ import pytest
 
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
+from dataclasses import replace
+
+from tests.fixtures import wait_for
 from tests.sources.fakes import FakeRelays, FakeSwarm, Host, blob, torrent
 
 SIZE = 600_000
@@ -74,6 +77,7 @@ def test_relay_source_then_the_origin_when_the_relay_fails_mid_blob(tmp_path):
     assert body == data2 and h2.store.size_of(d2) == len(data2)
     assert h2.origin.requests == [(d2, None, True), (d2, 200_000, False)]   # continued at the bytes written so far
     assert h2.metrics.bytes == {"relay": 200_000, "origin": len(data2) - 200_000}
+    assert h2.metrics.fallbacks == ["relay"]
 
 
 def test_relay_with_wrong_bytes_is_cut_and_never_asked_again(tmp_path):
@@ -165,6 +169,7 @@ def test_poisoned_torrent_cuts_the_answer_and_is_not_used_again(tmp_path):
     h.tracker.published[d] = torrent(data)
     res, body = h.get(d)
     assert isinstance(body, DigestMismatch) and h.origin.requests == []   # a cut, no origin patch-up
+    assert h.metrics.mismatches == ["peer"]
     res, body = h.get(d)
     assert body == data and len(swarm.calls) == 1       # the same torrent is not streamed again
 
@@ -177,6 +182,7 @@ def test_wrong_bytes_from_the_swarm_after_a_stall_are_caught_by_the_whole_blob_h
     h.tracker.published[d] = torrent(data)
     res, body = h.get(d)
     assert isinstance(body, DigestMismatch)
+    assert h.metrics.fallbacks == ["peer"] and h.metrics.mismatches == ["assembled"]
 
 
 def test_head_never_starts_a_download(tmp_path):
@@ -259,3 +265,34 @@ def test_tracker_down_origin_fetches_take_turns_in_the_origin_slots(tmp_path):
     for t in threads:
         t.join(20)
     assert out == blobs and most[0] == 1 and h.tracker.calls == []
+
+
+def test_prefetch_starts_cold_fetches_and_swarm_downloads_within_its_bound(tmp_path):
+    cold = [blob(SIZE, f"cold{i}".encode()) for i in range(3)]
+    hot_d, hot = blob(SIZE, b"hot")
+    downloads = []
+    h = Host(tmp_path, {**dict(cold), hot_d: hot}, prefetch_layers=3, download=lambda d, t: downloads.append(d))
+    h.tracker.published[hot_d] = torrent(hot)
+    h.source.prefetch([h.request(hot_d)] + [h.request(d) for d, _ in cold])
+    wait_for(lambda: not h.source._prefetching, timeout=10, what="prefetches handed over")
+    for d, _ in cold[:2]:
+        h.wait_idle(d)
+        assert h.store.size_of(d) == SIZE
+    assert downloads == [hot_d]                       # a published layer: the shared swarm download
+    assert h.store.size_of(cold[2][0]) is None        # beyond --prefetch-layers
+    assert h.metrics.prefetches == 3
+    # A layer of a repository that may not be shared, or one already stored: nothing at all.
+    before = list(h.tracker.calls)
+    h.source.prefetch([replace(h.request(cold[2][0]), shareable=False), h.request(cold[0][0])])
+    wait_for(lambda: not h.source._prefetching, timeout=10, what="prefetch queue empty")
+    assert h.tracker.calls == before and h.store.size_of(cold[2][0]) is None
+
+
+def test_a_layer_that_may_not_be_shared_goes_from_the_origin_to_the_client_only(tmp_path):
+    """Open mode, a private repository: no metainfo, no lease, no store, no torrent."""
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    res = h.source.open(replace(h.request(d), shareable=False))
+    assert b"".join(res.body) == data and res.source == "origin"
+    assert h.tracker.calls == [] and h.store.size_of(d) is None and h.published == []
+    assert h.source.active_fetch(d) is None

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import NamedTuple
 
 import libtorrent as lt
 
 from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
-from layerswarm.bridge.config import SessionSection
+from layerswarm.bridge.config import BudgetSection, SessionSection
 from layerswarm.bridge.node.torrent.settings import settings_pack
 from layerswarm.bridge.format.errors import SwarmError, TorrentGone, UserError
 
@@ -45,6 +46,14 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
 _SSL_SOCKET = 1 << 18   # peer_info::ssl_socket, a flag the Python bindings do not name
+
+
+class UploadCounters(NamedTuple):
+    at: float       # when they were read (time.monotonic)
+    sent: int       # payload bytes sent to peers so far
+    wire: int       # and with BitTorrent's own messages: what the rate limit counts
+    wanting: int    # peers with requests to us
+    queued: int     # peers waiting for upload quota (the rate limit binds)
 
 
 class Torrent:
@@ -114,16 +123,21 @@ def _message(ec) -> str:
 class TorrentSession:
     """Owns ``lt.session`` and the alert thread; all torrents go through here."""
 
-    def __init__(self, cfg: SessionSection | None = None, tls=None):
-        """``tls``: the host's FleetTLS in secure fleet mode (None: open mode, no SSL torrents)."""
+    def __init__(self, cfg: SessionSection | None = None, tls=None, budgets: BudgetSection | None = None):
+        """``tls``: the host's FleetTLS in secure fleet mode (None: open mode, no SSL torrents);
+        ``budgets``: the host's upload/download budgets (rate limits that bind LAN peers too)."""
         self.cfg = cfg or SessionSection()
         self._tls = tls
         self._cert = tls.host_pair() if tls is not None else None   # (certificate, key) PEM
-        pack = settings_pack(self.cfg, secure=tls is not None)
+        pack = settings_pack(self.cfg, secure=tls is not None, budgets=budgets)
         pack["alert_mask"] = int(_ALERT_MASK)
         self._ses = lt.session(pack)
         if tls is not None:   # applied once more: the SSL listen socket can vanish otherwise
             self._ses.apply_settings({"listen_interfaces": pack["listen_interfaces"]})
+        if budgets is not None and (budgets.upload_budget or budgets.download_budget):
+            self._limit_every_peer()
+        self._stats_cond = threading.Condition()
+        self._stats = UploadCounters(0.0, 0, 0, 0, 0)
         self.dispatcher = Dispatcher()
         self._torrents: dict = {}
         self._removing: dict = {}
@@ -131,6 +145,38 @@ class TorrentSession:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._alert_loop, name="lt-alerts", daemon=True)
         self._thread.start()
+
+    # -- rate limits -------------------------------------------------------
+    def _limit_every_peer(self) -> None:
+        """Every peer in the global class, whose limits are the session's rate limits.
+
+        By default libtorrent puts peers on private, link-local and loopback addresses in a "local"
+        class that no rate limit binds (and that ignores unchoke slots): in a fleet every peer is
+        local, so a budget would limit nobody.  Measured: a 2 MiB/s upload limit, one loopback
+        leecher, 24 MiB/s sent without this filter."""
+        every = lt.ip_filter()
+        glob = 1 << self._ses.global_peer_class_id
+        every.add_rule("0.0.0.0", "255.255.255.255", glob)
+        every.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", glob)
+        self._ses.set_peer_class_filter(every)
+
+    def set_upload_limit(self, rate: int) -> None:
+        """Bytes per second of upload (all peers); at least 1 (0 is no limit to libtorrent)."""
+        self._ses.apply_settings({"upload_rate_limit": max(1, int(rate))})
+
+    def upload_counters(self, wait: float) -> "UploadCounters":
+        """libtorrent's upload counters, read within ``wait`` seconds (else the last reading)."""
+        with self._stats_cond:
+            last = self._stats
+            self._ses.post_session_stats()
+            self._stats_cond.wait_for(lambda: self._stats is not last, wait)
+            return self._stats
+
+    def _on_stats(self, values) -> None:
+        with self._stats_cond:
+            self._stats = UploadCounters(time.monotonic(), values["net.sent_payload_bytes"], values["net.sent_bytes"],
+                                         values["peer.num_peers_up_requests"], values["net.limiter_up_queue"])
+            self._stats_cond.notify_all()
 
     # -- alerts -----------------------------------------------------------
     def _alert_loop(self) -> None:
@@ -144,6 +190,9 @@ class TorrentSession:
             for a in self._ses.pop_alerts():
                 if a.what() == "torrent_need_cert":
                     self._show_certificate(a.handle)
+                    continue
+                if a.what() == "session_stats":
+                    self._on_stats(a.values)
                     continue
                 try:
                     ev = to_event(a)
@@ -221,9 +270,12 @@ class TorrentSession:
             flags |= lt.torrent_flags.seed_mode
         if sequential:
             flags |= lt.torrent_flags.sequential_download
-        atp.flags = flags
         if trackers:
+            # Without override_trackers libtorrent merges these with the torrent's own list, and the
+            # host would announce to the publisher's trackers as well (checked with 2.1.1).
+            flags |= lt.torrent_flags.override_trackers
             atp.trackers = list(trackers)
+        atp.flags = flags
         name = ti.name()
         with self._lock:
             if self._stop.is_set():

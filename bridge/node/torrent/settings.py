@@ -5,7 +5,7 @@ our peers run with exactly the same knobs (the ``[session]`` configuration secti
 """
 from __future__ import annotations
 
-from layerswarm.bridge.config import SessionSection
+from layerswarm.bridge.config import BudgetSection, SessionSection
 
 
 def listen_interfaces(cfg: SessionSection, secure: bool = False) -> str:
@@ -13,7 +13,22 @@ def listen_interfaces(cfg: SessionSection, secure: bool = False) -> str:
     return f"{cfg.peer_listen},{cfg.peer_ssl_listen}s" if secure else cfg.peer_listen
 
 
-def settings_pack(cfg: SessionSection, secure: bool = False) -> dict:
+def budget_settings(upload: int | None, download: int | None) -> dict:
+    """libtorrent's side of the host budgets (node/budget.py moves the upload limit as it goes).
+
+    The limits bind peers in libtorrent's global class; the session puts LAN peers there too
+    (session.py), else they would be exempt."""
+    s = {"upload_rate_limit": upload or 0, "download_rate_limit": download or 0}
+    if upload:
+        # libtorrent hands out quota once per tick, so bytes leave in bursts: with the default 500 ms
+        # 1 s windows swung 0.4-1.8x a fixed limit.  A short tick makes the bursts small; the budget
+        # controller (node/budget.py) does the rest.  (A smaller send buffer, 128 KiB, made them smaller
+        # still but held each peer to 128 KiB per two ticks: 3 leechers got 0.75 of the budget.)
+        s["tick_interval"] = 25
+    return s
+
+
+def settings_pack(cfg: SessionSection, secure: bool = False, budgets: BudgetSection | None = None) -> dict:
     s = {
         "listen_interfaces": listen_interfaces(cfg, secure),
         "user_agent": cfg.user_agent,
@@ -40,7 +55,10 @@ def settings_pack(cfg: SessionSection, secure: bool = False) -> dict:
         "unchoke_slots_limit": cfg.unchoke_slots,
         "connections_limit": cfg.connections_limit,
         "listen_queue_size": cfg.listen_queue_size,
-        # Announce to every tracker replica in the list, not just the first that answers.
+        # Announce to every configured tracker, each on its own schedule: a dead replica's errors and
+        # back-off never hold up the announce to a live one (by default a tier's trackers are tried one
+        # after another, and a silent one costs its timeout first).  Replicas share one store, so the
+        # extra announces record the same peer: one request per interval per tracker.
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
         # A layer that is wanted right now should start transferring at once.
@@ -53,5 +71,7 @@ def settings_pack(cfg: SessionSection, secure: bool = False) -> dict:
         "close_redundant_connections": True,
     }
     s["min_announce_interval"] = cfg.min_announce_interval
+    if budgets is not None:
+        s.update(budget_settings(budgets.upload_budget, budgets.download_budget))
     s.update(cfg.lt_settings)   # tuning: raw libtorrent settings from the configuration, applied last
     return s
