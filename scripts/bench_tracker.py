@@ -16,6 +16,11 @@ The driver is wrk with a Lua script; every request is a new TCP connection
   per swarm by default), 90% of them seeders, no event — what the capacity
   plan in the README is made of.
 
+Targets: ``hello`` (a Flask hello-world under gunicorn gthread, the issue's
+yardstick), ``floor`` (a bare WSGI callable under the tracker's own gunicorn
+gevent setup: what serving alone costs), ``memory``, ``redis`` (see
+``--redis-workers``), ``opentracker``.
+
 Prints announces/s and p99 latency per target, the hot swarm's size after
 the run (scrape), the ratio to hello-world, and CPU: the target's own CPU
 milliseconds per announce (its whole process tree; for Redis targets also
@@ -101,6 +106,16 @@ function done(summary, latency, requests)
 end
 """
 
+# The serving floor: a bare WSGI callable under the tracker's own gunicorn setup (gevent worker), so
+# what is left of an announce's cost above it is the tracker's own.
+FLOOR = """
+BODY = b"d8:completei0e10:incompletei0e8:intervali120e5:peers0:e"
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])
+    return [BODY]
+"""
+
 HELLO = """
 from flask import Flask, Response
 app = Flask(__name__)
@@ -160,6 +175,10 @@ def wrk_target(target: str, args, tmp: Path, lua: Path, hashes: list) -> dict:
             p = Proc([sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(args.threads),
                       "--backlog", "2048", "--no-control-socket", "-b", f"127.0.0.1:{port}", "--chdir", tmp,
                       "hello:app"], tmp / "hello.log")
+        elif target == "floor":
+            p = Proc([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--worker-connections", "4096",
+                      "--backlog", "2048", "--no-control-socket", "-b", f"127.0.0.1:{port}", "--chdir", tmp,
+                      "floor:app"], tmp / "floor.log")
         elif target == "memory":
             p = Proc(layerswarm_argv("tracker", "--port", port), tmp / "memory.log")
         elif target.startswith("redis x"):
@@ -175,7 +194,7 @@ def wrk_target(target: str, args, tmp: Path, lua: Path, hashes: list) -> dict:
         else:
             raise SystemExit(f"unknown target {target}")
         procs.append(p)
-        wait_port(p, port, {"hello": "/announce", "opentracker": None}.get(target, "/healthz"))
+        wait_port(p, port, {"hello": "/announce", "floor": "/announce", "opentracker": None}.get(target, "/healthz"))
         time.sleep(0.5)
         kids = _children()
         cpu0, store0, mach0 = cpu_tree(p.pid, kids), cpu_tree(store.pid, kids) if store else 0, machine_cpu()
@@ -185,7 +204,7 @@ def wrk_target(target: str, args, tmp: Path, lua: Path, hashes: list) -> dict:
         r["server_cpu_ms_each"] = 1000 * (cpu1 - cpu0) / max(1, r["requests"])
         r["redis_cpu_ms_each"] = 1000 * (store1 - store0) / max(1, r["requests"]) if store else None
         r["machine_busy_pct"] = 100 * (mach1[0] - mach0[0]) / max(1e-9, mach1[1] - mach0[1])
-        if target != "hello":  # how big the hot swarm got: per-announce cost must not grow with it
+        if target not in ("hello", "floor"):  # how big the hot swarm got: per-announce cost must not grow with it
             r["hot_swarm_peers"] = hot_swarm_size(port, hashes[0])
         redis_cpu = f" + redis {r['redis_cpu_ms_each']:.2f}" if store else ""
         print(f"{target:>14}: {r['rps']:8.0f} announces/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
@@ -387,7 +406,9 @@ def main(argv=None) -> int:
     ap.add_argument("--population", type=int, default=100_000, help="peers of the steady mix")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the targets, order reversed every other round")
     ap.add_argument("--threads", type=int, default=16, help="gunicorn threads of the hello-world baseline")
-    ap.add_argument("--targets", default="hello,memory,redis,opentracker", help="wrk targets (\"\": none)")
+    ap.add_argument("--targets", default="hello,memory,redis,opentracker",
+                    help="wrk targets: hello, floor (a bare WSGI app under the tracker's gunicorn setup), memory, "
+                    "redis, opentracker (\"\": none)")
     ap.add_argument("--tls", action="store_true", help="also plain vs mTLS with the Python client, and handshakes")
     ap.add_argument("--tls-duration", type=float, default=5, help="seconds per mTLS measurement")
     ap.add_argument("--tls-connections", type=int, default=32)
@@ -404,6 +425,7 @@ def main(argv=None) -> int:
                               "ihs": ",".join('"%s"' % "".join("%%%02X" % b for b in h) for h in hashes)})
     (tmp / "whitelist").write_text("".join(h.hex() + "\n" for h in hashes))
     (tmp / "hello.py").write_text(HELLO)
+    (tmp / "floor.py").write_text(FLOOR)
     targets = []
     for t in [t.strip() for t in args.targets.split(",") if t.strip()]:
         targets += [f"redis x{n}" for n in args.redis_workers] if t == "redis" else [t]

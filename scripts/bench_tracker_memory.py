@@ -14,8 +14,13 @@ anonymous RSS (RssAnon, its whole process tree) and, for Redis, ``INFO memory``
 Python client process: a floor, not the tracker's ceiling; scripts/bench_tracker.py
 measures that).
 
+``--direct`` fills the Redis store through the store's own code in this
+process (``RedisStore.announce``, several threads), no tracker in between:
+Redis memory at the size of a whole fleet (a million peers) in minutes rather
+than the better part of an hour; the tracker's RSS is then not reported.
+
     .venv/bin/python scripts/bench_tracker_memory.py                      # 100,000 peers, 10,000 swarms
-    .venv/bin/python scripts/bench_tracker_memory.py --stores redis --peers 1000000 --swarms 100000 --json out.json
+    .venv/bin/python scripts/bench_tracker_memory.py --stores redis --direct --peers 1000000 --swarms 10000
 """
 from __future__ import annotations
 
@@ -69,6 +74,27 @@ async def _announce_all(port: int, n: int, swarms: int, seeders: float, conns: i
     return {"announces": n, "seconds": took, "per_s": n / took, "failures": failures}
 
 
+def _announce_direct(store_url: str, a) -> dict:
+    """The same peers through RedisStore.announce, from threads, TTLs as the tracker would hand them."""
+    from concurrent.futures import ThreadPoolExecutor
+    from layerswarm.tracker.app import create_app
+    from layerswarm.tracker.protocol import parse_announce
+    app = create_app({"store": store_url, "interval": a.interval, "seed_interval": a.seed_interval,
+                      "max_swarms": max(a.swarms, 100_000), "idle_swarm_ttl": 2 * a.seed_interval})
+    t = app.extensions["layerswarm"]
+
+    def one(i):
+        req = parse_announce(announce_path(i, a.swarms, a.seeders).split("?", 1)[1].encode(), "127.0.0.1", t.config)
+        t.store.announce(req, t.config.announce.peer_ttl(req.seeder), time.time())
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(a.connections) as pool:
+        for _ in pool.map(one, range(a.peers), chunksize=1000):
+            pass
+    took = time.monotonic() - t0
+    t.store.close()
+    return {"announces": a.peers, "seconds": took, "per_s": a.peers / took, "failures": 0}
+
+
 def listed_peers(url: str) -> int:
     rows = requests.get(url + "/swarms", timeout=120).json()
     return sum(r["seeders"] + r["leechers"] for r in rows)
@@ -102,8 +128,14 @@ def run_store(store: str, a, tmp: Path) -> dict:
         url = f"http://127.0.0.1:{port}"
         time.sleep(1)
         out = {"store": store, "before": snapshot(tracker, url, r)}
-        out["load"] = asyncio.run(_announce_all(port, a.peers, a.swarms, a.seeders, a.connections))
+        if a.direct:
+            out["load"] = _announce_direct(rd.url, a)
+        else:
+            out["load"] = asyncio.run(_announce_all(port, a.peers, a.swarms, a.seeders, a.connections))
         out["after_load"] = snapshot(tracker, url, r)
+        if a.no_expiry:
+            out["after_expiry"] = out["after_load"]
+            return out
         wait = 2 * max(a.interval, a.seed_interval) + 5   # the longest TTL handed out, and a little
         print(f"  {store}: {a.peers} announces in {out['load']['seconds']:.0f} s ({out['load']['per_s']:.0f}/s); "
               f"waiting {wait} s for every peer to expire", flush=True)
@@ -146,8 +178,12 @@ def main(argv=None) -> int:
     # TTLs (2 x interval) must outlast the load, and are waited for once it is over
     ap.add_argument("--interval", type=int, default=90, help="the tracker's --interval (default %(default)s)")
     ap.add_argument("--seed-interval", type=int, default=180, help="the tracker's --seed-interval (default %(default)s)")
+    ap.add_argument("--direct", action="store_true", help="fill Redis through the store's code, no tracker between")
+    ap.add_argument("--no-expiry", action="store_true", help="do not wait for the peers to expire")
     ap.add_argument("--json", help="write results here")
     a = ap.parse_args(argv)
+    if a.direct and "memory" in a.stores:
+        ap.error("--direct fills a Redis store: give --stores redis")
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracker-memory-"))
     results = []
     for store in [s.strip() for s in a.stores.split(",") if s.strip()]:

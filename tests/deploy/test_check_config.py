@@ -72,15 +72,18 @@ def test_bridge_check_refuses_in_one_line(pki, tmp_path, case):
 
 
 def test_tracker_check_hides_the_store_password_and_calls_no_store(pki, tmp_path):
-    secret = tmp_path / "store-password"
-    secret.write_text("hunter2\n")
-    line = ok_line(run_cli("tracker", "--host", "0.0.0.0", "--store", "redis://127.0.0.1:9/0",
-                           "--store-password-file", secret, "--workers", "2", "--tls-cert", pki.h1.cert,
-                           "--tls-key", pki.h1.key, "--fleet-ca", pki.ca, "--check-config"))
-    assert "hunter2" not in line and "store redis://127.0.0.1:9/0" in line
-    # In the URL itself it is refused: a command line shows in ps and logs.
-    one_line_error(run_cli("tracker", "--store", "redis://:hunter2@127.0.0.1:9/0", "--check-config"), "password")
-    assert "secure fleet mode" in line and "CN h1" in line and "2 worker(s)" in line
+    (tmp_path / "redis-password").write_text("hunter2\n")
+    base = ["tracker", "--host", "0.0.0.0", "--workers", "2", "--tls-cert", pki.h1.cert, "--tls-key", pki.h1.key,
+            "--fleet-ca", pki.ca, "--store-password-file", tmp_path / "redis-password"]
+    for store in ("redis://127.0.0.1:9/0", "redis+sentinel://127.0.0.1:9,127.0.0.1:10/layerswarm",
+                  "redis+cluster://127.0.0.1:9,127.0.0.1:10"):
+        line = ok_line(run_cli(*base, "--store", store, "--check-config"))
+        assert "hunter2" not in line and f"store {store}" in line
+        assert "secure fleet mode" in line and "CN h1" in line and "2 worker(s)" in line
+    # a password in the URL is refused, and not repeated
+    p = run_cli(*base, "--store", "redis://:hunter2@127.0.0.1:9/0", "--check-config")
+    one_line_error(p, "--store", "--store-password-file")
+    assert "hunter2" not in p.stderr
 
 
 @pytest.mark.parametrize("case", ["store url", "tls files", "deny list"])

@@ -225,20 +225,21 @@ class RedisStore(Store):
         """``fn(...)``, retried while the connection is lost for up to ``retry_for`` seconds: a Sentinel
         failover or a restart is waited out, then StoreUnavailable."""
         deadline = time.monotonic() + self.options.retry_for
+        load = False
         while True:
             try:
+                if load:   # batches send bare EVALSHA (_eval): a server that lacks the scripts gets them
+                    for script in self._scripts:
+                        self.r.script_load(script.script)
                 return fn(*a, **kw)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + RETRY_STEP > deadline:
                     raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
                 time.sleep(RETRY_STEP)
-            except redis.exceptions.NoScriptError:
-                # a Cluster pipeline does not load scripts itself (a plain one does, and so does a lone
-                # call): a node that never saw them (new, failed over, flushed) gets them now
-                for script in self._scripts:
-                    self.r.script_load(script.script)
-                if time.monotonic() > deadline:
-                    raise StoreUnavailable("redis: scripts keep vanishing") from None
+            except redis.exceptions.NoScriptError as exc:
+                if load and time.monotonic() > deadline:
+                    raise StoreUnavailable("redis: the scripts vanish as soon as they are loaded") from exc
+                load = True
             except redis.RedisError as exc:
                 raise StoreUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from exc
 

@@ -66,6 +66,8 @@ def parse_store(spec: str | None) -> StoreSpec:
         u = urlsplit(spec)
         if u.password is not None or "password" in parse_qs(u.query):
             raise ValueError(PASSWORD_REFUSED)
+        from redis.connection import parse_url   # redis-py's own reading of it, which connects nowhere
+        parse_url(spec)
         return StoreSpec("redis", url=spec, username=u.username)
     if scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
         return _members(spec, scheme)
