@@ -208,6 +208,9 @@ class FleetTLS:
             return False
         with self._lock:
             try:
+                # A half-written pair loaded into a live context leaves it with the new certificate and
+                # the old key: every handshake fails.  Check the pair on a throwaway context first.
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
                 for ctx in self._contexts:
                     ctx.load_cert_chain(self.cert_file, self.key_file)
                     if self.ca_file:   # adds a new CA; the old one stays trusted
