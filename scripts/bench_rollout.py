@@ -297,7 +297,7 @@ def raw_main(a) -> int:
         atp = lt.add_torrent_params()
         atp.ti = lt.torrent_info(lt.bdecode(t.metainfo))
         atp.save_path = a.dir
-        atp.trackers = [tracker.announce_url]
+        atp.trackers = tracker.announce_urls
         atp.flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
         recs[str(t.digest)]["start_s"] = rel()
         ses.add_torrent(atp)
