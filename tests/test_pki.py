@@ -90,6 +90,57 @@ def test_a_rotated_certificate_is_used_for_new_handshakes(fleet):
     assert not client.maybe_reload()
 
 
+def test_no_handshake_fails_while_the_server_certificate_is_rotated(fleet):
+    """Handshakes on another thread while rotations are written file by file (key first, as a
+    copy would) and reloaded: every one completes, with the old pair or the new one."""
+    d, ca = fleet
+    server = _write(d, "server", ca, "tracker-0", ips=["127.0.0.1"])
+    client = _write(d, "client", ca, "bridge-1")
+    sctx, cctx = server.server_context(), client.client_context()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    stop, failures, names = threading.Event(), [], set()
+
+    def serve():   # until the socket is closed: a client connecting as ``stop`` is set is served
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with sctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError) as exc:
+                failures.append(f"server: {exc!r}")
+
+    def rotate():
+        for i in range(1, 16):
+            cert, key = pki.issue(*ca, f"tracker-{i}", ips=["127.0.0.1"])
+            (d / "server-key.pem").write_bytes(key)
+            server.maybe_reload()
+            (d / "server.pem").write_bytes(cert)
+            server.maybe_reload()
+        stop.set()
+    threads = [threading.Thread(target=serve, daemon=True), threading.Thread(target=rotate, daemon=True)]
+    for t in threads:
+        t.start()
+    while not stop.is_set():
+        try:
+            with socket.create_connection(lsock.getsockname(), timeout=5) as raw:
+                with cctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    names.add(pki.identity(tls.getpeercert()))
+                    tls.sendall(b"x")
+        except (ssl.SSLError, OSError) as exc:
+            failures.append(f"client: {exc!r}")
+    lsock.close()
+    for t in threads:
+        t.join(10)
+    assert failures == [] and len(names) > 1
+    server._checked = 0
+    server.maybe_reload()
+    assert pki.identity(_handshake(sctx, cctx)[0]["client"]) == "bridge-1"
+    assert pki.identity(_handshake(sctx, cctx)[1]) == "tracker-15"
+
+
 def test_host_pair_is_the_certificate_and_its_own_key(fleet):
     d, ca = fleet
     tls = _write(d, "host", ca, "bridge-1")

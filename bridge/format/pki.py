@@ -16,6 +16,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+import tempfile
 import threading
 import time
 
@@ -124,11 +125,13 @@ class FleetTLS:
     def __init__(self, ca_file: str | None, cert_file: str, key_file: str, check_every: float = 5.0):
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
         self.check_every = check_every
-        self._contexts: list = []
+        self._servers: dict = {}   # id(context handed out) -> (it, require, the newest context for it)
+        self._clients: list = []
         self._lock = threading.Lock()
         self._stamp = self._mtimes()
         self._checked = time.monotonic()
         self.ca_pem = _read(ca_file, "fleet CA") if ca_file else None
+        self._ca_pems: list[bytes] = [self.ca_pem] if ca_file else []
         _read(cert_file, "fleet certificate")
         _read(key_file, "fleet key")
 
@@ -176,29 +179,43 @@ class FleetTLS:
         return f"CN {names[0].value if names else '?'}, valid to {cert.not_valid_after_utc:%Y-%m-%d}"
 
     def server_context(self, require: bool = True) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        if self.ca_file:
-            ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
-        return self._load(ctx)
-
-    def client_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)   # verifies the server's certificate and name
-        return self._load(ctx)
-
-    def _load(self, ctx: ssl.SSLContext) -> ssl.SSLContext:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            if self.ca_file:
-                ctx.load_verify_locations(cafile=self.ca_file)
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise UserError(f"fleet TLS files ({self.cert_file}, {self.key_file}, CA {self.ca_file}): {exc}") from None
+        ctx = self._build(ssl.PROTOCOL_TLS_SERVER, require, self.cert_file, self.key_file)
+        # Handshakes run on other threads while a rotation is loaded, and a context loaded in place is
+        # for a moment the new certificate with the old key (those handshakes fail).  So a server
+        # context is never reloaded: its SNI callback, run for every ClientHello with or without a
+        # server name, hands the handshake to the newest context built from the files.
+        ctx.sni_callback = self._to_newest
         with self._lock:
-            self._contexts.append(ctx)
+            self._servers[id(ctx)] = (ctx, require, ctx)
         return ctx
 
+    def client_context(self) -> ssl.SSLContext:
+        ctx = self._build(ssl.PROTOCOL_TLS_CLIENT, True, self.cert_file, self.key_file)  # verifies the server
+        with self._lock:
+            self._clients.append(ctx)
+        return ctx
+
+    def _build(self, protocol, require: bool, cert_file: str, key_file: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(protocol)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file and protocol == ssl.PROTOCOL_TLS_SERVER:
+            ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
+        try:
+            for pem in self._ca_pems:   # every CA seen since start: a CA rotation keeps the old one trusted
+                ctx.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise UserError(f"fleet TLS files ({self.cert_file}, {self.key_file}, CA {self.ca_file}): {exc}") from None
+        return ctx
+
+    def _to_newest(self, sock, _server_name, ctx) -> None:
+        entry = self._servers.get(id(ctx))
+        if entry is not None and entry[2] is not ctx:
+            sock.context = entry[2]
+
     def maybe_reload(self) -> bool:
-        """Re-read certificate and key into every context if the files changed (True if they did)."""
+        """Build contexts from the files again if they changed (True if they did); server contexts
+        already handed out pass new handshakes on to them, client contexts load the pair."""
         now = time.monotonic()
         if now - self._checked < self.check_every:
             return False
@@ -206,17 +223,31 @@ class FleetTLS:
         stamp = self._mtimes()
         if stamp == self._stamp:
             return False
-        with self._lock:
+        try:
+            # One snapshot of the files, checked (the key is the certificate's) before anything live
+            # sees it: a rotation half-written is tried again at the next check.
+            cert, key = self.host_pair()
+            ca = _read(self.ca_file, "fleet CA") if self.ca_file else None
+        except UserError:
+            return False
+        with self._lock, tempfile.TemporaryDirectory(prefix="layerswarm-tls-") as d:
+            cert_file, key_file = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+            with open(os.open(cert_file, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(cert)
+            with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(key)
+            if ca is not None and ca not in self._ca_pems:
+                self._ca_pems.append(ca)
             try:
-                # A half-written pair loaded into a live context leaves it with the new certificate and
-                # the old key: every handshake fails.  Check the pair on a throwaway context first.
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
-                for ctx in self._contexts:
-                    ctx.load_cert_chain(self.cert_file, self.key_file)
-                    if self.ca_file:   # adds a new CA; the old one stays trusted
-                        ctx.load_verify_locations(cafile=self.ca_file)
-            except (OSError, ssl.SSLError):
-                return False   # a rotation half-written: try again at the next check
+                newest = {k: (front, require, self._build(ssl.PROTOCOL_TLS_SERVER, require, cert_file, key_file))
+                          for k, (front, require, _) in self._servers.items()}
+                for ctx in self._clients:   # not shared with handshakes in flight
+                    for pem in self._ca_pems:
+                        ctx.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+                    ctx.load_cert_chain(cert_file, key_file)
+            except (UserError, OSError, ssl.SSLError, ValueError):
+                return False
+            self._servers.update(newest)
             self._stamp = stamp
         return True
 
