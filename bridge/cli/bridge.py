@@ -8,9 +8,15 @@ def add_arguments(parser) -> None:
     bconfig.add_arguments(parser)
 
 
+def _check(cfg: bconfig.BridgeConfig) -> str:
+    from layerswarm.bridge.node.torrent.session import check_settings
+    check_settings(cfg.session.lt_settings)
+    return bconfig.check(cfg)
+
+
 def run(args) -> int:
     cfg = bconfig.from_args(args)
-    if bconfig.SCHEMA.answered(args, cfg, check=bconfig.check):
+    if bconfig.SCHEMA.answered(args, cfg, check=_check):
         return 0
     from layerswarm.bridge.http.server import serve
     serve(cfg)

@@ -18,7 +18,8 @@ import requests
 
 from layerswarm.bridge.cli import fleetopts
 from layerswarm.bridge.cli.tables import format_table
-from layerswarm.bridge.format.errors import DigestMismatch, InvalidOption, LayerswarmError, StoreFull, UserError
+from layerswarm.bridge.format.options import parse_pairs
+from layerswarm.bridge.format.errors import DigestMismatch, LayerswarmError, StoreFull, UserError
 from layerswarm.bridge.format.units import human_size, parse_size
 from layerswarm.bridge.sources.images import RegistryImage, layer_chunks, sources_from_path
 
@@ -42,6 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cap", default=None, help="store size cap, e.g. 50G (foreground mode)")
     p.add_argument("--upload-budget", default=None, metavar="BYTES",
                    help="upload to peers per second, LAN peers included, e.g. 10M (foreground mode; default: no limit)")
+    p.add_argument("--lt-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="raw libtorrent setting applied last (tuning; repeatable), as on the bridge")
     p.add_argument("--raw", action="store_true", help="treat every file SOURCE as a raw blob, even a tar")
     p.add_argument("--plain-http", action="store_true", help="use http:// for docker:// references (default only for loopback)")
     p.add_argument("--registry-token", default=None, help="Bearer token for docker:// references")
@@ -148,9 +151,10 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        session = SessionSection(peer_listen=args.listen, peer_ssl_listen=args.ssl_listen)
-    except InvalidOption as exc:
-        raise UserError(f"--listen/--ssl-listen: {exc}") from None
+        session = SessionSection(peer_listen=args.listen, peer_ssl_listen=args.ssl_listen,
+                                 lt_settings=parse_pairs("--lt-setting", args.lt_setting))
+    except ValueError as exc:   # InvalidOption too
+        raise UserError(f"--listen/--ssl-listen/--lt-setting: {exc}") from None
     try:
         peer = Peer.open(store_dir, tracker.urls, publish_token=args.token, cache_max=_size("--cap", args.cap),
                          session=session, tls=tls,

@@ -330,23 +330,28 @@ def _coerce(opt: _Opt, value):
                 value = json.loads(value)
             except ValueError:
                 raise ValueError(f"{name} wants a JSON object, got {value!r}") from None
-        if isinstance(value, list):  # repeated KEY=VALUE flags; VALUE is JSON when it parses
-            out = {}
-            for item in value:
-                k, sep, v = str(item).partition("=")
-                if not sep or not k:
-                    raise ValueError(f"{name} wants KEY=VALUE, got {item!r}")
-                try:
-                    out[k] = json.loads(v)
-                except ValueError:
-                    out[k] = v
-            value = out
+        if isinstance(value, list):
+            value = parse_pairs(name, value)
         if not isinstance(value, dict):
             raise ValueError(f"{name} wants a table, got {value!r}")
         return dict(value)
     if not isinstance(value, str):
         raise ValueError(f"{name} wants a string, got {value!r}")
     return value
+
+
+def parse_pairs(name: str, items: list) -> dict:
+    """Repeated ``KEY=VALUE`` flags as a dict; VALUE is JSON when it parses, else text."""
+    out = {}
+    for item in items:
+        k, sep, v = str(item).partition("=")
+        if not sep or not k:
+            raise ValueError(f"{name} wants KEY=VALUE, got {item!r}")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def env_secret(name, source: str) -> str:

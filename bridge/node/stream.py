@@ -137,6 +137,8 @@ class Download:
         if k == ev.PIECE_FINISHED:
             p = e.data["piece"]
             self._mark("piece")
+            if p == 0:
+                self._mark("piece0")
             with self._cond:
                 if 0 <= p < self.n:
                     self._have[p] = 1
@@ -329,6 +331,7 @@ class Download:
             return
         if self.cfg.window_bytes <= 0:
             return                      # no deadlines: rarest-first only
+        self._mark("window")
         count = max(2, -(-self.cfg.window_bytes // self.lt.piece_length))
         k = 0
         try:

@@ -134,6 +134,11 @@ def test_print_and_check_config_cli(tmp_path):
     assert p.returncode == 0 and "OK" in p.stdout
     p = run_cli(*base, "--check-config", "--threads", "x")
     assert p.returncode == 2 and "--threads" in p.stderr and "Traceback" not in p.stderr
+    # libtorrent would refuse these inside the session: the check names them first
+    for bad, says in (("bogus_key=1", "no such setting"), ("unchoke_slots_limit=x", "wants a number"),
+                      ("enable_dht=1", "wants bool")):
+        p = run_cli(*base, "--check-config", "--lt-setting", bad)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_secure_mode_advertises_https():

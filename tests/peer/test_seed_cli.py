@@ -138,6 +138,15 @@ def test_bad_inputs(local_tracker, tmp_path):
     r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
                 "--upload-budget", "lots", "--exit")
     assert r.returncode != 0 and "--upload-budget: not a size" in r.stderr and _store_clean(store), r.stderr
+    r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
+                "--lt-setting", "no_equals_sign", "--exit")
+    assert r.returncode == 2 and "--lt-setting wants KEY=VALUE" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
+                "--lt-setting", "no_such_setting=4")
+    assert r.returncode == 2 and "libtorrent has no such setting" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("seed", good, "--raw", "--tracker", local_tracker.url, "--store-dir", store, "--listen", "127.0.0.1:0",
+                "--lt-setting", "unchoke_slots_limit=4", "--exit")
+    assert r.returncode == 0, r.stderr
 
 
 def test_conflicting_published_torrent_is_reported(local_tracker, tmp_path):

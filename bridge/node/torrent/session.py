@@ -113,6 +113,24 @@ class Torrent:
         }
 
 
+def check_settings(overrides: dict) -> None:
+    """UserError for the first ``--lt-setting`` libtorrent would refuse (an unknown name or a value of
+    the wrong type); libtorrent itself raises KeyError/TypeError from inside the session."""
+    known = lt.default_settings()
+    for name, value in overrides.items():
+        if name not in known:
+            raise UserError(f"--lt-setting {name}: libtorrent has no such setting")
+        want = type(known[name])
+        if want is bool:
+            ok = isinstance(value, bool)
+        elif want is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, want)
+        if not ok:
+            raise UserError(f"--lt-setting {name}={value!r}: libtorrent wants {'a number' if want is int else want.__name__}")
+
+
 def _message(ec) -> str:
     try:
         return ec.message()
@@ -129,6 +147,7 @@ class TorrentSession:
         self.cfg = cfg or SessionSection()
         self._tls = tls
         self._cert = tls.host_pair() if tls is not None else None   # (certificate, key) PEM
+        check_settings(self.cfg.lt_settings)
         pack = settings_pack(self.cfg, secure=tls is not None, budgets=budgets)
         pack["alert_mask"] = int(_ALERT_MASK)
         self._ses = lt.session(pack)
