@@ -16,7 +16,9 @@ thread.  Readers (node/readers.py) use the public reader methods only.
 Piece selection: each reader puts deadlines on the piece it waits for and the
 next one (libtorrent's time-critical pieces); everything else stays
 rarest-first, so a fleet starting together spreads different pieces and
-trades them instead of all asking the seeder for the same window.
+trades them instead of all asking the seeder for the same window.  For its first
+moment (``first_piece_gate``) a new download wants piece 0 and the last piece
+only: its first requests at the seeder are the ones the client waits for.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class Download:
         self._reserved = 0
         self._worker = Worker(f"dl-{torrent.digest.short()}")
         self.torrent = None
+        self._gated = False              # only piece 0 wanted so far (StreamSection.first_piece_gate)
         self._t0 = time.monotonic()
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
         self._peer_down: dict = {}       # "ip:port" -> payload bytes received (sampled while downloading)
@@ -86,7 +89,12 @@ class Download:
         self.session.dispatcher.subscribe(self.name, self._on_event)
         try:
             # Without seed_mode an existing partial file is rechecked: resumes safely.
-            self.torrent = self.session.add(self.lt.metainfo, self.store.downloads_dir, trackers=self._trackers)
+            # not for a partial download resumed (piece 0 may be there already)
+            gate = (self.cfg.first_piece_gate > 0 and self.n > 2
+                    and not self.store.download_path(self.digest).exists())
+            self.torrent = self.session.add(self.lt.metainfo, self.store.downloads_dir, trackers=self._trackers,
+                                            first_piece_only=gate)
+            self._gated = gate
         except Exception as exc:
             self.session.dispatcher.unsubscribe(self.name, self._on_event)
             self.store.release(self._reserved)
@@ -139,6 +147,7 @@ class Download:
             self._mark("piece")
             if p == 0:
                 self._mark("piece0")
+            self._open_gate()
             with self._cond:
                 if 0 <= p < self.n:
                     self._have[p] = 1
@@ -167,6 +176,8 @@ class Download:
                        delete=True)
         elif k == ev.TRACKER_REPLY:
             self._mark("tracker")
+        elif k == ev.FINISHED:
+            self._open_gate()   # the gate's pieces both arrived before it opened
         elif k == ev.HASH_FAILED:
             log.info("%s: piece %s failed its hash check (a bad peer); refetching", self.name, e.data["piece"])
 
@@ -342,9 +353,22 @@ class Download:
         except Exception:
             pass
 
+    def _open_gate(self) -> None:
+        """Every piece wanted (rarest-first): a piece arrived, or the gate's time is up."""
+        with self._cond:
+            if not self._gated:
+                return
+            self._gated = False
+        try:
+            self.torrent.want_every_piece()
+        except Exception:
+            pass
+
     def poll(self) -> None:
         """Refresh progress from the session (bytes inside unfinished pieces count too)."""
         now = time.monotonic()
+        if self._gated and now - self._t0 > self.cfg.first_piece_gate:
+            self._open_gate()
         if now - self._last_poll < 0.5 or self.torrent is None or self.complete.is_set():
             return
         self._last_poll = now

@@ -29,6 +29,21 @@ def test_seed_then_stream_from_swarm(local_tracker, make_peer):
     assert any(x.digest == d for x in leech.seeding())
 
 
+def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader(local_tracker, make_peer):
+    """The first-piece gate: piece 0 (and the last piece, so the torrent never looks finished) wanted
+    at first, then every piece; a download nobody reads (prefetch) still completes — with piece 0
+    alone wanted libtorrent called the torrent finished, dropped the seeder and stalled."""
+    data = blob_bytes(3_000_000, b"gate")   # 12 pieces
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", local_tracker.url)
+    add(seeder, data)
+    leech = make_peer("leech", local_tracker.url)
+    dl = leech.download(d)
+    assert dl.complete.wait(30) and dl.verified
+    assert leech.store.path_if_present(d).read_bytes() == data
+    assert "piece0" in dl._marks and dl._gated is False
+
+
 def test_a_peer_announces_to_each_of_its_trackers_and_to_no_other(make_peer):
     a, b = LocalTracker(), LocalTracker()   # separate stores here: each one's counts show who announced to it
     data = blob_bytes(2_000_000, b"two trackers")

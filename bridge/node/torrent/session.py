@@ -81,6 +81,9 @@ class Torrent:
     def set_piece_deadline(self, piece: int, ms: int) -> None:
         self._call("set_piece_deadline", piece, int(ms))
 
+    def want_every_piece(self) -> None:
+        self._call("prioritize_pieces", [4] * self.num_pieces)
+
     def move_storage(self, path: str) -> None:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
 
@@ -261,7 +264,7 @@ class TorrentSession:
         return self._ses.ssl_listen_port() if self._tls is not None else None
 
     def add(self, metainfo: bytes, save_path, *, seed_mode: bool = False, trackers=(),
-            sequential: bool = False) -> Torrent:
+            sequential: bool = False, first_piece_only: bool = False) -> Torrent:
         """Add a layer torrent (bencoded .torrent bytes) and return its wrapper.
 
         ``seed_mode`` skips the piece check: only for bytes verified against
@@ -278,6 +281,10 @@ class TorrentSession:
         atp.ti = ti
         atp.save_path = str(save_path)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
+        if first_piece_only and ti.num_pieces() > 2:
+            # piece 0 first; the last piece too (lowest priority), so that piece 0 alone does not make the
+            # torrent "finished" (see close_redundant_connections in settings.py)
+            atp.piece_priorities = [7] + [0] * (ti.num_pieces() - 2) + [1]
         flags = atp.flags
         flags &= ~lt.torrent_flags.auto_managed   # every layer seeds: no queue
         if ssl:

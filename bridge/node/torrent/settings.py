@@ -68,7 +68,10 @@ def settings_pack(cfg: SessionSection, secure: bool = False, budgets: BudgetSect
         # Our own stall detection decides when to give up; keep libtorrent's short.
         "request_timeout": 10,
         "piece_timeout": 5,
-        "close_redundant_connections": True,
+        # Kept open: a download gated on its first pieces (StreamSection.first_piece_gate) is "finished"
+        # for a moment when they both arrive before the gate opens, and closing redundant connections
+        # then dropped its seeds for good (the download stalled, then went to the origin).
+        "close_redundant_connections": False,
     }
     s["min_announce_interval"] = cfg.min_announce_interval
     if budgets is not None:
