@@ -303,6 +303,12 @@ class StreamSection:
     # with 8 MiB vs 6.9-7.2 s with 512 KiB (scripts/bench_rollout.py, 3x32 MiB).
     window_bytes: int = option(512 << 10, "bytes ahead of each reader given piece deadlines (0: none)",
                                metavar="N")
+    # Clients write the whole blob before they unpack it, so the download order should serve the
+    # swarm (rarest-first), not the reader: deadlines are a stall guard, set only when a reader has
+    # waited this long for its next piece.  Deadlines at once made all 8 leechers of an N=8 rollout
+    # ask the seeder for the same in-order pieces (warm 2.9x raw BitTorrent with short request queues).
+    deadline_after: float = option(2.0, "a reader that has waited this long for its next piece puts deadlines "
+                                   "on it (0: at once)", metavar="S")
     deadline_ms: int = option(300, "deadline of the first piece of the window", metavar="MS")
     deadline_step_ms: int = option(100, "each later piece of the window gets this much more", metavar="MS")
     prefetch: int = option(2, "pieces each reader asks for ahead of the one it sends", metavar="N")
@@ -316,6 +322,8 @@ class StreamSection:
 
     def __post_init__(self) -> None:
         _positive(self, "stall_timeout", "piece_read_timeout")
+        if self.deadline_after < 0:
+            raise InvalidOption("deadline_after", f"must not be negative, got {self.deadline_after}")
 
 
 @dataclass
@@ -331,6 +339,12 @@ class SessionSection:
     unchoke_slots: int = option(32, "peers served at once (a fresh layer's seeder serves a rollout wave)",
                                 metavar="N")
     connections_limit: int = option(400, "peer connections", metavar="N")
+    # What a peer may have asked this host for and not yet got (libtorrent's reqq; the peer's own
+    # cap gives way to it).  A leecher picks each request rarest-first but cannot see what the
+    # others asked for: with libtorrent's 2000 every leecher kept ~1 s of requests queued at the
+    # one seeder, so several fetched the same piece from it (N=8 warm: seeder 2.3-2.6 F, the rollout
+    # 2.6x the bound).  8 blocks (128 KiB) keeps a LAN link full and the seeder's queue ~0.3 s deep.
+    peer_request_queue: int = option(8, "16 KiB requests a peer may have outstanding at this host", metavar="N")
     # A fleet connects to a new layer's peers all at once: N=12 warm rollout saw 9 listen
     # overflows (SYNs dropped, retried after 1 s) with libtorrent's default of 5, none with 256.
     listen_queue_size: int = option(256, "accept backlog of the peer socket", metavar="N")
@@ -344,6 +358,7 @@ class SessionSection:
                                "(tuning; env: a JSON object)", flags=("--lt-setting",))
 
     def __post_init__(self) -> None:
+        _positive(self, "peer_request_queue")
         _host_port("peer_listen", self.peer_listen, "--peer-listen")
         _host_port("peer_ssl_listen", self.peer_ssl_listen, "--peer-ssl-listen")
 

@@ -60,7 +60,11 @@ class LayerStream(_Counted):
     def _wait(self, p: int, last: bool) -> bytes:
         dl, cfg = self.dl, self.dl.cfg
         asked = began = time.monotonic()
+        hurried = False
         while True:
+            if not hurried and time.monotonic() - began >= cfg.deadline_after and not dl.has_piece(p):
+                dl.hurry(p)
+                hurried = True
             buf = dl.take(self._token, p, last)
             if buf is not None:
                 return buf

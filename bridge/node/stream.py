@@ -13,12 +13,13 @@ handing pieces to readers); the verdict, the move into the store, the index
 writes and the teardown after a failure run on the download's own worker
 thread.  Readers (node/readers.py) use the public reader methods only.
 
-Piece selection: each reader puts deadlines on the piece it waits for and the
-next one (libtorrent's time-critical pieces); everything else stays
-rarest-first, so a fleet starting together spreads different pieces and
-trades them instead of all asking the seeder for the same window.  For its first
-moment (``first_piece_gate``) a new download wants piece 0 and the last piece
-only: its first requests at the seeder are the ones the client waits for.
+Piece selection: rarest-first, so a fleet starting together spreads different
+pieces and trades them instead of all asking the seeder for the same window.
+A reader that has waited ``deadline_after`` for its next piece puts deadlines
+on it and the next one (libtorrent's time-critical pieces): a stall guard, not
+the order.  For its first moment (``first_piece_gate``) a new download wants
+piece 0 and the last piece only: its first requests at the seeder are the ones
+the client waits for.
 """
 from __future__ import annotations
 
@@ -298,10 +299,13 @@ class Download:
                     del self._wants[p]
 
     def request(self, token: int, first: int) -> None:
-        """The reader needs piece ``first`` now and the next ``prefetch`` soon: deadlines and reads."""
-        self._set_window(first)
+        """The reader needs piece ``first`` now and the next ``prefetch`` soon: read them as they verify."""
         for p in range(first, min(self.n, first + 1 + self.cfg.prefetch)):
             self._want(token, p)
+
+    def hurry(self, first: int) -> None:
+        """A reader has waited too long for piece ``first``: deadlines on it and the window after it."""
+        self._set_window(first)
 
     def take(self, token: int, p: int, last: bool, wait: float = 0.5) -> bytes | None:
         """Piece ``p`` for the reader (the last one only once the blob verified), else None after

@@ -103,6 +103,8 @@ def test_secrets_from_files_env_and_legacy_names(tmp_path):
     ([], {"LAYERSWARM_CACHE_MAX": "lots"}, None, ["LAYERSWARM_CACHE_MAX", "not a size"]),
     (["--admin-token-file", "/nonexistent/x"], {}, None, ["--admin-token-file", "cannot read"]),
     ([], {}, "[[broken", ["cannot read config"]),
+    (["--peer-request-queue", "0"], {}, None, ["--peer-request-queue", "positive"]),
+    (["--deadline-after", "-1"], {}, None, ["--deadline-after", "negative"]),
 ])
 def test_bad_value_names_source_and_field(tmp_path, argv, env, file, words):
     if file is not None:
@@ -113,6 +115,18 @@ def test_bad_value_names_source_and_field(tmp_path, argv, env, file, words):
         load("--store-dir", "/s", *argv, environ=env)
     for w in words:
         assert w in str(ei.value), (w, str(ei.value))
+
+
+def test_swarm_picking_settings_reach_the_libtorrent_session():
+    """Short request queues at this host and rarest-first from the first piece (README "Performance")."""
+    import libtorrent as lt
+    from layerswarm.bridge.node.torrent.settings import settings_pack
+    cfg = load("--store-dir", "/s", "--peer-request-queue", "16", "--peer-listen", "127.0.0.1:0")
+    got = lt.session(settings_pack(cfg.session)).get_settings()
+    assert got["max_allowed_in_request_queue"] == 16
+    assert got["whole_pieces_threshold"] == 0 and got["initial_picker_threshold"] == 0
+    assert load("--store-dir", "/s").session.peer_request_queue == 8
+    assert load("--store-dir", "/s").stream.deadline_after == 2.0
 
 
 def test_store_dir_is_required():

@@ -93,7 +93,7 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
     for p in range(lt_.num_pieces):  # the hash cursor asks for the rest in order
         if p not in ses.t.reads:
             disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
-    assert ses.t.deadlines, "the reader set deadlines ahead of itself"
+    assert not ses.t.deadlines, "pieces came in time: the order stayed the swarm's (no deadlines)"
     deadline = time.monotonic() + 10   # the verdict and the move run on the download's worker
     while ses.t.moved_to is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -102,6 +102,27 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
     disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
     reader.join(10)
     assert out == [data[300_000:]] and dl.verified and lt_.digest in store
+
+
+def test_a_reader_kept_waiting_puts_deadlines_on_its_piece_and_the_next(tmp_path):
+    data, lt_, ses, store, dl = _setup(tmp_path, deadline_after=0.3, first_piece_gate=0)
+    name = str(lt_.digest)
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(dl.stream()))
+    reader.start()
+    ses.dispatcher.dispatch(Event(PIECE_FINISHED, name, {"piece": 0}))
+    deadline = time.monotonic() + 5
+    while 0 not in ses.t.reads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ses.dispatcher.dispatch(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got and not ses.t.deadlines   # piece 0 came at once: no deadline
+    while not ses.t.deadlines and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(ses.t.deadlines) == [1, 2]   # kept waiting: the piece it needs and the next (512 KiB)
+    dl.abort("test over")
+    reader.join(5)
 
 
 def test_disk_full_reaches_the_reader_as_store_full(tmp_path):

@@ -53,6 +53,14 @@ def settings_pack(cfg: SessionSection, secure: bool = False, budgets: BudgetSect
         "enable_outgoing_tcp": True,
         "enable_incoming_tcp": True,
         "unchoke_slots_limit": cfg.unchoke_slots,
+        # Piece picking for a fleet that starts together (scripts/bench_rollout.py, N=8 raw and warm):
+        # short request queues at the uploader (see SessionSection.peer_request_queue); rarest-first from
+        # the first piece (libtorrent picks its first 4 at random and finishes partial pieces first: all 8
+        # hosts fetched the same first pieces from the seeder); no "whole pieces" mode (at these rates it
+        # picked up to 8 MiB of adjacent pieces at once, so every leecher fetched the same runs, in order).
+        "max_allowed_in_request_queue": cfg.peer_request_queue,
+        "initial_picker_threshold": 0,
+        "whole_pieces_threshold": 0,
         "connections_limit": cfg.connections_limit,
         "listen_queue_size": cfg.listen_queue_size,
         # Announce to every configured tracker, each on its own schedule: a dead replica's errors and
