@@ -67,6 +67,7 @@ class Download:
         self._last_poll = 0.0
         self.error: Exception | None = None
         self.verified = False
+        self._digest_ok = False             # the whole blob matched its digest (the move may still run)
         self.complete = threading.Event()   # verified and in the store, or failed
         self._ending = False                # a failure is being torn down (on the worker)
         self._reserved = 0
@@ -178,6 +179,8 @@ class Download:
         elif k == ev.TRACKER_REPLY:
             self._mark("tracker")
         elif k == ev.FINISHED:
+            if not self._gated:
+                self._mark("finished")
             self._open_gate()   # the gate's pieces both arrived before it opened
         elif k == ev.HASH_FAILED:
             log.info("%s: piece %s failed its hash check (a bad peer); refetching", self.name, e.data["piece"])
@@ -249,7 +252,11 @@ class Download:
             if self._on_mismatch:
                 self._worker.submit(self._on_mismatch, self)
             return
-        # Verified: let libtorrent move its own file (never rename under a live torrent).
+        # Verified: the readers may have the last piece now (not after the move), and libtorrent moves
+        # its own file (never rename under a live torrent).
+        with self._cond:
+            self._digest_ok = True
+            self._cond.notify_all()
         try:
             self.torrent.move_storage(self.store.layers_dir)
         except Exception as exc:
@@ -308,13 +315,13 @@ class Download:
         self._set_window(first)
 
     def take(self, token: int, p: int, last: bool, wait: float = 0.5) -> bytes | None:
-        """Piece ``p`` for the reader (the last one only once the blob verified), else None after
+        """Piece ``p`` for the reader (the last one only once the blob matched its digest), else None after
         waiting up to ``wait`` seconds.  Raises the download's error."""
         with self._cond:
             if self.error is not None:
                 raise self.error
             bufs = self._bufs.get(token, {})
-            if p in bufs and (not last or self.verified):
+            if p in bufs and (not last or self._digest_ok or self.verified):
                 return bufs.pop(p)
             if not self.verified:
                 self._cond.wait(wait)
