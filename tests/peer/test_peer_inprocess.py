@@ -9,6 +9,7 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
 import requests
 
+from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.layertorrent import parse_metainfo
 from layerswarm.bridge.node.trackerclient import TrackerClient
 from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, wait_for
@@ -42,6 +43,18 @@ def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader
     assert dl.complete.wait(30) and dl.verified
     assert leech.store.path_if_present(d).read_bytes() == data
     assert "piece0" in dl._marks and dl._gated is False
+
+
+
+def test_an_open_gate_wants_every_piece_with_piece_0_still_first(local_tracker, make_peer, tmp_path):
+    data = blob_bytes(3_000_000, b"gate open")   # 12 pieces; no peer has them: nothing arrives
+    h = tf.PieceHasher(len(data))
+    h.update(data)
+    meta = tf.build_metainfo(Digest.of_bytes(data), len(data), h.pieces())
+    t = make_peer("alone", local_tracker.url).session.add(meta.metainfo, tmp_path, first_piece_only=True)
+    assert t._h.get_piece_priorities() == [7] + [0] * 10 + [1]
+    t.want_every_piece()
+    assert t._h.get_piece_priorities() == [7] + [4] * 11
 
 
 def test_a_peer_announces_to_each_of_its_trackers_and_to_no_other(make_peer):

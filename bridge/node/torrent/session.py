@@ -82,7 +82,8 @@ class Torrent:
         self._call("set_piece_deadline", piece, int(ms))
 
     def want_every_piece(self) -> None:
-        self._call("prioritize_pieces", [4] * self.num_pieces)
+        """Every piece at the default priority, piece 0 (the client's first byte) still first."""
+        self._call("prioritize_pieces", [7] + [4] * (self.num_pieces - 1))
 
     def move_storage(self, path: str) -> None:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
