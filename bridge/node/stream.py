@@ -67,7 +67,6 @@ class Download:
         self._last_poll = 0.0
         self.error: Exception | None = None
         self.verified = False
-        self._digest_ok = False             # the whole blob matched its digest (the move may still run)
         self.complete = threading.Event()   # verified and in the store, or failed
         self._ending = False                # a failure is being torn down (on the worker)
         self._reserved = 0
@@ -252,11 +251,7 @@ class Download:
             if self._on_mismatch:
                 self._worker.submit(self._on_mismatch, self)
             return
-        # Verified: the readers may have the last piece now (not after the move), and libtorrent moves
-        # its own file (never rename under a live torrent).
-        with self._cond:
-            self._digest_ok = True
-            self._cond.notify_all()
+        # Verified: let libtorrent move its own file (never rename under a live torrent).
         try:
             self.torrent.move_storage(self.store.layers_dir)
         except Exception as exc:
@@ -315,13 +310,13 @@ class Download:
         self._set_window(first)
 
     def take(self, token: int, p: int, last: bool, wait: float = 0.5) -> bytes | None:
-        """Piece ``p`` for the reader (the last one only once the blob matched its digest), else None after
+        """Piece ``p`` for the reader (the last one only once the blob verified), else None after
         waiting up to ``wait`` seconds.  Raises the download's error."""
         with self._cond:
             if self.error is not None:
                 raise self.error
             bufs = self._bufs.get(token, {})
-            if p in bufs and (not last or self._digest_ok or self.verified):
+            if p in bufs and (not last or self.verified):
                 return bufs.pop(p)
             if not self.verified:
                 self._cond.wait(wait)
