@@ -13,7 +13,7 @@ from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.node.stream import Download
 from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
-from tests.fixtures import blob_bytes
+from tests.fixtures import blob_bytes, wait_for
 
 
 def test_dispatcher_routes_by_name_and_survives_bad_handlers():
@@ -111,15 +111,11 @@ def test_a_reader_kept_waiting_puts_deadlines_on_its_piece_and_the_next(tmp_path
     reader = threading.Thread(target=lambda: got.extend(dl.stream()))
     reader.start()
     ses.dispatcher.dispatch(Event(PIECE_FINISHED, name, {"piece": 0}))
-    deadline = time.monotonic() + 5
-    while 0 not in ses.t.reads and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: 0 in ses.t.reads, timeout=5, what="the read of piece 0", step=0.01)
     ses.dispatcher.dispatch(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert got and not ses.t.deadlines   # piece 0 came at once: no deadline
-    while not ses.t.deadlines and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: got, timeout=5, what="piece 0 at the reader", step=0.01)
+    assert not ses.t.deadlines   # piece 0 came at once: no deadline
+    wait_for(lambda: ses.t.deadlines, timeout=5, what="deadlines from the waiting reader", step=0.02)
     assert sorted(ses.t.deadlines) == [1, 2]   # kept waiting: the piece it needs and the next (512 KiB)
     dl.abort("test over")
     reader.join(5)

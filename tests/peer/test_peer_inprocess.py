@@ -45,12 +45,11 @@ def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader
     assert "piece0" in dl._marks and dl._gated is False
 
 
-
 def test_an_open_gate_wants_every_piece_with_piece_0_still_first(local_tracker, make_peer, tmp_path):
     data = blob_bytes(3_000_000, b"gate open")   # 12 pieces; no peer has them: nothing arrives
     h = tf.PieceHasher(len(data))
     h.update(data)
-    meta = tf.build_metainfo(Digest.of_bytes(data), len(data), h.pieces())
+    meta = tf.build_metainfo(h.digest(), len(data), h.pieces())
     t = make_peer("alone", local_tracker.url).session.add(meta.metainfo, tmp_path, first_piece_only=True)
     assert t._h.get_piece_priorities() == [7] + [0] * 10 + [1]
     t.want_every_piece()
