@@ -20,11 +20,30 @@ def _blob(tmp_path, size, seed=b"s"):
 
 
 def test_piece_length_rule():
-    assert tf.piece_length(1) == 256 * 1024
-    assert tf.piece_length(256 << 20) == 256 * 1024
-    assert tf.piece_length((256 << 20) + 1) == 512 * 1024
+    assert tf.piece_length(1) == 128 * 1024
+    assert tf.piece_length(128 << 20) == 128 * 1024
+    assert tf.piece_length((128 << 20) + 1) == 256 * 1024
     assert tf.piece_length(1 << 30) == 1 << 20
     assert tf.piece_length(1 << 40) == 4 << 20
+    # the earlier rule (256 KiB floor) is still accepted; above 256 MiB the two agree
+    assert tf.accepted_piece_lengths(12 << 20) == (128 << 10, 256 << 10)
+    assert tf.accepted_piece_lengths((128 << 20) + 1) == (256 << 10,)
+    assert tf.accepted_piece_lengths(1 << 30) == (1 << 20,)
+
+
+def test_torrents_of_the_earlier_piece_length_rule_are_accepted_others_refused(tmp_path):
+    p, d, _ = _blob(tmp_path, 700_000)
+    legacy = tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"], plen=tf.LEGACY_MIN_PIECE)
+    assert tf.parse_metainfo(legacy.metainfo, d) == legacy
+    assert legacy.piece_length == 256 << 10 and legacy.num_pieces == 3
+    assert legacy.info_hash != tf.torrent_for_file(p, ["http://127.0.0.1:1/announce"]).info_hash
+    # a mode switch keeps the torrent's piece length: the pieces are reused, not rehashed
+    assert tf.for_fleet(legacy, tf.root_cert(pki.create_ca()[0])).piece_length == 256 << 10
+    meta = bencodepy.decode(legacy.metainfo)
+    meta[b"info"][b"piece length"] = 512 << 10
+    meta[b"info"][b"pieces"] = meta[b"info"][b"pieces"][:40]
+    with pytest.raises(InvalidMetainfo, match="131072 or 262144"):
+        tf.parse_metainfo(bencodepy.encode(meta))
 
 
 def test_two_builds_identical_and_streaming_hasher_agrees(tmp_path):
@@ -118,15 +137,21 @@ def test_rejects_garbage_and_wrong_digest(tmp_path):
 
 
 def test_open_mode_torrents_are_byte_identical_to_format_1(tmp_path):
-    """Open mode writes exactly what it wrote before secure mode existed (golden values)."""
+    """Open mode writes exactly what it wrote before secure mode existed, in the earlier piece length,
+    and the current rule's bytes are fixed too (golden values: every host must build the same)."""
     import hashlib
     data = hashlib.shake_256(b"golden").digest(700_000)
-    h = tf.PieceHasher(len(data))
-    h.update(data)
-    t = tf.build_metainfo(h.digest(), len(data), h.pieces(), ["http://127.0.0.1:1/announce"])
-    assert t.format == tf.FORMAT_VERSION == 1 and t.ssl_cert is None
-    assert hashlib.sha256(t.metainfo).hexdigest() == "78789502f0eba8e5ece3388475fd21a0779189d07806ec7d9e96ee7dea2aa57b"
-    assert t.info_hash.hex == "a2b3242af20ef8da5eae265485caa80961d0b4af"
+    golden = {tf.LEGACY_MIN_PIECE: ("78789502f0eba8e5ece3388475fd21a0779189d07806ec7d9e96ee7dea2aa57b",
+                                    "a2b3242af20ef8da5eae265485caa80961d0b4af"),
+              None: ("736e0b27f9cc9cdcb334a401cd48ce3bc68c93edbedcc01267d263ce3e2cf9e3",
+                     "7153a12f4db0c994850136c5b5f93b76a1f2d968")}
+    for plen, (sha, info_hash) in golden.items():
+        h = tf.PieceHasher(len(data), plen)
+        h.update(data)
+        t = tf.build_metainfo(h.digest(), len(data), h.pieces(), ["http://127.0.0.1:1/announce"], plen=plen)
+        assert t.format == tf.FORMAT_VERSION == 1 and t.ssl_cert is None
+        assert hashlib.sha256(t.metainfo).hexdigest() == sha
+        assert t.info_hash.hex == info_hash
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def _foreground(args, layers, bar, tracker, tls) -> int:
                     w.write(c)
                 w.finish(tracker.announce_urls)
             # Phase 2: agree on torrents with the tracker (a conflict still leaves nothing).
-            chosen = [peer.resolve_torrent(w.torrent) for w in writers]
+            chosen = [peer.resolve_torrent(w.torrent, w.path) for w in writers]
         except (DigestMismatch, StoreFull, TrackerUnavailable) as exc:
             for w in writers:
                 w.abort()

@@ -11,6 +11,9 @@ torrent and can seed it.  Format version 1 (open mode) and 2 (secure fleet mode)
   (peers must show a certificate from that CA).
 * ``name`` is the layer digest written ``sha256:<hex>``.
 * ``piece length`` follows :func:`piece_length` (a fixed rule from the size).
+  Torrents built by the earlier rule (a 256 KiB floor instead of 128 KiB) are
+  still accepted (:func:`accepted_piece_lengths`): a fleet that upgrades host
+  by host keeps one swarm per layer, the one of the torrent published first.
 * Outside ``info`` (not part of the info-hash): ``announce`` (the first
   configured tracker), with several trackers ``announce-list`` (BEP 12) of
   them all as *one tier* in the configured order, and ``layerswarm`` =
@@ -53,7 +56,14 @@ from layerswarm.bridge.format.errors import InvalidDigest, InvalidMetainfo, User
 
 FORMAT_VERSION = 1          # open mode
 SECURE_FORMAT_VERSION = 2   # secure fleet mode: an SSL torrent (``ssl-cert`` in info)
-MIN_PIECE = 256 * 1024
+# The piece-length floor: 128 KiB; the first releases used 256 KiB (LEGACY_MIN_PIECE, still accepted).
+# A piece a leecher has picked is invisible to the others until it is complete, so the shorter it is,
+# the fewer leechers fetch it from the seeder at once; and piece 0, the first byte, comes sooner.
+# Measured (scripts/bench_rollout.py, N=8, 12 MiB layers): warm rollout 1.96x -> 1.85x the bound,
+# seeder upload 1.71 -> 1.53 F, p99 first byte 1.3 -> 0.7 s; 64 KiB gained little more for 20 % more
+# CPU per MB.
+MIN_PIECE = 128 * 1024
+LEGACY_MIN_PIECE = 256 * 1024
 MAX_PIECE = 4 * 1024 * 1024
 TARGET_PIECES = 1024
 MAX_LAYER_SIZE = 1 << 40  # 1 TiB: anything larger is a malformed torrent, not a layer
@@ -62,17 +72,22 @@ MAX_LAYER_SIZE = 1 << 40  # 1 TiB: anything larger is a malformed torrent, not a
 UNPUBLISHED_WARNING = "layerswarm: no torrent published for this info-hash; publish it again"
 
 
-def piece_length(size: int) -> int:
-    """Smallest power of two in [256 KiB, 4 MiB] giving at most ~1024 pieces.
+def piece_length(size: int, floor: int = MIN_PIECE) -> int:
+    """Smallest power of two in [``floor`` (128 KiB), 4 MiB] giving at most ~1024 pieces.
 
     Small pieces give a fast first byte and piece diversity early in a
     rollout; the cap keeps the piece list (and per-piece overhead) bounded
     for multi-GiB layers.
     """
-    p = MIN_PIECE
+    p = floor
     while p < MAX_PIECE and size > p * TARGET_PIECES:
         p *= 2
     return p
+
+
+def accepted_piece_lengths(size: int) -> tuple:
+    """The piece lengths a layer torrent of ``size`` bytes may have: this rule's, then the earlier one's."""
+    return tuple(dict.fromkeys((piece_length(size), piece_length(size, LEGACY_MIN_PIECE))))
 
 
 def piece_count(size: int, plen: int) -> int:
@@ -153,11 +168,12 @@ def root_cert(ca_pem: bytes) -> bytes:
     return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
-def build_info(digest: Digest, size: int, pieces: bytes, ssl_cert: bytes | None = None) -> dict:
+def build_info(digest: Digest, size: int, pieces: bytes, ssl_cert: bytes | None = None,
+               plen: int | None = None) -> dict:
     info = {
         b"length": size,
         b"name": info_name(digest).encode(),
-        b"piece length": piece_length(size),
+        b"piece length": plen or piece_length(size),
         b"pieces": pieces,
         b"private": 1,
     }
@@ -166,10 +182,12 @@ def build_info(digest: Digest, size: int, pieces: bytes, ssl_cert: bytes | None 
     return info
 
 
-def build_metainfo(digest: Digest, size: int, pieces: bytes, trackers=(), ssl_cert: bytes | None = None) -> LayerTorrent:
-    """Assemble the canonical .torrent for a layer from its piece hashes."""
+def build_metainfo(digest: Digest, size: int, pieces: bytes, trackers=(), ssl_cert: bytes | None = None,
+                   plen: int | None = None) -> LayerTorrent:
+    """Assemble the canonical .torrent for a layer from its piece hashes (``plen`` long; default
+    :func:`piece_length`)."""
     trackers = tuple(trackers)
-    meta = {b"info": build_info(digest, size, pieces, ssl_cert),
+    meta = {b"info": build_info(digest, size, pieces, ssl_cert, plen),
             b"layerswarm": {b"digest": str(digest).encode(), b"format": format_version(ssl_cert)}}
     if trackers:
         meta[b"announce"] = trackers[0].encode()
@@ -183,7 +201,8 @@ def for_fleet(torrent: LayerTorrent, ssl_cert: bytes | None) -> LayerTorrent:
     rebuilt from the piece hashes (no rehash); ``torrent`` itself when it is that already."""
     if torrent.ssl_cert == ssl_cert:
         return torrent
-    return build_metainfo(torrent.digest, torrent.size, torrent.pieces, torrent.trackers, ssl_cert)
+    return build_metainfo(torrent.digest, torrent.size, torrent.pieces, torrent.trackers, ssl_cert,
+                          torrent.piece_length)
 
 
 def fleet_mismatch(torrent: LayerTorrent, ssl_cert: bytes | None) -> str | None:
@@ -200,9 +219,9 @@ def fleet_mismatch(torrent: LayerTorrent, ssl_cert: bytes | None) -> str | None:
 class PieceHasher:
     """Hash a blob once, as it streams by: sha256 of the whole and SHA-1 per piece."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, plen: int | None = None):
         self.size = size
-        self.plen = piece_length(size)
+        self.plen = plen or piece_length(size)
         self._sha256 = hashlib.sha256()
         self._piece = hashlib.sha1()
         self._in_piece = 0
@@ -234,11 +253,13 @@ class PieceHasher:
         return bytes(self._pieces) + tail
 
 
-def torrent_for_file(path, trackers=(), ssl_cert: bytes | None = None, expect: Digest | None = None) -> LayerTorrent:
-    """Read a blob file once and build its layer torrent; checks ``expect`` if given."""
+def torrent_for_file(path, trackers=(), ssl_cert: bytes | None = None, expect: Digest | None = None,
+                     plen: int | None = None) -> LayerTorrent:
+    """Read a blob file once and build its layer torrent (``plen``: one of :func:`accepted_piece_lengths`,
+    default this rule's); checks ``expect`` if given."""
     import os
     size = os.path.getsize(path)
-    h = PieceHasher(size)
+    h = PieceHasher(size, plen)
     with open(path, "rb") as f:
         while True:
             chunk = f.read(1 << 20)
@@ -248,7 +269,7 @@ def torrent_for_file(path, trackers=(), ssl_cert: bytes | None = None, expect: D
     digest = h.digest()
     if expect is not None and digest != expect:
         raise InvalidMetainfo(f"file {path} hashes to {digest}, not {expect}")
-    return build_metainfo(digest, size, h.pieces(), trackers, ssl_cert)
+    return build_metainfo(digest, size, h.pieces(), trackers, ssl_cert, h.plen)
 
 
 def parse_metainfo(data: bytes, expect: Digest | None = None) -> LayerTorrent:
@@ -283,9 +304,9 @@ def parse_metainfo(data: bytes, expect: Digest | None = None) -> LayerTorrent:
     if not isinstance(size, int) or not (0 < size <= MAX_LAYER_SIZE):
         raise InvalidMetainfo("length missing or out of range")
     plen = info.get(b"piece length")
-    if plen != piece_length(size):
-        raise InvalidMetainfo(f"piece length {plen} breaks the format-{FORMAT_VERSION} rule "
-                              f"({piece_length(size)} for {size} bytes)")
+    if plen not in accepted_piece_lengths(size):
+        raise InvalidMetainfo(f"piece length {plen} breaks the layer torrent rule "
+                              f"({' or '.join(map(str, accepted_piece_lengths(size)))} for {size} bytes)")
     pieces = info.get(b"pieces")
     if not isinstance(pieces, bytes) or len(pieces) != 20 * piece_count(size, plen):
         raise InvalidMetainfo("pieces field has the wrong length")

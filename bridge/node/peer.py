@@ -118,17 +118,19 @@ class Peer:
         if own is None:
             own = tf.torrent_for_file(path, trackers=self.tracker.announce_urls, ssl_cert=self.ssl_cert,
                                       expect=digest)
-        chosen, source = self.resolve_torrent(own)
+        chosen, source = self.resolve_torrent(own, path)
         self.store.save_torrent(digest, chosen.metainfo)
         return self.seed_torrent(chosen, source)
 
-    def resolve_torrent(self, own: tf.LayerTorrent) -> tuple:
-        """The torrent to seed for verified bytes whose own build is ``own``.
+    def resolve_torrent(self, own: tf.LayerTorrent, path) -> tuple:
+        """The torrent to seed for the verified bytes in file ``path`` whose own build is ``own``.
 
         The tracker's published torrent wins if its pieces match our bytes; we
         publish ours only when none of our mode is published.  A published
         torrent that disagrees is reported and raises TorrentConflict.
-        ``own`` may be built for either mode: it is rebuilt for ours.
+        ``own`` may be built for either mode: it is rebuilt for ours.  One
+        built by the other piece-length rule (a fleet part upgraded) is checked
+        against the bytes hashed again in its piece length.
         """
         own = tf.for_fleet(own, self.ssl_cert)
         published = self._ours_or_none(self.tracker.get_metainfo(own.digest))
@@ -145,6 +147,10 @@ class Peer:
                     raise TorrentConflict(f"tracker keeps {why} for {own.digest} and refuses ours") from None
             except PublishRejected as exc:
                 raise UserError(str(exc)) from None
+        if published.piece_length != own.piece_length:
+            log.info("%s: the tracker publishes it in %d-byte pieces; hashing ours again to compare",
+                     own.digest, published.piece_length)
+            own = tf.torrent_for_file(path, own.trackers, own.ssl_cert, own.digest, published.piece_length)
         if _same_pieces(published, own):
             return published, "published"
         self.tracker.report(own.digest, published.info_hash,
@@ -205,9 +211,10 @@ class Peer:
     def _republish(self, digest: Digest) -> None:
         try:
             meta = self.store.saved_torrent(digest)
-            if meta is None or digest not in self.store:
+            path = self.store.path_if_present(digest)
+            if meta is None or path is None:
                 return
-            _, source = self.resolve_torrent(tf.parse_metainfo(meta, digest))
+            _, source = self.resolve_torrent(tf.parse_metainfo(meta, digest), path)
             log.info("%s: the tracker had no torrent for it; %s", digest,
                      "published ours again" if source == "own" else "it has one again")
         except (TrackerUnavailable, TorrentConflict, UserError, ValueError) as exc:
@@ -234,13 +241,13 @@ class Peer:
             if own.digest in self.store:
                 w.abort()
                 return self.seed(own.digest)
-            chosen, source = self.resolve_torrent(own)  # before commit: a conflict leaves nothing behind
+            chosen, source = self.resolve_torrent(own, w.path)  # before commit: a conflict leaves nothing behind
             w.commit(chosen.metainfo)
         return self.seed_torrent(chosen, source)
 
     def publish_writer(self, writer) -> SeedInfo:
         own = writer.finish(self.tracker.announce_urls)
-        chosen, source = self.resolve_torrent(own)
+        chosen, source = self.resolve_torrent(own, writer.path)
         writer.commit(chosen.metainfo)
         return self.seed_torrent(chosen, source)
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from layerswarm.bridge.format.digest import Digest
-from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
+from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, TorrentConflict
 import requests
 
 from layerswarm.bridge.format import layertorrent as tf
@@ -46,14 +46,43 @@ def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader
 
 
 def test_an_open_gate_wants_every_piece_with_piece_0_still_first(local_tracker, make_peer, tmp_path):
-    data = blob_bytes(3_000_000, b"gate open")   # 12 pieces; no peer has them: nothing arrives
+    data = blob_bytes(3_000_000, b"gate open")   # 23 pieces; no peer has them: nothing arrives
     h = tf.PieceHasher(len(data))
     h.update(data)
     meta = tf.build_metainfo(h.digest(), len(data), h.pieces())
     t = make_peer("alone", local_tracker.url).session.add(meta.metainfo, tmp_path, first_piece_only=True)
-    assert t._h.get_piece_priorities() == [7] + [0] * 10 + [1]
+    assert t._h.get_piece_priorities() == [7] + [0] * 21 + [1]
     t.want_every_piece()
-    assert t._h.get_piece_priorities() == [7] + [4] * 11
+    assert t._h.get_piece_priorities() == [7] + [4] * 22
+
+
+def test_a_torrent_of_the_earlier_piece_length_published_first_is_the_one_every_host_uses(local_tracker, make_peer,
+                                                                                          tmp_path):
+    """A fleet upgraded host by host: an old host published the layer in 256 KiB pieces; a new host
+    holding the bytes checks them in that piece length and seeds that torrent, and a new host
+    downloads it: one swarm per layer.  A published torrent whose pieces do not match stays refused."""
+    data = blob_bytes(3_000_000, b"upgrade")
+    d = Digest.of_bytes(data)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    legacy = tf.torrent_for_file(blob, [local_tracker.url + "/announce"], expect=d, plen=tf.LEGACY_MIN_PIECE)
+    assert TrackerClient(local_tracker.url).put_metainfo(legacy)
+    seeder = make_peer("seeder", local_tracker.url)
+    info = add(seeder, data)
+    assert (info.source, info.info_hash) == ("published", legacy.info_hash.hex)
+    leech = make_peer("leech", local_tracker.url)
+    assert b"".join(leech.stream(d)) == data
+    assert parse_metainfo(leech.store.saved_torrent(d), d).info_hash == legacy.info_hash
+
+    other = blob_bytes(3_000_000, b"upgrade, forged")
+    od = Digest.of_bytes(other)
+    blob.write_bytes(other[:-1] + b"x")   # the forger's bytes: its last piece's hash is wrong
+    forged = tf.build_metainfo(od, len(other), tf.torrent_for_file(blob, plen=tf.LEGACY_MIN_PIECE).pieces,
+                               plen=tf.LEGACY_MIN_PIECE)
+    assert TrackerClient(local_tracker.url).put_metainfo(forged)
+    with pytest.raises(TorrentConflict, match="do not match"):
+        add(seeder, other)
+    assert od not in seeder.store
 
 
 def test_a_peer_announces_to_each_of_its_trackers_and_to_no_other(make_peer):
