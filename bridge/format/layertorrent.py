@@ -59,9 +59,9 @@ SECURE_FORMAT_VERSION = 2   # secure fleet mode: an SSL torrent (``ssl-cert`` in
 # The piece-length floor: 128 KiB; the first releases used 256 KiB (LEGACY_MIN_PIECE, still accepted).
 # A piece a leecher has picked is invisible to the others until it is complete, so the shorter it is,
 # the fewer leechers fetch it from the seeder at once; and piece 0, the first byte, comes sooner.
-# Measured (scripts/bench_rollout.py, N=8, 12 MiB layers): warm rollout 1.96x -> 1.85x the bound,
-# seeder upload 1.71 -> 1.53 F, p99 first byte 1.3 -> 0.7 s; 64 KiB gained little more for 20 % more
-# CPU per MB.
+# Measured (scripts/bench_rollout.py default sweeps, N=8, 12 MiB layers): warm 2.01x -> 1.93x the
+# bound, seeder upload 1.75 -> 1.54 F, p99 first byte 1.2 -> 1.0 s; 64 KiB gained a little more
+# (seeder 1.47 F) for ~20 % more CPU per MB.
 MIN_PIECE = 128 * 1024
 LEGACY_MIN_PIECE = 256 * 1024
 MAX_PIECE = 4 * 1024 * 1024
