@@ -336,8 +336,10 @@ class SessionSection:
     # TCP only by default: measured on loopback (scripts/bench_peer.py --utp), uTP made a
     # 4-leecher 200 MB swarm 5x slower (11.4 s vs 2.4 s).
     utp: bool = option(False, "also use uTP (default TCP only: faster on LANs)")
-    unchoke_slots: int = option(32, "peers served at once (a fresh layer's seeder serves a rollout wave)",
-                                metavar="N")
+    # libtorrent's "local" peer class (private, link-local and loopback addresses) ignores unchoke
+    # slots; an upload budget moves every peer into the global class (node/torrent/session.py).
+    unchoke_slots: int = option(32, "peers served at once (a fresh layer's seeder serves a rollout wave); binds "
+                                "peers on private addresses only with an upload budget", metavar="N")
     connections_limit: int = option(400, "peer connections", metavar="N")
     # What a peer may have asked this host for and not yet got (libtorrent's reqq; the peer's own
     # cap gives way to it).  A leecher picks each request rarest-first but cannot see what the
