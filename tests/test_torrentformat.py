@@ -25,7 +25,7 @@ def test_piece_length_rule():
     assert tf.piece_length((128 << 20) + 1) == 256 * 1024
     assert tf.piece_length(1 << 30) == 1 << 20
     assert tf.piece_length(1 << 40) == 4 << 20
-    # the earlier rule (256 KiB floor) is still accepted; above 256 MiB the two agree
+    # the earlier rule (256 KiB floor) is still accepted; above 128 MiB the two agree
     assert tf.accepted_piece_lengths(12 << 20) == (128 << 10, 256 << 10)
     assert tf.accepted_piece_lengths((128 << 20) + 1) == (256 << 10,)
     assert tf.accepted_piece_lengths(1 << 30) == (1 << 20,)
