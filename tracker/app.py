@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from layerswarm.tracker import access, protocol
 from layerswarm.tracker.config import Config, load
-from layerswarm.tracker.context import Tracker
+from layerswarm.tracker.context import Tracker, tracker as app_tracker
 from layerswarm.tracker.errors import ClientError, StoreUnavailable
 from layerswarm.tracker.fleet import ENVIRON_KEY, Fleet
 from layerswarm.tracker.metrics import Metrics
@@ -74,7 +74,7 @@ class AnnounceFastPath:
             body = self._announce(environ)
         except Exception:
             log.exception("internal error on announce")
-            body = protocol.encode_failure("internal tracker error")
+            body = protocol.encode_failure("internal tracker error", self.t.config.announce.effective_min_interval)
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -116,5 +116,6 @@ def _register_errors(app: Flask) -> None:
     def internal_error(exc):
         log.exception("internal error on %s %s", request.method, request.path)
         if _bittorrent_request():
-            return Response(protocol.encode_failure("internal tracker error"), mimetype="text/plain")
+            return Response(protocol.encode_failure("internal tracker error", app_tracker().config.announce
+                                                    .effective_min_interval), mimetype="text/plain")
         return jsonify(error="internal error"), 500

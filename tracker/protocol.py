@@ -188,5 +188,13 @@ def encode_scrape(files: dict) -> bytes:
                                              b"incomplete": c.incomplete} for ih, c in files.items()}})
 
 
-def encode_failure(reason: str) -> bytes:
-    return bencodepy.encode({b"failure reason": reason.encode("utf-8", "replace")})
+def encode_failure(reason: str, retry_after: int | None = None) -> bytes:
+    """A bencoded ``failure reason``.  ``retry_after`` (seconds) for a failure that passes (storage down):
+    libtorrent takes a failure's ``interval`` as the time to retry and, without one, its default of
+    1800 s, so a seeder refused once would not announce (nor give back a lost torrent) for 30 minutes.
+    BEP 31's ``retry in`` (minutes) tells the clients that read it."""
+    d = {b"failure reason": reason.encode("utf-8", "replace")}
+    if retry_after is not None:
+        d[b"interval"] = d[b"min interval"] = retry_after
+        d[b"retry in"] = max(1, -(-retry_after // 60))
+    return bencodepy.encode(d)

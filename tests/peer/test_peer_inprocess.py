@@ -122,6 +122,42 @@ def test_a_seeder_publishes_again_a_torrent_the_tracker_lost(local_tracker, make
     assert time.monotonic() - t0 < 3 + 5   # the next seeder announce (seed interval 3 s) asked for it
 
 
+@pytest.mark.slow
+def test_a_seeder_refused_while_the_store_was_down_comes_back_soon_and_gives_back_the_lost_torrent(make_peer,
+                                                                                                   tmp_path):
+    """The tracker's Redis goes away and comes back empty (a restart without persistence).  A seeder's
+    announce in between is refused ("storage unavailable") with the time to retry: libtorrent comes back
+    after its backoff (17.5 s for a first failure), not its default of 30 minutes for a failure that
+    names none, and the tracker's "unpublished" warning has the seeder give its torrent back."""
+    from layerswarm.bridge.devstack import daemons as devstack
+    store = devstack.start_redis(tmp_path / "redis")
+    tracker = LocalTracker(store=store.url, store_retry=0, interval=2, seed_interval=3)
+    try:
+        data = blob_bytes(2_000_000, b"store down")
+        d = Digest.of_bytes(data)
+        seeder = make_peer("seeder", tracker.url, session={"min_announce_interval": 1})
+        info = add(seeder, data)
+        url = f"{tracker.url}/metainfo/{d}"
+        assert requests.get(url, timeout=10).status_code == 200
+
+        metrics = tracker.app.extensions["layerswarm"].metrics.registry   # /metrics needs the store
+
+        def refused():
+            return metrics.get_sample_value("layerswarm_tracker_failures_total", {"endpoint": "announce"}) == 1
+        store.stop()
+        wait_for(refused, timeout=20, what="the seeder's announce to be refused")
+        refused_at = time.monotonic()
+        store = devstack.start_redis(tmp_path / "redis-again", port=store.port)   # empty
+        assert requests.get(url, timeout=10).status_code == 404
+        r = wait_for(lambda: (r := requests.get(url, timeout=10)).status_code == 200 and r, timeout=40,
+                     what="the seeder to announce again and publish its torrent")
+        assert r.headers["X-Layerswarm-Info-Hash"] == info.info_hash
+        assert time.monotonic() - refused_at < 35
+    finally:
+        tracker.stop()
+        store.stop()
+
+
 def test_libtorrent_announces_each_torrent_on_the_interval_handed_to_it(make_peer):
     """One session, two torrents: the one seeded comes back on the seed interval, the download on the
     short one (libtorrent keeps an interval per torrent and tracker)."""

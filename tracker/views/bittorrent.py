@@ -34,7 +34,8 @@ def announce_bytes(t, query_string: bytes, remote_addr: str, owner: str = "", no
     except StoreUnavailable as exc:
         log.error("announce: %s", exc)
         t.metrics.failures.labels("announce").inc()
-        return protocol.encode_failure("tracker storage unavailable, retry later")
+        return protocol.encode_failure("tracker storage unavailable, retry later",
+                                       cfg.announce.effective_min_interval)
     t.metrics.announce[req.event].inc()
     warning = None
     if req.seeder and not published and req.event != "stopped":
