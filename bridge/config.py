@@ -56,6 +56,7 @@ DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 DEFAULT_NAME = "default"
 ENV_PREFIX = "LAYERSWARM_"
+MAX_STRIPE_LEVELS = 3   # stripe priorities 3..6 stay under piece 0's 7
 
 
 @dataclass
@@ -320,8 +321,19 @@ class StreamSection:
     first_piece_gate: float = option(0.5, "a new swarm download asks for piece 0 (and the last piece) alone until "
                                      "a piece arrives or this long has passed (0: off)", metavar="S")
 
+    # Rarest-first alone lets two leechers fetch the same piece from the seeder at once (a piece is
+    # invisible to the others until it is whole): the seeder sent 1.4 F at N=8.  A download's rank is
+    # its arrival among the swarm's leechers (the tracker's "incomplete" count in the reply to its
+    # first announce, standard BitTorrent); it prefers the pieces p = rank (mod 2), more those p = rank
+    # (mod 4), more still p = rank (mod 8): a fleet starting together takes different pieces from the
+    # seeder and trades them.  Plain libtorrent at N=8: 1.48 -> 1.31x the bound, seeder 1.41 -> 1.24 F.
+    stripe_levels: int = option(3, "prefer the pieces p = rank (mod 2^l), l = 1..N, rank = this host's arrival "
+                                "among the swarm's leechers (0: plain rarest-first; at most 3)", metavar="N")
+
     def __post_init__(self) -> None:
         _positive(self, "stall_timeout", "piece_read_timeout")
+        if not 0 <= self.stripe_levels <= MAX_STRIPE_LEVELS:
+            raise InvalidOption("stripe_levels", f"must be 0..{MAX_STRIPE_LEVELS}, got {self.stripe_levels}")
         if self.deadline_after < 0:
             raise InvalidOption("deadline_after", f"must not be negative, got {self.deadline_after}")
 

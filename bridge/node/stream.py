@@ -39,6 +39,16 @@ from layerswarm.bridge.node.torrent import alerts as ev
 log = logging.getLogger(__name__)
 
 
+def stripe_priorities(n: int, rank: int | None, levels: int) -> list:
+    """Piece priorities of a download of ``n`` pieces: piece 0 (the client's first byte) first, then
+    rarest-first with this host's stripe preferred (StreamSection.stripe_levels).  Piece p gets 3 plus
+    one for each l in 1..levels with p = rank (mod 2^l); libtorrent orders pieces by availability x
+    (8 - priority), so a preferred piece goes first unless it is a few times more common."""
+    if rank is None or levels == 0:
+        return [7] + [4] * (n - 1)
+    return [7] + [3 + sum(1 for lv in range(1, levels + 1) if (p - rank) % (1 << lv) == 0) for p in range(1, n)]
+
+
 class Download:
     """A layer being fetched from the swarm into ``downloads/``, then moved into the store."""
 
@@ -73,6 +83,7 @@ class Download:
         self._worker = Worker(f"dl-{torrent.digest.short()}")
         self.torrent = None
         self._gated = False              # only piece 0 wanted so far (StreamSection.first_piece_gate)
+        self.rank: int | None = None     # arrival among the swarm's leechers: the stripe preferred
         self._t0 = time.monotonic()
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
         self._peer_down: dict = {}       # "ip:port" -> payload bytes received (sampled while downloading)
@@ -238,8 +249,9 @@ class Download:
         for addr, b in self._peer_down.items():
             ip = addr.rsplit(":", 1)[0]
             by_ip[ip] = by_ip.get(ip, 0) + b
-        log.info("%s: done in %.2fs %s; %d peers seen (%d over TLS); payload MB by peer %s", self.name,
-                 time.monotonic() - self._t0, self._marks, len(self._peer_down), len(self._peer_ssl),
+        log.info("%s: done in %.2fs %s; stripe rank %s; %d peers seen (%d over TLS); payload MB by peer %s",
+                 self.name, time.monotonic() - self._t0, self._marks, self.rank, len(self._peer_down),
+                 len(self._peer_ssl),
                  {ip: round(b / 1e6, 1) for ip, b in sorted(by_ip.items())})
 
     def _finalize(self) -> None:
@@ -360,13 +372,16 @@ class Download:
             pass
 
     def _open_gate(self) -> None:
-        """Every piece wanted (rarest-first): a piece arrived, or the gate's time is up."""
+        """Every piece wanted (rarest-first, this host's stripe first): a piece arrived, or the gate's
+        time is up.  The first announce was answered by then (0.5 s; on a LAN in milliseconds)."""
         with self._cond:
             if not self._gated:
                 return
             self._gated = False
         try:
-            self.torrent.want_every_piece()
+            leechers = self.torrent.leechers_announced()
+            self.rank = leechers - 1 if leechers else None
+            self.torrent.prioritize(stripe_priorities(self.n, self.rank, self.cfg.stripe_levels))
         except Exception:
             pass
 

@@ -127,6 +127,11 @@ def test_swarm_picking_settings_reach_the_libtorrent_session():
     assert got["whole_pieces_threshold"] == 0 and got["initial_picker_threshold"] == 0
     assert load("--store-dir", "/s").session.peer_request_queue == 8
     assert load("--store-dir", "/s").stream.deadline_after == 2.0
+    assert load("--store-dir", "/s").stream.stripe_levels == 3
+    assert load("--store-dir", "/s", "--stripe-levels", "0").stream.stripe_levels == 0
+    for bad in ("4", "-1"):
+        with pytest.raises(UserError, match="stripe.levels"):
+            load("--store-dir", "/s", "--stripe-levels", bad)
 
 
 def test_store_dir_is_required():

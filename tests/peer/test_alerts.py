@@ -11,7 +11,7 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import StoreFull, SwarmError
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.config import StreamSection
-from layerswarm.bridge.node.stream import Download
+from layerswarm.bridge.node.stream import Download, stripe_priorities
 from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
 from tests.fixtures import blob_bytes, wait_for
 
@@ -158,3 +158,17 @@ def test_alert_thread_never_waits_for_the_move_or_the_store(tmp_path):
     (store.layers_dir / name).write_bytes(data)
     disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
     assert dl.complete.wait(10) and dl.verified and lt_.digest in store
+
+
+def test_stripes_split_the_pieces_among_the_first_ranks_at_every_level():
+    """Ranks 0..7 at 3 levels: every piece but 0 is the top stripe piece (6) of exactly one rank; ranks 0
+    and 1 (a fleet of two) prefer disjoint halves, ranks 0..3 disjoint quarters; piece 0 stays first."""
+    n = 41
+    prios = {r: stripe_priorities(n, r, 3) for r in range(8)}
+    assert all(p[0] == 7 and len(p) == n and set(p[1:]) <= {3, 4, 5, 6} for p in prios.values())
+    for piece in range(1, n):
+        assert sorted(prios[r][piece] for r in range(8)) == [3, 3, 3, 3, 4, 4, 5, 6]
+        assert {r % 2 for r in range(8) if prios[r][piece] >= 4} == {piece % 2}
+        assert sum(prios[r][piece] >= 5 for r in range(4)) == 1
+    assert stripe_priorities(n, 8, 3) == prios[0] and stripe_priorities(n, 13, 3) == prios[5]   # 8 stripes
+    assert stripe_priorities(n, None, 3) == stripe_priorities(n, 5, 0) == [7] + [4] * (n - 1)  # plain

@@ -11,6 +11,7 @@ import requests
 
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.layertorrent import parse_metainfo
+from layerswarm.bridge.node.stream import stripe_priorities
 from layerswarm.bridge.node.trackerclient import TrackerClient
 from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, wait_for
 
@@ -52,8 +53,38 @@ def test_an_open_gate_wants_every_piece_with_piece_0_still_first(local_tracker, 
     meta = tf.build_metainfo(h.digest(), len(data), h.pieces())
     t = make_peer("alone", local_tracker.url).session.add(meta.metainfo, tmp_path, first_piece_only=True)
     assert t._h.get_piece_priorities() == [7] + [0] * 21 + [1]
-    t.want_every_piece()
+    t.prioritize(stripe_priorities(t.num_pieces, None, 3))
     assert t._h.get_piece_priorities() == [7] + [4] * 22
+
+
+def test_leechers_starting_together_take_the_stripes_of_their_arrival(local_tracker, make_peer, tmp_path):
+    """Each download's rank is the tracker's leecher count in the reply to its first announce, minus
+    itself: three hosts asking before anyone seeds get ranks 0, 1, 2 and those stripes' priorities in
+    libtorrent, then download the layer from the seeder and each other."""
+    data = blob_bytes(3_000_000, b"stripes")
+    d = Digest.of_bytes(data)
+    seeder = make_peer("seeder", local_tracker.url)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    torrent = tf.torrent_for_file(blob, [local_tracker.url + "/announce"], expect=d)
+    assert TrackerClient(local_tracker.url).put_metainfo(torrent)
+    leeches = [make_peer(f"leech{i}", local_tracker.url) for i in range(3)]
+    dls = []
+    for i, leech in enumerate(leeches):   # one after the other: each announce counted before the next
+        dls.append(leech.download(d))
+        wait_for(lambda: dls[-1].torrent.leechers_announced() == i + 1, timeout=10,
+                 what=f"leech{i}'s announce reply")
+    time.sleep(0.5)   # the first piece gate (nothing arrives: nobody seeds yet)
+    for dl in dls:
+        dl.poll()     # what a waiting reader does
+    assert all(not dl._gated for dl in dls)
+    assert [dl.rank for dl in dls] == [0, 1, 2]
+    for dl in dls:
+        assert dl.torrent._h.get_piece_priorities() == stripe_priorities(dl.n, dl.rank, 3)
+    assert add(seeder, data).info_hash == torrent.info_hash.hex
+    for leech, dl in zip(leeches, dls):
+        assert dl.complete.wait(60) and dl.verified
+        assert leech.store.path_if_present(d).read_bytes() == data
 
 
 def test_a_torrent_of_the_earlier_piece_length_published_first_is_the_one_every_host_uses(local_tracker, make_peer,

@@ -81,9 +81,16 @@ class Torrent:
     def set_piece_deadline(self, piece: int, ms: int) -> None:
         self._call("set_piece_deadline", piece, int(ms))
 
-    def want_every_piece(self) -> None:
-        """Every piece at the default priority, piece 0 (the client's first byte) still first."""
-        self._call("prioritize_pieces", [7] + [4] * (self.num_pieces - 1))
+    def prioritize(self, priorities: list) -> None:
+        """libtorrent piece priorities (0 = not wanted .. 7), one per piece."""
+        self._call("prioritize_pieces", priorities)
+
+    def leechers_announced(self) -> int | None:
+        """The tracker's count of the swarm's leechers (``incomplete``) in its latest announce reply
+        (this host among them), or None before one came."""
+        counts = [ih.get("scrape_incomplete", -1) for t in self._call("trackers")
+                  for ep in t.get("endpoints", ()) for ih in ep.get("info_hashes", ())[:1]]
+        return max(counts, default=-1) if max(counts, default=-1) >= 0 else None
 
     def move_storage(self, path: str) -> None:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
