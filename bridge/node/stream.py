@@ -188,6 +188,8 @@ class Download:
                        delete=True)
         elif k == ev.TRACKER_REPLY:
             self._mark("tracker")
+            if not self._gated and self.rank is None and self.cfg.stripe_levels:
+                self._want_every_piece()   # not gated (a resumed download, gate off): stripe on the reply
         elif k == ev.FINISHED:
             if not self._gated:
                 self._mark("finished")
@@ -378,11 +380,16 @@ class Download:
             if not self._gated:
                 return
             self._gated = False
+        self._want_every_piece()
+
+    def _want_every_piece(self) -> None:
+        """Every piece wanted: piece 0 first, this host's stripe (by its rank, once the tracker
+        answered an announce) before the rest."""
         try:
             leechers = self.torrent.leechers_announced()
             self.rank = leechers - 1 if leechers else None
             self.torrent.prioritize(stripe_priorities(self.n, self.rank, self.cfg.stripe_levels))
-        except Exception:
+        except Exception:   # the torrent is gone (removed, failed): nothing to prioritize
             pass
 
     def poll(self) -> None:

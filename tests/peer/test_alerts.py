@@ -12,7 +12,8 @@ from layerswarm.bridge.format.errors import StoreFull, SwarmError
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.node.stream import Download, stripe_priorities
-from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ, Dispatcher, Event)
+from layerswarm.bridge.node.torrent.alerts import (DROPPED, FILE_ERROR, MOVED, PIECE_FINISHED, PIECE_READ,
+                                                   TRACKER_REPLY, Dispatcher, Event)
 from tests.fixtures import blob_bytes, wait_for
 
 
@@ -32,6 +33,13 @@ class FakeTorrent:
     def __init__(self, n):
         self.reads, self.deadlines, self.moved_to = [], {}, None
         self.num_pieces = n
+        self.priorities, self.leechers = None, None
+
+    def prioritize(self, priorities):
+        self.priorities = priorities
+
+    def leechers_announced(self):
+        return self.leechers
 
     def read_piece(self, p):
         self.reads.append(p)
@@ -172,3 +180,23 @@ def test_stripes_split_the_pieces_among_the_first_ranks_at_every_level():
         assert sum(prios[r][piece] >= 5 for r in range(4)) == 1
     assert stripe_priorities(n, 8, 3) == prios[0] and stripe_priorities(n, 13, 3) == prios[5]   # 8 stripes
     assert stripe_priorities(n, None, 3) == stripe_priorities(n, 5, 0) == [7] + [4] * (n - 1)  # plain
+
+
+def test_a_download_takes_its_stripe_when_its_gate_opens_or_on_the_tracker_reply(tmp_path):
+    """Gated: the stripe of the leecher count the tracker gave, when the gate opens; not gated (gate
+    off, or a resumed download): on the first tracker reply that carries a count."""
+    data, lt_, ses, store, dl = _setup(tmp_path, 9 * tf.MIN_PIECE + 1000)
+    ses.t.leechers = 3
+    ses.dispatcher.dispatch(Event(TRACKER_REPLY, str(lt_.digest), {}))
+    assert ses.t.priorities is None   # gated: only piece 0 (and the last) wanted for now
+    ses.dispatcher.dispatch(Event(PIECE_FINISHED, str(lt_.digest), {"piece": 0}))
+    assert dl.rank == 2 and ses.t.priorities == stripe_priorities(dl.n, 2, 3)
+    dl.abort("test over")
+
+    data, lt_, ses, store, dl = _setup(tmp_path / "ungated", 9 * tf.MIN_PIECE + 1000, first_piece_gate=0)
+    ses.dispatcher.dispatch(Event(TRACKER_REPLY, str(lt_.digest), {}))   # a reply without a count
+    assert dl.rank is None and ses.t.priorities in (None, stripe_priorities(dl.n, None, 3))
+    ses.t.leechers = 5
+    ses.dispatcher.dispatch(Event(TRACKER_REPLY, str(lt_.digest), {}))
+    assert dl.rank == 4 and ses.t.priorities == stripe_priorities(dl.n, 4, 3)
+    dl.abort("test over")

@@ -90,7 +90,8 @@ class Torrent:
         (this host among them), or None before one came."""
         counts = [ih.get("scrape_incomplete", -1) for t in self._call("trackers")
                   for ep in t.get("endpoints", ()) for ih in ep.get("info_hashes", ())[:1]]
-        return max(counts, default=-1) if max(counts, default=-1) >= 0 else None
+        n = max(counts, default=-1)
+        return n if n >= 0 else None
 
     def move_storage(self, path: str) -> None:
         self._call("move_storage", str(path), lt.move_flags_t.dont_replace)
