@@ -189,7 +189,8 @@ class Download:
         elif k == ev.TRACKER_REPLY:
             self._mark("tracker")
             if not self._gated and self.rank is None and self.cfg.stripe_levels:
-                self._want_every_piece()   # not gated (a resumed download, gate off): stripe on the reply
+                # no rank yet: not gated (resumed, gate off), or the gate opened before any reply
+                self._want_every_piece()
         elif k == ev.FINISHED:
             if not self._gated:
                 self._mark("finished")
@@ -375,7 +376,8 @@ class Download:
 
     def _open_gate(self) -> None:
         """Every piece wanted (rarest-first, this host's stripe first): a piece arrived, or the gate's
-        time is up.  The first announce was answered by then (0.5 s; on a LAN in milliseconds)."""
+        time is up.  The first announce is usually answered by then (0.5 s; on a LAN in milliseconds);
+        if not, the stripe comes with the first tracker reply."""
         with self._cond:
             if not self._gated:
                 return
