@@ -270,7 +270,8 @@ def raw_main(a) -> int:
     session gets the bridges' own settings (``--settings bridge``: the product's settings builder over
     the configuration a bridge gets from the same ``--bridge-arg`` flags) or libtorrent's defaults
     (``default``: only discovery outside the tracker off).  Per layer: time of the first verified piece
-    (``ttfb_s``) and of the last.  The result is written once every layer is complete; the session then
+    (``ttfb_s``) and of the layer on disk (``done_s``: flushed from libtorrent's cache, as a bridge's layer is
+    before its client gets the last byte).  The result is written once every layer is; the session then
     seeds on for the other hosts until the harness stops it, which checks the files' sha256.
     """
     import libtorrent as lt
@@ -278,7 +279,8 @@ def raw_main(a) -> int:
     from layerswarm.bridge.node.trackerclient import TrackerClient
     pack = raw_settings(a.settings, a.dir, json.loads(a.bridge_args))
     cat = lt.alert.category_t
-    pack["alert_mask"] = int(cat.error_notification | cat.status_notification | cat.piece_progress_notification)
+    pack["alert_mask"] = int(cat.error_notification | cat.status_notification | cat.piece_progress_notification
+                             | cat.storage_notification)
     ses = lt.session(pack)
     tracker = TrackerClient(a.tracker)
     torrents = [tracker.get_metainfo(Digest.parse(d)) for d in a.digest]
@@ -312,6 +314,12 @@ def raw_main(a) -> int:
             if what == "piece_finished":
                 r.setdefault("ttfb_s", rel() - r["start_s"])
             elif what == "torrent_finished":
+                # Done once the layer is on disk, as a bridge's is before its client gets the last byte
+                # (the move into the store flushes it): libtorrent otherwise keeps up to 100 MiB of
+                # written blocks in its cache, and writes them after the measured window.
+                r["flushing"] = True
+                al.handle.flush_cache()
+            elif what == "cache_flushed" and r.pop("flushing", False):
                 r["done_s"] = rel()
             elif what in ("torrent_error", "file_error"):
                 res["errors"].append(f"{r['digest'][:19]}: {al.message()}")

@@ -183,20 +183,41 @@ class Listener:
         return resp
 
     def _pump(self, chunks, resp: web.StreamResponse, request: web.BaseRequest) -> None:
-        """In an app thread: each chunk onto the loop, waiting while the client is slow (up to the deadline)."""
+        """In an app thread: each chunk onto the loop, waiting while the client is slow (up to the deadline).
+
+        One write stays in flight while the next chunk is made: the thread waits for the write before
+        last, which has usually finished by then, so a streamed chunk costs the thread one wake-up (its
+        next chunk), not two.  At most two chunks are queued on the loop (resp.write drains each)."""
+        pending = None
         try:
             for chunk in chunks:
                 if chunk:
-                    self._write(resp, request, chunk)
+                    if self._stopping:
+                        raise ConnectionError("listener stopped")
+                    fut = self._submit(resp, chunk)
+                    if pending is not None:
+                        self._wait(request, pending)
+                    pending = fut
+            if pending is not None:
+                self._wait(request, pending)
+                pending = None
         finally:
+            if pending is not None:
+                pending.cancel()
+                self._forget(pending)
             _close(chunks)
 
-    def _write(self, resp: web.StreamResponse, request: web.BaseRequest, chunk: bytes) -> None:
-        if self._stopping:
-            raise ConnectionError("listener stopped")
+    def _submit(self, resp: web.StreamResponse, chunk: bytes):
         fut = asyncio.run_coroutine_threadsafe(resp.write(chunk), self.loop)
         with self._lock:
             self._writes.add(fut)
+        return fut
+
+    def _forget(self, fut) -> None:
+        with self._lock:
+            self._writes.discard(fut)
+
+    def _wait(self, request: web.BaseRequest, fut) -> None:
         try:
             fut.result(self.write_timeout)
         except TimeoutError:
@@ -207,8 +228,7 @@ class Listener:
         except CancelledError:
             raise ConnectionError("listener stopped") from None
         finally:
-            with self._lock:
-                self._writes.discard(fut)
+            self._forget(fut)
 
 
 def _start(app, environ: dict):

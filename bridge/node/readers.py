@@ -65,7 +65,9 @@ class LayerStream(_Counted):
             if not hurried and time.monotonic() - began >= cfg.deadline_after and not dl.has_piece(p):
                 dl.hurry(p)
                 hurried = True
-            buf = dl.take(self._token, p, last)
+            # take() returns when this piece has been read; wake in time for the deadline step too
+            wait = 0.5 if hurried else min(0.5, max(0.01, began + cfg.deadline_after - time.monotonic()))
+            buf = dl.take(self._token, p, last, wait)
             if buf is not None:
                 return buf
             if dl.verified:

@@ -165,7 +165,7 @@ class Download:
                     self._have[p] = 1
                 self._last_progress = time.monotonic()
                 ask = (p in self._wants) or p == self._hash_next
-                self._cond.notify_all()
+                # no notify: a reader wakes when its piece has been read (or on its own timeout)
             if ask:
                 self._ask(p)
         elif k == ev.PIECE_READ:
@@ -219,9 +219,11 @@ class Download:
                 self._cond.notify_all()
                 return
             self._mark("read")
+            given = False
             for token in self._wants.pop(p, ()):
                 if token in self._bufs:
                     self._bufs[token][p] = buf
+                    given = True
             if p == self._hash_next:
                 self._sha.update(buf)
                 self._hash_next += 1
@@ -229,7 +231,8 @@ class Download:
                     finalize = True
                 elif self._have[self._hash_next]:
                     nxt = self._hash_next
-            self._cond.notify_all()
+            if given:   # the hash cursor's own reads wake nobody: every reader thread woken costs CPU
+                self._cond.notify_all()
         if nxt is not None:
             self._ask(nxt)
         if finalize:

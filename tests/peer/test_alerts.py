@@ -111,11 +111,40 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
     assert out == [data[300_000:]] and dl.verified and lt_.digest in store
 
 
+def test_readers_wake_only_for_the_pieces_they_wait_for(tmp_path):
+    """Every reader thread woken costs CPU: pieces finishing and the hash cursor's own reads wake nobody."""
+    data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, first_piece_gate=0, prefetch=1)
+    name = str(lt_.digest)
+    token = dl.add_reader()
+    dl.request(token, 3)   # a reader from piece 3 wants 3 and (prefetch) 4
+    wakes = []
+    notify_all = dl._cond.notify_all
+    dl._cond.notify_all = lambda: (wakes.append(1), notify_all())
+    woke = {}
+    answered = 0
+    for p in range(dl.n):
+        before = len(wakes)
+        ses.dispatcher.dispatch(Event(PIECE_FINISHED, name, {"piece": p}))
+        assert len(wakes) == before, f"piece {p} finishing woke the readers"
+        for q in ses.t.reads[answered:]:   # the hash cursor reads every piece in order
+            before = len(wakes)
+            ses.dispatcher.dispatch(Event(PIECE_READ, name, {"piece": q, "buffer": _piece(lt_, data, q)}))
+            woke[q] = len(wakes) > before
+            answered += 1
+    assert woke == {0: False, 1: False, 2: False, 3: True, 4: True, 5: False, 6: False}
+    assert dl.take(token, 3, last=False) == _piece(lt_, data, 3)
+    dl.abort("test over")
+
+
 def test_a_reader_kept_waiting_puts_deadlines_on_its_piece_and_the_next(tmp_path):
     data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, deadline_after=0.3, first_piece_gate=0)
     name = str(lt_.digest)
     got = []
-    reader = threading.Thread(target=lambda: got.extend(dl.stream()))
+
+    def read():
+        with pytest.raises(SwarmError, match="test over"):   # how the test ends the stream
+            got.extend(dl.stream())
+    reader = threading.Thread(target=read)
     reader.start()
     ses.dispatcher.dispatch(Event(PIECE_FINISHED, name, {"piece": 0}))
     wait_for(lambda: 0 in ses.t.reads, timeout=5, what="the read of piece 0", step=0.01)

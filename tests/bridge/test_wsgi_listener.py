@@ -1,0 +1,110 @@
+"""The bridge's HTTP listener (bridge/http/wsgi.py) streaming a body from an app thread: order,
+back-pressure, the write deadline for a client that stops reading, and a stop that cuts a stream."""
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+
+import requests
+
+from layerswarm.bridge.http.wsgi import Listener
+
+CHUNK = 256 << 10
+
+
+class Body:
+    """A WSGI body of numbered 256 KiB chunks (``count``, or until closed), recording what it gave."""
+
+    def __init__(self, count: int | None):
+        self.count = count
+        self.given = 0
+        self.closed = threading.Event()
+
+    def app(self, environ, start_response):
+        headers = [("Content-Type", "application/octet-stream")]
+        if self.count is not None:
+            headers.append(("Content-Length", str(self.count * CHUNK)))
+        start_response("200 OK", headers)
+        return self._chunks()
+
+    def _chunks(self):
+        try:
+            i = 0
+            while self.count is None or i < self.count:
+                self.given += 1
+                yield chunk(i)
+                i += 1
+        finally:
+            self.closed.set()
+
+
+def chunk(i: int) -> bytes:
+    return i.to_bytes(4, "big") * (CHUNK // 4)
+
+
+def started(body: Body, **kw) -> Listener:
+    listener = Listener("client", body.app, "127.0.0.1:0", 2, **kw)
+    listener.start()
+    return listener
+
+
+def test_a_streamed_body_arrives_whole_and_in_order_to_a_slow_reader():
+    body = Body(40)
+    listener = started(body)
+    try:
+        want = hashlib.sha256(b"".join(chunk(i) for i in range(40))).hexdigest()
+        with requests.get(f"http://127.0.0.1:{listener.port}/blob", stream=True, timeout=30) as r:
+            assert r.status_code == 200
+            got = hashlib.sha256()
+            for part in r.iter_content(64 << 10):
+                got.update(part)
+                time.sleep(0.001)   # slower than the app: writes wait for the client
+        assert got.hexdigest() == want
+        assert body.closed.wait(5)
+    finally:
+        listener.stop()
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_write_timeout_and_the_body_closed():
+    body = Body(None)   # endless: only back-pressure and the deadline stop it
+    listener = started(body, write_timeout=1.0)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    try:
+        s.connect(("127.0.0.1", listener.port))
+        s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(1024)   # the headers (and some body); then nothing more is read
+        assert body.closed.wait(20), "the stream was never cut"
+        # back-pressure: the app made no more than the socket buffers and two writes in flight hold
+        assert body.given < 64, body.given
+        # the listener still answers others
+        other = Body(2)
+        listener.app = other.app
+        r = requests.get(f"http://127.0.0.1:{listener.port}/blob", timeout=10)
+        assert r.content == chunk(0) + chunk(1)
+    finally:
+        s.close()
+        listener.stop()
+
+
+def test_stopping_the_listener_cuts_a_running_stream_and_closes_its_body():
+    body = Body(None)
+    listener = started(body, grace=0.5, write_timeout=30.0)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    try:
+        s.connect(("127.0.0.1", listener.port))
+        s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(1024)
+        deadline = time.monotonic() + 10
+        while body.given < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        listener.stop()
+        # cut after the grace time, well before the 30 s write deadline
+        assert body.closed.wait(10)
+        assert time.monotonic() - t0 < 15
+    finally:
+        s.close()
