@@ -15,7 +15,9 @@ the origin ``docker-registry`` and the tracker share the *origin* host, whose
 upload is capped lower. Scenarios, for each N of the sweep:
 
 * ``raw``     the floor: plain libtorrent sessions, one per host, download every layer whole from the
-              warm scenario's seeder (same torrents, tracker, links), nothing streamed, no bridge; the
+              warm scenario's seeder (same torrents, tracker, links), nothing streamed, no bridge (a
+              layer counts once libtorrent flushed it to disk, as a bridge's is before its client
+              gets the last byte); the
               session settings are the bridges' own (built by the product's settings builder from the
               configuration a bridge gets, ``--bridge-arg`` included), so the floor follows every change;
 * ``rawdefault``  the same with libtorrent's default settings (only discovery outside the tracker off);
@@ -1423,7 +1425,7 @@ def markdown(out: dict) -> str:
         f"machine was {_busy(min(before, default=None))}–{_busy(max(before, default=None))} busy before each N's "
         f"runs; load average {c['loadavg_at_start'][0]:.1f} at the start), {c['date']}. Times until every host "
         f"has the whole image, verified: median of {c['rounds']} interleaved runs (min–max). raw = plain "
-        "libtorrent sessions with the bridges' settings downloading each layer whole from the warm seeder, "
+        "libtorrent sessions with the bridges' settings downloading each layer whole onto disk from the warm seeder, "
         "nothing streamed; libtorrent defaults = the same with libtorrent's default settings; warm / cold = "
         "through one bridge per host, layers preheated on the seeder / nothing cached. Bound: Kumar–Ross with "
         "the seeder's link (raw, warm) or the origin's (cold, direct, cache). "
