@@ -194,10 +194,9 @@ class Listener:
                 if chunk:
                     if self._stopping:
                         raise ConnectionError("listener stopped")
-                    fut = self._submit(resp, chunk)
-                    if pending is not None:
-                        self._wait(request, pending)
-                    pending = fut
+                    previous, pending = pending, self._submit(resp, chunk)
+                    if previous is not None:
+                        self._wait(request, previous)
             if pending is not None:
                 self._wait(request, pending)
                 pending = None
