@@ -66,7 +66,8 @@ class LayerStream(_Counted):
                 dl.hurry(p)
                 hurried = True
             # take() returns when this piece has been read; wake in time for the deadline step too
-            wait = 0.5 if hurried else min(0.5, max(0.01, began + cfg.deadline_after - time.monotonic()))
+            hurry_in = began + cfg.deadline_after - time.monotonic()
+            wait = min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
             buf = dl.take(self._token, p, last, wait)
             if buf is not None:
                 return buf
