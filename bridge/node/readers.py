@@ -67,7 +67,7 @@ class LayerStream(_Counted):
                 hurried = True
             # take() returns when this piece has been read; wake in time for the deadline step too
             hurry_in = began + cfg.deadline_after - time.monotonic()
-            wait = min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
+            wait = min(0.5, max(0.01, hurry_in)) if hurry_in > 0 else 0.5   # past it: hurried, or piece here
             buf = dl.take(self._token, p, last, wait)
             if buf is not None:
                 return buf

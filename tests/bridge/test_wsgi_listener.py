@@ -50,6 +50,14 @@ def started(body: Body, **kw) -> Listener:
     return listener
 
 
+def stalled_client(listener: Listener, s: socket.socket) -> None:
+    """``s`` asks for the body, reads its first bytes, then reads nothing more."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    s.connect(("127.0.0.1", listener.port))
+    s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(1024)
+
+
 def test_a_streamed_body_arrives_whole_and_in_order_to_a_slow_reader():
     body = Body(40)
     listener = started(body)
@@ -71,11 +79,8 @@ def test_a_client_that_stops_reading_is_cut_after_the_write_timeout_and_the_body
     body = Body(None)   # endless: only back-pressure and the deadline stop it
     listener = started(body, write_timeout=1.0)
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
     try:
-        s.connect(("127.0.0.1", listener.port))
-        s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
-        s.recv(1024)   # the headers (and some body); then nothing more is read
+        stalled_client(listener, s)
         assert body.closed.wait(20), "the stream was never cut"
         # back-pressure: the app made no more than the socket buffers and two writes in flight hold
         assert body.given < 64, body.given
@@ -94,11 +99,8 @@ def test_stopping_the_listener_cuts_a_running_stream_and_closes_its_body():
     body = Body(None)
     listener = started(body, grace=0.5, write_timeout=30.0)
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
     try:
-        s.connect(("127.0.0.1", listener.port))
-        s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
-        s.recv(1024)
+        stalled_client(listener, s)
         deadline = time.monotonic() + 10
         while body.given < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
