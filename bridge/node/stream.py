@@ -16,7 +16,7 @@ thread.  Readers (node/readers.py) use the public reader methods only.
 Piece selection: rarest-first, so a fleet starting together spreads different
 pieces and trades them instead of all asking the seeder for the same window.
 A reader that has waited ``deadline_after`` for its next piece puts deadlines
-on it and the next one (libtorrent's time-critical pieces): a stall guard, not
+on it and the next ones (libtorrent's time-critical pieces): a stall guard, not
 the order.  For its first moment (``first_piece_gate``) a new download wants
 piece 0 and the last piece only: its first requests at the seeder are the ones
 the client waits for; after that piece 0 keeps the top priority until it came.
