@@ -310,7 +310,7 @@ class StreamSection:
     # ask the seeder for the same in-order pieces (warm 2.9x raw BitTorrent with short request queues).
     # After 2 s they still cost: a time-critical piece goes to the fastest peer, in a fresh rollout the
     # seeder, for pieces rarest-first had not fetched yet, and the first deadline of a torrent cancels
-    # its queued requests.  10 s (N=8 warm, scripts/bench_rollout.py): seeder 1.41 -> 1.35 F, rollout
+    # its queued requests.  10 s (N=8 warm, scripts/bench_rollout.py): seeder 1.42 -> 1.35 F, rollout
     # 3% sooner, first byte no later; it stays well under stall_timeout (then the origin takes over).
     deadline_after: float = option(10.0, "a reader that has waited this long for its next piece puts deadlines "
                                    "on it (0: at once)", metavar="S")
