@@ -50,10 +50,16 @@ class FaultProxy(LoopbackProxy):
         opened.append(up)
         up.sendall(("\r\n".join([line, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + rest)
         self._count(blob_get, +1)
+        finished = []
+
+        def done() -> None:   # once: when the last body byte is sent, or the exchange ends otherwise
+            if not finished:
+                finished.append(True)
+                self._count(blob_get, -1)
         try:
-            self._respond(up, c, blob_get)
+            self._respond(up, c, blob_get, done)
         finally:
-            self._count(blob_get, -1)
+            done()
 
     def _count(self, blob_get: bool, n: int) -> None:
         if blob_get:
@@ -61,7 +67,9 @@ class FaultProxy(LoopbackProxy):
                 self.active += n
                 self.max_active = max(self.max_active, self.active)
 
-    def _respond(self, up: socket.socket, c: socket.socket, blob_get: bool) -> None:
+    def _respond(self, up: socket.socket, c: socket.socket, blob_get: bool, done) -> None:
+        # A GET ends for ``active`` when its last body byte is sent: the client then gives its
+        # slot back and may open the next GET while this thread still waits on the upstream.
         buf = b""
         while b"\r\n\r\n" not in buf:
             data = up.recv(65536)
@@ -70,6 +78,8 @@ class FaultProxy(LoopbackProxy):
                 return
             buf += data
         hdr, _, body = buf.partition(b"\r\n\r\n")
+        length = next((int(l.split(b":", 1)[1]) for l in hdr.split(b"\r\n")[1:]
+                       if l.lower().startswith(b"content-length:")), None)
         c.sendall(hdr + b"\r\n\r\n")
         limit, cut = None, False
         if blob_get:
@@ -90,10 +100,12 @@ class FaultProxy(LoopbackProxy):
                     else:
                         self._stop.wait(300)
                     return
-                c.sendall(piece)
-                sent += len(piece)
                 if blob_get and self.rate:
                     time.sleep(len(piece) / self.rate)
+                c.sendall(piece)
+                sent += len(piece)
+                if length is not None and sent >= length:
+                    done()
             body = up.recv(65536)
             if not body:
                 return
