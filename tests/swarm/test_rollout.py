@@ -21,7 +21,7 @@ def test_cold_rollout_each_layer_leaves_origin_once(fleet, origin):
         assert Digest.of_bytes(got) == d
     after = origin_blob_gets(origin)
     for d in digests:
-        assert after.get(str(d), 0) - before.get(str(d), 0) == 1, (d, after)
+        assert after.get(str(d), 0) - before.get(str(d), 0) == 1, (d, after, _why_origin(bridges))
     # The others got their bytes from a relay (a fetch in progress) or the swarm, not the origin.
     fetched = [stats(b)["fetched"] for b in bridges]
     total = sum(len(b.data) for b in img.blobs)
@@ -33,3 +33,9 @@ def test_cold_rollout_each_layer_leaves_origin_once(fleet, origin):
         assert Digest.of_bytes(pull_blob(late.url, "library/app", d)) == d
     assert origin_blob_gets(origin).get(str(img.layers[0].digest)) == after[str(img.layers[0].digest)]
     assert stats(late)["fetched"]["peer"] >= len(img.layers[0].data)
+
+
+def _why_origin(bridges) -> list:
+    """Each bridge's fallback counters and warnings: what sent a layer to the origin twice."""
+    return [(b.name, stats(b)["fallbacks"], [l for l in b.log_text(10 ** 7).splitlines() if " WARNING " in l])
+            for b in bridges]
