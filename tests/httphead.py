@@ -14,12 +14,18 @@ def read_request_head(c: socket.socket):
         if not chunk:
             return None
         head += chunk
+    line, headers, lines = parse_head(head)
+    return line, headers, lines, head
+
+
+def parse_head(head: bytes):
+    """(start line, {lower-case header: value}, header lines) of an HTTP request or response head."""
     lines = head.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
     headers = {}
     for h in lines[1:]:
         k, _, v = h.partition(":")
         headers[k.strip().lower()] = v.strip()
-    return lines[0], headers, lines[1:], head
+    return lines[0], headers, lines[1:]
 
 
 class LoopbackProxy:

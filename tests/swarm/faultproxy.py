@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.httphead import LoopbackProxy
+from tests.httphead import LoopbackProxy, parse_head
 
 
 class FaultProxy(LoopbackProxy):
@@ -78,8 +78,8 @@ class FaultProxy(LoopbackProxy):
                 return
             buf += data
         hdr, _, body = buf.partition(b"\r\n\r\n")
-        length = next((int(l.split(b":", 1)[1]) for l in hdr.split(b"\r\n")[1:]
-                       if l.lower().startswith(b"content-length:")), None)
+        length = parse_head(buf)[1].get("content-length")
+        length = int(length) if length is not None else None
         c.sendall(hdr + b"\r\n\r\n")
         limit, cut = None, False
         if blob_get:
