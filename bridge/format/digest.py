@@ -53,16 +53,28 @@ class Digest:
 
 
 class DigestVerifier:
-    """Incremental sha256 that checks against an expected digest."""
+    """Incremental sha256 that checks against an expected digest.
 
-    def __init__(self, expected: Digest) -> None:
+    ``state``/``size``: continue from a sha256 object that has already hashed ``size`` bytes (a copy
+    is taken)."""
+
+    def __init__(self, expected: Digest, state=None, size: int = 0) -> None:
         self.expected = expected
-        self._h = hashlib.sha256()
-        self.size = 0
+        self._h = state.copy() if state is not None else hashlib.sha256()
+        self.size = size
 
     def update(self, chunk: bytes) -> None:
         self._h.update(chunk)
         self.size += len(chunk)
+
+    def update_from(self, f, nbytes: int, chunk: int = 1 << 20) -> None:
+        """Hash the next ``nbytes`` of the open binary file ``f``; OSError if it ends first."""
+        while nbytes > 0:
+            b = f.read(min(chunk, nbytes))
+            if not b:
+                raise OSError(f"file ended {nbytes} bytes short")
+            self.update(b)
+            nbytes -= len(b)
 
     def actual(self) -> Digest:
         return Digest(self._h.hexdigest())

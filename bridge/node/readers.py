@@ -88,6 +88,15 @@ class LayerStream(_Counted):
                 dl.ask_again(self._token, p)
                 asked = now
 
+    def sent_prefix(self, nbytes: int):
+        """The sha256 (a DigestVerifier) of the blob's first ``nbytes``, which this reader gave out from
+        offset 0, as the download's whole-blob check hashed them; None if it cannot tell.  A whole
+        answer continued from the origin checks the assembled blob from there, instead of hashing
+        every piece a second time."""
+        if self.offset != 0 or nbytes > self.yielded:
+            return None
+        return self.dl.prefix_state(nbytes)
+
     def _read_stored(self, p: int) -> bytes:
         if self._file is None:
             self._file = open(self.dl.store.layer_path(self.dl.digest), "rb")
@@ -108,6 +117,8 @@ class FileStream(_Counted):
     """The same reader interface over a blob already in the store."""
 
     def __init__(self, store, digest, offset: int = 0, chunk: int = 1 << 20):
+        self.store = store
+        self.digest = digest
         self.f = store.open(digest)
         self.size = store.size_of(digest)
         self.offset = offset
@@ -126,6 +137,19 @@ class FileStream(_Counted):
                 yield b
         finally:
             self.close()
+
+    def sent_prefix(self, nbytes: int):
+        """The sha256 (a DigestVerifier) of the first ``nbytes`` given out from offset 0, read back from
+        the stored blob; None if it cannot tell."""
+        if self.offset != 0 or nbytes > self.yielded:
+            return None
+        v = self.digest.hasher()
+        try:
+            with self.store.open(self.digest) as f:
+                v.update_from(f, nbytes)
+        except OSError:
+            return None
+        return v
 
     def close(self) -> None:
         self.f.close()

@@ -31,6 +31,7 @@ import time
 
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.format import layertorrent as tf
+from layerswarm.bridge.format.digest import DigestVerifier
 from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError
 from layerswarm.bridge.node.readers import LayerStream
 from layerswarm.bridge.node.worker import Worker
@@ -72,6 +73,7 @@ class Download:
         self._tokens = itertools.count()
         self._hash_next = 0
         self._sha = hashlib.sha256()
+        self._hashed = [self._sha.copy()]   # [k]: the whole-blob hash after k pieces (sent_prefix; ~250 B each)
         self._last_progress = time.monotonic()
         self._last_done = -1
         self._last_poll = 0.0
@@ -227,6 +229,7 @@ class Download:
             if p == self._hash_next:
                 self._sha.update(buf)
                 self._hash_next += 1
+                self._hashed.append(self._sha.copy())
                 if self._hash_next == self.n:
                     finalize = True
                 elif self._have[self._hash_next]:
@@ -339,6 +342,25 @@ class Download:
             if not self.verified:
                 self._cond.wait(wait)
             return None
+
+    def prefix_state(self, nbytes: int, wait: float = 5.0) -> DigestVerifier | None:
+        """The whole-blob hash after the blob's first ``nbytes`` (a piece boundary, or the size), once the
+        hash cursor got there (waiting up to ``wait`` seconds for it); None if it does not."""
+        plen = self.lt.piece_length
+        if not 0 <= nbytes <= self.lt.size or (nbytes % plen and nbytes != self.lt.size):
+            return None
+        k = -(-nbytes // plen)
+        give_up = time.monotonic() + wait
+        while True:
+            with self._cond:
+                if len(self._hashed) > k:
+                    return DigestVerifier(self.digest, self._hashed[k], nbytes)
+                nxt = self._hash_next if self._have[self._hash_next] else None
+            if time.monotonic() >= give_up:
+                return None
+            if nxt is not None:
+                self._ask(nxt)   # no-op while its read is on the way
+            time.sleep(0.05)
 
     def has_piece(self, p: int) -> bool:
         with self._cond:

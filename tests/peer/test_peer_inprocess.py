@@ -229,6 +229,27 @@ def test_stream_from_offset(local_tracker, make_peer):
     assert b"".join(leech.stream(d, offset=1_234_567)) == data[1_234_567:]
 
 
+def test_a_reader_tells_the_hash_of_what_it_gave_out_as_its_download_hashed_it(local_tracker, make_peer):
+    """What a whole answer continued from the origin is checked from (sources/swarm.py), instead of
+    hashing every piece a second time: the download's whole-blob hash at the reader's position."""
+    data = blob_bytes(3_000_000, b"prefix")
+    d = Digest.of_bytes(data)
+    add(make_peer("seeder", local_tracker.url), data)
+    leech = make_peer("leech", local_tracker.url)
+    s = leech.stream(d)
+    it = iter(s)
+    got = next(it) + next(it)
+    v = s.sent_prefix(len(got))
+    assert v.size == len(got) and v.actual() == Digest.of_bytes(got)
+    assert s.sent_prefix(len(got) - 1) is None      # not a piece boundary
+    assert s.sent_prefix(len(got) + 1) is None      # not given out yet
+    rest = b"".join(it)
+    assert got + rest == data and s.sent_prefix(len(data)).matches()
+    stored = leech.stream(d)                           # from the store now
+    assert b"".join(stored) == data and stored.sent_prefix(1000).actual() == Digest.of_bytes(data[:1000])
+    assert leech.stream(d, offset=10).sent_prefix(0) is None   # a range is not a whole answer
+
+
 def test_stall_without_peers_raises_swarm_error(local_tracker, make_peer, tmp_path):
     data = blob_bytes(2_000_000, b"stall")
     d = Digest.of_bytes(data)

@@ -87,16 +87,23 @@ class FakeSwarm:
     """``peer.stream`` stand-in: yields the torrent's bytes from the offset, optionally failing.
 
     ``fail_at``: raise ``fail`` once this many bytes were yielded; ``bad``: bytes to yield instead.
+    ``verifies``: the stream is an object with ``sent_prefix`` (as LayerStream: it tells the sha256 of
+    what it gave out, recorded in ``prefixes``; ``prefix_known=False``: it cannot tell); otherwise a
+    plain generator, whose bytes the source hashes itself.
     """
 
-    def __init__(self, data: bytes, fail_at: int | None = None, fail=SwarmError("stalled (fake)"), bad=None):
+    def __init__(self, data: bytes, fail_at: int | None = None, fail=SwarmError("stalled (fake)"), bad=None,
+                 verifies: bool = False, prefix_known: bool = True):
         self.data, self.fail_at, self.fail, self.bad = data, fail_at, fail, bad
+        self.verifies, self.prefix_known = verifies, prefix_known
         self.calls: list = []
+        self.prefixes: list = []
         self.closed = 0
 
     def __call__(self, digest, offset, meta):
         self.calls.append((digest, offset))
-        return self._gen(offset)
+        gen = self._gen(offset)
+        return _Verifying(self, digest, gen) if self.verifies else gen
 
     def _gen(self, offset):
         sent = 0
@@ -110,6 +117,25 @@ class FakeSwarm:
                 yield chunk
         finally:
             self.closed += 1
+
+
+class _Verifying:
+    def __init__(self, swarm: FakeSwarm, digest, gen):
+        self.swarm, self.digest, self.gen = swarm, digest, gen
+
+    def __iter__(self):
+        return self.gen
+
+    def close(self) -> None:
+        self.gen.close()
+
+    def sent_prefix(self, nbytes: int):
+        self.swarm.prefixes.append(nbytes)
+        if not self.swarm.prefix_known:
+            return None
+        v = self.digest.hasher()
+        v.update((self.swarm.bad or self.swarm.data)[:nbytes])
+        return v
 
 
 class FakeRelays:

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
 from dataclasses import replace
@@ -183,6 +184,47 @@ def test_wrong_bytes_from_the_swarm_after_a_stall_are_caught_by_the_whole_blob_h
     res, body = h.get(d)
     assert isinstance(body, DigestMismatch)
     assert h.metrics.fallbacks == ["peer"] and h.metrics.mismatches == ["assembled"]
+
+
+def _counting_hashers(monkeypatch) -> list:
+    made = []
+    real = Digest.hasher
+    monkeypatch.setattr(Digest, "hasher", lambda self: made.append(self) or real(self))
+    return made
+
+
+def test_a_stream_that_verifies_itself_is_not_hashed_again(tmp_path, monkeypatch):
+    made = _counting_hashers(monkeypatch)
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, verifies=True))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert body == data and res.source == "peer" and made == [] and h.swarm.prefixes == []
+
+
+def test_a_verifying_stream_continued_from_the_origin_is_checked_from_what_it_sent(tmp_path, monkeypatch):
+    made = _counting_hashers(monkeypatch)
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=350_000, verifies=True))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert body == data and res.source == "origin" and h.origin.requests == [(d, 350_000, False)]
+    assert h.swarm.prefixes == [350_000] and made == [d]     # the prefix's hash, then the origin's rest
+    bad = bytearray(data)
+    bad[10] ^= 1
+    h = Host(tmp_path / "bad", {d: data}, swarm=FakeSwarm(data, fail_at=300_000, bad=bytes(bad), verifies=True))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert isinstance(body, DigestMismatch) and h.metrics.mismatches == ["assembled"]
+
+
+def test_a_stall_after_bytes_that_cannot_be_checked_cuts_the_answer(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=300_000, verifies=True, prefix_known=False))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert isinstance(body, SwarmError) and "cannot be checked" in str(body)
+    assert h.origin.requests == [] and h.swarm.prefixes == [300_000]   # no unchecked origin patch-up
 
 
 def test_head_never_starts_a_download(tmp_path):
