@@ -280,17 +280,6 @@ class Fetch:
         finally:
             f.close()
 
-    def sent_prefix(self, nbytes: int):
-        """The sha256 (a DigestVerifier) of the fetch's first ``nbytes``, what its readers were given,
-        read back from its file; None if it cannot be read."""
-        v = self.digest.hasher()
-        try:
-            with self._open_file() as f:
-                v.update_from(f, nbytes)
-        except (OSError, SwarmError):
-            return None
-        return v
-
     def _open_file(self):
         """The bytes so far: the incoming file (an open fd survives the commit's rename), or,
         for a reader arriving just after the commit, the stored blob."""

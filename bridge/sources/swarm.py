@@ -158,7 +158,7 @@ class SwarmBlobSource:
         res = BlobResponse(size, start, end, source=fetch.kind)
         whole = start == 0 and end == size - 1
         res.body = self._continue_from_origin(req, res, fetch.chunks(start, end, hold_tail=whole), whole,
-                                              lambda: fetch.kind, sent_prefix=fetch.sent_prefix)
+                                              lambda: fetch.kind)
         return res
 
     # -- prefetch ---------------------------------------------------------
@@ -240,8 +240,9 @@ class SwarmBlobSource:
 
         A whole answer (``verify_whole``) is checked against the digest as assembled.  ``sent_prefix``:
         the source verifies its own whole blob before its last chunk and can tell the hash of what it
-        gave out (``sent_prefix(nbytes)``), so its bytes are hashed here only if the origin continues
-        them (measured: the second sha256 was ~1 ms of CPU per MB)."""
+        gave out (``sent_prefix(nbytes)``, a swarm download's reader), so its bytes are hashed here only
+        if the origin continues them (the second sha256 was ~1 ms of CPU per MB).  A cold fetch's file
+        can be gone by then (a full disk aborts it), so its bytes are hashed here as they go."""
         pos = res.start
         hasher = req.digest.hasher() if verify_whole and sent_prefix is None else None
         try:
@@ -257,7 +258,7 @@ class SwarmBlobSource:
                 return
             self.metrics.fallback(res.source)
             if verify_whole and hasher is None:
-                hasher = sent_prefix(pos - res.start)
+                hasher = req.digest.hasher() if pos == res.start else sent_prefix(pos - res.start)
                 if hasher is None:   # what was sent cannot be checked: a cut, not an unchecked blob
                     raise SwarmError(f"{req.digest}: {exc} after {pos - res.start} bytes that cannot be "
                                      "checked against the digest; not continued from the origin") from None

@@ -218,6 +218,14 @@ def test_a_verifying_stream_continued_from_the_origin_is_checked_from_what_it_se
     assert isinstance(body, DigestMismatch) and h.metrics.mismatches == ["assembled"]
 
 
+def test_a_verifying_stream_failing_before_its_first_byte_is_answered_by_the_origin(tmp_path):
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=0, verifies=True, prefix_known=False))
+    h.tracker.published[d] = torrent(data)
+    res, body = h.get(d)
+    assert body == data and res.source == "origin" and h.swarm.prefixes == []   # nothing sent: nothing to check
+
+
 def test_a_stall_after_bytes_that_cannot_be_checked_cuts_the_answer(tmp_path):
     d, data = blob(SIZE)
     h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data, fail_at=300_000, verifies=True, prefix_known=False))
