@@ -57,9 +57,9 @@ IP SAN), the tracker on HTTPS asking for fleet certificates, every bridge and th
 certificates, relays over HTTPS and SSL torrents. The table gives secure ÷ open time and CPU.
 
 Each client runs inside its host's namespace, waits at a barrier (a start time written to a file once
-every client is ready), fetches the manifest, then the config blob beside the layers (``--client-concurrency``
-at a time), as dockerd does (its 3 download slots are for layers), and verifies each blob's sha256 (a raw session's files are checked once the rollout is
-over). Origin blob bytes come from the HTB class that counts the registry's source port on the origin's
+every client is ready), fetches the manifest, then the config blob beside the layers
+(``--client-concurrency`` at a time), as dockerd does (its 3 download slots are for layers), and
+verifies each blob's sha256 (a raw session's files are checked once the rollout is over). Origin blob bytes come from the HTB class that counts the registry's source port on the origin's
 egress, minus per-packet headers (``fleet.HEADER_BYTES``). Figures are compared with the Kumar–Ross
 lower bound ``T >= max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``.
 
@@ -1622,7 +1622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-mib", type=float, default=12, help="MiB per layer (default 12: F ~ 38 MB)")
     p.add_argument("--host-mbps", type=float, default=10, help="per-host link, MB/s each way (default 10)")
     p.add_argument("--origin-mbps", type=float, default=5, help="origin upload, MB/s (default 5)")
-    p.add_argument("--client-concurrency", type=int, default=3, help="layers fetched at once per host, the config blob beside them (dockerd: 3)")
+    p.add_argument("--client-concurrency", type=int, default=3,
+                   help="layers fetched at once per host, the config blob beside them (dockerd: 3)")
     p.add_argument("--timeout", type=float, default=0,
                    help="seconds per scenario (default: 3x the direct expectation + 30, at least 60)")
     p.add_argument("--deadline", type=float, default=1800, help="seconds for the whole run (default 1800)")

@@ -15,6 +15,7 @@ touches the host's own Docker/containerd (no default sockets, no
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,7 +33,28 @@ from layerswarm.bridge.format.errors import DaemonError
 START_TIMEOUT = float(os.environ.get("LAYERSWARM_START_TIMEOUT", "60"))
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out as an outgoing connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, picked below the kernel's ephemeral range when there is room: a port
+    the kernel chose (bind to 0) can become some outgoing connection's source port before the daemon
+    binds it (a test's bridge exited with "Address already in use" that way)."""
+    low = _ephemeral_low()
+    if low > 11024:
+        for _ in range(100):
+            port = random.randint(low - 10000, low - 1)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
