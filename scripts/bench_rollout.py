@@ -59,9 +59,10 @@ certificates, relays over HTTPS and SSL torrents. The table gives secure ÷ open
 Each client runs inside its host's namespace, waits at a barrier (a start time written to a file once
 every client is ready), fetches the manifest, then the config blob beside the layers
 (``--client-concurrency`` at a time), as dockerd does (its 3 download slots are for layers), and
-verifies each blob's sha256 (a raw session's files are checked once the rollout is over). Origin blob bytes come from the HTB class that counts the registry's source port on the origin's
-egress, minus per-packet headers (``fleet.HEADER_BYTES``). Figures are compared with the Kumar–Ross
-lower bound ``T >= max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``.
+verifies each blob's sha256 (a raw session's files are checked once the rollout is over). Origin blob
+bytes come from the HTB class that counts the registry's source port on the origin's egress, minus
+per-packet headers (``fleet.HEADER_BYTES``). Figures are compared with the Kumar–Ross lower bound
+``T >= max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``.
 
 Sizes are MB = 10^6 bytes (``--host-mbps 40`` is 40 MB/s = 320 Mbit/s) and
 layer sizes are MiB. Everything is bounded in time (``--timeout`` per
