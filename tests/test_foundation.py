@@ -43,3 +43,24 @@ def test_imagegen_push_to_real_registry(origin):
     for blob in img.blobs:
         got = requests.get(f"{origin.url}/v2/library/demo/blobs/{blob.digest}", timeout=10).content
         assert Digest.of_bytes(got) == blob.digest
+
+
+def test_free_ports_are_bindable_distinct_and_outside_the_ephemeral_range():
+    import socket
+
+    from layerswarm.bridge.devstack import daemons
+
+    low = daemons._ephemeral_low()
+    ports = [daemons.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)   # a test's dozen daemons never share one
+    if low > 11024:
+        assert all(low - 10000 <= p < low for p in ports)
+    if low > 11024:   # the port next in turn, taken by someone else meanwhile, is skipped
+        held = socket.socket()
+        try:
+            nxt = low - 10000 + daemons._next_port % 10000
+            held.bind(("127.0.0.1", nxt))
+            held.listen()
+            assert daemons.free_port() != nxt
+        finally:
+            held.close()

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,19 +42,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_port_lock = threading.Lock()
+_next_port: int | None = None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` now, picked below the kernel's ephemeral range when there is room: a port
-    the kernel chose (bind to 0) can become some outgoing connection's source port before the daemon
-    binds it (a test's bridge exited with "Address already in use" that way)."""
+    """A port free on ``host`` now and not handed out before by this process.
+
+    Picked below the kernel's ephemeral range when there is room: a port the kernel chose (bind to 0)
+    can become some outgoing connection's source port before the daemon binds it.  The ports are
+    walked in turn from a random start rather than drawn at random: a test that starts a dozen
+    daemons drew the same port twice (a bridge exited with "Address already in use")."""
+    global _next_port
     low = _ephemeral_low()
     if low > 11024:
-        for _ in range(100):
-            port = random.randint(low - 10000, low - 1)
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    continue
+        first, span = low - 10000, 10000
+        with _port_lock:
+            if _next_port is None:
+                _next_port = random.randrange(span)
+            for _ in range(span):
+                port = first + _next_port % span
+                _next_port += 1
+                with socket.socket() as s:
+                    try:
+                        s.bind((host, port))
+                    except OSError:
+                        continue
                 return port
     with socket.socket() as s:
         s.bind((host, 0))
