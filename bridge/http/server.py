@@ -9,6 +9,7 @@ in-flight requests ``graceful_timeout`` seconds, close the peer.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -58,6 +59,17 @@ def start_listeners(cfg: bconfig.BridgeConfig, listeners: list) -> None:
         setattr(cfg.server, field, f"{host}:{listener.port}")
 
 
+def settle_garbage_collector(young: int = 20_000) -> None:
+    """What start-up made (modules, the apps, the session) lives as long as the process: frozen, the
+    cyclic collector stops walking it on every full collection; and it runs less often (``young``
+    new container objects, was 700) while the swarm path makes a few per piece.  A profile of the
+    warm rollout found 4-5 % of a bridge's CPU in the collector."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(young, older, oldest)
+
+
 def serve(cfg: bconfig.BridgeConfig) -> None:
     """Run the bridge in the foreground until SIGTERM/SIGINT."""
     cfg.fleet.tls()   # unreadable certificate files: a clear error before anything starts
@@ -72,6 +84,7 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
         # Rotated certificate files: the session's alert thread checks them (FleetTLS.maybe_reload) and
         # reloads every context made from them, the fleet listener's included.
         start_listeners(cfg, listeners)
+        settle_garbage_collector()
         ups = cfg.upstreams
         log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen,
                  ups.default.url, sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)

@@ -51,6 +51,9 @@ class LayerStream(_Counted):
                 dl.request(self._token, p)
                 buf = self._wait(p, last=(p == dl.n - 1))
                 chunk = buf[pos - p * plen:]
+                run = dl.take_run(self._token, p + 1)   # read for us while we waited: out with it
+                if run:
+                    chunk = b"".join([chunk, *run])
                 pos += len(chunk)
                 self._given(len(chunk))
                 yield chunk

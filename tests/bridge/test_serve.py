@@ -85,3 +85,18 @@ def test_blob_source_seam(origin, tmp_path, thread_server):
     st = stats(srv)
     assert st["blob_bytes"]["store"] == len(local.data) + 100 + len(local.data) - 1000
     assert st["blob_bytes"]["origin"] == len(other.data)
+
+
+def test_the_collector_leaves_start_up_objects_alone_and_runs_less_often():
+    import gc
+
+    from layerswarm.bridge.http.server import settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector(young=12_345)
+        assert gc.get_freeze_count() > 1000          # the modules and objects made so far
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

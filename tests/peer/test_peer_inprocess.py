@@ -250,6 +250,24 @@ def test_a_reader_tells_the_hash_of_what_it_gave_out_as_its_download_hashed_it(l
     assert leech.stream(d, offset=10).sent_prefix(0) is None   # a range is not a whole answer
 
 
+def test_a_reader_behind_its_download_sends_the_pieces_read_for_it_in_one_chunk(local_tracker, make_peer):
+    """Pieces already read for a reader go out with the piece before them (one write, one wake-up)."""
+    data = blob_bytes(3_000_000, b"runs")
+    d = Digest.of_bytes(data)
+    add(make_peer("seeder", local_tracker.url), data)
+    leech = make_peer("leech", local_tracker.url)
+    s = leech.stream(d)
+    plen = s.dl.lt.piece_length
+    it = iter(s)
+    first = next(it)                      # asks for pieces 0..prefetch
+    deadline = time.monotonic() + 30
+    while len(s.dl._bufs[s._token]) < s.dl.cfg.prefetch and time.monotonic() < deadline:
+        time.sleep(0.05)                  # the pieces after the one sent are read for the reader meanwhile
+    second = next(it)
+    assert len(first) % plen == 0 and len(second) >= s.dl.cfg.prefetch * plen
+    assert first + second + b"".join(it) == data
+
+
 def test_stall_without_peers_raises_swarm_error(local_tracker, make_peer, tmp_path):
     data = blob_bytes(2_000_000, b"stall")
     d = Digest.of_bytes(data)
