@@ -7,6 +7,7 @@ through a real tracker on loopback, in the same run:
 * throughput ratio = raw makespan / our makespan (goal >= 0.8)
 * p99 time to first byte of our stream readers (goal <= 1 s)
 * peak anonymous RSS (RssAnon) of one peer streaming a 1 GiB layer (goal <= 150 MiB)
+* CPU per MB of each peer process, ours (streamed to an in-process reader) vs raw (whole, flushed)
 
 Every peer is its own process; all start on one "go".  ``--utp`` runs the
 same with uTP instead of TCP (the transport choice in the [session] configuration).
@@ -83,6 +84,7 @@ def role_ours(a):
     threading.Thread(target=sample, daemon=True).start()
     try:
         t0 = _wait_go()
+        cpu0 = time.process_time()
         s = peer.stream(Digest.parse(a.digest))
         first = None
         try:
@@ -94,7 +96,8 @@ def role_ours(a):
             return
         total = time.monotonic() - t0
         stop.set()
-        print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0]}), flush=True)
+        print(json.dumps({"ttfb": first, "time": total, "bytes": s.yielded, "rss_anon_kib": peak[0],
+                          "cpu": time.process_time() - cpu0}), flush=True)
         sys.stdin.readline()  # keep seeding until the parent says the run is over
     finally:
         peer.close()
@@ -152,7 +155,8 @@ def role_raw(a):
     from layerswarm.bridge.config import SessionSection
     from layerswarm.bridge.node.torrent.settings import settings_pack
     pack = settings_pack(SessionSection(peer_listen="127.0.0.1:0", utp=a.utp))
-    pack["alert_mask"] = int(lt.alert.category_t.status_notification | lt.alert.category_t.piece_progress_notification)
+    cat = lt.alert.category_t
+    pack["alert_mask"] = int(cat.status_notification | cat.piece_progress_notification | cat.storage_notification)
     ses = lt.session(pack)
     meta = requests.get(f"{a.tracker}/metainfo/{a.digest}", timeout=10).content
     atp = lt.add_torrent_params()
@@ -161,6 +165,7 @@ def role_raw(a):
     atp.trackers = [a.tracker + "/announce"]
     atp.flags = atp.flags & ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
     t0 = _wait_go()
+    cpu0 = time.process_time()
     ses.add_torrent(atp)
     first = None
     done = None
@@ -176,8 +181,11 @@ def role_raw(a):
             if isinstance(al, lt.piece_finished_alert) and first is None:
                 first = time.monotonic() - t0
             if isinstance(al, lt.torrent_finished_alert):
+                # on disk, as our peer's layer is once it is in the store (libtorrent keeps written blocks)
+                al.handle.flush_cache()
+            if al.what() == "cache_flushed":
                 done = time.monotonic() - t0
-    print(json.dumps({"ttfb": first, "time": done}), flush=True)
+    print(json.dumps({"ttfb": first, "time": done, "cpu": time.process_time() - cpu0}), flush=True)
     sys.stdin.readline()
     del ses
 
@@ -304,6 +312,7 @@ def swarm_and_rss(a, tmp: Path, layer: Path, results: dict) -> None:
     seeder = Child("seeder", a, str(tmp / "seeder"), file=layer)
     digest = seeder.line()["digest"]
     try:
+        mb = a.size_mib * (1 << 20) / 1e6
         for n in a.peers:
             raw = swarm_run(a, tmp, "raw", n, digest, "r")
             ours = swarm_run(a, tmp, "ours", n, digest, "o")
@@ -313,10 +322,16 @@ def swarm_and_rss(a, tmp: Path, layer: Path, results: dict) -> None:
                    "throughput_ratio": round(raw_t / our_t, 3),
                    "our_ttfb_p99_s": round(p99([r["ttfb"] for r in ours]), 3),
                    "raw_first_piece_p99_s": round(p99([r["ttfb"] for r in raw]), 3),
-                   "our_mib_s_per_peer": round(a.size_mib / (sum(r["time"] for r in ours) / n), 1)}
+                   "our_mib_s_per_peer": round(a.size_mib / (sum(r["time"] for r in ours) / n), 1),
+                   # CPU of each peer process from the go to its layer on disk, per MB of the layer
+                   "raw_cpu_ms_per_MB": round(statistics.median(1000 * r["cpu"] for r in raw) / mb, 2),
+                   "our_cpu_ms_per_MB": round(statistics.median(1000 * r["cpu"] for r in ours) / mb, 2)}
+            run["cpu_ratio"] = round(run["our_cpu_ms_per_MB"] / run["raw_cpu_ms_per_MB"], 2)
             results["runs"].append(run)
             print(f"N={n}: raw {raw_t:.2f}s  ours {our_t:.2f}s  throughput ratio {run['throughput_ratio']:.2f} "
-                  f"(goal >= 0.8)  p99 TTFB {run['our_ttfb_p99_s']:.3f}s (goal <= 1s)", flush=True)
+                  f"(goal >= 0.8)  p99 TTFB {run['our_ttfb_p99_s']:.3f}s (goal <= 1s)  CPU per MB raw "
+                  f"{run['raw_cpu_ms_per_MB']:.2f} ms, ours {run['our_cpu_ms_per_MB']:.2f} ms ({run['cpu_ratio']:.2f}x)",
+                  flush=True)
     finally:
         seeder.end()
     if a.rss_mib:

@@ -40,7 +40,7 @@ class LayerStream(_Counted):
         self.first_byte_at: float | None = None
         self._closed = False
         self._file = None
-        self._token = dl.add_reader()
+        self._token = dl.add_reader(from_start=offset == 0)
 
     def __iter__(self):
         dl, plen = self.dl, self.dl.lt.piece_length

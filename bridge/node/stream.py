@@ -70,6 +70,7 @@ class Download:
         self._reads: dict = {}           # piece -> time read_piece was asked
         self._wants: dict = {}           # piece -> set of reader tokens waiting for it
         self._bufs: dict = {}            # reader token -> {piece: bytes} read for that reader
+        self._whole: set = set()         # tokens of readers from byte 0: given only pieces already hashed
         self._tokens = itertools.count()
         self._hash_next = 0
         self._sha = hashlib.sha256()
@@ -230,6 +231,8 @@ class Download:
                 self._sha.update(buf)
                 self._hash_next += 1
                 self._hashed.append(self._sha.copy())
+                # a piece read for a reader before the cursor got to it (reads complete out of order)
+                given = given or any(p in b for b in self._bufs.values())
                 if self._hash_next == self.n:
                     finalize = True
                 elif self._have[self._hash_next]:
@@ -306,16 +309,21 @@ class Download:
         with self._cond:
             return len(self._bufs)
 
-    def add_reader(self) -> int:
-        """A token for a new reader; pieces it requests are kept for it until it takes them."""
+    def add_reader(self, from_start: bool = False) -> int:
+        """A token for a new reader; pieces it requests are kept for it until it takes them.  A reader
+        ``from_start`` (a whole answer) is given a piece only once the hash cursor has passed it, so the
+        hash of what it gave out can always be told (prefix_state) even if the download fails next."""
         with self._cond:
             token = next(self._tokens)
             self._bufs[token] = {}
+            if from_start:
+                self._whole.add(token)
             return token
 
     def remove_reader(self, token: int) -> None:
         with self._cond:
             self._bufs.pop(token, None)
+            self._whole.discard(token)
             for p in list(self._wants):
                 self._wants[p].discard(token)
                 if not self._wants[p]:
@@ -337,7 +345,7 @@ class Download:
             if self.error is not None:
                 raise self.error
             bufs = self._bufs.get(token, {})
-            if p in bufs and (not last or self.verified):
+            if p in bufs and (not last or self.verified) and (p < self._hash_next or token not in self._whole):
                 return bufs.pop(p)
             if not self.verified:
                 self._cond.wait(wait)
@@ -351,7 +359,8 @@ class Download:
         with self._cond:
             bufs = self._bufs.get(token)
             p = first
-            while bufs and p in bufs and (p != self.n - 1 or self.verified):
+            hashed = self._hash_next if token in self._whole else self.n
+            while bufs and p in bufs and p < hashed and (p != self.n - 1 or self.verified):
                 out.append(bufs.pop(p))
                 p += 1
         return out

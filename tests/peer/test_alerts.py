@@ -136,6 +136,34 @@ def test_readers_wake_only_for_the_pieces_they_wait_for(tmp_path):
     dl.abort("test over")
 
 
+def test_a_whole_reader_gets_a_piece_read_out_of_order_only_once_hashed_and_runs_in_one_chunk(tmp_path):
+    """A reader from byte 0 is given only pieces the hash cursor has passed (a failure right after can
+    still tell the hash of what it gave out); the pieces read for it meanwhile go out as one chunk."""
+    data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, first_piece_gate=0, prefetch=2)
+    name, disp = str(lt_.digest), ses.dispatcher.dispatch
+    token = dl.add_reader(from_start=True)
+    dl.request(token, 0)                          # wants 0, 1, 2
+    for p in (1, 2):                              # finished and read before piece 0 (out of order)
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert dl.take_run(token, 1) == []            # read for the reader, not hashed yet
+    disp(Event(PIECE_FINISHED, name, {"piece": 0}))
+    disp(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
+    assert dl.take(token, 0, last=False) == _piece(lt_, data, 0)
+    assert dl.take(token, 1, last=False, wait=0) is None    # the cursor reads 1 again before it counts
+    for p in (1, 2):
+        assert ses.t.reads.count(p) == 2
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert dl.take_run(token, 1) == [_piece(lt_, data, 1), _piece(lt_, data, 2)]
+    assert dl.prefix_state(3 * lt_.piece_length, wait=0).actual() == Digest.of_bytes(data[:3 * lt_.piece_length])
+    ranged = dl.add_reader()                      # a range reader is not held back by the cursor
+    dl.request(ranged, 5)
+    disp(Event(PIECE_FINISHED, name, {"piece": 5}))
+    disp(Event(PIECE_READ, name, {"piece": 5, "buffer": _piece(lt_, data, 5)}))
+    assert dl.take(ranged, 5, last=False) == _piece(lt_, data, 5)
+    dl.abort("test over")
+
+
 def test_a_reader_kept_waiting_puts_deadlines_on_its_piece_and_the_next(tmp_path):
     data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, deadline_after=0.3, first_piece_gate=0)
     name = str(lt_.digest)
