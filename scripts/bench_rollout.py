@@ -509,6 +509,8 @@ class Bench:
         self.a = args
         self.py = sys.executable
         self.script = str(Path(__file__).resolve())
+        if args.workdir:
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)   # a new directory named on the command line
         self.work = Path(tempfile.mkdtemp(prefix=f"lsb-bench-{os.getpid()}-", dir=args.workdir))
         self.fleet = fleetmod.Fleet()
         self.running: list = []
