@@ -55,8 +55,7 @@ def test_free_ports_are_bindable_distinct_and_outside_the_ephemeral_range():
     assert len(set(ports)) == len(ports)   # a test's dozen daemons never share one
     if low > 11024:
         assert all(low - 10000 <= p < low for p in ports)
-    if low > 11024:   # the port next in turn, taken by someone else meanwhile, is skipped
-        held = socket.socket()
+        held = socket.socket()   # the port next in turn, taken by someone else meanwhile, is skipped
         try:
             nxt = low - 10000 + daemons._next_port % 10000
             held.bind(("127.0.0.1", nxt))

@@ -338,30 +338,33 @@ class Download:
         """A reader has waited too long for piece ``first``: deadlines on it and the window after it."""
         self._set_window(first)
 
+    def _ready(self, token: int, p: int, last: bool) -> bool:
+        """Piece ``p`` may go to the reader now (under the lock): read for it, the last one only once the
+        blob verified, and for a reader from byte 0 only once the hash cursor has passed it."""
+        return (p in self._bufs.get(token, ()) and (not last or self.verified)
+                and (p < self._hash_next or token not in self._whole))
+
     def take(self, token: int, p: int, last: bool, wait: float = 0.5) -> bytes | None:
-        """Piece ``p`` for the reader (the last one only once the blob verified), else None after
-        waiting up to ``wait`` seconds.  Raises the download's error."""
+        """Piece ``p`` for the reader (see _ready), else None after waiting up to ``wait`` seconds.
+        Raises the download's error."""
         with self._cond:
             if self.error is not None:
                 raise self.error
-            bufs = self._bufs.get(token, {})
-            if p in bufs and (not last or self.verified) and (p < self._hash_next or token not in self._whole):
-                return bufs.pop(p)
+            if self._ready(token, p, last):
+                return self._bufs[token].pop(p)
             if not self.verified:
                 self._cond.wait(wait)
             return None
 
     def take_run(self, token: int, first: int) -> list:
-        """The pieces from ``first`` on that were already read for the reader, in order, without waiting
-        (the last one only once the blob verified): sent with the piece before them, a run of pieces
-        costs the reader and the listener one wake-up and one write instead of one per piece."""
+        """The pieces from ``first`` on that are ready for the reader, in order, without waiting: sent
+        with the piece before them, a run of pieces costs the reader and the listener one wake-up and
+        one write instead of one per piece."""
         out = []
         with self._cond:
-            bufs = self._bufs.get(token)
             p = first
-            hashed = self._hash_next if token in self._whole else self.n
-            while bufs and p in bufs and p < hashed and (p != self.n - 1 or self.verified):
-                out.append(bufs.pop(p))
+            while self._ready(token, p, last=p == self.n - 1):
+                out.append(self._bufs[token].pop(p))
                 p += 1
         return out
 
