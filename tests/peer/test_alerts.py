@@ -138,7 +138,8 @@ def test_readers_wake_only_for_the_pieces_they_wait_for(tmp_path):
 
 def test_a_whole_reader_gets_a_piece_read_out_of_order_only_once_hashed_and_runs_in_one_chunk(tmp_path):
     """A reader from byte 0 is given only pieces the hash cursor has passed (a failure right after can
-    still tell the hash of what it gave out); the pieces read for it meanwhile go out as one chunk."""
+    still tell the hash of what it gave out); the cursor hashes the copies read for the reader instead of
+    reading them again; the pieces read for it meanwhile go out as one chunk."""
     data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, first_piece_gate=0, prefetch=2)
     name, disp = str(lt_.digest), ses.dispatcher.dispatch
     token = dl.add_reader(from_start=True)
@@ -150,10 +151,8 @@ def test_a_whole_reader_gets_a_piece_read_out_of_order_only_once_hashed_and_runs
     disp(Event(PIECE_FINISHED, name, {"piece": 0}))
     disp(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
     assert dl.take(token, 0, last=False) == _piece(lt_, data, 0)
-    assert dl.take(token, 1, last=False, wait=0) is None    # the cursor reads 1 again before it counts
-    for p in (1, 2):
-        assert ses.t.reads.count(p) == 2
-        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    # the cursor hashed 1 and 2 from the copies read for the reader: no second read, and they are ready
+    assert [ses.t.reads.count(p) for p in (0, 1, 2)] == [1, 1, 1]
     assert dl.take_run(token, 1) == [_piece(lt_, data, 1), _piece(lt_, data, 2)]
     assert dl.prefix_state(3 * lt_.piece_length, wait=0).actual() == Digest.of_bytes(data[:3 * lt_.piece_length])
     ranged = dl.add_reader()                      # a range reader is not held back by the cursor
@@ -161,6 +160,28 @@ def test_a_whole_reader_gets_a_piece_read_out_of_order_only_once_hashed_and_runs
     disp(Event(PIECE_FINISHED, name, {"piece": 5}))
     disp(Event(PIECE_READ, name, {"piece": 5, "buffer": _piece(lt_, data, 5)}))
     assert dl.take(ranged, 5, last=False) == _piece(lt_, data, 5)
+    dl.abort("test over")
+
+
+def test_a_reader_behind_the_hash_cursor_takes_the_pieces_it_read_instead_of_reading_them_again(tmp_path):
+    """The cursor reads pieces as they verify, before a slower reader asks for them; the last few stay
+    kept (2 x (prefetch + 1)), so the reader's request is answered without a second read_piece."""
+    data, lt_, ses, store, dl = _setup(tmp_path, 12 * tf.MIN_PIECE + 1000, first_piece_gate=0, prefetch=1)
+    name, disp = str(lt_.digest), ses.dispatcher.dispatch
+    token = dl.add_reader(from_start=True)
+    dl.request(token, 0)                                      # wants 0 and 1
+    for p in range(9):                                        # the cursor reads 0..8 as they verify
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+        disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
+    assert ses.t.reads == list(range(9))
+    assert dl.take(token, 0, last=False) == _piece(lt_, data, 0)
+    assert dl.take_run(token, 1) == [_piece(lt_, data, 1)]
+    assert len(dl._kept) == 4                                 # bounded: 5..8 kept, 2..4 given up
+    dl.request(token, 2)                                      # 2, 3: read again; nothing else is
+    assert ses.t.reads == list(range(9)) + [2, 3]
+    dl.request(token, 5)                                      # 5, 6: kept, given at once
+    assert dl.take_run(token, 5) == [_piece(lt_, data, 5), _piece(lt_, data, 6)]
+    assert ses.t.reads == list(range(9)) + [2, 3] and dl.reads == 11
     dl.abort("test over")
 
 
