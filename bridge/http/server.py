@@ -81,10 +81,10 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
     listeners = []
     try:
         listeners = build_listeners(cfg, peer)
+        settle_garbage_collector()   # before the first request: no client pays for the start-up collection
         # Rotated certificate files: the session's alert thread checks them (FleetTLS.maybe_reload) and
         # reloads every context made from them, the fleet listener's included.
         start_listeners(cfg, listeners)
-        settle_garbage_collector()
         ups = cfg.upstreams
         log.info("bridge on http://%s, default upstream %s, aliases %s, store %s", cfg.server.listen,
                  ups.default.url, sorted(n for n in ups.by_name if n != bconfig.DEFAULT_NAME), cfg.server.store_dir)
