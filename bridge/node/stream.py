@@ -212,13 +212,9 @@ class Download:
         with self._cond:
             if p in self._reads or self.complete.is_set() and not self.verified:
                 return
-            buf = self._kept.get(p)
-            if buf is None:
-                self._reads[p] = time.monotonic()
-                self.reads += 1
-        if buf is not None:     # read a moment ago for someone else: no second disk read
-            self._on_piece(p, buf, None)
-            return
+            # (never a kept piece: _want hands those out, and the cursor hashes them as it passes)
+            self._reads[p] = time.monotonic()
+            self.reads += 1
         try:
             self.torrent.read_piece(p)
         except Exception:
