@@ -370,6 +370,9 @@ class SessionSection:
     min_announce_interval: int = option(5, "never re-announce more often than this", metavar="S")
     alert_queue_size: int = option(100_000, "libtorrent alert queue (read_piece alerts carry piece data)",
                                    metavar="N")
+    # N=4 warm rollout: ~1 alert per wake-up without a pause; see node/torrent/session.py.
+    alert_batch: float = option(0.005, "seconds the alert thread lets alerts gather after each batch (0: none)",
+                                metavar="S")
     stop_tracker_timeout: int = option(1, "teardown waits this long for the tracker's event=stopped", metavar="S")
     user_agent: str = option("layerswarm/0.1", "BitTorrent user agent", metavar="UA")
     lt_settings: dict = option(default_factory=dict, help="raw libtorrent settings applied last "
@@ -377,6 +380,8 @@ class SessionSection:
 
     def __post_init__(self) -> None:
         _positive(self, "peer_request_queue")
+        if not 0 <= self.alert_batch <= 0.1:   # longer holds every piece (and a stall guard) that long
+            raise InvalidOption("alert_batch", f"wants 0 to 0.1 seconds, got {self.alert_batch}")
         _host_port("peer_listen", self.peer_listen, "--peer-listen")
         _host_port("peer_ssl_listen", self.peer_ssl_listen, "--peer-ssl-listen")
 

@@ -255,12 +255,16 @@ class Download:
                     if self._have[p]:
                         nxt = p
                     break
-            if given:   # the hash cursor's own reads wake nobody: every reader thread woken costs CPU
-                self._cond.notify_all()
+        if given:   # the hash cursor's own reads wake nobody: every reader thread woken costs CPU
+            self.session.dispatcher.after_batch(self._wake_readers)
         if nxt is not None:
             self._ask(nxt)
         if finalize:
             self._worker.submit(self._finalize)
+
+    def _wake_readers(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _sample_peers(self) -> None:
         try:

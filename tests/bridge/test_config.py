@@ -105,6 +105,7 @@ def test_secrets_from_files_env_and_legacy_names(tmp_path):
     ([], {}, "[[broken", ["cannot read config"]),
     (["--peer-request-queue", "0"], {}, None, ["--peer-request-queue", "positive"]),
     (["--deadline-after", "-1"], {}, None, ["--deadline-after", "negative"]),
+    (["--alert-batch", "0.5"], {}, None, ["--alert-batch", "0 to 0.1 seconds"]),
 ])
 def test_bad_value_names_source_and_field(tmp_path, argv, env, file, words):
     if file is not None:

@@ -29,6 +29,29 @@ def test_dispatcher_routes_by_name_and_survives_bad_handlers():
     assert [(g.name, g.kind) for g in got] == [("a", PIECE_FINISHED), ("", DROPPED)]
 
 
+def test_what_handlers_defer_runs_once_after_the_whole_batch():
+    """A download's readers are woken once per batch of alerts, not once per piece."""
+    disp = Dispatcher()
+    seen, woken = [], []
+
+    def wake():
+        woken.append(len(seen))
+
+    def handler(e):
+        seen.append(e.data["piece"])
+        disp.after_batch(wake)
+    disp.subscribe("a", handler)
+    disp.dispatch_all([Event(PIECE_READ, "a", {"piece": p}) for p in range(3)])
+    assert seen == [0, 1, 2] and woken == [3]           # once, after every event of the batch
+    disp.dispatch(Event(PIECE_READ, "a", {"piece": 3}))
+    assert woken == [3, 4]                              # one event is a batch of one
+    disp.after_batch(wake)                              # outside a dispatch: at once
+    assert woken == [3, 4, 4]
+    disp.subscribe("b", lambda e: disp.after_batch(lambda: 1 / 0))
+    disp.dispatch_all([Event(PIECE_READ, "b", {"piece": 0}), Event(PIECE_READ, "a", {"piece": 5})])
+    assert woken == [3, 4, 4, 5]                        # a failing callback stops no other
+
+
 class FakeTorrent:
     def __init__(self, n):
         self.reads, self.deadlines, self.moved_to = [], {}, None

@@ -102,13 +102,17 @@ class Dispatcher:
     to handlers of their kind, whatever the layer.
 
     A handler is any callable taking an Event.  Handlers run on the alert
-    thread: they must be quick and never block on the session.
+    thread: they must be quick and never block on the session.  What a handler
+    passes to :meth:`after_batch` runs once after the whole batch of events
+    (the alert thread pops several at a time): a reader woken once for the
+    pieces of a batch, not once per piece.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._by_name: dict = {}
         self._by_kind: dict = {}
+        self._batch = threading.local()   # .after: callables to run at the end of this thread's batch
 
     def subscribe(self, name: str, handler) -> None:
         with self._lock:
@@ -128,6 +132,32 @@ class Dispatcher:
                 self._by_name.pop(name, None)
 
     def dispatch(self, ev: Event) -> None:
+        self.dispatch_all((ev,))
+
+    def dispatch_all(self, events) -> None:
+        """Each event to its handlers, then what they asked to run after the batch (once each)."""
+        after: dict = {}
+        self._batch.after = after
+        try:
+            for ev in events:
+                self._dispatch(ev)
+        finally:
+            self._batch.after = None
+        for fn in after:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - as for handlers: the alert thread goes on
+                log.exception("after-batch callback failed")
+
+    def after_batch(self, fn) -> None:
+        """Run ``fn`` once at the end of the batch being dispatched (at once outside a dispatch)."""
+        after = getattr(self._batch, "after", None)
+        if after is None:
+            fn()
+        else:
+            after[fn] = None
+
+    def _dispatch(self, ev: Event) -> None:
         with self._lock:
             if ev.kind == DROPPED:
                 targets = [h for hs in self._by_name.values() for h in hs]
