@@ -261,6 +261,12 @@ class Peer:
             return FileStream(self.store, digest, offset)
         return LayerStream(self.download(digest, metainfo), offset)
 
+    def downloading(self, digest: Digest) -> tf.LayerTorrent | None:
+        """The torrent of the swarm download of ``digest`` running on this host, or None."""
+        with self._lock:
+            dl = self._downloads.get(digest)
+            return dl.lt if dl is not None and not dl.complete.is_set() else None
+
     def download(self, digest: Digest, metainfo: tf.LayerTorrent | None = None) -> Download:
         """The shared download of ``digest`` (started if needed)."""
         with self._lock:

@@ -67,16 +67,19 @@ class SwarmBlobSource:
     :class:`TrackerBackoff`; ``origin``: the origin BlobSource; ``relays``: a
     :class:`RelayClient`; ``publish``: verified writer -> published and seeded;
     ``trackers``: announce URLs for torrents built while fetching; ``download``: ``(digest, torrent)``
-    -> start the shared swarm download without a reader (prefetch; None: no prefetch from the swarm).
+    -> start the shared swarm download without a reader (prefetch; None: no prefetch from the swarm);
+    ``downloading``: ``digest -> torrent`` of the swarm download running on this host, or None (a prefetched
+    layer's request joins it without asking the tracker again).
     """
 
     MAX_PREFETCH_QUEUED = 64
 
     def __init__(self, *, store, swarm, tracker: TrackerBackoff, origin, relays: RelayClient, publish,
-                 trackers, cfg: BridgeConfig, metrics=None, download=None):
+                 trackers, cfg: BridgeConfig, metrics=None, download=None, downloading=None):
         self.store = store
         self.swarm = swarm
         self.download = download
+        self.downloading = downloading
         self.tracker = tracker
         self.origin = origin
         self.cfg = cfg
@@ -128,7 +131,12 @@ class SwarmBlobSource:
                 return BlobResponse(fetch.size, start, end, source="relay")
             return self.origin.open(req)   # HEAD never starts a download
         if fetch is None:
-            meta, tracker_down = self.tracker.metainfo(d)
+            # A download already running here (a prefetch, another client) has the torrent: one tracker
+            # request per layer per host, not one per request.
+            meta = self.downloading(d) if self.downloading is not None else None
+            tracker_down = False
+            if meta is None:
+                meta, tracker_down = self.tracker.metainfo(d)
             if meta is not None and self._poisoned.get(d) != meta.info_hash.hex:
                 try:
                     return self._from_swarm(req, meta)
@@ -286,6 +294,7 @@ def swarm_source(peer, origin, cfg: BridgeConfig, metrics=None) -> SwarmBlobSour
     relays = RelayClient(cfg.upstreams.connect_timeout, cfg.swarm.relay_timeout, cfg.swarm.relay_min_rate,
                          tls=cfg.fleet.tls())
     return SwarmBlobSource(store=peer.store, swarm=peer.stream, download=peer.download,
+                           downloading=peer.downloading,
                            tracker=TrackerBackoff(peer.tracker, cfg.swarm.tracker_backoff), origin=origin,
                            relays=relays, publish=peer.publish_writer, trackers=peer.tracker.announce_urls,
                            cfg=cfg, metrics=metrics)

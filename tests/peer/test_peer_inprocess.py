@@ -44,6 +44,7 @@ def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader
     assert dl.complete.wait(30) and dl.verified
     assert leech.store.path_if_present(d).read_bytes() == data
     assert "piece0" in dl._marks and dl._gated is False
+    assert leech.downloading(d) is None   # done: a request reads the store, no download to join
 
 
 def test_an_open_gate_wants_every_piece_with_piece_0_still_first(local_tracker, make_peer, tmp_path):
@@ -210,6 +211,7 @@ def test_libtorrent_announces_each_torrent_on_the_interval_handed_to_it(make_pee
         add(peer, blob_bytes(1_000_000, b"interval"))
         _, nobody_seeds = layer(1_000_000)
         peer.download(nobody_seeds.digest, nobody_seeds)
+        assert peer.downloading(nobody_seeds.digest).info_hash == nobody_seeds.info_hash   # requests join it
         time.sleep(13)
     finally:
         tracker.stop()

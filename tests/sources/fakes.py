@@ -196,7 +196,8 @@ class Metrics:
 class Host:
     """A swarm source over a real LayerStore in ``root`` and fakes for everything else."""
 
-    def __init__(self, root, blobs: dict, swarm=None, relays=None, clock=None, download=None, **cfg):
+    def __init__(self, root, blobs: dict, swarm=None, relays=None, clock=None, download=None, downloading=None,
+                 **cfg):
         self.store = LayerStore(root)
         self.tracker = FakeTracker()
         self.origin = FakeOrigin(blobs)
@@ -212,7 +213,8 @@ class Host:
         self.backoff = TrackerBackoff(self.tracker, self.cfg.swarm.tracker_backoff, **({"clock": clock} if clock else {}))
         self.source = SwarmBlobSource(store=self.store, swarm=self.swarm, tracker=self.backoff, origin=self.origin,
                                       relays=self.relays, publish=self._publish, trackers=[ANNOUNCE],
-                                      cfg=self.cfg, metrics=self.metrics, download=download)
+                                      cfg=self.cfg, metrics=self.metrics, download=download,
+                                      downloading=downloading)
 
     def _publish(self, writer):
         t = writer.finish([ANNOUNCE])

@@ -39,6 +39,20 @@ def test_published_torrent_is_streamed_from_the_swarm(tmp_path):
     assert body == data[1000:2000] and h.swarm.calls[-1] == (d, 1000)
 
 
+def test_a_request_joins_the_download_running_here_without_asking_the_tracker(tmp_path):
+    """A prefetched layer: the client's request needs no second metainfo request (one per layer per host)."""
+    d, data = blob(SIZE)
+    other_d, other = blob(SIZE, b"other")
+    running = {d: torrent(data)}
+    h = Host(tmp_path, {d: data, other_d: other}, swarm=FakeSwarm(data), downloading=running.get)
+    h.tracker.published[other_d] = torrent(other)
+    res, body = h.get(d)
+    assert res.source == "peer" and body == data and h.swarm.calls == [(d, 0)]
+    assert h.tracker.calls == [] and h.origin.requests == []
+    h.get(other_d)                                  # nothing running for it: the tracker is asked
+    assert h.tracker.names() == ["get_metainfo"]
+
+
 def test_lease_holder_fetches_from_the_origin_stores_publishes_and_releases(tmp_path):
     d, data = blob(SIZE)
     h = Host(tmp_path, {d: data})
