@@ -236,7 +236,7 @@ class TorrentSession:
             if self.cfg.alert_batch > 0:
                 # Let the next alerts gather: libtorrent wakes this thread for the first alert posted to an
                 # empty queue, so without a pause a warm download pops ~1 alert per wake-up (2 per piece).
-                self._stop.wait(self.cfg.alert_batch)
+                time.sleep(self.cfg.alert_batch)   # not Event.wait: that is Python code, this is one C call
 
     # -- certificates (secure fleet mode) --------------------------------
     def _show_certificate(self, handle) -> None:
