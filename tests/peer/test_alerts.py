@@ -50,6 +50,11 @@ def test_what_handlers_defer_runs_once_after_the_whole_batch():
     disp.subscribe("b", lambda e: disp.after_batch(lambda: 1 / 0))
     disp.dispatch_all([Event(PIECE_READ, "b", {"piece": 0}), Event(PIECE_READ, "a", {"piece": 5})])
     assert woken == [3, 4, 4, 5]                        # a failing callback stops no other
+    inner = []
+    disp.subscribe("c", lambda e: (disp.dispatch(Event(PIECE_READ, "d", {})), disp.after_batch(wake)))
+    disp.subscribe("d", lambda e: disp.after_batch(lambda: inner.append(len(woken))))
+    disp.dispatch_all([Event(PIECE_READ, "c", {}), Event(PIECE_READ, "a", {"piece": 6})])
+    assert inner == [4] and woken == [3, 4, 4, 5, 6]    # a nested dispatch ends its own batch only
 
 
 class FakeTorrent:

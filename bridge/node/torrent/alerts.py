@@ -137,12 +137,13 @@ class Dispatcher:
     def dispatch_all(self, events) -> None:
         """Each event to its handlers, then what they asked to run after the batch (once each)."""
         after: dict = {}
+        outer = getattr(self._batch, "after", None)   # a handler dispatching: its batch ends first
         self._batch.after = after
         try:
             for ev in events:
                 self._dispatch(ev)
         finally:
-            self._batch.after = None
+            self._batch.after = outer
         for fn in after:
             try:
                 fn()
