@@ -261,17 +261,22 @@ class Peer:
             return FileStream(self.store, digest, offset)
         return LayerStream(self.download(digest, metainfo), offset)
 
+    def _running(self, digest: Digest) -> Download | None:
+        """The download of ``digest`` still running (under ``self._lock``)."""
+        dl = self._downloads.get(digest)
+        return dl if dl is not None and not dl.complete.is_set() else None
+
     def downloading(self, digest: Digest) -> tf.LayerTorrent | None:
         """The torrent of the swarm download of ``digest`` running on this host, or None."""
         with self._lock:
-            dl = self._downloads.get(digest)
-            return dl.lt if dl is not None and not dl.complete.is_set() else None
+            dl = self._running(digest)
+            return dl.lt if dl is not None else None
 
     def download(self, digest: Digest, metainfo: tf.LayerTorrent | None = None) -> Download:
         """The shared download of ``digest`` (started if needed)."""
         with self._lock:
-            dl = self._downloads.get(digest)
-            if dl is not None and not dl.complete.is_set():
+            dl = self._running(digest)
+            if dl is not None:
                 return dl
         if metainfo is None:
             try:
@@ -282,8 +287,8 @@ class Peer:
                 raise SwarmError(f"no torrent published for {digest}")
         self._require_ours(metainfo)   # SwarmError: the bridge falls back to the origin
         with self._lock:
-            dl = self._downloads.get(digest)
-            if dl is not None and not dl.complete.is_set():
+            dl = self._running(digest)
+            if dl is not None:
                 return dl
             dl = Download(self.session, self.store, metainfo, trackers=self.tracker.announce_urls,
                           config=self.stream_cfg, on_mismatch=self._report_mismatch, on_done=self._download_done)
