@@ -319,10 +319,10 @@ class StreamSection:
     prefetch: int = option(2, "pieces each reader asks for ahead of the one it sends", metavar="N")
     # The first byte is piece 0, and its time-critical request waits behind the requests already queued
     # at the one peer that has it, the seeder (warm p99 first byte 2.6-4.5 s at N=2 and 8).  A new
-    # download wants piece 0 (and one random piece) alone for a moment, so those requests go out first and
+    # download wants piece 0 (and the last piece) alone for a moment, so those requests go out first and
     # are served first; held until piece 0 arrived the rest of the swarm idled (N=8 rollout ~7% slower),
     # 0.5 s cost nothing measurable (scripts/bench_rollout.py, README "Performance").
-    first_piece_gate: float = option(0.5, "a new swarm download asks for piece 0 (and one random piece) alone until "
+    first_piece_gate: float = option(0.5, "a new swarm download asks for piece 0 (and the last piece) alone until "
                                      "a piece arrives or this long has passed (0: off)", metavar="S")
 
     # Rarest-first alone lets two leechers fetch the same piece from the seeder at once (a piece is

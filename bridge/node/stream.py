@@ -19,7 +19,7 @@ pieces and trades them instead of all asking the seeder for the same window.
 A reader that has waited ``deadline_after`` for its next piece puts deadlines
 on it and the next ones (libtorrent's time-critical pieces): a stall guard, not
 the order.  For its first moment (``first_piece_gate``) a new download wants
-piece 0 and one random piece only: its first requests at the seeder are the ones
+piece 0 and the last piece only: its first requests at the seeder are the ones
 the client waits for; after that piece 0 keeps the top priority until it came.
 """
 from __future__ import annotations

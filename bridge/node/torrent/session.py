@@ -15,7 +15,6 @@ torrent when the certificate files are rotated.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import NamedTuple
@@ -295,13 +294,9 @@ class TorrentSession:
         atp.save_path = str(save_path)
         atp.storage_mode = lt.storage_mode_t.storage_mode_sparse
         if first_piece_only and ti.num_pieces() > 2:
-            # piece 0 first; one other piece too (lowest priority), so that piece 0 alone does not make
-            # the torrent "finished" (see close_redundant_connections in settings.py).  A random one: with
-            # the last piece every host fetched that one from the seeder beside piece 0 (warm p99 first
-            # byte at N=8 0.91 -> 0.58 s, median of 3 interleaved runs).
-            priorities = [7] + [0] * (ti.num_pieces() - 1)
-            priorities[random.randrange(1, ti.num_pieces())] = 1
-            atp.piece_priorities = priorities
+            # piece 0 first; the last piece too (lowest priority), so that piece 0 alone does not make the
+            # torrent "finished" (see close_redundant_connections in settings.py)
+            atp.piece_priorities = [7] + [0] * (ti.num_pieces() - 2) + [1]
         flags = atp.flags
         flags &= ~lt.torrent_flags.auto_managed   # every layer seeds: no queue
         if ssl:
