@@ -1,6 +1,6 @@
 """The bridge's HTTP listener (bridge/http/wsgi.py) streaming a body from an app thread: order,
 back-pressure, the write deadline for a client that stops reading, and a stop that cuts a stream;
-each both ways a body goes out: written by the app thread to the socket (a known length on plain TCP)
+each for both ways a body goes out: written by the app thread to the socket (a known length on plain TCP)
 and chunk by chunk through the loop (no length)."""
 from __future__ import annotations
 
@@ -82,6 +82,19 @@ def stalled_client(listener: Listener, s: socket.socket) -> None:
     s.recv(1024)
 
 
+def connection_closed(s: socket.socket, within: float = 10.0) -> bool:
+    """The server closed ``s``: reading what is buffered ends in EOF or a reset within ``within`` s."""
+    s.settimeout(within)
+    try:
+        while s.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
 def test_a_streamed_body_arrives_whole_and_in_order_to_a_slow_reader(loop_writes):
     body = Body(40)
     listener = started(body)
@@ -125,6 +138,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_write_timeout_and_the_body
         # back-pressure: the app made no more than the socket buffers and two writes in flight hold
         assert body.given < 64, body.given
         assert not listener._writes, "a cut stream left writes behind"   # it would grow with every such client
+        assert connection_closed(s), "the cut connection stayed open"
         # the listener still answers others
         other = Body(2)
         listener.app = other.app
