@@ -217,6 +217,10 @@ class Listener:
                 self._forget(pending)
             _close(chunks)
 
+    def _client_stalled(self) -> ConnectionError:
+        """The error that cuts an answer whose client took nothing of it for the write deadline."""
+        return ConnectionError(f"client read nothing for {self.write_timeout:g}s")
+
     async def _socket_for_body(self, request: web.BaseRequest, resp: web.StreamResponse) -> int | None:
         """A duplicate of the connection's socket for the pumping thread to write the rest of the body to,
         once the loop has sent everything before it; None where the loop must write: TLS (the bytes
@@ -229,14 +233,14 @@ class Listener:
                 or request.method == "HEAD" or "Content-Length" not in resp.headers):
             return None
         sock = transport.get_extra_info("socket")
-        if sock is None or sock.type != socket.SOCK_STREAM:
+        if sock is None:
             return None
-        give_up = asyncio.get_running_loop().time() + self.write_timeout
+        give_up = self.loop.time() + self.write_timeout
         while transport.get_write_buffer_size():   # the headers and first chunk, usually gone already
             if transport.is_closing():
                 return None
-            if asyncio.get_running_loop().time() > give_up:
-                raise ConnectionError(f"client read nothing for {self.write_timeout:g}s")
+            if self.loop.time() > give_up:
+                raise self._client_stalled()
             await asyncio.sleep(0.005)
         # A duplicate, so that the loop closing the connection (a client gone, a stop) never lets this
         # thread write to a recycled descriptor; it shares the socket's non-blocking mode.
@@ -262,7 +266,7 @@ class Listener:
                         stuck_since = stuck_since or now
                         left = stuck_since + self.write_timeout - now
                         if left <= 0:
-                            raise ConnectionError(f"client read nothing for {self.write_timeout:g}s") from None
+                            raise self._client_stalled() from None
                         poller.poll(1000 * min(0.25, left))   # in slices: a stop is seen within 0.25 s
         finally:
             os.close(fd)
@@ -285,7 +289,7 @@ class Listener:
             fut.cancel()
             if request.transport is not None:
                 self.loop.call_soon_threadsafe(request.transport.abort)
-            raise ConnectionError(f"client read nothing for {self.write_timeout:g}s") from None
+            raise self._client_stalled() from None
         except CancelledError:
             raise ConnectionError("listener stopped") from None
         finally:
