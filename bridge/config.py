@@ -342,6 +342,9 @@ class StreamSection:
             raise InvalidOption("deadline_after", f"must not be negative, got {self.deadline_after}")
 
 
+DISK_IO = ("posix", "pread", "mmap", "default")   # libtorrent 2.1's disk back-ends (SessionSection.disk_io)
+
+
 @dataclass
 class SessionSection:
     """The host's libtorrent session."""
@@ -374,6 +377,14 @@ class SessionSection:
     # cut warm CPU 12 % in one N=4 A/B, but not in two more (N=4, N=8), where rollouts took 2-5 % longer.
     alert_batch: float = option(0.0, "seconds the alert thread lets alerts gather after each batch (0: none)",
                                 metavar="S")
+    # posix writes each block and hashes each piece from the file on the network thread, so a verified
+    # piece is in the file: streams read it from there (node/stream.py).  pread (libtorrent 2.1's default)
+    # and mmap keep written blocks in a cache and hash from it: the file right after piece_finished held
+    # stale bytes for ~1 piece in 4, so streams read through libtorrent (read_piece: an alert round trip
+    # per piece).  posix blocks the network thread on a page-cache miss; the others do not.
+    disk_io: str = option("posix", "libtorrent disk back-end: posix (streams read verified pieces from the "
+                          "file), pread or mmap (disk threads, a write cache; pieces read back through "
+                          "libtorrent), default (libtorrent's choice)", metavar="NAME")
     stop_tracker_timeout: int = option(1, "teardown waits this long for the tracker's event=stopped", metavar="S")
     user_agent: str = option("layerswarm/0.1", "BitTorrent user agent", metavar="UA")
     lt_settings: dict = option(default_factory=dict, help="raw libtorrent settings applied last "
@@ -383,6 +394,8 @@ class SessionSection:
         _positive(self, "peer_request_queue")
         if not 0 <= self.alert_batch <= 0.1:   # longer holds every piece (and a stall guard) that long
             raise InvalidOption("alert_batch", f"wants 0 to 0.1 seconds, got {self.alert_batch}")
+        if self.disk_io not in DISK_IO:
+            raise InvalidOption("disk_io", f"wants one of {', '.join(DISK_IO)}, got {self.disk_io!r}")
         _host_port("peer_listen", self.peer_listen, "--peer-listen")
         _host_port("peer_ssl_listen", self.peer_ssl_listen, "--peer-ssl-listen")
 

@@ -153,11 +153,14 @@ def role_raw(a):
     import libtorrent as lt
     import requests
     from layerswarm.bridge.config import SessionSection
-    from layerswarm.bridge.node.torrent.settings import settings_pack
-    pack = settings_pack(SessionSection(peer_listen="127.0.0.1:0", utp=a.utp))
+    from layerswarm.bridge.node.torrent.settings import disk_io_constructor, settings_pack
+    cfg = SessionSection(peer_listen="127.0.0.1:0", utp=a.utp)
     cat = lt.alert.category_t
-    pack["alert_mask"] = int(cat.status_notification | cat.piece_progress_notification | cat.storage_notification)
-    ses = lt.session(pack)
+    params = lt.session_params()
+    params.settings = {**settings_pack(cfg), "alert_mask": int(cat.status_notification | cat.piece_progress_notification
+                                                               | cat.storage_notification)}
+    params.disk_io_constructor = disk_io_constructor(cfg)   # the bridges' disk back-end too
+    ses = lt.session(params)
     meta = requests.get(f"{a.tracker}/metainfo/{a.digest}", timeout=10).content
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(lt.bdecode(meta))

@@ -259,15 +259,17 @@ PRIVATE_SWARM = {"enable_dht": False, "enable_lsd": False, "enable_upnp": False,
                  "webtorrent_stun_server": ""}
 
 
-def raw_settings(kind: str, store_dir: str, bridge_args: list) -> dict:
-    """A raw session's settings: ``bridge``, those a bridge started with ``bridge_args`` gets (the
-    product's builder over the product's configuration), or libtorrent's ``default``s."""
+def raw_settings(kind: str, store_dir: str, bridge_args: list) -> tuple:
+    """A raw session's (settings, disk back-end): ``bridge``, those a bridge started with ``bridge_args``
+    gets (the product's builder over the product's configuration), or libtorrent's ``default``s."""
     from layerswarm.bridge import config as bconfig
-    from layerswarm.bridge.node.torrent.settings import settings_pack
+    from layerswarm.bridge.node.torrent.settings import disk_io_constructor, settings_pack
     p = argparse.ArgumentParser()
     bconfig.add_arguments(p)
     cfg = bconfig.from_args(p.parse_args(["--store-dir", store_dir, *bridge_args])).session
-    return settings_pack(cfg) if kind == "bridge" else {"listen_interfaces": cfg.peer_listen, **PRIVATE_SWARM}
+    if kind == "bridge":
+        return settings_pack(cfg), disk_io_constructor(cfg)
+    return {"listen_interfaces": cfg.peer_listen, **PRIVATE_SWARM}, "default_disk_io_constructor"
 
 
 def raw_main(a) -> int:
@@ -284,11 +286,14 @@ def raw_main(a) -> int:
     import libtorrent as lt
     from layerswarm.bridge.format.digest import Digest
     from layerswarm.bridge.node.trackerclient import TrackerClient
-    pack = raw_settings(a.settings, a.dir, json.loads(a.bridge_args))
+    pack, disk_io = raw_settings(a.settings, a.dir, json.loads(a.bridge_args))
     cat = lt.alert.category_t
     pack["alert_mask"] = int(cat.error_notification | cat.status_notification | cat.piece_progress_notification
                              | cat.storage_notification)
-    ses = lt.session(pack)
+    params = lt.session_params()
+    params.settings = pack
+    params.disk_io_constructor = disk_io
+    ses = lt.session(params)
     tracker = TrackerClient(a.tracker)
     torrents = [tracker.get_metainfo(Digest.parse(d)) for d in a.digest]
     res = {"host": a.host, "settings": a.settings, "errors": [], "done_s": None,

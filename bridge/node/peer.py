@@ -301,11 +301,11 @@ class Peer:
             raise
         return dl
 
-    def _download_done(self, dl: Download) -> None:
+    def _download_done(self, dl: Download, verified: bool) -> None:
         with self._lock:
             if self._downloads.get(dl.digest) is dl:
                 del self._downloads[dl.digest]
-            if dl.verified:
+            if verified:
                 self._seeding[dl.digest] = SeedInfo(dl.digest, dl.lt.size, dl.lt.info_hash.hex, "downloaded")
 
     def _report_mismatch(self, dl: Download) -> None:

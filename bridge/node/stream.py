@@ -1,16 +1,18 @@
 """Swarm downloads into the store, exposed as in-order byte streams.
 
 One :class:`Download` per digest is shared by every reader of that layer.
-Pieces come out of libtorrent with ``read_piece`` (-> a PIECE_READ event) once
-they are verified; reading the file right after ``piece_finished`` returned
-stale bytes.  A hash cursor feeds each piece, in order, to the whole-blob
+A verified piece is read from the partial file when the session's disk back-end
+writes and hashes there (posix: ``verified_pieces_in_file``); with a back-end that
+caches writes (pread, mmap) the file right after ``piece_finished`` can hold stale
+bytes, so the piece comes out of libtorrent with ``read_piece`` (-> a PIECE_READ
+event).  A hash cursor feeds each piece, in order, to the whole-blob
 sha256, so the blob is verified without a second read (the cursor and the
 readers share the last few pieces read); only then does the
 last piece reach any reader, so a poisoned torrent ends every stream with
 DigestMismatch instead of a clean end.
 
-The alert thread only does piece bookkeeping (bitmaps, read_piece requests,
-handing pieces to readers); the verdict, the move into the store, the index
+The alert thread only does piece bookkeeping (bitmaps, reads, handing pieces
+to readers); the verdict, the move into the store, the index
 writes and the teardown after a failure run on the download's own worker
 thread.  Readers (node/readers.py) use the public reader methods only.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import threading
 import time
 
@@ -65,7 +68,7 @@ class Download:
         self.n = torrent.num_pieces
         self._trackers = tuple(trackers)
         self._on_mismatch = on_mismatch
-        self._on_done = on_done
+        self._on_done = on_done          # (download, verified): it ended; a verified one before its readers know
         self._cond = threading.Condition()
         self._have = bytearray(self.n)
         self._reads: dict = {}           # piece -> time read_piece was asked
@@ -98,6 +101,12 @@ class Download:
         self._marks: dict = {}           # first tracker reply / piece / read, seconds after start (TTFB parts)
         self._peer_down: dict = {}       # "ip:port" -> payload bytes received (sampled while downloading)
         self._peer_ssl: set = set()      # "ip:port" of peers seen connected over TLS (SSL torrents)
+        # Verified pieces straight from the partial file (see the module's docstring); the descriptor
+        # follows the file through the move into the store, and is closed once the download ended.
+        self._from_file = session.verified_pieces_in_file
+        self._file_lock = threading.Lock()
+        self._fd: int | None = None
+        self._file_closed = False
 
     def _mark(self, what: str) -> None:
         if what not in self._marks:
@@ -139,6 +148,7 @@ class Download:
     def _teardown(self, exc: Exception, delete: bool) -> None:
         """On the worker: stop the torrent, give back the space, then tell the readers and the owner."""
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
+        self._close_file()
         self.session.remove(self.name, delete_files=delete)
         self.store.release(self._reserved)
         self._reserved = 0
@@ -147,7 +157,7 @@ class Download:
             self.complete.set()
             self._cond.notify_all()
         if self._on_done:
-            self._on_done(self)
+            self._on_done(self, False)
         if delete:
             self._drop_partial()
         self._worker.stop()
@@ -179,7 +189,9 @@ class Download:
             if ask:
                 self._ask(p)
         elif k == ev.PIECE_READ:
-            self._on_piece(e.data["piece"], e.data.get("buffer"), e.data.get("error"))
+            nxt = self._on_piece(e.data["piece"], e.data.get("buffer"), e.data.get("error"))
+            if nxt is not None:
+                self._ask(nxt)
         elif k == ev.DROPPED:
             with self._cond:
                 pending = list(self._reads)
@@ -208,20 +220,52 @@ class Download:
         elif k == ev.HASH_FAILED:
             log.info("%s: piece %s failed its hash check (a bad peer); refetching", self.name, e.data["piece"])
 
-    def _ask(self, p: int) -> None:
-        with self._cond:
-            if p in self._reads or self.complete.is_set() and not self.verified:
-                return
-            # (never a kept piece: _want hands those out, and the cursor hashes them as it passes)
-            self._reads[p] = time.monotonic()
-            self.reads += 1
-        try:
-            self.torrent.read_piece(p)
-        except Exception:
+    def _ask(self, p: int | None) -> None:
+        """Read verified piece ``p`` for whoever waits for it, and on from there the pieces the hash
+        cursor can take next: from the file at once, or through libtorrent (a PIECE_READ to come)."""
+        while p is not None:
             with self._cond:
-                self._reads.pop(p, None)
+                if p in self._reads or self.complete.is_set():   # ended: readers read the store's file
+                    return
+                # (never a kept piece: _want hands those out, and the cursor hashes them as it passes)
+                self._reads[p] = time.monotonic()
+                self.reads += 1
+            buf = self._read_file(p) if self._from_file else None
+            if buf is not None:
+                p = self._on_piece(p, buf, None)
+                continue
+            try:
+                self.torrent.read_piece(p)
+            except Exception:
+                with self._cond:
+                    self._reads.pop(p, None)
+            return
 
-    def _on_piece(self, p: int, buf, err) -> None:
+    def _read_file(self, p: int) -> bytes | None:
+        """Verified piece ``p`` from the partial file; None once the download ended or the file cannot be
+        read (the caller asks libtorrent instead)."""
+        start, end = self.lt.piece_range(p)
+        with self._file_lock:
+            if self._file_closed:
+                return None
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.store.download_path(self.digest), os.O_RDONLY | os.O_CLOEXEC)
+                buf = os.pread(self._fd, end - start, start)
+            except OSError:
+                return None
+        return buf if len(buf) == end - start else None
+
+    def _close_file(self) -> None:
+        with self._file_lock:
+            self._file_closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _on_piece(self, p: int, buf, err) -> int | None:
+        """Piece ``p``'s bytes: to the readers waiting for it and through the hash cursor.  Returns the
+        next piece the cursor can read (verified, not read yet), for the caller to ask for."""
         finalize = False
         nxt = None
         with self._cond:
@@ -229,7 +273,7 @@ class Download:
             if buf is None:
                 # Not readable (yet): let the waiters' timeout ask again.
                 self._cond.notify_all()
-                return
+                return None
             self._mark("read")
             self._kept.pop(p, None)
             self._kept[p] = buf
@@ -257,10 +301,9 @@ class Download:
                     break
         if given:   # the hash cursor's own reads wake nobody: every reader thread woken costs CPU
             self.session.dispatcher.after_batch(self._wake_readers)
-        if nxt is not None:
-            self._ask(nxt)
         if finalize:
             self._worker.submit(self._finalize)
+        return nxt
 
     def _wake_readers(self) -> None:
         with self._cond:
@@ -317,14 +360,15 @@ class Download:
             self._fail(SwarmError(f"could not store {self.digest}: {exc}"), delete=True)
             return
         self._reserved = 0
+        if self._on_done:   # the host lists the layer as seeding before any reader gets its last byte
+            self._on_done(self, True)
         with self._cond:
             self.verified = True
             self.complete.set()
             self._cond.notify_all()
+        self._close_file()   # readers of a verified blob read the store's file (node/readers.py)
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
         log.info("%s downloaded, verified, seeding from the store", self.name)
-        if self._on_done:
-            self._on_done(self)
         self._worker.stop()
 
     # -- reader side (LayerStream) ----------------------------------------

@@ -107,12 +107,14 @@ def test_raw_settings_follow_the_bridge_configuration(tmp_path):
     from layerswarm.bridge.config import SessionSection
     from layerswarm.bridge.node.torrent.settings import settings_pack
     raw = bench_rollout.raw_settings("bridge", str(tmp_path), [])
-    assert raw == settings_pack(SessionSection())
-    tuned = bench_rollout.raw_settings("bridge", str(tmp_path), ["--unchoke-slots", "7", "--lt-setting",
-                                                                 "request_queue_time=1"])
+    assert raw == (settings_pack(SessionSection()), "posix_disk_io_constructor")
+    tuned, disk = bench_rollout.raw_settings("bridge", str(tmp_path), ["--unchoke-slots", "7", "--lt-setting",
+                                                                       "request_queue_time=1", "--disk-io", "pread"])
     assert tuned["unchoke_slots_limit"] == 7 and tuned["request_queue_time"] == 1
+    assert disk == "pread_disk_io_constructor"
     default = bench_rollout.raw_settings("default", str(tmp_path), ["--unchoke-slots", "7"])
-    assert default == {"listen_interfaces": SessionSection().peer_listen, **bench_rollout.PRIVATE_SWARM}
+    assert default == ({"listen_interfaces": SessionSection().peer_listen, **bench_rollout.PRIVATE_SWARM},
+                       "default_disk_io_constructor")
 
 
 def test_plan_interleaves_rounds():

@@ -106,6 +106,7 @@ def test_secrets_from_files_env_and_legacy_names(tmp_path):
     (["--peer-request-queue", "0"], {}, None, ["--peer-request-queue", "positive"]),
     (["--deadline-after", "-1"], {}, None, ["--deadline-after", "negative"]),
     (["--alert-batch", "0.5"], {}, None, ["--alert-batch", "0 to 0.1 seconds"]),
+    (["--disk-io", "zfs"], {}, None, ["--disk-io", "posix, pread, mmap, default"]),
 ])
 def test_bad_value_names_source_and_field(tmp_path, argv, env, file, words):
     if file is not None:

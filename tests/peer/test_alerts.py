@@ -83,10 +83,11 @@ class FakeTorrent:
 
 
 class FakeSession:
-    def __init__(self):
+    def __init__(self, from_file=False):
         self.dispatcher = Dispatcher()
         self.removed = []
         self.t = None
+        self.verified_pieces_in_file = from_file   # the posix back-end: a verified piece is in the file
 
     def add(self, metainfo, save_path, **kw):
         self.t = FakeTorrent(tf.parse_metainfo(metainfo).num_pieces)
@@ -99,13 +100,13 @@ class FakeSession:
         return True
 
 
-def _setup(tmp_path, size=3 * tf.MIN_PIECE + 1000, **cfg):   # 4 pieces
+def _setup(tmp_path, size=3 * tf.MIN_PIECE + 1000, from_file=False, **cfg):   # 4 pieces
     data = blob_bytes(size, b"fake")
     d = Digest.of_bytes(data)
     h = tf.PieceHasher(len(data))
     h.update(data)
     lt_ = tf.build_metainfo(d, len(data), h.pieces())
-    ses, store = FakeSession(), LayerStore(tmp_path)
+    ses, store = FakeSession(from_file), LayerStore(tmp_path)
     dl = Download(ses, store, lt_, config=StreamSection(**cfg)).start()
     return data, lt_, ses, store, dl
 
@@ -137,6 +138,43 @@ def test_download_streams_in_order_verifies_then_moves(tmp_path):
     disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
     reader.join(10)
     assert out == [data[300_000:]] and dl.verified and lt_.digest in store
+
+
+def test_verified_pieces_are_read_from_the_file_when_the_back_end_wrote_them_there(tmp_path):
+    """posix back-end: a piece is read from the partial file on the thread that learnt it is verified (no
+    read_piece round trip), once; the hash cursor runs on through the pieces already there; the
+    descriptor follows the file into the store and is closed once the blob is adopted."""
+    data, lt_, ses, store, dl = _setup(tmp_path, 9 * tf.MIN_PIECE + 1000, from_file=True)   # 10 pieces
+    name = str(lt_.digest)
+    store.download_path(lt_.digest).write_bytes(data)   # what libtorrent's posix back-end wrote and hashed
+    disp = ses.dispatcher.dispatch
+    for p in (3, 7, 1, 9, 2, 4, 5, 6, 8):
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+    assert dl._hash_next == 0 and dl.reads == 0   # no reader yet, and the cursor waits for piece 0
+    disp(Event(PIECE_FINISHED, name, {"piece": 0}))
+    assert dl._hash_next == dl.n and dl.reads == dl.n and ses.t.reads == []   # all ten, then and there
+    out = []
+    reader = threading.Thread(target=lambda: out.append(b"".join(dl.stream(0))))
+    reader.start()
+    assert wait_for(lambda: ses.t.moved_to == store.layers_dir, 10)
+    store.download_path(lt_.digest).rename(store.layers_dir / name)   # the move; our descriptor follows it
+    disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
+    reader.join(10)
+    assert out == [data] and dl.verified and ses.t.reads == []
+    assert wait_for(lambda: dl._fd is None, 10, "the descriptor closed after the adoption")
+
+
+def test_a_piece_the_file_cannot_give_is_read_through_libtorrent(tmp_path):
+    """No partial file where the back-end should have written one (a failed disk, a race with the move):
+    the piece is asked of libtorrent instead, and the stream goes on."""
+    data, lt_, ses, store, dl = _setup(tmp_path, from_file=True)
+    name = str(lt_.digest)
+    disp = ses.dispatcher.dispatch
+    disp(Event(PIECE_FINISHED, name, {"piece": 0}))
+    assert ses.t.reads == [0]
+    disp(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
+    assert dl._hash_next == 1
+    dl.abort("test over")
 
 
 def test_readers_wake_only_for_the_pieces_they_wait_for(tmp_path):

@@ -16,19 +16,24 @@ from layerswarm.bridge.node.trackerclient import TrackerClient
 from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, wait_for
 
 
-def test_seed_then_stream_from_swarm(local_tracker, make_peer):
+@pytest.mark.parametrize("disk_io", ["posix", "pread", "mmap"])
+def test_seed_then_stream_from_swarm(local_tracker, make_peer, disk_io):
+    """Every disk back-end: posix's verified pieces are read from the file (one read per piece, none
+    through libtorrent), the others' through read_piece."""
     data = blob_bytes(5_000_000)
     d = Digest.of_bytes(data)
-    seeder = make_peer("seeder", local_tracker.url)
+    seeder = make_peer("seeder", local_tracker.url, session={"disk_io": disk_io})
     info = add(seeder, data)
     assert info.source == "own"
     assert requests.get(f"{local_tracker.url}/metainfo/{d}", timeout=10).status_code == 200
-    leech = make_peer("leech", local_tracker.url)
+    leech = make_peer("leech", local_tracker.url, session={"disk_io": disk_io})
     s = leech.stream(d)
+    dl = s.dl
     out = b"".join(s)
     assert out == data and s.yielded == len(data)
     assert leech.store.path_if_present(d).read_bytes() == data
     assert any(x.digest == d for x in leech.seeding())
+    assert dl._from_file == (disk_io == "posix") and dl.reads >= dl.n
 
 
 def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader(local_tracker, make_peer):

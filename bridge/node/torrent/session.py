@@ -23,7 +23,7 @@ import libtorrent as lt
 
 from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
 from layerswarm.bridge.config import BudgetSection, SessionSection
-from layerswarm.bridge.node.torrent.settings import settings_pack
+from layerswarm.bridge.node.torrent.settings import disk_io_constructor, settings_pack
 from layerswarm.bridge.format.errors import SwarmError, TorrentGone, UserError
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,12 @@ class TorrentSession:
         check_settings(self.cfg.lt_settings)
         pack = settings_pack(self.cfg, secure=tls is not None, budgets=budgets)
         pack["alert_mask"] = int(_ALERT_MASK)
-        self._ses = lt.session(pack)
+        params = lt.session_params()
+        params.settings = pack
+        params.disk_io_constructor = disk_io_constructor(self.cfg)
+        self._ses = lt.session(params)
+        # posix writes and hashes from the file: a piece libtorrent calls verified can be read from there
+        self.verified_pieces_in_file = self.cfg.disk_io == "posix"
         if tls is not None:   # applied once more: the SSL listen socket can vanish otherwise
             self._ses.apply_settings({"listen_interfaces": pack["listen_interfaces"]})
         if budgets is not None and (budgets.upload_budget or budgets.download_budget):

@@ -28,6 +28,11 @@ def budget_settings(upload: int | None, download: int | None) -> dict:
     return s
 
 
+def disk_io_constructor(cfg: SessionSection) -> str:
+    """The disk back-end, by the name libtorrent's Python bindings take for session_params."""
+    return f"{cfg.disk_io}_disk_io_constructor"
+
+
 def settings_pack(cfg: SessionSection, secure: bool = False, budgets: BudgetSection | None = None) -> dict:
     s = {
         "listen_interfaces": listen_interfaces(cfg, secure),
