@@ -17,9 +17,13 @@ from tests.fixtures import LocalTracker, add_blob as add, blob_bytes, run_cli, w
 
 
 @pytest.mark.parametrize("disk_io", ["posix", "pread", "mmap"])
-def test_seed_then_stream_from_swarm(local_tracker, make_peer, disk_io):
-    """Every disk back-end: posix's verified pieces are read from the file (one read per piece, none
-    through libtorrent), the others' through read_piece."""
+def test_seed_then_stream_from_swarm(local_tracker, make_peer, disk_io, monkeypatch):
+    """Every disk back-end: posix's verified pieces are read from the file (none through libtorrent), the
+    others' through read_piece."""
+    from layerswarm.bridge.node.torrent.session import Torrent
+    asked = []
+    read_piece = Torrent.read_piece
+    monkeypatch.setattr(Torrent, "read_piece", lambda t, p: (asked.append(p), read_piece(t, p))[1])
     data = blob_bytes(5_000_000)
     d = Digest.of_bytes(data)
     seeder = make_peer("seeder", local_tracker.url, session={"disk_io": disk_io})
@@ -34,6 +38,7 @@ def test_seed_then_stream_from_swarm(local_tracker, make_peer, disk_io):
     assert leech.store.path_if_present(d).read_bytes() == data
     assert any(x.digest == d for x in leech.seeding())
     assert dl._from_file == (disk_io == "posix") and dl.reads >= dl.n
+    assert (asked == []) == (disk_io == "posix")
 
 
 def test_a_new_download_takes_piece_0_first_then_every_piece_even_with_no_reader(local_tracker, make_peer):
