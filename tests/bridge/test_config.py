@@ -127,7 +127,7 @@ def test_swarm_picking_settings_reach_the_libtorrent_session():
     got = lt.session(settings_pack(cfg.session)).get_settings()
     assert got["max_allowed_in_request_queue"] == 16
     assert got["whole_pieces_threshold"] == 0 and got["initial_picker_threshold"] == 0
-    assert load("--store-dir", "/s").session.peer_request_queue == 8
+    assert load("--store-dir", "/s").session.peer_request_queue == 4
     assert load("--store-dir", "/s").stream.deadline_after == 10.0
     assert load("--store-dir", "/s").stream.stripe_levels == 3
     assert load("--store-dir", "/s", "--stripe-levels", "0").stream.stripe_levels == 0
