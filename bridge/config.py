@@ -381,10 +381,10 @@ class SessionSection:
     alert_batch: float = option(0.0, "seconds the alert thread lets alerts gather after each batch (0: none)",
                                 metavar="S")
     # posix writes each block and hashes each piece from the file on the network thread, so a verified
-    # piece is in the file: streams read it from there (node/stream.py).  pread (libtorrent 2.1's default)
-    # and mmap keep written blocks in a cache and hash from it: the file right after piece_finished held
-    # stale bytes for ~1 piece in 4, so streams read through libtorrent (read_piece: an alert round trip
-    # per piece).  posix blocks the network thread on a page-cache miss; the others do not.
+    # piece is in the file: streams read it from there (node/stream.py).  pread, mmap (and libtorrent's
+    # default) keep written blocks in a cache and hash from it: the file right after piece_finished held
+    # stale bytes for up to 1 piece in 4, so streams read through libtorrent (read_piece: an alert round
+    # trip per piece).  posix blocks the network thread on a page-cache miss; the others do not.
     disk_io: str = option("posix", "libtorrent disk back-end: posix (streams read verified pieces from the "
                           "file), pread or mmap (disk threads, a write cache; pieces read back through "
                           "libtorrent), default (libtorrent's choice)", metavar="NAME")
