@@ -59,8 +59,11 @@ def test_a_request_not_complete_within_the_idle_timeout_is_closed(tmp_path):
             t0 = time.monotonic()
             for s in socks:
                 s.settimeout(30)
-                while s.recv(1 << 16):   # an error answer, if any, then the close
-                    pass
+                try:
+                    while s.recv(1 << 16):   # an error answer, if any, then the close
+                        pass
+                except ConnectionResetError:
+                    pass   # closed with the client's last bytes unread: the kernel resets instead
             assert time.monotonic() - t0 < 15
     finally:
         bridge.stop()
