@@ -20,7 +20,8 @@ limit, and a controller re-splits the budget every ``STEP`` (50 ms):
   do not pile up); libtorrent's becomes its ``upload_rate_limit`` for the step,
   never above the budget itself;
 * quota libtorrent was granted and has not sent yet counts as sent: it leaves
-  later, in one burst.
+  later, in one burst (a debt paid off by what peers send, forgotten after
+  ``OWED_FOR``).
 
 Why not the simpler splits.  libtorrent's limiter alone hands out quota per
 tick and keeps what peers did not use (up to three seconds of it): with a fixed
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 STEP = 0.05          # seconds between two splits
 WINDOW = 1.0         # the budget holds over every window this long
 SLICE = 64 << 10     # the relay asks for tokens per this many bytes at most
+OWED_FOR = 1.0       # seconds a grant libtorrent's peers have not sent is counted as sent
 
 
 class Uploads:
@@ -111,7 +113,9 @@ class UploadBudget(Uploads):
         self._samples: collections.deque = collections.deque()
         self.peer_limit = budget     # libtorrent's upload_rate_limit now
         self._owed = 0.0             # granted to libtorrent, not sent yet (_owed_by_peers)
+        self._grants: collections.deque = collections.deque()   # (time, libtorrent's grant that step)
         self._wire = 0               # libtorrent's bytes sent with message headers, at the last sample
+        self._asked = 0              # bytes peers waited for at the last sample
         session.set_upload_limit(budget)
         self._thread = threading.Thread(target=self._run, name="upload-budget", daemon=True)
 
@@ -202,13 +206,24 @@ class UploadBudget(Uploads):
     def _owed_by_peers(self, c, dt: float) -> None:
         """What libtorrent was granted and has not sent yet: it sends it later, all at once.
 
-        While peers wait for quota (the limit binds) libtorrent grants ``limit x dt`` a step; what
-        they do not send at once stays granted (its channel keeps up to 3 s of quota, requests hold
-        partial grants) and came out later in one step, up to most of a second's budget at once.
-        Counted as already sent, the steps before make room for it."""
+        While peers wait for quota (the limit binds) libtorrent grants up to ``limit x dt`` a step,
+        and no more than they asked for; a grant goes to a peer only once its whole request is met,
+        so a peer whose receiver reads slowly sends little for a while, then its grant in one step,
+        up to a second's budget at once.  Counted as already sent, the steps before make room for
+        it; what peers then send pays it off, waiting or not.  It is never more than the grants of
+        the last ``OWED_FOR`` seconds: a debt that never comes out is forgotten within that.
+        (Capped at 3 x the limit now, it was wiped whenever a full window set the trickle while
+        peers still held their grants: a loopback leecher then got 1.2-1.4x the budget in a second.
+        Counting the step's whole rate as granted, without what peers asked, held a warm seeder to
+        0.4x its budget.)"""
         sent = c.wire - self._wire   # the limit counts message headers too: so does this
-        granted = self.peer_limit * dt if c.queued else sent
-        self._owed = min(max(0.0, self._owed + granted - sent), 3.0 * self.peer_limit)
+        granted = min(self.peer_limit * dt, max(self._asked, c.asked)) if c.queued else 0.0
+        self._asked = c.asked
+        grants = self._grants
+        grants.append((c.at, granted))
+        while grants[0][0] <= c.at - OWED_FOR:
+            grants.popleft()
+        self._owed = min(max(0.0, self._owed + granted - sent), sum(g for _, g in grants))
 
     def totals(self) -> dict:
         with self._lock:

@@ -8,7 +8,7 @@ import time
 import requests
 
 from layerswarm.bridge.config import BudgetSection
-from layerswarm.bridge.node.budget import SLICE, STEP, UploadBudget
+from layerswarm.bridge.node.budget import OWED_FOR, SLICE, STEP, UploadBudget
 from layerswarm.bridge.node.torrent.session import UploadCounters
 from tests.fixtures import add_blob, blob_bytes
 
@@ -19,19 +19,22 @@ class FakeSession:
     """libtorrent's counters as the test sets them; the limits the controller gives."""
 
     def __init__(self):
-        self.at, self.sent, self.wanting, self.queued = 0.0, 0, 0, 0
+        self.at, self.sent, self.wanting, self.queued, self.asked = 0.0, 0, 0, 0, 0
         self.limits = []
 
     def upload_counters(self, wait):
-        return UploadCounters(self.at, self.sent, self.sent, self.wanting, self.queued)
+        return UploadCounters(self.at, self.sent, self.sent, self.wanting, self.queued, self.asked)
 
     def set_upload_limit(self, rate):
         self.limits.append(rate)
 
-    def advance(self, sent: int, wanting: int = 0, queued: int = 0) -> None:
+    def advance(self, sent: int, wanting: int = 0, queued: int = 0, asked: int | None = None) -> None:
+        """One step: ``sent`` bytes went out; ``queued`` peers wait for quota, asking ``asked`` bytes
+        (by default more than a step grants)."""
         self.at += STEP
         self.sent += sent
         self.wanting, self.queued = wanting, queued
+        self.asked = (1 << 30 if queued else 0) if asked is None else asked
 
 
 def test_the_budget_holds_over_a_sliding_second():
@@ -98,6 +101,47 @@ def test_quota_libtorrent_was_granted_and_did_not_send_counts_as_sent():
         b.step()
     assert abs(b._owed - 0.08 * B) < 10
     assert ses.limits[-1] == B // 100                   # without the owed bytes: B
+
+
+def test_a_debt_is_paid_off_by_what_peers_send_and_not_wiped_by_a_trickle():
+    """A leecher that reads slowly: its quota comes out later.  A full window (the trickle) does not
+    forget it; what peers send, waiting for quota or not, pays it off; a debt never paid is forgotten
+    after OWED_FOR."""
+    B = 10 * MIB
+    ses = FakeSession()
+    b = UploadBudget(ses, B)
+    b.step()
+    for _ in range(60):                                 # granted up to 0.05 B a step, 0.04 B sent
+        ses.advance(int(0.04 * B), queued=1)
+        b.step()
+        if ses.limits[-1] == B // 100:
+            break
+    assert ses.limits[-1] == B // 100 and b._owed > 0.1 * B, (b._owed / B, ses.limits[-3:])
+    owed = b._owed
+    ses.advance(int(0.01 * B), queued=1)                # a step at the trickle: the debt stays
+    b.step()
+    assert b._owed > owed - 0.01 * B, b._owed / B      # (3 x the trickle would have been 0.03 B)
+    owed = b._owed
+    ses.advance(int(0.1 * B), queued=0)                 # peers send from the quota they hold
+    b.step()
+    assert abs(b._owed - (owed - 0.1 * B)) < 10
+    for _ in range(int(OWED_FOR / STEP) + 1):           # nothing more comes out: forgotten
+        ses.advance(0)
+        b.step()
+    assert b._owed == 0 and ses.limits[-1] == B
+
+
+def test_peers_that_ask_for_little_owe_no_more_than_they_asked():
+    """Fast receivers ask the limiter for a block or two at a time: libtorrent grants what they ask, not
+    the whole step's rate (counting that as owed held a warm seeder to 0.4x its budget)."""
+    B = 10 * MIB
+    ses = FakeSession()
+    b = UploadBudget(ses, B)
+    b.step()
+    for _ in range(20):
+        ses.advance(int(0.005 * B), wanting=3, queued=2, asked=int(0.005 * B))
+        b.step()
+    assert b._owed == 0 and ses.limits[-1] == B
 
 
 def _windows(samples: list) -> list:

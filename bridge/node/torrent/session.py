@@ -48,12 +48,23 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 _SSL_SOCKET = 1 << 18   # peer_info::ssl_socket, a flag the Python bindings do not name
 
 
+def new_session(pack: dict, disk_io: str):
+    """A libtorrent session with settings ``pack`` on the disk back-end ``disk_io`` (a constructor's
+    name, settings.disk_io_constructor): the back-end can only be chosen when the session is made.
+    The benchmarks' raw sessions are made here too, so they run on what the bridges run on."""
+    params = lt.session_params()
+    params.settings = pack
+    params.disk_io_constructor = disk_io
+    return lt.session(params)
+
+
 class UploadCounters(NamedTuple):
     at: float       # when they were read (time.monotonic)
     sent: int       # payload bytes sent to peers so far
     wire: int       # and with BitTorrent's own messages: what the rate limit counts
     wanting: int    # peers with requests to us
     queued: int     # peers waiting for upload quota (the rate limit binds)
+    asked: int = 0  # bytes those peers asked the limiter for and have not been granted yet
 
 
 class Torrent:
@@ -162,10 +173,7 @@ class TorrentSession:
         check_settings(self.cfg.lt_settings)
         pack = settings_pack(self.cfg, secure=tls is not None, budgets=budgets)
         pack["alert_mask"] = int(_ALERT_MASK)
-        params = lt.session_params()
-        params.settings = pack
-        params.disk_io_constructor = disk_io_constructor(self.cfg)
-        self._ses = lt.session(params)
+        self._ses = new_session(pack, disk_io_constructor(self.cfg))
         # posix writes and hashes from the file: a piece libtorrent calls verified can be read from there
         self.verified_pieces_in_file = self.cfg.disk_io == "posix"
         if tls is not None:   # applied once more: the SSL listen socket can vanish otherwise
@@ -173,7 +181,7 @@ class TorrentSession:
         if budgets is not None and (budgets.upload_budget or budgets.download_budget):
             self._limit_every_peer()
         self._stats_cond = threading.Condition()
-        self._stats = UploadCounters(0.0, 0, 0, 0, 0)
+        self._stats = UploadCounters(0.0, 0, 0, 0, 0, 0)
         self.dispatcher = Dispatcher()
         self._torrents: dict = {}
         self._removing: dict = {}
@@ -211,7 +219,8 @@ class TorrentSession:
     def _on_stats(self, values) -> None:
         with self._stats_cond:
             self._stats = UploadCounters(time.monotonic(), values["net.sent_payload_bytes"], values["net.sent_bytes"],
-                                         values["peer.num_peers_up_requests"], values["net.limiter_up_queue"])
+                                         values["peer.num_peers_up_requests"], values["net.limiter_up_queue"],
+                                         values["net.limiter_up_bytes"])
             self._stats_cond.notify_all()
 
     # -- alerts -----------------------------------------------------------
