@@ -153,14 +153,13 @@ def role_raw(a):
     import libtorrent as lt
     import requests
     from layerswarm.bridge.config import SessionSection
+    from layerswarm.bridge.node.torrent.session import new_session
     from layerswarm.bridge.node.torrent.settings import disk_io_constructor, settings_pack
     cfg = SessionSection(peer_listen="127.0.0.1:0", utp=a.utp)
     cat = lt.alert.category_t
-    params = lt.session_params()
-    params.settings = {**settings_pack(cfg), "alert_mask": int(cat.status_notification | cat.piece_progress_notification
-                                                               | cat.storage_notification)}
-    params.disk_io_constructor = disk_io_constructor(cfg)   # the bridges' disk back-end too
-    ses = lt.session(params)
+    pack = {**settings_pack(cfg), "alert_mask": int(cat.status_notification | cat.piece_progress_notification
+                                                    | cat.storage_notification)}
+    ses = new_session(pack, disk_io_constructor(cfg))   # the bridges' disk back-end too
     meta = requests.get(f"{a.tracker}/metainfo/{a.digest}", timeout=10).content
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(lt.bdecode(meta))

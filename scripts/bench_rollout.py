@@ -285,15 +285,13 @@ def raw_main(a) -> int:
     """
     import libtorrent as lt
     from layerswarm.bridge.format.digest import Digest
+    from layerswarm.bridge.node.torrent.session import new_session
     from layerswarm.bridge.node.trackerclient import TrackerClient
     pack, disk_io = raw_settings(a.settings, a.dir, json.loads(a.bridge_args))
     cat = lt.alert.category_t
     pack["alert_mask"] = int(cat.error_notification | cat.status_notification | cat.piece_progress_notification
                              | cat.storage_notification)
-    params = lt.session_params()
-    params.settings = pack
-    params.disk_io_constructor = disk_io
-    ses = lt.session(params)
+    ses = new_session(pack, disk_io)
     tracker = TrackerClient(a.tracker)
     torrents = [tracker.get_metainfo(Digest.parse(d)) for d in a.digest]
     res = {"host": a.host, "settings": a.settings, "errors": [], "done_s": None,

@@ -71,7 +71,7 @@ class Download:
         self._on_done = on_done          # (download, verified): it ended; a verified one before its readers know
         self._cond = threading.Condition()
         self._have = bytearray(self.n)
-        self._reads: dict = {}           # piece -> time read_piece was asked
+        self._reads: dict = {}           # piece -> when its read began (from the file or read_piece)
         self._wants: dict = {}           # piece -> set of reader tokens waiting for it
         self._bufs: dict = {}            # reader token -> {piece: bytes} read for that reader
         # piece -> bytes: the last pieces read, oldest first, for whichever of the hash cursor and the
@@ -79,7 +79,7 @@ class Download:
         # read_piece per piece instead of ~1.5.  Bounded like the readers' own buffers.
         self._kept: dict = {}
         self._keep = 2 * (self.cfg.prefetch + 1)
-        self.reads = 0                   # read_piece calls (one per piece when the cursor and readers share)
+        self.reads = 0                   # piece reads, file or read_piece (one a piece when cursor and readers share)
         self._whole: set = set()         # tokens of readers from byte 0: given only pieces already hashed
         self._tokens = itertools.count()
         self._hash_next = 0
