@@ -207,9 +207,9 @@ class UploadBudget(Uploads):
         """What libtorrent was granted and has not sent yet: it sends it later, all at once.
 
         While peers wait for quota (the limit binds) libtorrent grants up to ``limit x dt`` a step,
-        and no more than they asked for; a grant goes to a peer only once its whole request is met,
-        so a peer whose receiver reads slowly sends little for a while, then its grant in one step,
-        up to a second's budget at once.  Counted as already sent, the steps before make room for
+        and no more than they asked for (``net.limiter_up_bytes``); a peer gets its grant once its
+        whole request is met (or after 20 ticks), so a peer whose receiver reads slowly sends little
+        for a while, then its grant in one step, up to a second's budget at once.  Counted as already sent, the steps before make room for
         it; what peers then send pays it off, waiting or not.  It is never more than the grants of
         the last ``OWED_FOR`` seconds: a debt that never comes out is forgotten within that.
         (Capped at 3 x the limit now, it was wiped whenever a full window set the trickle while
