@@ -209,9 +209,10 @@ class UploadBudget(Uploads):
         While peers wait for quota (the limit binds) libtorrent grants up to ``limit x dt`` a step,
         and no more than they asked for (``net.limiter_up_bytes``); a peer gets its grant once its
         whole request is met (or after 20 ticks), so a peer whose receiver reads slowly sends little
-        for a while, then its grant in one step, up to a second's budget at once.  Counted as already sent, the steps before make room for
-        it; what peers then send pays it off, waiting or not.  It is never more than the grants of
-        the last ``OWED_FOR`` seconds: a debt that never comes out is forgotten within that.
+        for a while, then its grant in one step, up to a second's budget at once.  Counted as already
+        sent, the steps before make room for it; what peers then send pays it off, waiting or not.
+        It is never more than the grants of the last ``OWED_FOR`` seconds: a debt that never comes
+        out is forgotten within that.
         (Capped at 3 x the limit now, it was wiped whenever a full window set the trickle while
         peers still held their grants: a loopback leecher then got 1.2-1.4x the budget in a second.
         Counting the step's whole rate as granted, without what peers asked, held a warm seeder to

@@ -283,7 +283,8 @@ class Download:
             for token in self._wants.pop(p, ()):
                 if token in self._bufs:
                     self._bufs[token][p] = buf
-                    given = True
+                    # a reader from byte 0 gets it once the cursor has passed it (then woken below)
+                    given = given or token not in self._whole or p < self._hash_next
             while p == self._hash_next:
                 self._sha.update(buf)
                 self._hash_next += 1

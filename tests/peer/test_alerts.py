@@ -209,13 +209,18 @@ def test_a_whole_reader_gets_a_piece_read_out_of_order_only_once_hashed_and_runs
     data, lt_, ses, store, dl = _setup(tmp_path, 6 * tf.MIN_PIECE + 1000, first_piece_gate=0, prefetch=2)
     name, disp = str(lt_.digest), ses.dispatcher.dispatch
     token = dl.add_reader(from_start=True)
+    wakes = []
+    notify_all = dl._cond.notify_all
+    dl._cond.notify_all = lambda: (wakes.append(1), notify_all())
     dl.request(token, 0)                          # wants 0, 1, 2
     for p in (1, 2):                              # finished and read before piece 0 (out of order)
         disp(Event(PIECE_FINISHED, name, {"piece": p}))
         disp(Event(PIECE_READ, name, {"piece": p, "buffer": _piece(lt_, data, p)}))
     assert dl.take_run(token, 1) == []            # read for the reader, not hashed yet
+    assert wakes == []                            # so it is not woken for them (it could take nothing)
     disp(Event(PIECE_FINISHED, name, {"piece": 0}))
     disp(Event(PIECE_READ, name, {"piece": 0, "buffer": _piece(lt_, data, 0)}))
+    assert wakes == [1]                           # once, when the cursor passed 0, 1 and 2
     assert dl.take(token, 0, last=False) == _piece(lt_, data, 0)
     # the cursor hashed 1 and 2 from the copies read for the reader: no second read, and they are ready
     assert [ses.t.reads.count(p) for p in (0, 1, 2)] == [1, 1, 1]
