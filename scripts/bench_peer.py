@@ -7,7 +7,8 @@ through a real tracker on loopback, in the same run:
 * throughput ratio = raw makespan / our makespan (goal >= 0.8)
 * p99 time to first byte of our stream readers (goal <= 1 s)
 * peak anonymous RSS (RssAnon) of one peer streaming a 1 GiB layer (goal <= 150 MiB)
-* CPU per MB of each peer process, ours (streamed to an in-process reader) vs raw (whole, flushed)
+* CPU per MB of each peer process, ours (streamed to an in-process reader, with the bridge's
+  garbage-collector settings) vs raw (whole, flushed)
 
 Every peer is its own process; all start on one "go".  ``--utp`` runs the
 same with uTP instead of TCP (the transport choice in the [session] configuration).
@@ -70,11 +71,13 @@ def role_seeder(a):
 
 def role_ours(a):
     from layerswarm.bridge.format.digest import Digest
+    from layerswarm.bridge.http.server import settle_garbage_collector
     from layerswarm.bridge.config import SessionSection, StreamSection
     from layerswarm.bridge.node.peer import Peer
     peer = Peer.open(a.workdir, a.tracker, session=SessionSection(peer_listen="127.0.0.1:0", utp=a.utp),
                      host_id=os.path.basename(a.workdir),
                      stream=StreamSection(stall_timeout=60, window_bytes=int(a.window_mib * (1 << 20))))
+    settle_garbage_collector()   # as the bridge does before its first request
     peak = [rss_anon_kib()]
     stop = threading.Event()
 

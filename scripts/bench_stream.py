@@ -13,7 +13,7 @@ asks of them); the store, the dispatcher, the download and the reader are the br
 640 MB/s at 128 KiB pieces), in order or shuffled within windows of 32 (rarest-first); the event pacing's
 own CPU is measured too and taken out of both sides.  Rounds alternate the two sides::
 
-    .venv/bin/python scripts/bench_stream.py [--size-mib 64] [--gap 0.0002] [--rounds 9] [--json out.json]
+    .venv/bin/python scripts/bench_stream.py [--size-mib 64] [--gap 0.0002] [--rounds 9] [--json out.json] [--default-gc]
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from pathlib import Path
 from layerswarm.bridge.config import StreamSection
 from layerswarm.bridge.format import layertorrent as tf
 from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.http.server import settle_garbage_collector
 from layerswarm.bridge.node.store import LayerStore
 from layerswarm.bridge.node.stream import Download
 from layerswarm.bridge.node.torrent.alerts import MOVED, PIECE_FINISHED, Dispatcher, Event
@@ -168,9 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--gap", type=float, default=0.0002, help="seconds between piece events")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="keep Python's garbage-collector settings (the bridge settles them at start-up)")
     a = ap.parse_args(argv)
     if a.size_mib < 1 or a.rounds < 1 or not 0 <= a.gap <= 0.1:
         ap.error("wants --size-mib >= 1, --rounds >= 1 and --gap from 0 to 0.1")
+    if not a.default_gc:
+        settle_garbage_collector()   # as the bridge does before its first request
     with tempfile.TemporaryDirectory(prefix="bench-stream-blob-") as tmp:
         blob = Path(tmp) / "blob"
         data = os.urandom(a.size_mib << 20)
