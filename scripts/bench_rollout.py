@@ -80,6 +80,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -684,9 +685,10 @@ class Bench:
             watch = {**watch, **{h.name: p.pid for h, _, p in clients}}
         cpu_watch = {**watch, **(extra_cpu or {})}
         before = self.fleet.snapshot()
-        sampler = RssSampler(watch)
+        sampler = TreeSampler(watch)
         sampler.start()
         cpu0 = {k: cpu_tree(pid) for k, pid in cpu_watch.items()}
+        threads0 = {k: thread_cpu(pid) for k, pid in watch.items()}
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         mach0 = machine_cpu()
         t0 = time.time() + 0.3
@@ -699,6 +701,7 @@ class Bench:
                 time.sleep(0.05)
             timed_out = [h.name for h, o, p in clients if p.alive() and not o.exists()]
             cpu1 = {k: cpu_tree(pid) for k, pid in cpu_watch.items()}
+            threads1 = {k: thread_cpu(pid) for k, pid in watch.items()}
             mach1 = machine_cpu()
         finally:
             for _, _, p in clients:
@@ -742,11 +745,14 @@ class Bench:
         }
         res.update(sampler.result())
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        servers_s = sum(cpu1[k] - cpu0[k] for k in watch)
         res["cpu_s"] = {"watched": _r(sum(cpu1[k] - cpu0[k] for k in cpu_watch)),
-                        "servers": _r(sum(cpu1[k] - cpu0[k] for k in watch)),
+                        "servers": _r(servers_s),
                         "per_process": {k: _r(cpu1[k] - cpu0[k], 2) for k in cpu_watch},
                         "clients": _r(kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime),
-                        "machine_busy": _r(mach1[0] - mach0[0]), "machine_total": _r(mach1[1] - mach0[1])}
+                        "machine_busy": _r(mach1[0] - mach0[0]), "machine_total": _r(mach1[1] - mach0[1]),
+                        "servers_by_thread": threads_delta(
+                            threads0, {k: {**sampler.threads[k], **threads1[k]} for k in watch}, servers_s)}
         # the machine is shared: a rollout that kept it this busy measured the machine, not the fleet
         busy = (mach1[0] - mach0[0]) / max(1e-9, mach1[1] - mach0[1])
         res["machine_busy_pct"] = _r(100 * busy, 1)
@@ -1142,6 +1148,8 @@ def add_cpu_per_mb(res: dict, delivered: dict) -> None:
     res["delivered_MB_by_source"] = {k: _r(v / MB, 2) for k, v in delivered.items()}
     servers = (res.get("cpu_s") or {}).get("servers")
     res["cpu_ms_per_MB"] = _r(1000 * servers / (total / MB), 2) if total and servers is not None else None
+    by_thread = (res.get("cpu_s") or {}).get("servers_by_thread") or {}
+    res["cpu_ms_per_MB_by_thread"] = {k: _r(1000 * v / (total / MB), 2) for k, v in by_thread.items()} if total else {}
 
 
 def cleanup_scratch(parent: str | None = None) -> list:
@@ -1195,6 +1203,9 @@ def finish_row(row: dict) -> None:
         row[f"ttfb_p99_{s}_s"] = median(r.get("ttfb_p99_s") for r in runs)
         row[f"origin_bytes_ratio_{s}"] = median(r.get("origin_bytes_ratio") for r in runs)
         row[f"cpu_ms_per_MB_{s}"] = median(r.get("cpu_ms_per_MB") for r in runs)
+        kinds = sorted({k for r in runs for k in r.get("cpu_ms_per_MB_by_thread") or {}})
+        row[f"cpu_ms_per_MB_by_thread_{s}"] = {k: median((r.get("cpu_ms_per_MB_by_thread") or {}).get(k, 0.0)
+                                                         for r in runs) for k in kinds}
         for k in ("p50_s", "p99_s", "rss_anon_peak_kib"):
             row[f"{s}_{k}"] = median(r.get(k) for r in runs)
         if s in SEEDED:
@@ -1299,6 +1310,48 @@ def _children() -> dict:
     return kids
 
 
+def thread_kind(comm: str) -> str:
+    """A thread's OS name without its number: client-app_3 -> client-app (bridge/format/threadnames.py)."""
+    return re.sub(r"_\d+$", "", comm)
+
+
+def thread_cpu(pid: int, kids: dict | None = None) -> dict:
+    """CPU seconds so far of each thread in ``pid``'s process tree: {(pid, tid): (kind, seconds)}."""
+    kids = kids if kids is not None else _children()
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            tids = []
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/stat") as f:
+                    stat = f.read()
+                comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+                out[(p, int(t))] = (thread_kind(comm), (int(rest[11]) + int(rest[12])) / tick)
+            except (OSError, IndexError, ValueError):
+                continue
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def threads_delta(before: dict, after: dict, total: float) -> dict:
+    """CPU seconds between two thread_cpu readings of each watched tree, summed by kind of thread;
+    "(rest)" is ``total`` (the trees' own CPU) less the threads': threads that ended between two
+    samples, and each thread's clock-tick rounding (about 0.1 s of 2 s over 4 bridges)."""
+    by_kind: dict = {}
+    for k, now in after.items():
+        was = before.get(k, {})
+        for key, (kind, secs) in now.items():
+            by_kind[kind] = by_kind.get(kind, 0.0) + secs - (was[key][1] if key in was else 0.0)
+    by_kind["(rest)"] = max(0.0, total - sum(by_kind.values()))
+    return {k: _r(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}
+
+
 def cpu_tree(pid: int, kids: dict | None = None) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
     kids = kids if kids is not None else _children()
@@ -1352,13 +1405,15 @@ def rss_anon_tree(pid: int, kids: dict | None = None) -> int:
     return total
 
 
-class RssSampler:
-    """Peak anonymous RSS of some process trees, sampled every ``period`` seconds."""
+class TreeSampler:
+    """Peak anonymous RSS of some process trees, and the last CPU time seen of each of their threads
+    (thread_cpu: threads that end before the rollout does keep their kind), every ``period`` seconds."""
 
     def __init__(self, pids: dict, period: float = 0.25):
         self.pids = pids
         self.period = period
         self.peak = {k: 0 for k in pids}
+        self.threads = {k: {} for k in pids}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
@@ -1371,6 +1426,7 @@ class RssSampler:
             kids = _children()
             for k, pid in self.pids.items():
                 self.peak[k] = max(self.peak[k], rss_anon_tree(pid, kids))
+                self.threads[k].update(thread_cpu(pid, kids))
             self._stop.wait(self.period)
 
     def stop(self):
@@ -1473,6 +1529,12 @@ def markdown(out: dict) -> str:
             f"| {' / '.join(_fmt(r.get(f'cpu_ms_per_MB_{s}'), '') for s in trio)} | {_mix(r, 'warm')} "
             f"| {_mix(r, 'cold')} "
             f"| {' / '.join(_fmt(r.get(f'origin_bytes_ratio_{s}'), '') for s in ('cold', 'direct', 'cache'))} |")
+    threads = [f"N={r['n']} {s}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                 sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+               for r in rows for s in ("raw", "warm", "cold") if (by := r.get(f"cpu_ms_per_MB_by_thread_{s}"))]
+    if threads:
+        lines += ["", "CPU ms per MB by thread (medians; OS thread names, bridge/format/threadnames.py; "
+                  "raw: the sessions' own threads): " + "; ".join(threads) + "."]
     if out.get("runs"):
         lines += ["", f"{out['machine_bound_runs']} of {out['runs']} runs were machine-bound."]
     lines += secure_markdown(out)

@@ -36,6 +36,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
 from layerswarm.bridge.format.errors import UserError
+from layerswarm.bridge.format.threadnames import name_this_thread
 
 log = logging.getLogger("layerswarm.serve")
 
@@ -69,14 +70,14 @@ class Listener:
         self.name, self.app, self.host, self.port = name, app, host.strip("[]"), int(port)
         self.write_timeout, self.idle_timeout, self.grace = write_timeout, idle_timeout, grace
         self.ssl_context, self.backlog, self.access_log = ssl_context, backlog, access_log
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"{name}-app")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"{name}-app", initializer=name_this_thread)
         self.loop = asyncio.new_event_loop()
         self._runner: web.ServerRunner | None = None
         self._lock = threading.Lock()
         self._writes: set = set()     # chunk writes app threads wait on
         self._stopping = False
         self._in_flight = 0           # requests being answered (touched on the loop only)
-        self._thread = threading.Thread(target=self.loop.run_forever, name=f"{name}-loop", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name=f"{name}-loop", daemon=True)
 
     def start(self) -> None:
         """Bind (a UserError naming the address when it cannot) and start serving."""
@@ -88,6 +89,10 @@ class Listener:
         self.port = sock.getsockname()[1]
         self.loop.run_until_complete(self._serve(sock))
         self._thread.start()
+
+    def _run_loop(self) -> None:
+        name_this_thread()
+        self.loop.run_forever()
 
     async def _serve(self, sock: socket.socket) -> None:
         # A connection that has not sent a whole request within idle_timeout is closed: slow

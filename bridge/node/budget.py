@@ -40,6 +40,8 @@ import logging
 import threading
 import time
 
+from layerswarm.bridge.format.threadnames import name_this_thread
+
 log = logging.getLogger(__name__)
 
 STEP = 0.05          # seconds between two splits
@@ -154,6 +156,7 @@ class UploadBudget(Uploads):
 
     # -- the controller -----------------------------------------------------------------
     def _run(self) -> None:
+        name_this_thread()
         while not self._closed:
             started = time.monotonic()
             try:

@@ -5,6 +5,8 @@ import logging
 import queue
 import threading
 
+from layerswarm.bridge.format.threadnames import name_this_thread
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class Worker:
         self._q.put(None)
 
     def _run(self) -> None:
+        name_this_thread("dl-worker")
         while (item := self._q.get()) is not None:
             fn, args = item
             try:

@@ -20,6 +20,7 @@ from typing import Callable
 from layerswarm.bridge.config import BridgeConfig
 from layerswarm.bridge.format.errors import DigestMismatch, RegistryError, StoreFull, SwarmError, TrackerUnavailable, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
+from layerswarm.bridge.format.threadnames import name_this_thread
 from layerswarm.bridge.sources.blobs import BlobRequest
 
 log = logging.getLogger("layerswarm.swarm")
@@ -78,6 +79,7 @@ class Fetch:
 
     # -- the fetch thread -------------------------------------------------
     def _run(self) -> None:
+        name_this_thread("fetch")
         held_slot = False
         try:
             source = None

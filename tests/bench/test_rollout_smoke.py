@@ -111,6 +111,12 @@ def test_rollout_smoke(tmp_path):
     assert row["seeder_upload_F"] == pytest.approx(row["scenarios"]["warm"]["seeder_upload_F"], abs=1e-3)
     assert row["warm_over_raw"] == pytest.approx(row["warm_s"] / row["raw_s"], rel=0.01)
     assert row["scenarios"]["warm"]["delivered_MB_by_source"]["peer"] > 0
+    # the serving processes' CPU by kind of thread (OS thread names): libtorrent's and the bridge's own
+    warm_threads = row["scenarios"]["warm"]["cpu_s"]["servers_by_thread"]
+    assert warm_threads["libtorrent"] > 0 and {"lt-alerts", "client-app", "client-loop", "(rest)"} <= set(warm_threads)
+    assert sum(warm_threads.values()) == pytest.approx(row["scenarios"]["warm"]["cpu_s"]["servers"], abs=0.1)
+    assert raw["cpu_s"]["servers_by_thread"]["libtorrent"] > 0
+    assert row["cpu_ms_per_MB_by_thread_warm"]["libtorrent"] > 0
     # direct: every host fetched F from the origin; counters minus header overhead must say so
     assert row["origin_bytes_ratio_direct"] == pytest.approx(N, rel=0.03)
     # a pull-through cache fetches each blob at least once

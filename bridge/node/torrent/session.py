@@ -25,6 +25,7 @@ from layerswarm.bridge.node.torrent.alerts import Dispatcher, to_event
 from layerswarm.bridge.config import BudgetSection, SessionSection
 from layerswarm.bridge.node.torrent.settings import disk_io_constructor, settings_pack
 from layerswarm.bridge.format.errors import SwarmError, TorrentGone, UserError
+from layerswarm.bridge.format.threadnames import name_this_thread, native_threads_named
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def new_session(pack: dict, disk_io: str):
     params = lt.session_params()
     params.settings = pack
     params.disk_io_constructor = disk_io
-    return lt.session(params)
+    with native_threads_named("libtorrent"):   # its network and disk threads, told apart in /proc
+        return lt.session(params)
 
 
 class UploadCounters(NamedTuple):
@@ -225,6 +227,7 @@ class TorrentSession:
 
     # -- alerts -----------------------------------------------------------
     def _alert_loop(self) -> None:
+        name_this_thread()
         while not self._stop.is_set():
             if self._tls is not None:
                 self._check_rotation()
