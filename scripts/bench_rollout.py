@@ -1329,10 +1329,16 @@ def thread_cpu(pid: int, kids: dict | None = None) -> dict:
             tids = []
         for t in tids:
             try:
-                with open(f"/proc/{p}/task/{t}/stat") as f:
-                    stat = f.read()
-                comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-                out[(p, int(t))] = (thread_kind(comm), (int(rest[11]) + int(rest[12])) / tick)
+                with open(f"/proc/{p}/task/{t}/comm") as f:
+                    kind = thread_kind(f.read().strip())
+                try:   # nanoseconds on the CPU: a thread's utime and stime are whole clock ticks each
+                    with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                        secs = int(f.read().split()[0]) / 1e9
+                except OSError:
+                    with open(f"/proc/{p}/task/{t}/stat") as f:
+                        rest = f.read().rsplit(")", 1)[1].split()
+                    secs = (int(rest[11]) + int(rest[12])) / tick
+                out[(p, int(t))] = (kind, secs)
             except (OSError, IndexError, ValueError):
                 continue
         stack.extend(kids.get(p, []))
@@ -1341,8 +1347,8 @@ def thread_cpu(pid: int, kids: dict | None = None) -> dict:
 
 def threads_delta(before: dict, after: dict, total: float) -> dict:
     """CPU seconds between two thread_cpu readings of each watched tree, summed by kind of thread;
-    "(rest)" is ``total`` (the trees' own CPU) less the threads': threads that ended between two
-    samples, and each thread's clock-tick rounding (about 0.1 s of 2 s over 4 bridges)."""
+    "(rest)" is ``total`` (the trees' own CPU, in clock ticks) less the threads': threads that ended
+    between two samples, and the rounding of ``total``."""
     by_kind: dict = {}
     for k, now in after.items():
         was = before.get(k, {})
@@ -1409,7 +1415,7 @@ class TreeSampler:
     """Peak anonymous RSS of some process trees, and the last CPU time seen of each of their threads
     (thread_cpu: threads that end before the rollout does keep their kind), every ``period`` seconds."""
 
-    def __init__(self, pids: dict, period: float = 0.25):
+    def __init__(self, pids: dict, period: float = 0.05):
         self.pids = pids
         self.period = period
         self.peak = {k: 0 for k in pids}
