@@ -1154,7 +1154,6 @@ def add_cpu_per_mb(res: dict, delivered: dict) -> None:
 
 def cleanup_scratch(parent: str | None = None) -> list:
     """Remove scratch directories (lsb-bench-<pid>-*) of runs whose process is gone."""
-    import re
     removed = []
     base = Path(parent or tempfile.gettempdir())
     for d in base.glob("lsb-bench-*"):
@@ -1267,7 +1266,6 @@ def secure_summary(pairs: list) -> dict:
 
 
 def parse_wrk(text: str, url: str) -> dict:
-    import re
     res = {"url": url}
     units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", text)
@@ -1317,31 +1315,25 @@ def thread_kind(comm: str) -> str:
 
 def thread_cpu(pid: int, kids: dict | None = None) -> dict:
     """CPU seconds so far of each thread in ``pid``'s process tree: {(pid, tid): (kind, seconds)}."""
-    kids = kids if kids is not None else _children()
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+    for p in _tree(pid, kids):
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
-            tids = []
+            continue
         for t in tids:
+            task = f"/proc/{p}/task/{t}"
             try:
-                with open(f"/proc/{p}/task/{t}/comm") as f:
+                with open(f"{task}/comm") as f:
                     kind = thread_kind(f.read().strip())
                 try:   # nanoseconds on the CPU: a thread's utime and stime are whole clock ticks each
-                    with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    with open(f"{task}/schedstat") as f:
                         secs = int(f.read().split()[0]) / 1e9
                 except OSError:
-                    with open(f"/proc/{p}/task/{t}/stat") as f:
-                        rest = f.read().rsplit(")", 1)[1].split()
-                    secs = (int(rest[11]) + int(rest[12])) / tick
+                    secs = _stat_cpu(f"{task}/stat")
                 out[(p, int(t))] = (kind, secs)
             except (OSError, IndexError, ValueError):
                 continue
-        stack.extend(kids.get(p, []))
     return out
 
 
@@ -1358,22 +1350,32 @@ def threads_delta(before: dict, after: dict, total: float) -> dict:
     return {k: _r(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}
 
 
-def cpu_tree(pid: int, kids: dict | None = None) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+def _tree(pid: int, kids: dict | None = None):
+    """``pid`` and all its descendants (``kids``: _children(), read now if not given)."""
     kids = kids if kids is not None else _children()
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
     stack = [pid]
     while stack:
         p = stack.pop()
+        yield p
+        stack.extend(kids.get(p, []))
+
+
+def _stat_cpu(path: str) -> float:
+    """CPU seconds (utime + stime) in a /proc stat file (a process's or a thread's)."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_tree(pid: int, kids: dict | None = None) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and all its descendants."""
+    total = 0.0
+    for p in _tree(pid, kids):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])   # utime, stime
+            total += _stat_cpu(f"/proc/{p}/stat")
         except (OSError, IndexError, ValueError):
             pass
-        stack.extend(kids.get(p, []))
-    return total / tick
+    return total
 
 
 def machine_busy(seconds: float) -> float:
@@ -1394,11 +1396,8 @@ def machine_cpu() -> tuple:
 
 def rss_anon_tree(pid: int, kids: dict | None = None) -> int:
     """RssAnon (KiB) of ``pid`` and all its descendants."""
-    kids = kids if kids is not None else _children()
     total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+    for p in _tree(pid, kids):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -1407,7 +1406,6 @@ def rss_anon_tree(pid: int, kids: dict | None = None) -> int:
                         break
         except OSError:
             pass
-        stack.extend(kids.get(p, []))
     return total
 
 

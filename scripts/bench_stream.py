@@ -136,7 +136,7 @@ def run_ours(blob: Path, lt_: tf.LayerTorrent, order: list, gap: float) -> float
         return cpu
 
 
-def run_floor(blob: Path, lt_: tf.LayerTorrent, order: list, gap: float) -> float:
+def run_floor(blob: Path, lt_: tf.LayerTorrent, gap: float) -> float:
     """CPU seconds of reading each piece once, in order, into the sha256 (paced like the events)."""
     fd = os.open(blob, os.O_RDONLY)
     try:
@@ -155,7 +155,7 @@ def run_floor(blob: Path, lt_: tf.LayerTorrent, order: list, gap: float) -> floa
     return cpu
 
 
-def run_floor_pacing(n: int, gap: float) -> float:
+def run_pacing(n: int, gap: float) -> float:
     """CPU seconds the event pacing costs by itself (the sleeps between events)."""
     cpu0 = time.process_time()
     pace(range(n), gap)
@@ -190,9 +190,9 @@ def main(argv=None) -> int:
             order = piece_order(lt_.num_pieces, kind == "shuffled")
             rows = []
             for _ in range(a.rounds):   # alternating: the machine is shared
-                pacing = run_floor_pacing(lt_.num_pieces, a.gap)
+                pacing = run_pacing(lt_.num_pieces, a.gap)
                 ours = run_ours(blob, lt_, order, a.gap) - pacing
-                floor = run_floor(blob, lt_, order, a.gap) - pacing
+                floor = run_floor(blob, lt_, a.gap) - pacing
                 rows.append({"ours_ms_per_MB": 1000 * ours / mb, "floor_ms_per_MB": 1000 * floor / mb,
                              "ratio": ours / floor if floor > 0 else None})
             med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
