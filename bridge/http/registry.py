@@ -25,6 +25,7 @@ from werkzeug.wsgi import wrap_file
 from layerswarm.bridge.authz.credentials import parse_authorization
 from layerswarm.bridge.format import errors
 from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.directsend import SLOT_KEY
 from layerswarm.bridge.format.errors import InvalidDigest
 from layerswarm.bridge.format.mediatypes import layer_digests
 from layerswarm.bridge.sources.blobs import BlobRequest, BlobResponse
@@ -139,7 +140,8 @@ def _blob(st, grant, parsed: ApiPath, head: bool) -> Response:
     rng = ByteRange.parse(request.headers.get("Range"))
     st.gate.require(grant, "blobs", digest)
     res: BlobResponse = st.blobs.open(BlobRequest(grant.upstream, grant.repo, digest, rng, head,
-                                                  auth=grant.fetch_auth, shareable=grant.shareable))
+                                                  auth=grant.fetch_auth, shareable=grant.shareable,
+                                                  socket=request.environ.get(SLOT_KEY)))
     headers = {"Content-Type": res.content_type, "Docker-Content-Digest": str(digest),
                "Content-Length": str(max(res.length, 0)), "Accept-Ranges": "bytes",
                "ETag": f'"{digest}"', "Cache-Control": "max-age=31536000"}

@@ -35,6 +35,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
+from layerswarm.bridge.format.directsend import SLOT_KEY, Sent, SocketSlot
 from layerswarm.bridge.format.errors import UserError
 from layerswarm.bridge.format.threadnames import name_this_thread
 
@@ -160,6 +161,8 @@ class Listener:
             body = io.BufferedReader(_StreamedBody(request.content, self.loop, self.write_timeout))
         loop = asyncio.get_running_loop()
         environ = _environ(request, body, "https" if self.ssl_context else "http")
+        if self.ssl_context is None:   # the socket _pump_socket may offer the app (format/directsend.py)
+            environ[SLOT_KEY] = SocketSlot()
         status, headers, chunks, first = await loop.run_in_executor(self.pool, _start, self.app, environ)
         code, _, reason = status.partition(" ")
         resp = web.StreamResponse(status=int(code), reason=reason or None)
@@ -182,7 +185,8 @@ class Listener:
                 # that it runs even if this handler is cancelled before a pool thread took it.
                 pumped = True
                 if fd is not None:
-                    await asyncio.shield(loop.run_in_executor(self.pool, self._pump_socket, chunks, fd))
+                    await asyncio.shield(loop.run_in_executor(self.pool, self._pump_socket, chunks, fd,
+                                                              environ.get(SLOT_KEY)))
                 else:
                     await asyncio.shield(loop.run_in_executor(self.pool, self._pump, chunks, resp, request))
             await resp.write_eof()
@@ -251,13 +255,20 @@ class Listener:
         # thread write to a recycled descriptor; it shares the socket's non-blocking mode.
         return os.dup(sock.fileno())
 
-    def _pump_socket(self, chunks, fd: int) -> None:
+    def _pump_socket(self, chunks, fd: int, slot: SocketSlot | None = None) -> None:
         """In an app thread: the rest of the body straight to the socket (``fd``, closed here), waiting
-        while the client is slow, up to the write deadline, and checking for a stop meanwhile."""
+        while the client is slow, up to the write deadline, and checking for a stop meanwhile.  The
+        socket is offered to the app in ``slot``: what the app wrote itself comes as a Sent marker."""
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
+        if slot is not None:
+            slot.fd = fd
         try:
             for chunk in chunks:
+                if chunk.__class__ is Sent:
+                    if self._stopping:
+                        raise ConnectionError("listener stopped")
+                    continue
                 view = memoryview(chunk)
                 stuck_since = None
                 while view:
@@ -274,6 +285,8 @@ class Listener:
                             raise self._client_stalled() from None
                         poller.poll(1000 * min(0.25, left))   # in slices: a stop is seen within 0.25 s
         finally:
+            if slot is not None:
+                slot.fd = None
             os.close(fd)
             _close(chunks)
 

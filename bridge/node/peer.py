@@ -252,14 +252,15 @@ class Peer:
         return self.seed_torrent(chosen, source)
 
     # -- downloading -------------------------------------------------------
-    def stream(self, digest: Digest, offset: int = 0, metainfo: tf.LayerTorrent | None = None):
-        """An in-order byte stream of a layer from ``offset``: from the store, or from the swarm.
+    def stream(self, digest: Digest, offset: int = 0, metainfo: tf.LayerTorrent | None = None, socket=None):
+        """An in-order byte stream of a layer from ``offset``: from the store, or from the swarm (which may
+        write to the client's ``socket`` itself: a SocketSlot, format/directsend.py).
 
         Raises SwarmError when there is no torrent or the tracker is down (fall back to the origin).
         """
         if digest in self.store:
             return FileStream(self.store, digest, offset)
-        return LayerStream(self.download(digest, metainfo), offset)
+        return LayerStream(self.download(digest, metainfo), offset, socket)
 
     def _running(self, digest: Digest) -> Download | None:
         """The download of ``digest`` still running (under ``self._lock``)."""

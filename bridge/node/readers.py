@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from layerswarm.bridge.format.directsend import Sent, SocketSink
 from layerswarm.bridge.format.errors import SwarmError
 
 
@@ -30,7 +31,9 @@ class LayerStream(_Counted):
     the origin), DigestMismatch if the whole blob turns out wrong.
     """
 
-    def __init__(self, dl, offset: int = 0):
+    def __init__(self, dl, offset: int = 0, socket=None):
+        """``socket``: the request's SocketSlot (format/directsend.py), for a whole reader to let the
+        download write pieces to the client itself once the listener offers the socket."""
         if not 0 <= offset <= dl.lt.size:
             raise ValueError(f"offset {offset} outside 0..{dl.lt.size}")
         self.dl = dl
@@ -40,6 +43,8 @@ class LayerStream(_Counted):
         self.first_byte_at: float | None = None
         self._closed = False
         self._file = None
+        self._slot = socket if offset == 0 else None
+        self._sink: SocketSink | None = None
         self._token = dl.add_reader(from_start=offset == 0)
 
     def __iter__(self):
@@ -48,6 +53,20 @@ class LayerStream(_Counted):
         try:
             while pos < self.size:
                 p = pos // plen
+                if self._slot is not None and self._slot.fd is not None and pos == p * plen:
+                    sent, rest, failure = self._direct(p)
+                    if sent:
+                        pos += sent
+                        self._given(sent)
+                        yield Sent(sent)
+                    if rest:
+                        pos += len(rest)
+                        self._given(len(rest))
+                        yield rest
+                    if failure is not None:
+                        raise failure
+                    if sent or rest:
+                        continue
                 dl.request(self._token, p)
                 buf = self._wait(p, last=(p == dl.n - 1))
                 chunk = buf[pos - p * plen:]
@@ -91,6 +110,51 @@ class LayerStream(_Counted):
                 dl.ask_again(self._token, p)
                 asked = now
 
+    def _direct(self, p: int) -> tuple:
+        """Let the download write from piece ``p`` on to the offered socket until the sink is disarmed;
+        (bytes it wrote, the tail it left for this thread or None, the error that ended the wait or None).
+        Nothing armed (the cursor is not at ``p``) is (0, None, None): this thread takes the pieces."""
+        if self._sink is None:
+            self._sink = SocketSink(self._slot.fd)
+        if not self.dl.arm(self._token, self._sink, p):
+            return 0, None, None
+        failure = None
+        try:
+            self._wait_direct(p)
+        except Exception as exc:  # noqa: BLE001 - raised once the bytes written are counted
+            failure = exc
+        sent, rest = self.dl.disarm(self._token)
+        return sent, rest, failure
+
+    def _wait_direct(self, p: int) -> None:
+        """While the sink is armed: the same stall guard as _wait, on the piece the sink waits for."""
+        dl, cfg = self.dl, self.dl.cfg
+        began = time.monotonic()
+        hurried = False
+        while True:
+            hurry_in = began + cfg.deadline_after - time.monotonic()
+            wait = min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
+            nxt = dl.wait_sink(self._token, wait)
+            if nxt is None:
+                return
+            now = time.monotonic()
+            if nxt != p:   # pieces went out: the guard starts over on the next one
+                p, began, hurried = nxt, now, False
+                continue
+            have = dl.has_piece(p)
+            if not hurried and now - began >= cfg.deadline_after and not have:
+                dl.hurry(p)
+                hurried = True
+            dl.poll()
+            if dl.stalled_for() > cfg.stall_timeout:
+                raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {cfg.stall_timeout:.0f}s")
+            if not have and now - began > cfg.stall_timeout:
+                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
+                                 f"{cfg.stall_timeout:.0f}s")
+            if have and now - began > cfg.piece_read_timeout:
+                dl.nudge(p)
+                began = now
+
     def sent_prefix(self, nbytes: int):
         """The sha256 (a DigestVerifier) of the blob's first ``nbytes``, which this reader gave out from
         offset 0, as the download's whole-blob check hashed them; None if it cannot tell.  A whole
@@ -113,7 +177,9 @@ class LayerStream(_Counted):
         self._closed = True
         if self._file is not None:
             self._file.close()
-        self.dl.remove_reader(self._token)
+        self.dl.remove_reader(self._token)   # the cursor writes to its sink no more
+        if self._sink is not None:
+            self._sink.close()
 
 
 class FileStream(_Counted):

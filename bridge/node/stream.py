@@ -81,6 +81,7 @@ class Download:
         self._keep = 2 * (self.cfg.prefetch + 1)
         self.reads = 0                   # piece reads, file or read_piece (one a piece when cursor and readers share)
         self._whole: set = set()         # tokens of readers from byte 0: given only pieces already hashed
+        self._sinks: dict = {}           # token -> SocketSink of a whole reader the cursor writes for
         self._tokens = itertools.count()
         self._hash_next = 0
         self._sha = hashlib.sha256()
@@ -289,6 +290,8 @@ class Download:
                 self._sha.update(buf)
                 self._hash_next += 1
                 self._hashed.append(self._sha.copy())
+                if self._sinks and self._send(p, buf):
+                    given = True
                 # a piece read for a reader before the cursor got to it (reads complete out of order)
                 given = given or any(p in b for b in self._bufs.values())
                 if self._hash_next == self.n:
@@ -305,6 +308,17 @@ class Download:
         if finalize:
             self._worker.submit(self._finalize)
         return nxt
+
+    def _send(self, p: int, buf: bytes) -> bool:
+        """(Under the lock, hashed piece ``p``.) Write it to the sockets of the readers whose sink waits for
+        it; True if one of them must wake: its socket did not take it all, or its last piece is next."""
+        wake = False
+        for sink in self._sinks.values():
+            if sink.armed and sink.next == p:
+                if not sink.push(buf) or sink.next == self.n - 1:
+                    sink.armed = False
+                    wake = True
+        return wake
 
     def _wake_readers(self) -> None:
         with self._cond:
@@ -392,6 +406,7 @@ class Download:
     def remove_reader(self, token: int) -> None:
         with self._cond:
             self._bufs.pop(token, None)
+            self._sinks.pop(token, None)
             self._whole.discard(token)
             for p in list(self._wants):
                 self._wants[p].discard(token)
@@ -436,6 +451,53 @@ class Download:
                 out.append(self._bufs[token].pop(p))
                 p += 1
         return out
+
+    def arm(self, token: int, sink, p: int) -> bool:
+        """Let the hash cursor write pieces ``p``, ``p + 1``, ... to a whole reader's socket as it hashes
+        them (format/directsend.py), the last one excepted; False (nothing armed) unless the cursor is at
+        ``p``: pieces it passed already go through the reader's own thread."""
+        with self._cond:
+            if (self.error is not None or token not in self._whole or p != self._hash_next
+                    or p >= self.n - 1 or self.complete.is_set()):
+                return False
+            # what was asked or read for the reader from p on is the cursor's to write now
+            for q in [q for q, ts in self._wants.items() if token in ts]:
+                self._wants[q].discard(token)
+                if not self._wants[q]:
+                    del self._wants[q]
+            self._bufs[token].clear()
+            sink.arm(p)
+            self._sinks[token] = sink
+            return True
+
+    def wait_sink(self, token: int, wait: float) -> int | None:
+        """The piece the reader's armed sink waits for, after waiting up to ``wait`` seconds for it to be
+        disarmed; None once it is.  Raises the download's error."""
+        with self._cond:
+            sink = self._sinks.get(token)
+            if self.error is None and sink is not None and sink.armed:
+                self._cond.wait(wait)
+            if self.error is not None:
+                raise self.error
+            return sink.next if sink is not None and sink.armed else None
+
+    def disarm(self, token: int) -> tuple:
+        """(bytes the sink wrote since it was armed, the tail of a piece it could not write or None)."""
+        with self._cond:
+            sink = self._sinks.pop(token, None)
+            if sink is None:
+                return 0, None
+            sink.armed = False
+            return sink.sent, sink.rest
+
+    def nudge(self, p: int) -> None:
+        """The hash cursor waits for verified piece ``p`` longer than a read takes (a read_piece answer
+        lost): read it again."""
+        with self._cond:
+            if p != self._hash_next or not self._have[p]:
+                return
+            self._reads.pop(p, None)
+        self._ask(p)
 
     def prefix_state(self, nbytes: int, wait: float = 5.0) -> DigestVerifier | None:
         """The whole-blob hash after the blob's first ``nbytes`` (a piece boundary, or the size), once the

@@ -58,6 +58,7 @@ class BlobRequest:
     head: bool = False        # HEAD: headers only, never download
     auth: object = None       # Authenticator origin calls use (authz/ Grant.fetch_auth); None: service credentials
     shareable: bool = True    # may these bytes move through the fleet (torrent, lease, relay); else store or origin
+    socket: object = None     # SocketSlot of the connection the answer goes out on (format/directsend.py), if any
 
     def at(self, rng: Optional[ByteRange], head: bool = False) -> "BlobRequest":
         """The same blob, client and authorization, another span."""

@@ -213,7 +213,7 @@ class SwarmBlobSource:
     def _from_swarm(self, req: BlobRequest, meta) -> BlobResponse:
         size = meta.size
         start, end = span(req.range, size)
-        stream = self.swarm(req.digest, start, meta)   # SwarmError: no usable swarm
+        stream = self.swarm(req.digest, start, meta, req.socket)   # SwarmError: no usable swarm
         res = BlobResponse(size, start, end, source="peer")
 
         def chunks():

@@ -100,7 +100,7 @@ class FakeSwarm:
         self.prefixes: list = []
         self.closed = 0
 
-    def __call__(self, digest, offset, meta):
+    def __call__(self, digest, offset, meta, socket=None):
         self.calls.append((digest, offset))
         gen = self._gen(offset)
         return _Verifying(self, digest, gen) if self.verifies else gen

@@ -280,7 +280,7 @@ def test_concurrent_requests_share_one_fetch(tmp_path):
 
 
 def _raising(exc):
-    def swarm(digest, offset, meta):
+    def swarm(digest, offset, meta, socket=None):
         raise exc
     return swarm
 
