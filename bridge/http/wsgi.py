@@ -76,6 +76,7 @@ class Listener:
         self._runner: web.ServerRunner | None = None
         self._lock = threading.Lock()
         self._writes: set = set()     # chunk writes app threads wait on
+        self._slots: set = set()      # sockets offered to bodies (withdrawn when the listener stops)
         self._stopping = False
         self._in_flight = 0           # requests being answered (touched on the loop only)
         self._thread = threading.Thread(target=self._run_loop, name=f"{name}-loop", daemon=True)
@@ -140,6 +141,8 @@ class Listener:
         with self._lock:
             for write in self._writes:
                 write.cancel()
+            for slot in self._slots:   # a body writing to its socket itself hands back within 0.5 s
+                slot.fd = None
         await self._runner.cleanup()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -262,7 +265,10 @@ class Listener:
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         if slot is not None:
-            slot.fd = fd
+            with self._lock:
+                if not self._stopping:
+                    slot.fd = fd
+                    self._slots.add(slot)
         try:
             for chunk in chunks:
                 if chunk.__class__ is Sent:
@@ -286,7 +292,9 @@ class Listener:
                         poller.poll(1000 * min(0.25, left))   # in slices: a stop is seen within 0.25 s
         finally:
             if slot is not None:
-                slot.fd = None
+                with self._lock:
+                    slot.fd = None
+                    self._slots.discard(slot)
             os.close(fd)
             _close(chunks)
 

@@ -53,8 +53,9 @@ class LayerStream(_Counted):
         try:
             while pos < self.size:
                 p = pos // plen
-                if self._slot is not None and self._slot.fd is not None and pos == p * plen:
-                    sent, rest, failure = self._direct(p)
+                fd = self._slot.fd if self._slot is not None else None
+                if fd is not None and pos == p * plen:
+                    sent, rest, failure = self._direct(p, fd)
                     if sent:
                         pos += sent
                         self._given(sent)
@@ -110,12 +111,12 @@ class LayerStream(_Counted):
                 dl.ask_again(self._token, p)
                 asked = now
 
-    def _direct(self, p: int) -> tuple:
-        """Let the download write from piece ``p`` on to the offered socket until the sink is disarmed;
-        (bytes it wrote, the tail it left for this thread or None, the error that ended the wait or None).
-        Nothing armed (the cursor is not at ``p``) is (0, None, None): this thread takes the pieces."""
+    def _direct(self, p: int, fd: int) -> tuple:
+        """Let the download write from piece ``p`` on to the offered socket ``fd`` until the sink is
+        disarmed; (bytes it wrote, the tail it left for this thread or None, the error that ended the wait
+        or None).  Nothing armed (the cursor is not at ``p``) is (0, None, None): this thread takes it."""
         if self._sink is None:
-            self._sink = SocketSink(self._slot.fd)
+            self._sink = SocketSink(fd)
         if not self.dl.arm(self._token, self._sink, p):
             return 0, None, None
         failure = None
@@ -135,7 +136,7 @@ class LayerStream(_Counted):
             hurry_in = began + cfg.deadline_after - time.monotonic()
             wait = min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
             nxt = dl.wait_sink(self._token, wait)
-            if nxt is None:
+            if nxt is None or self._slot.fd is None:   # disarmed, or the listener withdrew the socket
                 return
             now = time.monotonic()
             if nxt != p:   # pieces went out: the guard starts over on the next one

@@ -213,7 +213,9 @@ class SwarmBlobSource:
     def _from_swarm(self, req: BlobRequest, meta) -> BlobResponse:
         size = meta.size
         start, end = span(req.range, size)
-        stream = self.swarm(req.digest, start, meta, req.socket)   # SwarmError: no usable swarm
+        whole = start == 0 and end == size - 1
+        # The socket only for a whole answer: a ranged one's last chunk is cut at its end here.
+        stream = self.swarm(req.digest, start, meta, req.socket if whole else None)   # SwarmError: no swarm
         res = BlobResponse(size, start, end, source="peer")
 
         def chunks():
@@ -237,7 +239,6 @@ class SwarmBlobSource:
                     close()
         # LayerStream holds its last piece until the whole blob verified (its download's hash); a
         # whole answer that ends with origin bytes after a stall is checked as assembled.
-        whole = start == 0 and end == size - 1
         res.body = self._continue_from_origin(req, res, chunks(), whole, lambda: "peer",
                                               sent_prefix=getattr(stream, "sent_prefix", None))
         return res

@@ -224,3 +224,54 @@ def test_no_slot_or_a_range_reader_takes_every_piece_itself(tmp_path, offset):
     if slot is not None:
         pair[0].close()
         pair[1].close()
+
+
+def test_stopping_the_listener_withdraws_the_socket_and_cuts_a_direct_stream(tmp_path):
+    """The cursor writes while the reader's thread waits: a stop reaches that thread through the slot
+    (withdrawn), so the stream is cut and its body closed as any other."""
+    data, lt_, ses, store, dl = _on_disk(tmp_path)
+    name, disp = str(lt_.digest), ses.dispatcher.dispatch
+    closed = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+
+        def body():
+            try:
+                yield from LayerStream(dl, 0, environ[SLOT_KEY])
+            finally:
+                closed.set()
+        return body()
+
+    listener = Listener("client", app, "127.0.0.1:0", 2, grace=0.2)
+    listener.start()
+    s = socket.create_connection(("127.0.0.1", listener.port))
+    stop_feeding = threading.Event()
+
+    def feed():   # a piece every 0.3 s: the stream would run for 3.6 s
+        for p in range(PIECES):
+            disp(Event(PIECE_FINISHED, name, {"piece": p}))
+            if stop_feeding.wait(0.3):
+                return
+    feeder = threading.Thread(target=feed)
+    try:
+        s.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+        feeder.start()
+        assert wait_for(lambda: dl._sinks, 5, "the sink armed", 0.01)
+        t0 = time.monotonic()
+        listener.stop()
+        assert closed.wait(5), "the body was not closed"
+        assert time.monotonic() - t0 < 2.5      # within a piece or two of the grace time, not the blob's end
+        s.settimeout(5)
+        got = b""
+        try:
+            while b := s.recv(1 << 16):
+                got += b
+        except ConnectionResetError:
+            pass
+        assert len(got) < len(data) and not dl._sinks
+    finally:
+        stop_feeding.set()
+        feeder.join(5)
+        s.close()
+        dl.abort("test over")

@@ -97,11 +97,13 @@ class FakeSwarm:
         self.data, self.fail_at, self.fail, self.bad = data, fail_at, fail, bad
         self.verifies, self.prefix_known = verifies, prefix_known
         self.calls: list = []
+        self.sockets: list = []          # the SocketSlot each stream was given (None: not offered)
         self.prefixes: list = []
         self.closed = 0
 
     def __call__(self, digest, offset, meta, socket=None):
         self.calls.append((digest, offset))
+        self.sockets.append(socket)
         gen = self._gen(offset)
         return _Verifying(self, digest, gen) if self.verifies else gen
 
@@ -221,12 +223,12 @@ class Host:
         writer.commit(t.metainfo)
         self.published.append(t.digest)
 
-    def request(self, digest, rng=None, head=False) -> BlobRequest:
-        return BlobRequest(upstream=None, repo="library/x", digest=digest, range=rng, head=head)
+    def request(self, digest, rng=None, head=False, socket=None) -> BlobRequest:
+        return BlobRequest(upstream=None, repo="library/x", digest=digest, range=rng, head=head, socket=socket)
 
-    def get(self, digest, rng=None) -> tuple:
+    def get(self, digest, rng=None, socket=None) -> tuple:
         """(response, body bytes or the exception that cut it)."""
-        res = self.source.open(self.request(digest, rng))
+        res = self.source.open(self.request(digest, rng, socket=socket))
         if res.file is not None:
             with res.file as f:
                 f.seek(res.start)

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from layerswarm.bridge.format.digest import Digest
+from layerswarm.bridge.format.directsend import SocketSlot
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
 from dataclasses import replace
@@ -37,6 +38,18 @@ def test_published_torrent_is_streamed_from_the_swarm(tmp_path):
     assert h.metrics.bytes == {"peer": len(data)}
     _, body = h.get(d, ByteRange(1000, 1999))   # a range starts the stream at its offset
     assert body == data[1000:2000] and h.swarm.calls[-1] == (d, 1000)
+
+
+def test_only_a_whole_answer_lets_the_swarm_write_to_the_clients_socket(tmp_path):
+    """A range from byte 0 that ends early is cut at its end here: the stream never gets the socket."""
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data}, swarm=FakeSwarm(data))
+    h.tracker.published[d] = torrent(data)
+    slot = SocketSlot()
+    for rng in (None, ByteRange(0, SIZE - 1), ByteRange(0, 999), ByteRange(1000, None)):
+        _, body = h.get(d, rng, socket=slot)
+        assert body == data[rng.start if rng else 0:(rng.end + 1) if rng and rng.end is not None else SIZE]
+    assert h.swarm.sockets == [slot, slot, None, None]
 
 
 def test_a_request_joins_the_download_running_here_without_asking_the_tracker(tmp_path):
