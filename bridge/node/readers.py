@@ -1,7 +1,9 @@
 """In-order byte readers over a layer: from a swarm :class:`~.stream.Download`, or from the store.
 
 Both have the same interface: iterate bytes from ``offset``; ``yielded``
-counts bytes given out; ``first_byte_at`` is when the first came.
+counts bytes given out; ``first_byte_at`` is when the first came.  A swarm
+reader from byte 0 given the client's socket may also yield ``Sent`` markers:
+bytes its download wrote to that socket itself (format/directsend.py).
 """
 from __future__ import annotations
 

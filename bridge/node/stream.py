@@ -12,7 +12,8 @@ last piece reach any reader, so a poisoned torrent ends every stream with
 DigestMismatch instead of a clean end.
 
 The alert thread only does piece bookkeeping (bitmaps, reads, handing pieces
-to readers); the verdict, the move into the store, the index
+to readers, and writing them to the sockets of whole readers that armed a sink:
+format/directsend.py, non-blocking); the verdict, the move into the store, the index
 writes and the teardown after a failure run on the download's own worker
 thread.  Readers (node/readers.py) use the public reader methods only.
 
