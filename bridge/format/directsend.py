@@ -14,6 +14,7 @@ did not take.
 from __future__ import annotations
 
 import os
+import socket
 
 SLOT_KEY = "layerswarm.socket"   # the WSGI environ key of a request's SocketSlot (plain TCP listeners only)
 
@@ -43,12 +44,13 @@ class Sent:
 
 
 class SocketSink:
-    """The writing side: a duplicate of the offered socket (the listener closes its own), written without
-    blocking.  While ``armed`` it takes piece ``next``; ``sent`` counts the bytes it wrote since it was
-    armed; ``rest`` is the tail of a piece the socket did not take, which the reader's thread sends."""
+    """The writing side: its own duplicate of the offered socket (the listener closes its own), written with
+    MSG_DONTWAIT so the writing thread never waits for a client, whatever the socket's mode.  While
+    ``armed`` it takes piece ``next``; ``sent`` counts the bytes it wrote since it was armed; ``rest`` is
+    the tail of a piece the socket did not take, which the reader's thread sends."""
 
     def __init__(self, fd: int) -> None:
-        self._fd: int | None = os.dup(fd)
+        self._sock: socket.socket | None = socket.socket(fileno=os.dup(fd))
         self.armed = False
         self.next = 0
         self.sent = 0
@@ -61,7 +63,7 @@ class SocketSink:
         """Write piece ``next``; False, disarmed with the unsent tail in ``rest``, when the socket did not
         take it all (full; or failed, and the reader's own write of the rest meets the error)."""
         try:
-            n = os.write(self._fd, buf)
+            n = self._sock.send(buf, socket.MSG_DONTWAIT)
         except OSError:   # BlockingIOError: a slow client; anything else is reported by the reader's write
             n = 0
         self.sent += n
@@ -73,6 +75,6 @@ class SocketSink:
         return False
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -3,6 +3,7 @@ byte once and in order, the last piece only after the verdict, a full socket han
 thread, and a stall counted at the bytes that went out; then the same through the real listener."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 import requests
 
 from layerswarm.bridge.format import layertorrent as tf
-from layerswarm.bridge.format.directsend import SLOT_KEY, Sent, SocketSlot
+from layerswarm.bridge.format.directsend import SLOT_KEY, Sent, SocketSink, SocketSlot
 from layerswarm.bridge.format.errors import DigestMismatch, SwarmError
 from layerswarm.bridge.http.wsgi import Listener
 from layerswarm.bridge.node.readers import LayerStream
@@ -89,6 +90,27 @@ def _finish(ses, store, lt_, data, name):
     assert wait_for(lambda: ses.t.moved_to == store.layers_dir, 10, "the verdict")
     store.download_path(lt_.digest).rename(store.layers_dir / name)
     ses.dispatcher.dispatch(Event(MOVED, name, {"path": str(store.layers_dir)}))
+
+
+def test_a_sink_never_waits_for_the_client_and_keeps_what_the_socket_did_not_take():
+    """Even on a blocking socket (the alert thread writes through it): a full socket leaves the tail in
+    ``rest`` and disarms; a client gone leaves the whole piece, for the reader's own write to fail on."""
+    a, b = socket.socketpair()
+    a.setblocking(True)
+    sink = SocketSink(a.fileno())
+    sink.arm(5)
+    piece = bytes(range(256)) * 4096              # 1 MiB: more than the socket holds
+    t0 = time.monotonic()
+    assert sink.push(piece) is False and time.monotonic() - t0 < 1
+    assert not sink.armed and sink.next == 6 and 0 < sink.sent < len(piece)
+    assert sink.rest == piece[sink.sent:]
+    sink.arm(6)
+    b.close()
+    assert sink.push(b"x" * 1000) is False and sink.sent == 0 and sink.rest == b"x" * 1000
+    sink.close()
+    sink.close()                                  # twice is harmless
+    os.fstat(a.fileno())                          # the listener's own descriptor stays open
+    a.close()
 
 
 def test_the_cursor_writes_each_piece_to_the_socket_once_and_the_last_after_the_verdict(tmp_path):
