@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -21,14 +22,14 @@ from tests.fixtures import wait_for
 from tests.peer.test_alerts import _setup
 
 PIECES = 12
-WMEM_MAX = int(open("/proc/sys/net/core/wmem_max").read())
+WMEM_MAX = int(Path("/proc/sys/net/core/wmem_max").read_text())
 
 
-def _on_disk(tmp_path, pieces=PIECES, data_for_file=None, **cfg):
-    """A download whose verified pieces the posix back-end wrote to the partial file (read there)."""
-    data, lt_, ses, store, dl = _setup(tmp_path, (pieces - 1) * tf.MIN_PIECE + 1000, from_file=True,
+def _on_disk(tmp_path, **cfg):
+    """A download of PIECES pieces whose verified pieces the posix back-end wrote to the partial file."""
+    data, lt_, ses, store, dl = _setup(tmp_path, (PIECES - 1) * tf.MIN_PIECE + 1000, from_file=True,
                                        first_piece_gate=0, **cfg)
-    store.download_path(lt_.digest).write_bytes(data if data_for_file is None else data_for_file)
+    store.download_path(lt_.digest).write_bytes(data)
     return data, lt_, ses, store, dl
 
 
@@ -158,7 +159,7 @@ def test_a_full_socket_hands_the_rest_back_to_the_readers_thread(tmp_path):
 
 
 def test_a_poisoned_blob_never_gets_its_last_piece_out(tmp_path):
-    data, lt_, ses, store, dl = _on_disk(tmp_path, data_for_file=None)
+    data, lt_, ses, store, dl = _on_disk(tmp_path)
     bad = bytearray(data)
     bad[-10] ^= 1                                 # the last piece passed libtorrent's check, not the digest
     store.download_path(lt_.digest).write_bytes(bad)
