@@ -291,9 +291,10 @@ class LayerStore:
 class LayerWriter:
     """Write a blob into ``incoming/`` while hashing it (sha256 + piece SHA-1s).
 
-    ``finish()`` checks the digest and returns the layer torrent (no second
-    read); ``commit()`` renames the file into ``layers/``.  Readers of a fetch
-    in progress read the file up to ``written``.
+    ``verify()`` checks the digest (no second read); ``finish()`` then makes
+    the file durable and returns the layer torrent; ``commit()`` renames the
+    file into ``layers/``.  Readers of a fetch in progress read the file up to
+    ``written``, and may have its last bytes once it verified.
     """
 
     def __init__(self, store: LayerStore, digest: Digest | None, size: int, path: Path):
@@ -305,6 +306,7 @@ class LayerWriter:
         self.written = 0
         self._f = open(path, "wb")
         self._state = "writing"  # writing | finished | committed | aborted
+        self._actual: Digest | None = None   # the digest the whole blob hashed to, once verified
         self.torrent: tf.LayerTorrent | None = None
 
     def write(self, data) -> None:
@@ -324,17 +326,26 @@ class LayerWriter:
         self.hasher.update(data)
         self.written += len(data)
 
+    def verify(self) -> Digest:
+        """The digest the whole blob hashed to as it was written; DigestMismatch (and aborts) if it is not
+        the expected one or bytes are missing."""
+        if self._actual is None:
+            if self.written != self.size:
+                self.abort()
+                raise DigestMismatch(f"got {self.written} bytes for {self.digest or 'blob'}, expected {self.size}")
+            actual = self.hasher.digest()
+            if self.digest is not None and actual != self.digest:
+                self.abort()
+                raise DigestMismatch(f"bytes hash to {actual}, not {self.digest}")
+            self._actual = actual
+        return self._actual
+
     def finish(self, trackers=()) -> tf.LayerTorrent:
-        """Verify the whole blob; returns its torrent.  Raises DigestMismatch (and aborts)."""
+        """Verify the whole blob and make it durable; returns its torrent.  Raises DigestMismatch (and
+        aborts)."""
         if self._state == "finished":
             return self.torrent
-        if self.written != self.size:
-            self.abort()
-            raise DigestMismatch(f"got {self.written} bytes for {self.digest or 'blob'}, expected {self.size}")
-        actual = self.hasher.digest()
-        if self.digest is not None and actual != self.digest:
-            self.abort()
-            raise DigestMismatch(f"bytes hash to {actual}, not {self.digest}")
+        actual = self.verify()
         try:
             os.fsync(self._f.fileno())
             self._f.close()

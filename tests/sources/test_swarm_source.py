@@ -7,7 +7,7 @@ import pytest
 
 from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.directsend import SocketSlot
-from layerswarm.bridge.format.errors import DigestMismatch, SwarmError, UpstreamError
+from layerswarm.bridge.format.errors import DigestMismatch, StoreFull, SwarmError, UpstreamError
 from layerswarm.bridge.format.names import ByteRange
 from dataclasses import replace
 
@@ -77,6 +77,50 @@ def test_lease_holder_fetches_from_the_origin_stores_publishes_and_releases(tmp_
     assert h.origin.requests == [(d, None, False)]
     res, _ = h.get(d)
     assert res.source == "store"
+
+
+def test_the_client_has_its_last_bytes_once_the_blob_hashed_right_before_it_is_made_durable(tmp_path,
+                                                                                          monkeypatch):
+    """The fsync of the fetched blob (and the torrent, the publish) come after the client's answer: a
+    slow disk at the end of a rollout delays the store, not the pull; a failure there keeps nothing."""
+    from layerswarm.bridge.node.store import LayerWriter
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    durable = threading.Event()
+    finish = LayerWriter.finish
+
+    def slow_finish(self, trackers=()):
+        assert durable.wait(10), "the answer waited for the fsync"
+        return finish(self, trackers)
+    monkeypatch.setattr(LayerWriter, "finish", slow_finish)
+    got = []
+    client = threading.Thread(target=lambda: got.append(h.get(d)))
+    client.start()
+    client.join(5)
+    assert got and got[0][1] == data            # whole and verified while finish() still waits
+    assert h.store.size_of(d) is None and h.published == []
+    durable.set()
+    h.wait_idle(d)
+    assert h.store.size_of(d) == len(data) and h.published == [d]
+
+
+def test_a_blob_that_cannot_be_made_durable_is_answered_but_not_kept(tmp_path, monkeypatch):
+    from layerswarm.bridge.node.store import LayerWriter
+
+    def full(self, trackers=()):
+        self.verify()
+        self.abort()
+        raise StoreFull("disk full (test)")
+    monkeypatch.setattr(LayerWriter, "finish", full)
+    d, data = blob(SIZE)
+    h = Host(tmp_path, {d: data})
+    res, body = h.get(d)
+    h.wait_idle(d)
+    assert body == data and h.store.size_of(d) is None and h.published == []
+    monkeypatch.undo()
+    res, body = h.get(d)                        # the next request fetches it again
+    h.wait_idle(d)
+    assert body == data and h.store.size_of(d) == len(data)
 
 
 def test_tiny_blob_keeps_its_lease_so_late_bridges_relay_from_us(tmp_path):
