@@ -87,31 +87,47 @@ class LayerStream(_Counted):
         asked = began = time.monotonic()
         hurried = False
         while True:
-            if not hurried and time.monotonic() - began >= cfg.deadline_after and not dl.has_piece(p):
-                dl.hurry(p)
-                hurried = True
+            hurried = self._hurry(p, began, hurried)
             # take() returns when this piece has been read; wake in time for the deadline step too
-            hurry_in = began + cfg.deadline_after - time.monotonic()
-            wait = min(0.5, max(0.01, hurry_in)) if hurry_in > 0 else 0.5   # past it: hurried, or piece here
-            buf = dl.take(self._token, p, last, wait)
+            buf = dl.take(self._token, p, last, self._wait_for(began, hurried))
             if buf is not None:
                 return buf
             if dl.verified:
                 # The blob is whole, checked and in the store: read it from there.
                 return self._read_stored(p)
-            dl.poll()
+            have = self._check_stall(p, began)
             now = time.monotonic()
-            if dl.stalled_for() > cfg.stall_timeout:
-                raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {cfg.stall_timeout:.0f}s")
-            have = dl.has_piece(p)
-            if not have and now - began > cfg.stall_timeout:
-                # Bytes keep arriving (a peer sending junk that fails the hash looks like
-                # progress) but not this reader's piece: give the reader up to the origin.
-                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
-                                 f"{cfg.stall_timeout:.0f}s")
             if have and now - asked > cfg.piece_read_timeout:
                 dl.ask_again(self._token, p)
                 asked = now
+
+    def _wait_for(self, began: float, hurried: bool) -> float:
+        """Seconds to wait for a piece waited for since ``began``: up to 0.5, waking in time to hurry it."""
+        hurry_in = began + self.dl.cfg.deadline_after - time.monotonic()
+        return min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
+
+    def _hurry(self, p: int, began: float, hurried: bool) -> bool:
+        """Deadlines on piece ``p`` and the window after it, once, when it has been waited for
+        ``deadline_after`` and is still missing; whether that was done."""
+        if not hurried and time.monotonic() - began >= self.dl.cfg.deadline_after and not self.dl.has_piece(p):
+            self.dl.hurry(p)
+            return True
+        return hurried
+
+    def _check_stall(self, p: int, began: float) -> bool:
+        """SwarmError when the swarm made no progress for ``stall_timeout``, or piece ``p``, waited for since
+        ``began``, has not come in that long; else whether it is verified here."""
+        dl, cfg = self.dl, self.dl.cfg
+        dl.poll()
+        if dl.stalled_for() > cfg.stall_timeout:
+            raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {cfg.stall_timeout:.0f}s")
+        have = dl.has_piece(p)
+        if not have and time.monotonic() - began > cfg.stall_timeout:
+            # Bytes keep arriving (a peer sending junk that fails the hash looks like
+            # progress) but not this reader's piece: give the reader up to the origin.
+            raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
+                             f"{cfg.stall_timeout:.0f}s")
+        return have
 
     def _direct(self, p: int, fd: int) -> tuple:
         """Let the download write from piece ``p`` on to the offered socket ``fd`` until the sink is
@@ -132,31 +148,22 @@ class LayerStream(_Counted):
     def _wait_direct(self, p: int) -> None:
         """While the sink is armed: the same stall guard as _wait, on the piece the sink waits for."""
         dl, cfg = self.dl, self.dl.cfg
-        began = time.monotonic()
+        asked = began = time.monotonic()
         hurried = False
         while True:
-            hurry_in = began + cfg.deadline_after - time.monotonic()
-            wait = min(0.5, max(0.01, hurry_in)) if not hurried and hurry_in > 0 else 0.5
-            nxt = dl.wait_sink(self._token, wait)
+            nxt = dl.wait_sink(self._token, self._wait_for(began, hurried))
             if nxt is None or self._slot.fd is None:   # disarmed, or the listener withdrew the socket
                 return
-            now = time.monotonic()
             if nxt != p:   # pieces went out: the guard starts over on the next one
-                p, began, hurried = nxt, now, False
+                p, hurried = nxt, False
+                asked = began = time.monotonic()
                 continue
-            have = dl.has_piece(p)
-            if not hurried and now - began >= cfg.deadline_after and not have:
-                dl.hurry(p)
-                hurried = True
-            dl.poll()
-            if dl.stalled_for() > cfg.stall_timeout:
-                raise SwarmError(f"swarm stalled on {dl.digest}: no progress for {cfg.stall_timeout:.0f}s")
-            if not have and now - began > cfg.stall_timeout:
-                raise SwarmError(f"swarm stalled on {dl.digest}: piece {p} not received in "
-                                 f"{cfg.stall_timeout:.0f}s")
-            if have and now - began > cfg.piece_read_timeout:
+            hurried = self._hurry(p, began, hurried)
+            have = self._check_stall(p, began)
+            now = time.monotonic()
+            if have and now - asked > cfg.piece_read_timeout:
                 dl.nudge(p)
-                began = now
+                asked = now
 
     def sent_prefix(self, nbytes: int):
         """The sha256 (a DigestVerifier) of the blob's first ``nbytes``, which this reader gave out from

@@ -409,10 +409,14 @@ class Download:
             self._bufs.pop(token, None)
             self._sinks.pop(token, None)
             self._whole.discard(token)
-            for p in list(self._wants):
-                self._wants[p].discard(token)
-                if not self._wants[p]:
-                    del self._wants[p]
+            self._drop_wants(token)
+
+    def _drop_wants(self, token: int) -> None:
+        """(Under the lock.) The reader ``token`` waits for no piece any more."""
+        for p in list(self._wants):
+            self._wants[p].discard(token)
+            if not self._wants[p]:
+                del self._wants[p]
 
     def request(self, token: int, first: int) -> None:
         """The reader needs piece ``first`` now and the next ``prefetch`` soon: read them as they verify."""
@@ -462,10 +466,7 @@ class Download:
                     or p >= self.n - 1 or self.complete.is_set()):
                 return False
             # what was asked or read for the reader from p on is the cursor's to write now
-            for q in [q for q, ts in self._wants.items() if token in ts]:
-                self._wants[q].discard(token)
-                if not self._wants[q]:
-                    del self._wants[q]
+            self._drop_wants(token)
             self._bufs[token].clear()
             sink.arm(p)
             self._sinks[token] = sink
