@@ -258,10 +258,53 @@ def test_lease_holder_relay_tree(tracker_store):
         assert ans["role"] == "relay"
         src[h] = ans["source"]["host"]
         assert ans["source"]["url"] == url(src[h])
-    # breadth-first, at most 2 children each: a<-b,c ; b<-d,e ; c<-f,g
-    assert src == {"b": "a", "c": "a", "d": "b", "e": "b", "f": "c", "g": "c"}
-    assert tracker_store.acquire_lease(d, "e", url("e"), 30, 2, now)["source"]["host"] == "b"  # stable answer
+    # each new relay streams from the open node that uploads least (ties: the shallowest), within two
+    # levels of a breadth-first tree's depth: here every node sends the layer once but a, sent twice
+    # once the others sat too deep (a breadth-first tree: a<-b,c ; b<-d,e ; c<-f,g)
+    assert src == {"b": "a", "c": "b", "d": "c", "e": "d", "f": "a", "g": "f"}
+    assert tracker_store.acquire_lease(d, "e", url("e"), 30, 2, now)["source"]["host"] == "d"  # stable answer
     assert tracker_store.acquire_lease(d, "a", url("a"), 30, 2, now)["role"] == "holder"
+
+
+def test_lease_trees_of_layers_asked_together_spread_the_uploads(tracker_store):
+    """A fleet asks for an image's layers at once: arrival order alone would build the same
+    breadth-first tree for every layer, so a, b and c would each send 3 layers twice (6 uploads) while
+    the rest send nothing. Counting each host's uploads across live trees spreads them."""
+    import time
+    now = time.time()
+    layers = [Digest.of_bytes(os.urandom(8)) for _ in range(3)]
+    uploads: dict = {}
+    for h in "abcdefgh":
+        for d in layers:
+            ans = tracker_store.acquire_lease(d, h, f"http://{h}", 30, 2, now)
+            if ans["role"] == "relay":
+                uploads[ans["source"]["host"]] = uploads.get(ans["source"]["host"], 0) + 1
+    assert sum(uploads.values()) == 3 * 7
+    assert max(uploads.values()) == 4 and len(uploads) == 6, uploads
+
+
+def test_lease_uploads_count_while_their_lease_lives(tracker_store):
+    """Host a uploads in lease x; in lease y a newcomer picks between the holder h and a (each
+    sending once): h while x counts (tie: the shallower), a once x's upload ended (its holder or the
+    relay released it, or it expired)."""
+    import time
+    now = time.time()
+
+    def newcomer_source(end_x) -> str:
+        x, y = Digest.of_bytes(os.urandom(8)), Digest.of_bytes(os.urandom(8))
+        a, b, h = (f"{n}{x.hex[:8]}" for n in "abh")   # hosts of their own: loads add up across trees
+        tracker_store.acquire_lease(x, a, "http://a", 30, 2, now)
+        tracker_store.acquire_lease(x, b, "http://b", 30, 2, now)          # a -> b in x
+        tracker_store.acquire_lease(y, h, "http://h", 60, 2, now)
+        assert tracker_store.acquire_lease(y, a, "http://a", 60, 2, now)["source"]["host"] == h
+        at = end_x(x, a, b)
+        return tracker_store.acquire_lease(y, b, "http://b", 60, 2, at)["source"]["host"][0]
+
+    assert newcomer_source(lambda x, a, b: now) == "h"
+    assert newcomer_source(lambda x, a, b: tracker_store.renew_lease(x, a, 60, now) and now + 31) == "h"
+    assert newcomer_source(lambda x, a, b: tracker_store.release_lease(x, a, now) and now) == "a"
+    assert newcomer_source(lambda x, a, b: tracker_store.release_lease(x, b, now) and now) == "a"
+    assert newcomer_source(lambda x, a, b: now + 31) == "a"
 
 
 def test_lease_renew_release_expire(tracker_store):
@@ -366,3 +409,26 @@ def test_redis_swarm_keys_live_as_long_as_their_longest_lived_peer(redis_url):
     assert all(t > 3500 for t in ttls), ttls
     assert 0 < s.r.ttl(leechers) <= 60   # the downloads alone
     s.close()
+
+
+def test_relay_loads_are_bounded_by_live_leases(small):
+    """What a lease tree adds to the relay loads goes with the lease: released, or expired (on Redis
+    the load key expires with its last lease; in memory the sweep drops it)."""
+    now = time.time()
+    d1, d2 = Digest.of_bytes(os.urandom(8)), Digest.of_bytes(os.urandom(8))
+    small.acquire_lease(d1, "a", "http://a", 30, 2, now)
+    small.acquire_lease(d1, "b", "http://b", 30, 2, now)
+    small.acquire_lease(d2, "a", "http://a", 5, 2, now)
+    small.acquire_lease(d2, "c", "http://c", 5, 2, now)
+    if hasattr(small, "r"):
+        from layerswarm.tracker.storage.redis import relay_key
+        assert small.r.zcard(relay_key("a")) == 2 and 0 < small.r.pttl(relay_key("a")) <= 30_000
+        small.release_lease(d1, "a", now)
+        assert small.r.zcard(relay_key("a")) == 1   # the key outlives it by at most 25 s: bounded
+        small.release_lease(d2, "c", now)
+        assert not small.r.exists(relay_key("a"))
+    else:
+        assert small._relay_load(["a"], now) == {"a": 2}
+        small.release_lease(d1, "a", now)
+        small.scrape(None, now + 6)   # a sweep: d2's upload expired
+        assert small._relaying == {}

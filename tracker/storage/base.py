@@ -58,15 +58,28 @@ CREATED, EXISTS, CONFLICT, REJECTED = "created", "exists", "conflict", "quaranti
 UNQUARANTINED = "unquarantined"   # created, and its quarantine lifted
 
 
+RELAY_DEPTH_SLACK = 2        # levels a relay tree may grow below a breadth-first tree of its size
+RELAY_CANDIDATES = 32        # open nodes whose relay load is read per lease request
+
+
 def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int, now: float,
-               max_relays: int = Limits.max_relays):
+               max_relays: int = Limits.max_relays, relay_load=None):
     """Apply one lease request to ``state``; returns (new state, answer).
 
     One holder fetches from the origin; every other requester is handed a
-    source to stream from: the holder or an earlier relay that still has
-    fewer than ``fanout`` children, earliest first (a breadth-first tree, so
-    no host sends the layer more than ``fanout`` times).  Asking again gives
-    the same answer.  Past ``max_relays`` relays the answer is ``origin``.
+    source to stream from: the holder or an earlier relay with fewer than
+    ``fanout`` children.  Asking again gives the same answer.  Past
+    ``max_relays`` relays the answer is ``origin``.
+
+    Without ``relay_load`` the tree is breadth-first (earliest open node).
+    With it (``relay_load(hosts) -> {host: children across live leases}``)
+    the open node with the fewest children in all live trees is chosen,
+    among nodes no deeper than a breadth-first tree of this size plus
+    ``RELAY_DEPTH_SLACK - 1`` (so the tree stays within that many levels of
+    breadth-first).  Why: a fleet asks for an image's layers at once, so
+    arrival order alone builds the same tree for every layer and the same
+    few hosts send every layer ``fanout`` times, saturating their uplinks
+    while the rest send nothing.
     """
     if state is None or state["expires"] <= now:
         state = {"holder": {"host": host, "url": url}, "expires": now + ttl, "relays": []}
@@ -83,11 +96,39 @@ def lease_step(state: dict | None, host: str, url: str, ttl: float, fanout: int,
     if len(state["relays"]) >= max_relays:
         return state, {"role": "origin"}   # the tree is full: fetch from the origin, no relay
     children: dict = {}
+    depth = {holder["host"]: 0}
     for r in state["relays"]:
         children[r["source"]] = children.get(r["source"], 0) + 1
-    source = next(n for n in [holder, *state["relays"]] if children.get(n["host"], 0) < fanout)
+        depth[r["host"]] = depth.get(r["source"], 0) + 1   # a released source counts as the holder
+    open_nodes = [n for n in [holder, *state["relays"]] if children.get(n["host"], 0) < fanout]
+    if relay_load is None or fanout < 2:
+        source = open_nodes[0]
+    else:
+        deepest = _breadth_first_depth(len(nodes), fanout) + RELAY_DEPTH_SLACK - 1
+        near = sorted((n for n in open_nodes if depth[n["host"]] <= deepest), key=lambda n: depth[n["host"]])
+        near = near[:RELAY_CANDIDATES] or open_nodes[:1]
+        load = relay_load([n["host"] for n in near])
+        source = min(near, key=lambda n: load.get(n["host"], 0))   # ties: the shallowest, earliest
     state["relays"].append({"host": host, "url": url, "source": source["host"]})
     return state, {"role": "relay", "source": {"host": source["host"], "url": source["url"]}}
+
+
+def _breadth_first_depth(size: int, fanout: int) -> int:
+    """Depth of the deepest node of a breadth-first tree of ``size`` nodes, ``fanout`` children each."""
+    depth, level, total = 0, 1, 1
+    while total < size:
+        level *= fanout
+        total += level
+        depth += 1
+    return depth
+
+
+def relay_edges(state: dict | None, host: str | None = None) -> list:
+    """(source, child) of the relays in ``state`` (only ``host``'s own when given): the uploads
+    :func:`lease_step` counts as each source's relay load."""
+    if state is None:
+        return []
+    return [(r["source"], r["host"]) for r in state["relays"] if host is None or r["host"] == host]
 
 
 class Store(abc.ABC):

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from layerswarm.tracker.protocol import SwarmCounts
 from layerswarm.tracker.storage.base import (CONFLICT, CREATED, EXISTS, REJECTED, UNQUARANTINED, LeaseTableFull,
-                                             Limits, MetainfoRecord, Store, SwarmInfo, lease_step)
+                                             Limits, MetainfoRecord, Store, SwarmInfo, lease_step, relay_edges)
 
 PURGE_BATCH = 64        # expired peers dropped per announce on a swarm
 SWEEP_EVERY = 30.0      # seconds between sweeps of swarms nobody announces to
@@ -107,6 +107,7 @@ class MemoryStore(Store):
         self._reports: OrderedDict = OrderedDict()      # (Digest, info-hash raw) -> set of hosts
         self._manifests: OrderedDict = OrderedDict()    # Digest -> (content type, bytes)
         self._leases: dict = {}                         # Digest -> lease state (see lease_step)
+        self._relaying: dict = {}                       # source host -> {(Digest, child): expiry}: relay load
         self._next_sweep = 0.0
 
     # -- peers --------------------------------------------------------------
@@ -173,6 +174,7 @@ class MemoryStore(Store):
                 del self._swarms[ih]
         for d in [d for d, st in self._leases.items() if st["expires"] <= now]:
             del self._leases[d]
+        self._relay_load(list(self._relaying), now)   # drops expired edges and hosts left with none
 
     def scrape(self, info_hashes, now):
         with self._lock:
@@ -292,8 +294,11 @@ class MemoryStore(Store):
                 if len(self._leases) >= self.limits.max_leases:
                     raise LeaseTableFull(f"{len(self._leases)} live leases")
             state, answer = lease_step(self._leases.get(digest), host, url, ttl, fanout, now,
-                                       self.limits.max_relays)
+                                       self.limits.max_relays, lambda hosts: self._relay_load(hosts, now))
             self._leases[digest] = state
+            if answer["role"] == "relay":
+                for source, child in relay_edges(state, host):
+                    self._relaying.setdefault(source, {})[(digest, child)] = state["expires"]
             return answer
 
     def renew_lease(self, digest, host, ttl, now):
@@ -302,6 +307,8 @@ class MemoryStore(Store):
             if st is None or st["expires"] <= now or st["holder"]["host"] != host:
                 return False
             st["expires"] = now + ttl
+            for source, child in relay_edges(st):   # its uploads count as long as the lease lives
+                self._relaying.setdefault(source, {})[(digest, child)] = st["expires"]
             return True
 
     def release_lease(self, digest, host, now):
@@ -311,8 +318,33 @@ class MemoryStore(Store):
                 self._leases.pop(digest, None)
                 return False
             if st["holder"]["host"] == host:
+                self._drop_edges(digest, relay_edges(st))
                 del self._leases[digest]
                 return True
+            self._drop_edges(digest, relay_edges(st, host))
             before = len(st["relays"])
             st["relays"] = [r for r in st["relays"] if r["host"] != host]
             return len(st["relays"]) != before
+
+    def _relay_load(self, hosts, now) -> dict:
+        """Each host's uploads in live lease trees (see lease_step); expired ones are dropped on the way."""
+        out = {}
+        for h in hosts:
+            edges = self._relaying.get(h)
+            if edges is None:
+                continue
+            for k in [k for k, expires in edges.items() if expires <= now]:
+                del edges[k]
+            if edges:
+                out[h] = len(edges)
+            else:
+                del self._relaying[h]
+        return out
+
+    def _drop_edges(self, digest, edges) -> None:
+        for source, child in edges:
+            mine = self._relaying.get(source)
+            if mine is not None:
+                mine.pop((digest, child), None)
+                if not mine:
+                    del self._relaying[source]

@@ -38,7 +38,8 @@ from redis.sentinel import Sentinel
 from layerswarm.bridge.format.digest import Digest, InfoHash
 from layerswarm.tracker.errors import StoreUnavailable
 from layerswarm.tracker.protocol import SwarmCounts
-from layerswarm.tracker.storage.base import LeaseTableFull, Limits, MetainfoRecord, Store, SwarmInfo, lease_step
+from layerswarm.tracker.storage.base import (LeaseTableFull, Limits, MetainfoRecord, Store, SwarmInfo, lease_step,
+                                             relay_edges)
 from layerswarm.tracker.storage.spec import StoreOptions, StoreSpec, parse_store
 
 SWARM_INDEX = "ls:swarms"                # zset info-hash hex by last announce
@@ -59,6 +60,12 @@ def swarm_keys(ih_hex: str) -> list:
 def digest_key(digest, what: str) -> str:
     """A key of digest ``D``: ``ls:{D}:<what>`` (one Cluster slot per digest)."""
     return f"ls:{{{digest}}}:{what}"
+
+
+def relay_key(host: str) -> str:
+    """A host's uploads in live lease trees (its relay load, see lease_step): a zset of
+    "<digest> <child>" scored by the lease's expiry, one Cluster slot per host."""
+    return f"ls:{{h:{host}}}:relaying"
 
 
 # Add member ARGV[2] to index KEYS[1] at score ARGV[1]; beyond ARGV[3] members, pop and return the oldest
@@ -111,6 +118,15 @@ end
 local published = redis.call('HGET', c, 'pub') and 1 or 0
 return {out, redis.call('HLEN', s), redis.call('HLEN', l), tonumber(redis.call('HGET', c, 'completed') or '0'),
         published}
+"""
+
+# KEYS[1] a host's relay_key; ARGV[1] now, then (expiry, member) pairs to add or move: the expired go, and
+# the key expires with its last edge.
+_RELAY_EDGES = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last > 0 then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) * 1000) + 1) end
 """
 
 _PURGE = """
@@ -217,9 +233,9 @@ class RedisStore(Store):
         self.cluster = spec.kind == "cluster"
         self.r = connect(spec, self.options)
         self._scripts = [self.r.register_script(s) for s in (_TOUCH_INDEX, _ANNOUNCE, _PURGE, _PUT_METAINFO,
-                                                              _DROP_METAINFO, _REPORT)]
+                                                              _DROP_METAINFO, _REPORT, _RELAY_EDGES)]
         (self._touch_index, self._announce, self._purge, self._put_metainfo, self._drop_metainfo,
-         self._report) = self._scripts
+         self._report, self._relay_edges) = self._scripts
 
     def _call(self, fn, *a, **kw):
         """``fn(...)``, retried while the connection is lost for up to ``retry_for`` seconds: a Sentinel
@@ -248,10 +264,13 @@ class RedisStore(Store):
         another: its pipelines cannot carry scripts) and retried whole like one call (a pipeline is
         spent once executed, even when that failed)."""
         def run():
-            pipe = _Serial(self.r) if self.cluster else self.r.pipeline(transaction=False)
+            pipe = self._pipe()
             build(pipe)
             return pipe.execute() if len(pipe) else []
         return self._call(run)
+
+    def _pipe(self):
+        return _Serial(self.r) if self.cluster else self.r.pipeline(transaction=False)
 
     def _touch(self, pipe, index: str, score: float, member: str, cap: int) -> None:
         """Queue an index update on ``pipe``; its answer (evicted members) goes to :meth:`_evict`."""
@@ -458,26 +477,65 @@ class RedisStore(Store):
             self._call(self.r.zremrangebyscore, LEASE_INDEX, "-inf", now)
             if self._call(self.r.zcard, LEASE_INDEX) >= self.limits.max_leases:
                 raise LeaseTableFull(f"{self.limits.max_leases} live leases")
-        return self._lease_tx(digest, lambda st: lease_step(st, host, url, ttl, fanout, now, self.limits.max_relays))
+        after = {}
+
+        def step(st):
+            after["state"], answer = lease_step(st, host, url, ttl, fanout, now, self.limits.max_relays,
+                                                lambda hosts: self._relay_load(hosts, now))
+            return after["state"], answer
+        answer = self._lease_tx(digest, step)
+        if answer["role"] == "relay":   # the load keys live in other slots: they follow the transaction
+            self._put_edges(digest, relay_edges(after["state"], host), after["state"]["expires"], now)
+        return answer
 
     def renew_lease(self, digest, host, ttl, now):
+        after = {}
+
         def update(st):
             if st is None or st["expires"] <= now or st["holder"]["host"] != host:
                 return st, {"ok": False}
             st["expires"] = now + ttl
+            after["state"] = st
             return st, {"ok": True}
-        return self._lease_tx(digest, update)["ok"]
+        if not self._lease_tx(digest, update)["ok"]:
+            return False
+        # its uploads count as long as the lease lives
+        self._put_edges(digest, relay_edges(after["state"]), after["state"]["expires"], now)
+        return True
 
     def release_lease(self, digest, host, now):
+        gone = []
+
         def update(st):
+            gone.clear()
             if st is None or st["expires"] <= now:
                 return None, {"ok": False}
             if st["holder"]["host"] == host:
+                gone.extend(relay_edges(st))
                 return None, {"ok": True}
+            gone.extend(relay_edges(st, host))
             before = len(st["relays"])
             st["relays"] = [r for r in st["relays"] if r["host"] != host]
             return st, {"ok": len(st["relays"]) != before}
-        return self._lease_tx(digest, update)["ok"]
+        ok = self._lease_tx(digest, update)["ok"]
+        if gone:
+            self._batch(lambda pipe: [pipe.zrem(relay_key(source), f"{digest} {child}") for source, child in gone])
+        return ok
+
+    def _relay_load(self, hosts, now) -> dict:
+        """Each host's uploads in live lease trees; called inside a lease transaction, whose retries
+        cover this read's (the keys live in other slots, so they are read, not watched: a hint)."""
+        pipe = self._pipe()
+        for h in hosts:
+            pipe.zcount(relay_key(h), f"({now!r}", "+inf")
+        return {h: n for h, n in zip(hosts, pipe.execute() if hosts else []) if n}
+
+    def _put_edges(self, digest, edges, expires: float, now: float) -> None:
+        by_source: dict = {}
+        for source, child in edges:
+            by_source.setdefault(source, []).extend((repr(expires), f"{digest} {child}"))
+        self._batch(lambda pipe: [_eval(pipe, self._relay_edges, [relay_key(source)], [repr(now), *pairs])
+                                  for source, pairs in by_source.items()])
 
 
 def _eval(pipe, script, keys: list, args: list) -> None:
