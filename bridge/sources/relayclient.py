@@ -9,6 +9,8 @@ rest within ``relay_timeout`` + rest / ``min_rate`` seconds.
 """
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 from typing import Iterator
@@ -19,6 +21,11 @@ from layerswarm.bridge.format.digest import Digest
 from layerswarm.bridge.format.errors import UpstreamError
 
 CHUNK = 1 << 20
+# A read waits until this much has arrived (SO_RCVLOWAT), or the rest of the blob when that is less: a
+# relay's bytes come through shaped links a few packets at a time, and every read costs this host a
+# file write, a hash update and a wake-up of its readers (and of the relay's children) whatever its size.
+# Plain TCP only: over TLS a read returns one record whatever the socket holds.
+LOW_WATER = 64 << 10
 SIZE_HEADER = "X-Layerswarm-Size"
 RELAY_PATH = "/_layerswarm/relay/"
 
@@ -55,7 +62,7 @@ class RelayClient:
         # The overall deadline: the whole rest at the floor rate, plus one window of slack.
         deadline = (self.clock() + self.relay_timeout + max(0, size - offset) / self.min_rate
                     if self.min_rate else None)
-        return size, self._body(r, deadline)
+        return size, self._body(r, deadline, max(0, size - offset))
 
     def is_bad(self, url: str) -> bool:
         with self._lock:
@@ -66,15 +73,19 @@ class RelayClient:
         with self._lock:
             self._bad.update(urls)
 
-    def _body(self, r, deadline: float | None) -> Iterator[bytes]:
-        """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read)."""
+    def _body(self, r, deadline: float | None, left: int | None = None) -> Iterator[bytes]:
+        """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read), in reads of
+        at least LOW_WATER bytes (or the ``left`` bytes still to come) when the socket can be told so."""
         window, floor = self.relay_timeout, self.min_rate * self.relay_timeout
         started, got = self.clock(), 0
+        low_water = _LowWater(r, left)
         try:
             while True:
+                low_water.before_read()
                 chunk = r.raw.read1(CHUNK)
                 if not chunk:
                     return
+                low_water.after_read(len(chunk))
                 got += len(chunk)
                 yield chunk
                 now = self.clock()
@@ -85,4 +96,36 @@ class RelayClient:
                         raise UpstreamError(f"relay too slow: {got} bytes in {now - started:.0f}s")
                     started, got = now, 0
         finally:
+            low_water.reset()
             r.close()
+
+
+class _LowWater:
+    """SO_RCVLOWAT on a response's socket: min(LOW_WATER, what is left to come), kept in step as reads
+    go.  A relay that sends less than that within relay_timeout fails the read, as a silent one does."""
+
+    def __init__(self, r, left: int | None):
+        sock = getattr(getattr(r.raw, "connection", None), "sock", None)
+        plain = isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+        self.sock = sock if plain and left is not None else None
+        self.left = left or 0
+        self.set_to = 1   # the kernel's default
+
+    def before_read(self) -> None:
+        self._set(max(1, min(LOW_WATER, self.left)))
+
+    def after_read(self, n: int) -> None:
+        self.left -= n
+
+    def reset(self) -> None:
+        """The kernel's default again, whatever becomes of the connection."""
+        self._set(1)
+
+    def _set(self, want: int) -> None:
+        if self.sock is None or want == self.set_to:
+            return
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            self.set_to = want
+        except OSError:   # closed under us: the read reports it
+            self.sock = None

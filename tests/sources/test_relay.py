@@ -1,13 +1,17 @@
 """The relay view and the relay client against each other on a loopback werkzeug server."""
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
+import time
 
 import pytest
 import requests
 from flask import Flask
 from werkzeug.serving import make_server
 
+from layerswarm.bridge.devstack.certs import FleetPKI
 from layerswarm.bridge.format.errors import UpstreamError
 from layerswarm.bridge.http.relay import relay_blueprint
 from layerswarm.bridge.node.budget import Uploads
@@ -116,3 +120,63 @@ def test_a_relay_past_its_overall_deadline_is_dropped():
         for _ in client._body(r, deadline=30.0):
             pass
     assert r.closed and 30 <= clock[0] <= 31
+
+
+class _DrippingRelay:
+    """A relay on a raw socket that sends its answer 4 KiB at a time and keeps the connection open after
+    it (no end of stream to end a read early): plain, or TLS with ``context``."""
+
+    def __init__(self, body: bytes, context=None):
+        self.body, self.context = body, context
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+        self.url = f"{'https' if context else 'http'}://127.0.0.1:{self.srv.getsockname()[1]}"
+
+    def _serve(self):
+        conn, _ = self.srv.accept()
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True)
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s: %d\r\n\r\n"
+                         % (len(self.body), SIZE_HEADER.encode(), len(self.body)))
+            for i in range(0, len(self.body), 4096):
+                conn.sendall(self.body[i:i + 4096])
+                time.sleep(0.0005)
+            self.done.wait(10)
+
+    def close(self):
+        self.done.set()
+        self.srv.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_relay_bytes_are_read_in_large_pieces_and_the_tail_does_not_wait(tmp_path, tls):
+    """A relay's bytes arrive a few KiB at a time; every read costs a file write, a hash update and
+    wake-ups, so the socket is told to wake the read for LOW_WATER bytes, or for the rest of the blob
+    (the connection stays open after it: nothing else would end that last read before the timeout)."""
+    d, data = blob(300 * 1024)
+    context, options = None, {}
+    if tls:
+        pki = FleetPKI(tmp_path)
+        host = pki.host("relay")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(host.cert, host.key)
+        options = {"verify": str(pki.ca)}
+    relay = _DrippingRelay(data, context)
+    try:
+        client = RelayClient(connect_timeout=5, relay_timeout=5)
+        client._tls_options = options
+        t0 = time.monotonic()
+        size, body = client.open(relay.url, d, 0)
+        chunks = list(body)
+        took = time.monotonic() - t0
+    finally:
+        relay.close()
+    assert size == len(data) and b"".join(chunks) == data
+    assert took < 3   # well before the 5 s read timeout: the tail did not wait for LOW_WATER bytes
+    # 75 writes of 4 KiB: in reads of 64 KiB about 5 (over TLS a read returns one record: 75)
+    assert len(chunks) <= (75 if tls else 8), [len(c) for c in chunks]
