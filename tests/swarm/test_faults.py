@@ -69,11 +69,13 @@ def test_lease_holder_killed_mid_fetch_relays_fail_over(fleet, origin, proxy, ho
     h0.kill()
     status, body, err = _result(first)
     assert err is not None and Digest.of_bytes(body) != blob.digest  # its client was cut, never served wrong
-    for b in (h1, h2):
-        s = stats(b)
-        assert s["fetched"]["relay"] > 0 and s["fetched"]["origin"] > 0
-        assert s["fetched"]["relay"] + s["fetched"]["origin"] == len(blob.data)
+    # The holder's children go on from the origin; a host relaying from one of them (the tracker puts
+    # h2 under h1 when h0 already uploads) may keep following it: every byte came once, from one of the two.
+    got = [stats(b)["fetched"] for b in (h1, h2)]
+    for f, b in zip(got, (h1, h2)):
+        assert f["relay"] > 0 and f["relay"] + f["origin"] == len(blob.data), f
         assert_store_clean(b.store, [blob.digest])
+    assert got[0]["origin"] > 0 or got[1]["origin"] > 0, got
     # The holder's partial GET plus at most one ranged continuation per relay.
     ranges = [r for r in proxy.blob_gets(blob.digest) if r]
     assert 1 <= len(ranges) <= 2 and all(r.startswith("bytes=") and r.endswith("-") for r in ranges), ranges
