@@ -24,7 +24,9 @@ CHUNK = 1 << 20
 # A read waits until this much has arrived (SO_RCVLOWAT), or the rest of the blob when that is less: a
 # relay's bytes come through shaped links a few packets at a time, and every read costs this host a
 # file write, a hash update and a wake-up of its readers (and of the relay's children) whatever its size.
-# Plain TCP only: over TLS a read returns one record whatever the socket holds.
+# Not the first read: the blob's first bytes go on at once (each hop of a relay chain would otherwise add
+# LOW_WATER at the relay's rate to its clients' first byte).  Plain TCP only: over TLS a read returns one
+# record whatever the socket holds.
 LOW_WATER = 64 << 10
 SIZE_HEADER = "X-Layerswarm-Size"
 RELAY_PATH = "/_layerswarm/relay/"
@@ -101,8 +103,9 @@ class RelayClient:
 
 
 class _LowWater:
-    """SO_RCVLOWAT on a response's socket: min(LOW_WATER, what is left to come), kept in step as reads
-    go.  A relay that sends less than that within relay_timeout fails the read, as a silent one does."""
+    """SO_RCVLOWAT on a response's socket after the first read: min(LOW_WATER, what is left to come), kept
+    in step as reads go.  A relay that sends less than that within relay_timeout fails the read, as a
+    silent one does."""
 
     def __init__(self, r, left: int | None):
         sock = getattr(getattr(r.raw, "connection", None), "sock", None)
@@ -110,12 +113,15 @@ class _LowWater:
         self.sock = sock if plain and left is not None else None
         self.left = left or 0
         self.set_to = 1   # the kernel's default
+        self.first = True
 
     def before_read(self) -> None:
-        self._set(max(1, min(LOW_WATER, self.left)))
+        if not self.first:
+            self._set(max(1, min(LOW_WATER, self.left)))
 
     def after_read(self, n: int) -> None:
         self.left -= n
+        self.first = False
 
     def reset(self) -> None:
         """The kernel's default again, whatever becomes of the connection."""

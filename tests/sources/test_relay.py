@@ -126,8 +126,9 @@ class _DrippingRelay:
     """A relay on a raw socket that sends its answer 4 KiB at a time and keeps the connection open after
     it (no end of stream to end a read early): plain, or TLS with ``context``."""
 
-    def __init__(self, body: bytes, context=None):
+    def __init__(self, body: bytes, context=None, hold_after_first: threading.Event | None = None):
         self.body, self.context = body, context
+        self.hold = hold_after_first   # the first 4 KiB come 0.2 s after the head, the rest when it is set (3 s)
         self.srv = socket.create_server(("127.0.0.1", 0))
         self.done = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
@@ -143,8 +144,12 @@ class _DrippingRelay:
                 head += conn.recv(4096)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s: %d\r\n\r\n"
                          % (len(self.body), SIZE_HEADER.encode(), len(self.body)))
+            if self.hold is not None:
+                time.sleep(0.2)   # the first bytes come after the head, as from a relay still fetching
             for i in range(0, len(self.body), 4096):
                 conn.sendall(self.body[i:i + 4096])
+                if i == 0 and self.hold is not None:
+                    self.hold.wait(3)
                 time.sleep(0.0005)
             self.done.wait(10)
 
@@ -180,3 +185,24 @@ def test_relay_bytes_are_read_in_large_pieces_and_the_tail_does_not_wait(tmp_pat
     assert took < 3   # well before the 5 s read timeout: the tail did not wait for LOW_WATER bytes
     # 75 writes of 4 KiB: in reads of 64 KiB about 5 (over TLS a read returns one record: 75)
     assert len(chunks) <= (75 if tls else 8), [len(c) for c in chunks]
+
+
+def test_the_first_bytes_of_a_relay_are_not_held_for_low_water():
+    """Each hop of a relay chain would add LOW_WATER at the relay's rate to its clients' first byte: the
+    first read returns what has come."""
+    d, data = blob(300 * 1024)
+    first_seen = threading.Event()
+    relay = _DrippingRelay(data, hold_after_first=first_seen)
+    try:
+        client = RelayClient(connect_timeout=5, relay_timeout=5)
+        t0 = time.monotonic()
+        size, body = client.open(relay.url, d, 0)
+        chunks = [next(body)]
+        first_after = time.monotonic() - t0
+        first_seen.set()
+        chunks += list(body)
+    finally:
+        relay.close()
+    assert size == len(data) and b"".join(chunks) == data
+    assert len(chunks[0]) == 4096 and first_after < 2, (len(chunks[0]), first_after)   # not the relay's 3 s hold
+    assert len(chunks) <= 9, [len(c) for c in chunks]   # the rest still in reads of LOW_WATER
