@@ -76,14 +76,14 @@ class RelayClient:
             self._bad.update(urls)
 
     def _body(self, r, deadline: float | None, left: int | None = None) -> Iterator[bytes]:
-        """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read), in reads of
-        at least LOW_WATER bytes (or the ``left`` bytes still to come) when the socket can be told so."""
+        """The relay's bytes as they arrive (``read1``: a trickle cannot hide in a long read), after the first
+        read in reads of at least LOW_WATER bytes (or the ``left`` bytes still to come) when the socket can
+        be told so."""
         window, floor = self.relay_timeout, self.min_rate * self.relay_timeout
         started, got = self.clock(), 0
         low_water = _LowWater(r, left)
         try:
             while True:
-                low_water.before_read()
                 chunk = r.raw.read1(CHUNK)
                 if not chunk:
                     return
@@ -103,9 +103,9 @@ class RelayClient:
 
 
 class _LowWater:
-    """SO_RCVLOWAT on a response's socket after the first read: min(LOW_WATER, what is left to come), kept
-    in step as reads go.  A relay that sends less than that within relay_timeout fails the read, as a
-    silent one does."""
+    """SO_RCVLOWAT on a response's socket, set after each read for the next: min(LOW_WATER, what is left to
+    come); the first read keeps the kernel's default.  A relay that sends less than that within
+    relay_timeout fails the read, as a silent one does."""
 
     def __init__(self, r, left: int | None):
         sock = getattr(getattr(r.raw, "connection", None), "sock", None)
@@ -113,15 +113,10 @@ class _LowWater:
         self.sock = sock if plain and left is not None else None
         self.left = left or 0
         self.set_to = 1   # the kernel's default
-        self.first = True
-
-    def before_read(self) -> None:
-        if not self.first:
-            self._set(max(1, min(LOW_WATER, self.left)))
 
     def after_read(self, n: int) -> None:
         self.left -= n
-        self.first = False
+        self._set(max(1, min(LOW_WATER, self.left)))
 
     def reset(self) -> None:
         """The kernel's default again, whatever becomes of the connection."""
