@@ -163,3 +163,24 @@ def test_row_medians_ratios_and_computed_times():
     assert line.startswith("| 8* |") and "8.0 s (6.0–9.0)*" in line and "6.0 s (5.0–8.0) |" in line
     assert "≈80.0 s" in line and "1.20 (1.00–1.50)" in line
     assert "1 of 7 runs were machine-bound" in md
+
+
+def test_cpu_ratio_is_taken_round_by_round():
+    """warm ÷ raw CPU per MB pairs each warm round with the raw round beside it (libtorrent's own cost moves
+    between rounds), median and min–max; a round without a CPU reading is left out; shown in the costs table."""
+    row = {"n": 2, "bound_s": 8.0, "bound_warm_s": 4.0, "direct_computed_s": None, "cache_computed_s": None,
+           "computed": [], "scenarios": {
+               "raw": _run(4.0, cpu_ms_per_MB=8.0), "raw_r2": _run(4.0, cpu_ms_per_MB=10.0),
+               "raw_r3": _run(4.0, cpu_ms_per_MB=8.0),
+               "warm": _run(4.0, cpu_ms_per_MB=10.0), "warm_r2": _run(4.0, cpu_ms_per_MB=12.0),
+               "warm_r3": _run(4.0, cpu_ms_per_MB=None)}}
+    bench_rollout.finish_row(row)
+    assert row["cpu_warm_over_raw"] == 1.225 and row["cpu_warm_over_raw_spread"] == [1.2, 1.25]   # 10/8, 12/10
+    assert row["cpu_ms_per_MB_warm"] == 11.0 and row["cpu_ms_per_MB_raw"] == 8.0   # medians of their own rounds
+    assert row["cpu_cold_over_raw"] is None
+    md = bench_rollout.markdown({"config": {"layers": 3, "layer_mib": 12, "host_MBps": 10, "origin_MBps": 5,
+                                            "cpus": 2, "loadavg_at_start": (1.0, 1.0, 1.0), "date": "today",
+                                            "rounds": 3, "measure_max_n": 4},
+                                 "F_bytes": 38e6, "results": [row], "runs": 6, "machine_bound_runs": 0})
+    costs = [x for x in md.splitlines() if x.startswith("| 2 |")][1]
+    assert "| 8.00 / 11.00 / — | 1.23 (1.20–1.25) |" in costs
