@@ -252,7 +252,8 @@ class TorrentSession:
             self.dispatcher.dispatch_all(events)
             if self.cfg.alert_batch > 0:
                 # Let the next alerts gather: libtorrent wakes this thread for the first alert posted to an
-                # empty queue, so without a pause a warm download pops ~1 alert per wake-up (a piece each with posix; two with the read_piece back-ends).
+                # empty queue, so without a pause a warm download pops ~1 alert per wake-up (one a piece with
+                # posix; two with the back-ends that read pieces through read_piece).
                 time.sleep(self.cfg.alert_batch)   # not Event.wait: that is Python code, this is one C call
 
     # -- certificates (secure fleet mode) --------------------------------
