@@ -89,6 +89,9 @@ class FileSession:
     def add(self, metainfo, save_path, **kw):
         return self.torrent
 
+    def prompt(self, name, on):
+        pass
+
     def remove(self, name, delete_files=False):
         pass
 

@@ -45,6 +45,11 @@ from layerswarm.bridge.node.torrent import alerts as ev
 log = logging.getLogger(__name__)
 
 
+# A download's last pieces and the move into the store each take an alert hop: from this many pieces before
+# its end the session pauses no more between alert batches (SessionSection.alert_batch), as before its first.
+PROMPT_TAIL = 8
+
+
 def stripe_priorities(n: int, rank: int | None, levels: int) -> list:
     """Piece priorities of a download of ``n`` pieces: piece 0 (the client's first byte) first, then
     rarest-first with this host's stripe preferred (StreamSection.stripe_levels).  Piece p gets 3 plus
@@ -72,6 +77,7 @@ class Download:
         self._on_done = on_done          # (download, verified): it ended; a verified one before its readers know
         self._cond = threading.Condition()
         self._have = bytearray(self.n)
+        self._have_count = 0
         self._reads: dict = {}           # piece -> when its read began (from the file or read_piece)
         self._wants: dict = {}           # piece -> set of reader tokens waiting for it
         self._bufs: dict = {}            # reader token -> {piece: bytes} read for that reader
@@ -120,6 +126,7 @@ class Download:
         self.store.reserve(self.lt.size)
         self._reserved = self.lt.size
         self.session.dispatcher.subscribe(self.name, self._on_event)
+        self.session.prompt(self.name, True)   # until the first piece is out (_on_piece)
         try:
             # Without seed_mode an existing partial file is rechecked: resumes safely.
             # not for a partial download resumed (piece 0 may be there already)
@@ -130,6 +137,7 @@ class Download:
             self._gated = gate
         except Exception as exc:
             self.session.dispatcher.unsubscribe(self.name, self._on_event)
+            self.session.prompt(self.name, False)
             self.store.release(self._reserved)
             raise SwarmError(f"cannot add torrent for {self.digest}: {exc}") from None
         return self
@@ -150,6 +158,7 @@ class Download:
     def _teardown(self, exc: Exception, delete: bool) -> None:
         """On the worker: stop the torrent, give back the space, then tell the readers and the owner."""
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
+        self.session.prompt(self.name, False)
         self._close_file()
         self.session.remove(self.name, delete_files=delete)
         self.store.release(self._reserved)
@@ -183,8 +192,11 @@ class Download:
                 self._mark("piece0")
             self._open_gate()
             with self._cond:
-                if 0 <= p < self.n:
+                if 0 <= p < self.n and not self._have[p]:
                     self._have[p] = 1
+                    self._have_count += 1
+                    if self._have_count == max(1, self.n - PROMPT_TAIL):   # the end is near: no pauses
+                        self.session.prompt(self.name, True)
                 self._last_progress = time.monotonic()
                 ask = (p in self._wants) or p == self._hash_next
                 # no notify: a reader wakes when its piece has been read (or on its own timeout)
@@ -290,6 +302,8 @@ class Download:
             while p == self._hash_next:
                 self._sha.update(buf)
                 self._hash_next += 1
+                if p == 0 and self._have_count < self.n - PROMPT_TAIL:   # the first byte is out
+                    self.session.prompt(self.name, False)
                 self._hashed.append(self._sha.copy())
                 if self._sinks and self._send(p, buf):
                     given = True
@@ -384,6 +398,7 @@ class Download:
             self._cond.notify_all()
         self._close_file()   # readers of a verified blob read the store's file (node/readers.py)
         self.session.dispatcher.unsubscribe(self.name, self._on_event)
+        self.session.prompt(self.name, False)
         log.info("%s downloaded, verified, seeding from the store", self.name)
         self._worker.stop()
 

@@ -88,6 +88,10 @@ class FakeSession:
         self.removed = []
         self.t = None
         self.verified_pieces_in_file = from_file   # the posix back-end: a verified piece is in the file
+        self.prompt_log = []                         # (name, on) as the download asked
+
+    def prompt(self, name, on):
+        self.prompt_log.append((name, on))
 
     def add(self, metainfo, save_path, **kw):
         self.t = FakeTorrent(tf.parse_metainfo(metainfo).num_pieces)
@@ -162,6 +166,43 @@ def test_verified_pieces_are_read_from_the_file_when_the_back_end_wrote_them_the
     reader.join(10)
     assert out == [data] and dl.verified and ses.t.reads == []
     assert wait_for(lambda: dl._fd is None, 10, "the descriptor closed after the adoption")
+
+
+def test_alerts_are_prompt_for_the_first_byte_and_the_last_pieces_only(tmp_path):
+    """With alert_batch the alert thread pauses between batches, except while a download waits for its first
+    byte (from start until piece 0 is hashed) or nears its end (its last PROMPT_TAIL pieces and the move
+    into the store): there each pause would add to a client's wait.  Once adopted it asks for nothing."""
+    from layerswarm.bridge.node.stream import PROMPT_TAIL
+    n = PROMPT_TAIL + 12
+    data, lt_, ses, store, dl = _setup(tmp_path, (n - 1) * tf.MIN_PIECE + 1000, from_file=True, first_piece_gate=0)
+    name = str(lt_.digest)
+    store.download_path(lt_.digest).write_bytes(data)
+    assert ses.prompt_log == [(name, True)]            # new: prompt until its first byte
+    disp = ses.dispatcher.dispatch
+    for p in (5, 6, 0):
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+    assert ses.prompt_log[-1] == (name, False)          # piece 0 hashed: the pauses may gather alerts
+    for p in [q for q in range(1, n) if q not in (5, 6)][:n - 3 - PROMPT_TAIL]:
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+    assert ses.prompt_log[-1] == (name, True) and len(ses.prompt_log) == 3   # n - PROMPT_TAIL pieces in
+    for p in range(n):
+        disp(Event(PIECE_FINISHED, name, {"piece": p}))
+    assert wait_for(lambda: ses.t.moved_to == store.layers_dir, 10)
+    store.download_path(lt_.digest).rename(store.layers_dir / name)
+    disp(Event(MOVED, name, {"path": str(store.layers_dir)}))
+    assert wait_for(lambda: dl.verified, 10)
+    assert wait_for(lambda: ses.prompt_log[-1] == (name, False), 10) and len(ses.prompt_log) == 4
+
+
+def test_a_small_download_stays_prompt_from_start_to_end(tmp_path):
+    """Fewer pieces than PROMPT_TAIL: its first piece is already among its last."""
+    data, lt_, ses, store, dl = _setup(tmp_path, from_file=True, first_piece_gate=0)   # 4 pieces
+    name = str(lt_.digest)
+    store.download_path(lt_.digest).write_bytes(data)
+    for p in range(dl.n):
+        ses.dispatcher.dispatch(Event(PIECE_FINISHED, name, {"piece": p}))
+    assert all(on for _, on in ses.prompt_log)
+    dl.abort("test over")
 
 
 def test_a_piece_the_file_cannot_give_is_read_through_libtorrent(tmp_path):

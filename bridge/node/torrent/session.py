@@ -185,6 +185,7 @@ class TorrentSession:
         self._stats_cond = threading.Condition()
         self._stats = UploadCounters(0.0, 0, 0, 0, 0, 0)
         self.dispatcher = Dispatcher()
+        self._prompt: set = set()   # torrents whose alerts must not wait for the pause (alert_batch)
         self._torrents: dict = {}
         self._removing: dict = {}
         self._lock = threading.RLock()
@@ -250,11 +251,20 @@ class TorrentSession:
                 if ev is not None:
                     events.append(ev)
             self.dispatcher.dispatch_all(events)
-            if self.cfg.alert_batch > 0:
+            if self.cfg.alert_batch > 0 and not self._prompt:
                 # Let the next alerts gather: libtorrent wakes this thread for the first alert posted to an
                 # empty queue, so without a pause a warm download pops ~1 alert per wake-up (one a piece with
-                # posix; two with the back-ends that read pieces through read_piece).
+                # posix; two with the back-ends that read pieces through read_piece).  Not while a torrent
+                # waits for its first byte or its end (prompt): there each pause would add to a client's wait.
                 time.sleep(self.cfg.alert_batch)   # not Event.wait: that is Python code, this is one C call
+
+    def prompt(self, name: str, on: bool) -> None:
+        """Torrent ``name``'s alerts are handled without the alert_batch pause (``on``) or may wait for it."""
+        with self._lock:
+            if on:
+                self._prompt.add(name)
+            else:
+                self._prompt.discard(name)
 
     # -- certificates (secure fleet mode) --------------------------------
     def _show_certificate(self, handle) -> None:
