@@ -379,7 +379,9 @@ class SessionSection:
     # Without a pause the alert thread pops ~1 alert per wake-up (node/torrent/session.py); a 5 ms pause
     # cut warm CPU 12 % in one N=4 A/B, but not in two more (N=4, N=8), where rollouts took 2-5 % longer.
     # 30 ms (N=2, 4 alternating sets): the alert thread 2.13 -> 1.77 ms/MB, the bridges' total unchanged
-    # (10.1 vs 10.3), rollouts 1.5 % longer (each layer's end waits for two more alert hops).
+    # (10.1 vs 10.3), rollouts 1.5 % longer (each layer's end waits for two more alert hops).  With the
+    # pause skipped for a download's first piece and last pieces (node/stream.py PROMPT_TAIL), 3 sets:
+    # times unchanged (4.223 vs 4.226 s), the alert thread 2.08 -> 1.89, the bridges' total within noise.
     alert_batch: float = option(0.0, "seconds the alert thread lets alerts gather after each batch (0: none)",
                                 metavar="S")
     # posix writes each block and hashes each piece from the file on the network thread, so a verified
