@@ -1213,18 +1213,13 @@ def finish_row(row: dict) -> None:
         if s in SEEDED:
             row[f"seeder_upload_F_{s}"] = median(r.get("seeder_upload_F") for r in runs)
     row["seeder_upload_F"] = row["seeder_upload_F_warm"]
-    for a, b in RATIOS:   # a ÷ b round by round: both ran under the same load
-        per_round = [x.get("all_s") / y.get("all_s") for x, y in
-                     zip(*([row["scenarios"][k] for k in round_keys(row, s)] for s in (a, b)))
-                     if x.get("all_s") and y.get("all_s")]
-        row[f"{a}_over_{b}"] = median(per_round)
-        row[f"{a}_over_{b}_spread"] = spread(per_round)
-    for a, b in CPU_RATIOS:
-        per_round = [x.get("cpu_ms_per_MB") / y.get("cpu_ms_per_MB") for x, y in
-                     zip(*([row["scenarios"][k] for k in round_keys(row, s)] for s in (a, b)))
-                     if x.get("cpu_ms_per_MB") and y.get("cpu_ms_per_MB")]
-        row[f"cpu_{a}_over_{b}"] = median(per_round)
-        row[f"cpu_{a}_over_{b}_spread"] = spread(per_round)
+    for key, prefix, pairs in (("all_s", "", RATIOS), ("cpu_ms_per_MB", "cpu_", CPU_RATIOS)):
+        for a, b in pairs:   # a ÷ b round by round: both ran under the same load
+            per_round = [x.get(key) / y.get(key) for x, y in
+                         zip(*([row["scenarios"][k] for k in round_keys(row, s)] for s in (a, b)))
+                         if x.get(key) and y.get(key)]
+            row[f"{prefix}{a}_over_{b}"] = median(per_round)
+            row[f"{prefix}{a}_over_{b}_spread"] = spread(per_round)
     for s in SECURE_SCENARIOS:
         pairs = secure_pairs(row, s)
         if not pairs:

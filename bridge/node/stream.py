@@ -136,11 +136,15 @@ class Download:
                                             first_piece_only=gate)
             self._gated = gate
         except Exception as exc:
-            self.session.dispatcher.unsubscribe(self.name, self._on_event)
-            self.session.prompt(self.name, False)
+            self._stop_listening()
             self.store.release(self._reserved)
             raise SwarmError(f"cannot add torrent for {self.digest}: {exc}") from None
         return self
+
+    def _stop_listening(self) -> None:
+        """This download's alerts go nowhere any more, and never hold back the alert thread's pauses."""
+        self.session.dispatcher.unsubscribe(self.name, self._on_event)
+        self.session.prompt(self.name, False)
 
     def abort(self, reason: str) -> None:
         """Wake every reader with SwarmError(reason) (the host is shutting down)."""
@@ -157,8 +161,7 @@ class Download:
 
     def _teardown(self, exc: Exception, delete: bool) -> None:
         """On the worker: stop the torrent, give back the space, then tell the readers and the owner."""
-        self.session.dispatcher.unsubscribe(self.name, self._on_event)
-        self.session.prompt(self.name, False)
+        self._stop_listening()
         self._close_file()
         self.session.remove(self.name, delete_files=delete)
         self.store.release(self._reserved)
@@ -397,8 +400,7 @@ class Download:
             self.complete.set()
             self._cond.notify_all()
         self._close_file()   # readers of a verified blob read the store's file (node/readers.py)
-        self.session.dispatcher.unsubscribe(self.name, self._on_event)
-        self.session.prompt(self.name, False)
+        self._stop_listening()
         log.info("%s downloaded, verified, seeding from the store", self.name)
         self._worker.stop()
 
