@@ -1,7 +1,14 @@
-"""The open-file limit both daemons lift at start: every client connection is a file descriptor."""
+"""What a daemon sets in its own process at start: the open-file limit (every client connection is a
+file descriptor), and how glibc's malloc keeps freed memory."""
 from __future__ import annotations
 
+import ctypes
+import os
 import resource
+
+# mallopt(3) parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 
 
 def raise_open_file_limit(wanted: int) -> None:
@@ -10,3 +17,34 @@ def raise_open_file_limit(wanted: int) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        return False
+
+
+def keep_freed_memory(limit: int = 8 << 20) -> bool:
+    """Let glibc's malloc keep up to ``limit`` bytes freed at the top of each arena, and take blocks up to
+    ``limit`` from its arenas, instead of handing memory back to the kernel; whether it was set.
+
+    The swarm path reads each verified piece (128 KiB to 4 MiB) into a new bytes object and drops it a
+    moment later.  With glibc's defaults the freed piece goes back to the kernel (a thread's arena is
+    trimmed above 128 KiB free, a block above the mmap threshold is unmapped), so the next one faults in
+    and zeroes every page again: a third of the alert thread's piece reads (perf).  Measured on the warm
+    rollout (alternating sets, medians): N=2 (3 sets) the alert thread 2.73 -> 2.34 ms per MB, the
+    bridge's Python threads together 4.42 -> 3.71; N=4 (4 sets) 3.95 -> 3.55, CPU warm / raw 1.37 -> 1.27.  Left alone where an operator tuned malloc (MALLOC_*_ environment
+    variables, GLIBC_TUNABLES) or the C library is not glibc."""
+    if not glibc() or "GLIBC_TUNABLES" in os.environ or any(
+            k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # the mmap threshold first: setting either one turns off glibc's own adjustment of both
+    return mallopt(M_MMAP_THRESHOLD, limit) == 1 and mallopt(M_TRIM_THRESHOLD, limit) == 1

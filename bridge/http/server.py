@@ -16,7 +16,7 @@ import threading
 
 from layerswarm.bridge import config as bconfig
 from layerswarm.bridge.format.errors import UserError
-from layerswarm.bridge.format.rlimits import raise_open_file_limit
+from layerswarm.bridge.format.rlimits import keep_freed_memory, raise_open_file_limit
 from layerswarm.bridge.http.wsgi import Listener
 
 log = logging.getLogger("layerswarm.serve")
@@ -77,6 +77,7 @@ def serve(cfg: bconfig.BridgeConfig) -> None:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     # Slow clients each hold a descriptor until their idle timeout; the session holds peers' too.
     raise_open_file_limit(8192 + cfg.session.connections_limit)
+    keep_freed_memory()   # piece buffers are reused, not faulted in and zeroed again each time
     peer = build_peer(cfg) if cfg.swarm.tracker else None
     listeners = []
     try:

@@ -100,3 +100,59 @@ def test_the_collector_leaves_start_up_objects_alone_and_runs_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# A thread that reads piece-sized buffers and drops them (the swarm path), counting its page faults: with
+# glibc's defaults each round's memory goes back to the kernel and is faulted in and zeroed again.
+_PIECE_CHURN = """
+import resource, sys, threading
+from layerswarm.bridge.format.rlimits import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+faults = []
+def churn():
+    for _ in range(3):
+        [bytearray(131072) for _ in range(4)]
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(50):
+        pieces = [bytearray(131072) for _ in range(4)]
+        del pieces
+    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+t = threading.Thread(target=churn)
+t.start()
+t.join()
+print(kept, faults[0])
+"""
+
+
+def _piece_churn(mode: str, env=None):
+    import os
+    import subprocess
+    import sys
+
+    cp = subprocess.run([sys.executable, "-c", _PIECE_CHURN, mode], capture_output=True, text=True, timeout=60,
+                        env={**os.environ, **(env or {})}, check=True)
+    kept, faults = cp.stdout.split()
+    return kept, int(faults)
+
+
+@pytest.mark.slow   # fresh processes: mallopt's setting is process-wide
+def test_freed_piece_buffers_are_reused_not_faulted_in_again():
+    from layerswarm.bridge.format.rlimits import glibc
+
+    if not glibc():
+        pytest.skip("mallopt thresholds are glibc's")
+    _, default = _piece_churn("default")
+    kept, keep = _piece_churn("keep")
+    assert kept == "True"
+    assert default >= 1000          # 200 pieces of 32 pages each, mostly faulted in again
+    assert keep * 20 < default
+
+
+@pytest.mark.slow
+def test_an_operators_malloc_tuning_is_left_alone():
+    from layerswarm.bridge.format.rlimits import glibc
+
+    if not glibc():
+        pytest.skip("mallopt thresholds are glibc's")
+    assert _piece_churn("keep", {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"
+    assert _piece_churn("keep", {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})[0] == "False"
