@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,6 +14,7 @@ import requests
 from layerswarm.bridge.devstack import imagegen
 from layerswarm.bridge.http.app import create_app
 from layerswarm.bridge import config as bconfig
+from layerswarm.bridge.format.rlimits import glibc
 from layerswarm.bridge.sources.blobs import BlobResponse, OriginBlobSource, span
 from tests.fixtures import run_cli, stats
 
@@ -125,22 +129,18 @@ print(kept, faults[0])
 
 
 def _piece_churn(mode: str, env=None):
-    import os
-    import subprocess
-    import sys
-
     cp = subprocess.run([sys.executable, "-c", _PIECE_CHURN, mode], capture_output=True, text=True, timeout=60,
                         env={**os.environ, **(env or {})}, check=True)
     kept, faults = cp.stdout.split()
     return kept, int(faults)
 
 
-@pytest.mark.slow   # fresh processes: mallopt's setting is process-wide
-def test_freed_piece_buffers_are_reused_not_faulted_in_again():
-    from layerswarm.bridge.format.rlimits import glibc
+_glibc_only = pytest.mark.skipif(not glibc(), reason="mallopt thresholds are glibc's")
 
-    if not glibc():
-        pytest.skip("mallopt thresholds are glibc's")
+
+@pytest.mark.slow   # fresh processes: mallopt's setting is process-wide
+@_glibc_only
+def test_freed_piece_buffers_are_reused_not_faulted_in_again():
     _, default = _piece_churn("default")
     kept, keep = _piece_churn("keep")
     assert kept == "True"
@@ -149,10 +149,7 @@ def test_freed_piece_buffers_are_reused_not_faulted_in_again():
 
 
 @pytest.mark.slow
+@_glibc_only
 def test_an_operators_malloc_tuning_is_left_alone():
-    from layerswarm.bridge.format.rlimits import glibc
-
-    if not glibc():
-        pytest.skip("mallopt thresholds are glibc's")
     assert _piece_churn("keep", {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"
     assert _piece_churn("keep", {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})[0] == "False"
