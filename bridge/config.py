@@ -376,13 +376,16 @@ class SessionSection:
     min_announce_interval: int = option(5, "never re-announce more often than this", metavar="S")
     alert_queue_size: int = option(100_000, "libtorrent alert queue (read_piece alerts carry piece data)",
                                    metavar="N")
-    # Without a pause the alert thread pops ~1 alert per wake-up (node/torrent/session.py); a 5 ms pause
-    # cut warm CPU 12 % in one N=4 A/B, but not in two more (N=4, N=8), where rollouts took 2-5 % longer.
-    # 30 ms (N=2, 4 alternating sets): the alert thread 2.13 -> 1.77 ms/MB, the bridges' total unchanged
-    # (10.1 vs 10.3), rollouts 1.5 % longer (each layer's end waits for two more alert hops).  With the
-    # pause skipped for a download's first piece and last pieces (node/stream.py PROMPT_TAIL), 3 sets:
-    # times unchanged (4.223 vs 4.226 s), the alert thread 2.08 -> 1.89, the bridges' total within noise.
-    alert_batch: float = option(0.0, "seconds the alert thread lets alerts gather after each batch (0: none)",
+    # Without a pause the alert thread pops ~1 alert per wake-up (node/torrent/session.py), and on a busy
+    # machine a wake-up costs more than its alert: the pop and the conversion after one took ~30 and
+    # ~38 us, the same alerts converted again right after ~4 us.  The pause is skipped while a download
+    # waits for its first piece or nears its end (node/stream.py PROMPT_TAIL), and on a host with an
+    # upload budget (node/budget.py reads libtorrent's counters every 50 ms): there a client or the
+    # budget waits.  50 ms against none, alternating raw+warm runs (4 sets each, 2026-12-06): the alert
+    # thread 2.89 -> 2.17 ms/MB at N=2 (60 ms), 2.93 -> 2.41 at N=4 (60 ms), 3.53 -> 2.81 at N=8, with
+    # ~40 % of the wake-ups; warm ÷ raw time in the same runs 1.00 / 1.01 / 1.06 -> 1.01 / 1.00 / 1.03.  Before
+    # the prompt tail, 5-30 ms made rollouts 1.5-5 % longer (a layer's end waited for the pauses).
+    alert_batch: float = option(0.05, "seconds the alert thread lets alerts gather after each batch (0: none)",
                                 metavar="S")
     # posix writes each block and hashes each piece from the file on the network thread, so a verified
     # piece is in the file: streams read it from there (node/stream.py).  pread, mmap (and libtorrent's

@@ -48,6 +48,7 @@ STEP = 0.05          # seconds between two splits
 WINDOW = 1.0         # the budget holds over every window this long
 SLICE = 64 << 10     # the relay asks for tokens per this many bytes at most
 OWED_FOR = 1.0       # seconds a grant libtorrent's peers have not sent is counted as sent
+PROMPT_KEY = "upload-budget"   # its name among the session's prompt waiters (a torrent's is its digest)
 
 
 class Uploads:
@@ -123,6 +124,8 @@ class UploadBudget(Uploads):
 
     def start(self) -> "UploadBudget":
         """Re-split every STEP from now on, until closed."""
+        # each step reads libtorrent's counters from a session_stats alert: no alert_batch pause before it
+        self.session.prompt(PROMPT_KEY, True)
         self._thread.start()
         return self
 
@@ -243,3 +246,4 @@ class UploadBudget(Uploads):
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(1)
+        self.session.prompt(PROMPT_KEY, False)

@@ -8,7 +8,7 @@ import time
 import requests
 
 from layerswarm.bridge.config import BudgetSection
-from layerswarm.bridge.node.budget import OWED_FOR, SLICE, STEP, UploadBudget
+from layerswarm.bridge.node.budget import OWED_FOR, PROMPT_KEY, SLICE, STEP, UploadBudget
 from layerswarm.bridge.node.torrent.session import UploadCounters
 from tests.fixtures import add_blob, blob_bytes
 
@@ -21,6 +21,10 @@ class FakeSession:
     def __init__(self):
         self.at, self.sent, self.wanting, self.queued, self.asked = 0.0, 0, 0, 0, 0
         self.limits = []
+        self.prompt_log = []
+
+    def prompt(self, name, on):
+        self.prompt_log.append((name, on))
 
     def upload_counters(self, wait):
         return UploadCounters(self.at, self.sent, self.sent, self.wanting, self.queued, self.asked)
@@ -35,6 +39,18 @@ class FakeSession:
         self.sent += sent
         self.wanting, self.queued = wanting, queued
         self.asked = (1 << 30 if queued else 0) if asked is None else asked
+
+
+def test_the_alert_thread_does_not_pause_while_a_budget_reads_the_counters_every_step():
+    """Each step reads libtorrent's counters from a session_stats alert: an alert_batch pause (50 ms by
+    default, as long as a step) would leave most steps without a fresh reading."""
+    ses = FakeSession()
+    b = UploadBudget(ses, 10 * MIB)
+    assert ses.prompt_log == []
+    b.start()
+    assert ses.prompt_log == [(PROMPT_KEY, True)]
+    b.close()
+    assert ses.prompt_log == [(PROMPT_KEY, True), (PROMPT_KEY, False)] and not b._thread.is_alive()
 
 
 def test_the_budget_holds_over_a_sliding_second():

@@ -185,7 +185,7 @@ class TorrentSession:
         self._stats_cond = threading.Condition()
         self._stats = UploadCounters(0.0, 0, 0, 0, 0, 0)
         self.dispatcher = Dispatcher()
-        self._prompt: set = set()   # torrents whose alerts must not wait for the pause (alert_batch)
+        self._prompt: set = set()   # who must not wait for the pause (alert_batch): torrents, the budget
         self._torrents: dict = {}
         self._removing: dict = {}
         self._lock = threading.RLock()
@@ -259,7 +259,8 @@ class TorrentSession:
                 time.sleep(self.cfg.alert_batch)   # not Event.wait: that is Python code, this is one C call
 
     def prompt(self, name: str, on: bool) -> None:
-        """Torrent ``name``'s alerts are handled without the alert_batch pause (``on``) or may wait for it."""
+        """While ``name`` (a torrent, or another waiter such as the upload budget) is prompt (``on``), the
+        alert thread does not pause between batches (alert_batch); else it may."""
         with self._lock:
             if on:
                 self._prompt.add(name)
