@@ -384,7 +384,7 @@ class SessionSection:
     # budget waits.  50 ms against none, alternating raw+warm runs (4 sets each, 2026-12-06): the alert
     # thread 2.89 -> 2.17 ms/MB at N=2 (60 ms), 2.93 -> 2.41 at N=4 (60 ms), 3.53 -> 2.81 at N=8, with
     # ~40 % of the wake-ups; warm ÷ raw time in the same runs 1.00 / 1.01 / 1.06 -> 1.01 / 1.00 / 1.03.  Before
-    # the prompt tail, 5-30 ms made rollouts 1.5-5 % longer (a layer's end waited for the pauses).
+    # the prompt tail, 5-30 ms made rollouts 1.5-10 % longer (a layer's end waited for the pauses).
     alert_batch: float = option(0.05, "seconds the alert thread lets alerts gather after each batch (0: none)",
                                 metavar="S")
     # posix writes each block and hashes each piece from the file on the network thread, so a verified
